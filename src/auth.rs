@@ -1,0 +1,226 @@
+//! Ingress authentication per source (`gateway.md` §4). Secrets are compared in constant
+//! time, and a failure says only that authentication failed.
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use hmac::{Hmac, Mac};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::config::{Auth, HmacEncoding};
+
+/// Whether a request satisfies a source's authentication.
+pub fn check(auth: &Auth, headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> bool {
+    match auth {
+        Auth::None => true,
+        Auth::Query { name, value } => query_param(query, name)
+            .is_some_and(|given| eq(given.as_bytes(), value.expose().as_bytes())),
+        Auth::Header { name, value } => {
+            header(headers, name).is_some_and(|given| eq(given, value.expose().as_bytes()))
+        }
+        Auth::Bearer { token } => header(headers, AUTHORIZATION.as_str())
+            .and_then(|v| strip_scheme(v, b"bearer "))
+            .is_some_and(|given| eq(given.trim_ascii(), token.expose().as_bytes())),
+        Auth::Basic { username, password } => header(headers, AUTHORIZATION.as_str())
+            .and_then(|v| strip_scheme(v, b"basic "))
+            .and_then(|b64| STANDARD.decode(b64.trim_ascii()).ok())
+            .is_some_and(|decoded| {
+                let expected = format!("{username}:{}", password.expose());
+                eq(&decoded, expected.as_bytes())
+            }),
+        Auth::Hmac {
+            header: name,
+            secret,
+            encoding,
+        } => {
+            let Some(given) = header(headers, name) else {
+                return false;
+            };
+            let given = given.trim_ascii();
+            // Accept a `sha256=` prefix, as GitHub-style senders add one.
+            let given = given.strip_prefix(b"sha256=").unwrap_or(given);
+            let decoded = match encoding {
+                HmacEncoding::Hex => hex::decode(given).ok(),
+                HmacEncoding::Base64 => STANDARD.decode(given).ok(),
+            };
+            let Some(decoded) = decoded else { return false };
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+                .expect("HMAC takes keys of any length");
+            mac.update(body);
+            mac.verify_slice(&decoded).is_ok()
+        }
+    }
+}
+
+fn eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret-dependent in a way an attacker can exploit beyond what a constant
+    // time compare of equal-length inputs hides; unequal lengths fail.
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get(name).map(|v| v.as_bytes())
+}
+
+fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    (value.len() >= scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme))
+        .then(|| &value[scheme.len()..])
+}
+
+/// The decoded value of a query parameter.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The query string with the value of `name` replaced, for anything recorded about a request.
+pub fn redact_query(query: &str, name: &str) -> String {
+    url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| {
+            if k == name {
+                format!("{k}=<redacted>")
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+    use crate::config::Secret;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn every_auth_type_accepts_the_right_secret_only() {
+        let body = b"{\"event\":\"x\"}";
+        let query = Auth::Query {
+            name: "secret".into(),
+            value: Secret::new("s3cr3t"),
+        };
+        assert!(check(
+            &query,
+            &HeaderMap::new(),
+            Some("a=1&secret=s3cr3t"),
+            body
+        ));
+        assert!(!check(
+            &query,
+            &HeaderMap::new(),
+            Some("secret=wrong"),
+            body
+        ));
+        assert!(!check(&query, &HeaderMap::new(), None, body));
+
+        let header_auth = Auth::Header {
+            name: "X-Salpre-Key".into(),
+            value: Secret::new("k"),
+        };
+        assert!(check(
+            &header_auth,
+            &headers(&[("x-salpre-key", "k")]),
+            None,
+            body
+        ));
+        assert!(!check(
+            &header_auth,
+            &headers(&[("x-salpre-key", "kk")]),
+            None,
+            body
+        ));
+
+        let bearer = Auth::Bearer {
+            token: Secret::new("tok"),
+        };
+        assert!(check(
+            &bearer,
+            &headers(&[("authorization", "Bearer tok")]),
+            None,
+            body
+        ));
+        assert!(!check(
+            &bearer,
+            &headers(&[("authorization", "Bearer tok2")]),
+            None,
+            body
+        ));
+        assert!(!check(
+            &bearer,
+            &headers(&[("authorization", "Basic tok")]),
+            None,
+            body
+        ));
+
+        let basic = Auth::Basic {
+            username: "u".into(),
+            password: Secret::new("p"),
+        };
+        let good = format!("Basic {}", STANDARD.encode("u:p"));
+        assert!(check(
+            &basic,
+            &headers(&[("authorization", &good)]),
+            None,
+            body
+        ));
+        let bad = format!("Basic {}", STANDARD.encode("u:q"));
+        assert!(!check(
+            &basic,
+            &headers(&[("authorization", &bad)]),
+            None,
+            body
+        ));
+
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
+        mac.update(body);
+        let sig = mac.finalize().into_bytes();
+        let hex_auth = Auth::Hmac {
+            header: "X-Signature".into(),
+            secret: Secret::new("key"),
+            encoding: HmacEncoding::Hex,
+        };
+        assert!(check(
+            &hex_auth,
+            &headers(&[("x-signature", &hex::encode(sig))]),
+            None,
+            body
+        ));
+        assert!(!check(
+            &hex_auth,
+            &headers(&[("x-signature", &hex::encode(sig))]),
+            None,
+            b"{\"event\":\"y\"}"
+        ));
+        let b64_auth = Auth::Hmac {
+            header: "X-Signature".into(),
+            secret: Secret::new("key"),
+            encoding: HmacEncoding::Base64,
+        };
+        assert!(check(
+            &b64_auth,
+            &headers(&[("x-signature", &STANDARD.encode(sig))]),
+            None,
+            body
+        ));
+        assert!(!check(&b64_auth, &HeaderMap::new(), None, body));
+    }
+
+    #[test]
+    fn redacts_the_query_secret() {
+        assert_eq!(
+            redact_query("secret=abc&x=1", "secret"),
+            "secret=<redacted>&x=1"
+        );
+    }
+}

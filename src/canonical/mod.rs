@@ -1,0 +1,377 @@
+//! The canonical call-event model (`canonical.md`): CloudEvents 1.0 envelopes around one
+//! vendor-neutral `data` shape, plus the conversions every vendor adapter shares.
+//!
+//! Adapters never build [`CloudEvent`]s themselves: they return a [`Mapped`] (facts common to
+//! the payload plus one [`Draft`] per canonical event), and [`Mapped::finish`] adds the
+//! envelope — deterministic ids, `subject`, `time` — the same way for every vendor.
+
+pub mod convert;
+pub mod payload;
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+pub use payload::Payload;
+
+/// Version of the `data` shape; bumped only on a breaking change.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// The vendors callgate understands. Adding one means a new module under `vendors/`, its
+/// schemas and fixtures, and a variant here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vendor {
+    Oneinbox,
+    Vox,
+    Salpre,
+    Utel,
+}
+
+impl Vendor {
+    pub const ALL: [Vendor; 4] = [Vendor::Oneinbox, Vendor::Vox, Vendor::Salpre, Vendor::Utel];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vendor::Oneinbox => "oneinbox",
+            Vendor::Vox => "vox",
+            Vendor::Salpre => "salpre",
+            Vendor::Utel => "utel",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Vendor> {
+        Vendor::ALL.into_iter().find(|v| v.as_str() == name)
+    }
+}
+
+impl fmt::Display for Vendor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// Canonical event types (`canonical.md` §3).
+    EventType {
+        CallInitiated = "call.initiated",
+        CallRinging = "call.ringing",
+        CallConnected = "call.connected",
+        CallTransferred = "call.transferred",
+        CallLegEnded = "call.leg.ended",
+        CallEnded = "call.ended",
+        CallFailed = "call.failed",
+        CallError = "call.error",
+        CallAnalyzed = "call.analyzed",
+        CallRecordingReady = "call.recording.ready",
+        CallFlowTransition = "call.flow_transition",
+        CallCdr = "call.cdr",
+        TranscriptSegment = "transcript.segment",
+        TranscriptPartial = "transcript.partial",
+        TranscriptFinal = "transcript.final",
+        SmsReceived = "sms.received",
+    }
+}
+
+string_enum! {
+    Direction { Inbound = "inbound", Outbound = "outbound", Internal = "internal", Unknown = "unknown" }
+}
+
+string_enum! {
+    /// Terminal call status (`canonical.md` §6).
+    Status { Completed = "completed", NoAnswer = "no_answer", Busy = "busy", Canceled = "canceled", Failed = "failed" }
+}
+
+string_enum! {
+    EndReason {
+        CustomerHangup = "customer_hangup",
+        AgentHangup = "agent_hangup",
+        Transferred = "transferred",
+        Voicemail = "voicemail",
+        SilenceTimeout = "silence_timeout",
+        MaxDuration = "max_duration",
+        NoAnswer = "no_answer",
+        Busy = "busy",
+        Declined = "declined",
+        Canceled = "canceled",
+        InvalidNumber = "invalid_number",
+        DialFailed = "dial_failed",
+        CapacityLimit = "capacity_limit",
+        Billing = "billing",
+        PlatformError = "platform_error",
+        CompletedUnspecified = "completed_unspecified",
+        Unknown = "unknown",
+    }
+}
+
+string_enum! {
+    EndedBy { Customer = "customer", Agent = "agent", System = "system", Unknown = "unknown" }
+}
+
+string_enum! {
+    Role { Agent = "agent", Customer = "customer", System = "system", Tool = "tool", Unknown = "unknown" }
+}
+
+string_enum! {
+    Sentiment { Positive = "positive", Neutral = "neutral", Negative = "negative", Unknown = "unknown" }
+}
+
+string_enum! {
+    TransferType { Blind = "blind", Attended = "attended", Unknown = "unknown" }
+}
+
+/// A canonical event as CloudEvents 1.0 structured-mode JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloudEvent {
+    pub specversion: &'static str,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub subject: String,
+    pub time: String,
+    pub datacontenttype: &'static str,
+    pub data: EventData,
+}
+
+/// `data` of a canonical event: the facts common to the payload, then the event's own.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventData {
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(flatten)]
+    pub details: Details,
+    pub metadata: Map<String, Value>,
+    pub variables: Map<String, Value>,
+    pub vendor_extra: Map<String, Value>,
+}
+
+/// Fields every event made from one payload shares (`canonical.md` §4, first table).
+#[derive(Debug, Clone, Serialize)]
+pub struct Common {
+    pub schema_version: u8,
+    pub vendor: Vendor,
+    pub source: String,
+    pub vendor_event: String,
+    pub vendor_format: Option<&'static str>,
+    pub test: bool,
+    pub call_id: String,
+    pub agent_id: Option<String>,
+    pub direction: Direction,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub from_e164: Option<String>,
+    pub to_e164: Option<String>,
+    pub occurred_at: Option<String>,
+    pub received_at: String,
+}
+
+/// Fields present only when the event carries them (`canonical.md` §4, second table).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Details {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<End>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub talk_duration_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<Vec<Utterance>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Flow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sms: Option<Sms>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct End {
+    pub reason: EndReason,
+    pub reason_raw: Option<String>,
+    pub by: EndedBy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Utterance {
+    pub role: Role,
+    pub role_raw: String,
+    pub text: String,
+    pub at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Analysis {
+    pub summary: Option<String>,
+    pub outcome: Option<String>,
+    pub sentiment: Option<Sentiment>,
+    pub sentiment_raw: Option<String>,
+    pub extracted: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cost {
+    pub amount: Option<serde_json::Number>,
+    pub unit: Option<String>,
+    pub billed_seconds: Option<serde_json::Number>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Transfer {
+    #[serde(rename = "type")]
+    pub kind: TransferType,
+    pub target: Option<String>,
+    pub related_call_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowNode {
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Flow {
+    pub from_node: FlowNode,
+    pub to_node: FlowNode,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorInfo {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sms {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub text: String,
+}
+
+/// One canonical event an adapter wants emitted, before the envelope is added.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub kind: EventType,
+    pub details: Details,
+}
+
+impl Draft {
+    pub fn new(kind: EventType, details: Details) -> Self {
+        Draft { kind, details }
+    }
+}
+
+/// What an adapter makes of one payload: shared facts and the events in emission order.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    pub common: Common,
+    pub metadata: Map<String, Value>,
+    pub variables: Map<String, Value>,
+    pub events: Vec<Draft>,
+}
+
+impl Mapped {
+    /// Wraps every draft in its CloudEvents envelope. `body_digest` is the SHA-256 of the raw
+    /// body, so ids are a pure function of (source, body, position) and survive redelivery.
+    pub fn finish(
+        self,
+        body_digest: &[u8; 32],
+        vendor_extra: Map<String, Value>,
+    ) -> Vec<CloudEvent> {
+        let Mapped {
+            common,
+            metadata,
+            variables,
+            events,
+        } = self;
+        let subject = format!("{}:{}", common.vendor, common.call_id);
+        let time = common
+            .occurred_at
+            .clone()
+            .unwrap_or_else(|| common.received_at.clone());
+        let source = format!("/callgate/sources/{}", common.source);
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(index, draft)| CloudEvent {
+                specversion: "1.0",
+                id: event_id(&common.source, body_digest, index),
+                source: source.clone(),
+                kind: draft.kind,
+                subject: subject.clone(),
+                time: time.clone(),
+                datacontenttype: "application/json",
+                data: EventData {
+                    common: common.clone(),
+                    details: draft.details,
+                    metadata: metadata.clone(),
+                    variables: variables.clone(),
+                    vendor_extra: vendor_extra.clone(),
+                },
+            })
+            .collect()
+    }
+}
+
+/// `ce_` + 32 hex digits of SHA-256(source ‖ "\n" ‖ hex(SHA-256(body)) ‖ "\n" ‖ index).
+pub fn event_id(source: &str, body_digest: &[u8; 32], index: usize) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(source.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(hex::encode(body_digest).as_bytes());
+    hasher.update(b"\n");
+    hasher.update(index.to_string().as_bytes());
+    let digest = hasher.finalize();
+    format!("ce_{}", hex::encode(&digest[..16]))
+}
+
+/// SHA-256 of a raw body.
+pub fn body_digest(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
+}

@@ -1,0 +1,224 @@
+//! A read-only view of a validated vendor payload that remembers what the mapper consumed.
+//!
+//! Principle 3 of `canonical.md` — nothing a vendor sent is lost — is enforced here rather than
+//! in each adapter: every field an adapter reads through [`Payload`] is marked as mapped, and
+//! [`Payload::residual`] returns everything else, with its original names and nesting, for
+//! `data.vendor_extra`. An adapter that cannot represent a value faithfully simply does not
+//! consume it, and the raw value travels in `vendor_extra` instead.
+
+use std::{cell::RefCell, collections::HashSet};
+
+use serde_json::{Map, Value};
+
+use super::convert;
+
+pub struct Payload<'a> {
+    root: &'a Value,
+    /// JSON pointers of consumed values (a consumed value is consumed with all it contains).
+    used: RefCell<HashSet<String>>,
+    /// Every strict ancestor of a consumed pointer: containers that are only partly consumed.
+    partial: RefCell<HashSet<String>>,
+}
+
+impl<'a> Payload<'a> {
+    pub fn new(root: &'a Value) -> Self {
+        Payload {
+            root,
+            used: RefCell::default(),
+            partial: RefCell::default(),
+        }
+    }
+
+    pub fn root(&self) -> &'a Value {
+        self.root
+    }
+
+    /// Looks a value up without consuming it.
+    pub fn peek(&self, pointer: &str) -> Option<&'a Value> {
+        self.root.pointer(pointer)
+    }
+
+    /// Marks a pointer as mapped, whether or not it exists.
+    pub fn consume(&self, pointer: &str) {
+        let mut partial = self.partial.borrow_mut();
+        let mut end = pointer.len();
+        while let Some(slash) = pointer[..end].rfind('/') {
+            if slash == 0 {
+                break;
+            }
+            partial.insert(pointer[..slash].to_owned());
+            end = slash;
+        }
+        self.used.borrow_mut().insert(pointer.to_owned());
+    }
+
+    /// Reads and consumes a value; JSON `null` reads as `None` (and is consumed: it says
+    /// "unknown", which the canonical field says too).
+    pub fn get(&self, pointer: &str) -> Option<&'a Value> {
+        self.consume(pointer);
+        self.root.pointer(pointer).filter(|v| !v.is_null())
+    }
+
+    pub fn str(&self, pointer: &str) -> Option<String> {
+        match self.peek(pointer)? {
+            Value::String(s) => {
+                self.consume(pointer);
+                Some(s.clone())
+            }
+            Value::Null => {
+                self.consume(pointer);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// A string or integer id, as a string.
+    pub fn id(&self, pointer: &str) -> Option<String> {
+        let value = self.peek(pointer)?;
+        let id = convert::id_string(value);
+        if id.is_some() || value.is_null() {
+            self.consume(pointer);
+        }
+        id
+    }
+
+    pub fn i64(&self, pointer: &str) -> Option<i64> {
+        let value = self.peek(pointer)?;
+        match value.as_i64() {
+            Some(n) => {
+                self.consume(pointer);
+                Some(n)
+            }
+            None => {
+                if value.is_null() {
+                    self.consume(pointer);
+                }
+                None
+            }
+        }
+    }
+
+    pub fn bool(&self, pointer: &str) -> Option<bool> {
+        let b = self.peek(pointer)?.as_bool()?;
+        self.consume(pointer);
+        Some(b)
+    }
+
+    /// An object copied whole (vox `metadata`, `dynamic_variables`); absent or null is `{}`.
+    pub fn object(&self, pointer: &str) -> Map<String, Value> {
+        match self.peek(pointer) {
+            Some(Value::Object(map)) => {
+                self.consume(pointer);
+                map.clone()
+            }
+            Some(Value::Null) => {
+                self.consume(pointer);
+                Map::new()
+            }
+            _ => Map::new(),
+        }
+    }
+
+    /// Length of an array (0 when absent or not an array), without consuming it.
+    pub fn len(&self, pointer: &str) -> usize {
+        self.peek(pointer)
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
+    }
+
+    /// Everything not consumed, with original names and nesting; empty containers that were
+    /// partly consumed are left out.
+    pub fn residual(&self) -> Map<String, Value> {
+        let used = self.used.borrow();
+        let partial = self.partial.borrow();
+        match residual(self.root, "", &used, &partial) {
+            Some(Value::Object(map)) => map,
+            _ => Map::new(),
+        }
+    }
+}
+
+fn residual(
+    value: &Value,
+    pointer: &str,
+    used: &HashSet<String>,
+    partial: &HashSet<String>,
+) -> Option<Value> {
+    if !pointer.is_empty() && used.contains(pointer) {
+        return None;
+    }
+    if !pointer.is_empty() && !partial.contains(pointer) {
+        return Some(value.clone());
+    }
+    match value {
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (key, child) in map {
+                let child_pointer = format!("{pointer}/{}", escape(key));
+                if let Some(rest) = residual(child, &child_pointer, used, partial) {
+                    out.insert(key.clone(), rest);
+                }
+            }
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        Value::Array(items) => {
+            let rest: Vec<Value> = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    residual(item, &format!("{pointer}/{i}"), used, partial).unwrap_or(Value::Null)
+                })
+                .collect();
+            // Positions matter in an array, so a partly consumed array keeps its length and
+            // shows consumed items as null; an array with nothing left disappears.
+            rest.iter()
+                .any(|v| !v.is_null())
+                .then_some(Value::Array(rest))
+        }
+        other => Some(other.clone()),
+    }
+}
+
+/// RFC 6901 escaping of one reference token.
+pub fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn residual_keeps_everything_not_consumed() {
+        let body = json!({
+            "event": "x",
+            "call": {"call_id": "c1", "extra": 1, "transcript": [{"role": "a", "content": "b", "tone": "calm"}, {"role": "c", "content": "d"}]},
+            "top": [1, 2],
+            "a/b": true
+        });
+        let p = Payload::new(&body);
+        assert_eq!(p.str("/event").as_deref(), Some("x"));
+        assert_eq!(p.id("/call/call_id").as_deref(), Some("c1"));
+        for i in 0..2 {
+            p.str(&format!("/call/transcript/{i}/role"));
+            p.str(&format!("/call/transcript/{i}/content"));
+        }
+        assert_eq!(
+            Value::Object(p.residual()),
+            json!({"call": {"extra": 1, "transcript": [{"tone": "calm"}, null]}, "top": [1, 2], "a/b": true})
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_not_consumed() {
+        let body = json!({"n": "12", "s": 5, "z": null});
+        let p = Payload::new(&body);
+        assert_eq!(p.i64("/n"), None);
+        assert_eq!(p.str("/s"), None);
+        assert_eq!(p.str("/z"), None);
+        assert_eq!(Value::Object(p.residual()), json!({"n": "12", "s": 5}));
+    }
+}

@@ -1,0 +1,1001 @@
+//! Configuration: `config/gateway.toml` merged with `CALLGATE_` environment variables
+//! (figment), parsed once into an immutable, validated [`Config`].
+//!
+//! Loading reports every problem at once, each naming its key, rather than stopping at the
+//! first. `${NAME}` in secrets, URLs and header values is replaced by the environment variable
+//! `NAME` at load time; a missing variable is an error that names it.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use reqwest::header::{HeaderName, HeaderValue};
+use serde::{Deserialize, de::DeserializeOwned};
+
+use crate::canonical::Vendor;
+
+/// The configuration shipped with the binary; `cargo run --release` serves it.
+pub const DEFAULT_PATH: &str = "config/gateway.toml";
+
+/// Retry delays of Svix and Standard Webhooks: the default `retry.schedule`.
+pub const DEFAULT_SCHEDULE: [Duration; 7] = [
+    Duration::from_secs(5),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(30 * 60),
+    Duration::from_secs(2 * 3600),
+    Duration::from_secs(5 * 3600),
+    Duration::from_secs(10 * 3600),
+    Duration::from_secs(10 * 3600),
+];
+
+/// A secret string: compared and sent, never printed. `Debug` and `Display` show `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from (for messages).
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub delivery: DeliveryConfig,
+    /// Ingress sources by name (the `{source}` path segment).
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Egress routes by name.
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+/// `[server]`: the listener that faces the vendors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the ingress listener (also serves `/metrics`, health and admin unless
+    /// `[admin] listen` moves them).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest accepted request body; larger ones get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Longest a request may take, body upload included (slow senders get 408).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests handled at once; more are shed with 503 rather than queued without bound.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
+    /// On SIGTERM/Ctrl-C, how long in-flight requests and deliveries may take to finish.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sqlite://path/to/file.db` (created on first start).
+    #[serde(default = "default_storage_url")]
+    pub url: String,
+}
+
+/// `[admin]`: where the operational endpoints listen.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve `/metrics`, `/healthz`, `/readyz` (and the admin API) here instead of on
+    /// `server.listen`.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token of the admin API.
+    pub token: Option<Secret>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `callgate=debug,info`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[delivery]`: how the delivery workers behave (all routes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Requests in flight at once per route.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// How long to connect to a route's host before giving up.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// `[sources.NAME]`.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub vendor: Vendor,
+    /// Region for national-format phone numbers (`KR`, `UZ`…).
+    pub phone_region: Option<phonenumber::country::Id>,
+    pub auth: Auth,
+}
+
+/// Ingress authentication of one source (`gateway.md` §4).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Auth {
+    #[default]
+    None,
+    /// `?name=value` in the URL.
+    Query { name: String, value: Secret },
+    /// A named header equals a value.
+    Header { name: String, value: Secret },
+    /// `Authorization: Bearer <token>`.
+    Bearer { token: Secret },
+    /// `Authorization: Basic …`.
+    Basic { username: String, password: Secret },
+    /// A named header carries the HMAC-SHA256 of the raw body.
+    Hmac {
+        header: String,
+        secret: Secret,
+        #[serde(default)]
+        encoding: HmacEncoding,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+/// `[routes.NAME]`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub url: reqwest::Url,
+    /// Glob patterns over canonical types (`call.*`, `transcript.final`).
+    pub events: Vec<String>,
+    /// Sources whose events this route receives; `None` = all.
+    pub sources: Option<Vec<String>>,
+    /// Deliver events the vendor marked as test (Salpre `is_test`).
+    pub include_test: bool,
+    pub enabled: bool,
+    /// Total time one delivery attempt may take.
+    pub timeout: Duration,
+    /// Headers added to every request, rendered per event.
+    pub headers: Vec<(HeaderName, HeaderTemplate)>,
+    /// Standard Webhooks signing secrets (`whsec_…`); several during a rotation.
+    pub signing_secrets: Vec<Secret>,
+    /// Delays before retry 1, 2, …; after the last, the delivery is dead-lettered.
+    pub retry_schedule: Vec<Duration>,
+}
+
+impl RouteConfig {
+    /// Whether this route wants an event of `kind` from `source`.
+    pub fn matches(&self, kind: &str, source: &str, test: bool) -> bool {
+        self.enabled
+            && (self.include_test || !test)
+            && self
+                .sources
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|s| s == source))
+            && self
+                .events
+                .iter()
+                .any(|pattern| wildmatch::WildMatch::new(pattern).matches(kind))
+    }
+}
+
+/// A header value with `{{path}}` placeholders, filled from the canonical event being sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeaderTemplate(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    /// Literal text (may hold a secret substituted from the environment).
+    Text(String),
+    /// Dotted path into the event (`data.call_id`).
+    Field(Vec<String>),
+}
+
+impl fmt::Debug for HeaderTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Literal parts may be secrets: show only the placeholders.
+        let shown: Vec<String> = self
+            .0
+            .iter()
+            .map(|p| match p {
+                Part::Text(_) => "…".to_owned(),
+                Part::Field(path) => format!("{{{{{}}}}}", path.join(".")),
+            })
+            .collect();
+        write!(f, "HeaderTemplate({})", shown.join(""))
+    }
+}
+
+impl HeaderTemplate {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            let end = rest[start..]
+                .find("}}")
+                .ok_or("unclosed `{{` placeholder")?
+                + start;
+            if start > 0 {
+                parts.push(Part::Text(rest[..start].to_owned()));
+            }
+            let path = rest[start + 2..end].trim();
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                return Err(format!("invalid placeholder `{{{{{path}}}}}`"));
+            }
+            parts.push(Part::Field(path.split('.').map(str::to_owned).collect()));
+            rest = &rest[end + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(HeaderTemplate(parts))
+    }
+
+    /// Renders against an event; a missing field is the empty string. Control characters
+    /// that a header cannot carry are dropped.
+    pub fn render(&self, event: &serde_json::Value) -> HeaderValue {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Field(path) => {
+                    let value = path.iter().try_fold(event, |v, key| v.get(key));
+                    match value {
+                        Some(serde_json::Value::String(s)) => out.push_str(s),
+                        Some(serde_json::Value::Null) | None => {}
+                        Some(other) => out.push_str(&other.to_string()),
+                    }
+                }
+            }
+        }
+        out.retain(|c| c == '\t' || !c.is_control());
+        HeaderValue::from_bytes(out.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// Whether rendering needs the event (any `{{path}}`).
+    pub fn has_fields(&self) -> bool {
+        self.0.iter().any(|p| matches!(p, Part::Field(_)))
+    }
+
+    fn static_text(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [Part::Text(text)] => Some(text),
+            [] => Some(""),
+            _ => None,
+        }
+    }
+}
+
+/// A configuration problem: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found while loading, in key order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub path: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration in {} ({} problem(s)):",
+            self.path.display(),
+            self.errors.len()
+        )?;
+        for e in &self.errors {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads environment variables; a seam so tests need not mutate the process environment.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Loads `path` merged with `CALLGATE_*` variables from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let figment = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed("CALLGATE_").split("__").ignore(&["config"]));
+        Self::from_figment(path, &figment, &ProcessEnv)
+    }
+
+    /// Loads TOML text (for tests and `check`), with `${NAME}` read from `env`.
+    pub fn from_toml(text: &str, env: &dyn Environment) -> Result<Config, ConfigErrors> {
+        Self::from_figment(
+            Path::new("<inline>"),
+            &Figment::new().merge(Toml::string(text)),
+            env,
+        )
+    }
+
+    fn from_figment(
+        path: &Path,
+        figment: &Figment,
+        env: &dyn Environment,
+    ) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let fail = |errors: Vec<ConfigError>| ConfigErrors {
+            path: path.to_owned(),
+            errors,
+        };
+
+        let root: figment::value::Dict = match figment.extract() {
+            Ok(root) => root,
+            Err(e) => return Err(fail(figment_errors(e))),
+        };
+        for key in root.keys() {
+            if ![
+                "server", "storage", "admin", "log", "delivery", "sources", "routes",
+            ]
+            .contains(&key.as_str())
+            {
+                errors.push(ConfigError {
+                    key: key.clone(),
+                    message: "unknown key".into(),
+                });
+            }
+        }
+        let server: ServerConfig =
+            table(figment, &root, "server", &mut errors).unwrap_or_else(ServerConfig::from_empty);
+        let storage: StorageConfig =
+            table(figment, &root, "storage", &mut errors).unwrap_or_else(StorageConfig::from_empty);
+        let mut admin: AdminConfig =
+            table(figment, &root, "admin", &mut errors).unwrap_or_default();
+        let log: LogConfig =
+            table(figment, &root, "log", &mut errors).unwrap_or_else(LogConfig::from_empty);
+        let delivery: DeliveryConfig = table(figment, &root, "delivery", &mut errors)
+            .unwrap_or_else(DeliveryConfig::from_empty);
+
+        if server.max_body_bytes == 0 {
+            errors.push(ConfigError {
+                key: "server.max_body_bytes".into(),
+                message: "must be greater than 0".into(),
+            });
+        }
+        if server.max_concurrent_requests == 0 {
+            errors.push(ConfigError {
+                key: "server.max_concurrent_requests".into(),
+                message: "must be greater than 0".into(),
+            });
+        }
+        if delivery.concurrency == 0 {
+            errors.push(ConfigError {
+                key: "delivery.concurrency".into(),
+                message: "must be greater than 0".into(),
+            });
+        }
+        let storage = StorageConfig {
+            url: substitute(&storage.url, "storage.url", env, &mut errors),
+        };
+        if !storage.url.starts_with("sqlite:") {
+            errors.push(ConfigError {
+                key: "storage.url".into(),
+                message: "only sqlite://PATH is supported (PostgreSQL is planned)".into(),
+            });
+        }
+        if let Some(token) = &admin.token {
+            admin.token = Some(Secret(substitute(
+                token.expose(),
+                "admin.token",
+                env,
+                &mut errors,
+            )));
+        }
+
+        let mut sources = BTreeMap::new();
+        for name in names(&root, "sources", &mut errors) {
+            let key = format!("sources.{name}");
+            if let Some(raw) = extract::<RawSource>(figment, &key, &mut errors) {
+                if let Some(source) = raw.validate(&key, env, &mut errors) {
+                    check_name(&name, &key, &mut errors);
+                    sources.insert(name, source);
+                }
+            }
+        }
+        let mut routes = BTreeMap::new();
+        for name in names(&root, "routes", &mut errors) {
+            let key = format!("routes.{name}");
+            if let Some(raw) = extract::<RawRoute>(figment, &key, &mut errors) {
+                if let Some(route) = raw.validate(&key, &sources, env, &mut errors) {
+                    check_name(&name, &key, &mut errors);
+                    routes.insert(name, route);
+                }
+            }
+        }
+
+        if errors.is_empty() {
+            Ok(Config {
+                path: path.to_owned(),
+                server,
+                storage,
+                admin,
+                log,
+                delivery,
+                sources,
+                routes,
+            })
+        } else {
+            errors.sort_by(|a, b| a.key.cmp(&b.key));
+            errors.dedup();
+            Err(fail(errors))
+        }
+    }
+
+    /// The SQLite file path of `storage.url`.
+    pub fn sqlite_path(&self) -> PathBuf {
+        let url = &self.storage.url;
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        PathBuf::from(path)
+    }
+}
+
+/// Extracts one table, recording (not returning) its errors.
+fn table<T: DeserializeOwned>(
+    figment: &Figment,
+    root: &figment::value::Dict,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    if root.contains_key(key) {
+        extract(figment, key, errors)
+    } else {
+        None
+    }
+}
+
+fn extract<T: DeserializeOwned>(
+    figment: &Figment,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match figment.extract_inner::<T>(key) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            errors.extend(figment_errors(e));
+            None
+        }
+    }
+}
+
+/// The table names under `[sources]` or `[routes]`.
+fn names(root: &figment::value::Dict, key: &str, errors: &mut Vec<ConfigError>) -> Vec<String> {
+    match root.get(key) {
+        None => Vec::new(),
+        Some(figment::value::Value::Dict(_, dict)) => dict.keys().cloned().collect(),
+        Some(_) => {
+            errors.push(ConfigError {
+                key: key.into(),
+                message: "must be a table of named entries".into(),
+            });
+            Vec::new()
+        }
+    }
+}
+
+fn check_name(name: &str, key: &str, errors: &mut Vec<ConfigError>) {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        errors.push(ConfigError {
+            key: key.into(),
+            message: "name may only use letters, digits, `-` and `_`".into(),
+        });
+    }
+}
+
+fn figment_errors(e: figment::Error) -> Vec<ConfigError> {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let mut message = e.kind.to_string();
+            if let Some(source) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                message.push_str(&format!(" (from {source})"));
+            }
+            ConfigError { key, message }
+        })
+        .collect()
+}
+
+/// Replaces every `${NAME}` with the environment variable `NAME`; a missing one is an error.
+pub fn substitute(
+    text: &str,
+    key: &str,
+    env: &dyn Environment,
+    errors: &mut Vec<ConfigError>,
+) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start + 2..].find('}') else {
+            break;
+        };
+        let name = &rest[start + 2..start + 2 + len];
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        out.push_str(&rest[..start]);
+        if !valid {
+            out.push_str(&rest[start..start + 3 + len]);
+        } else {
+            match env.var(name) {
+                Some(value) => out.push_str(&value),
+                None => errors.push(ConfigError {
+                    key: key.into(),
+                    message: format!("environment variable {name} is not set"),
+                }),
+            }
+        }
+        rest = &rest[start + 3 + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    /// `oneinbox` | `vox` | `salpre` | `utel`.
+    vendor: Vendor,
+    phone_region: Option<String>,
+    #[serde(default)]
+    auth: Auth,
+}
+
+impl RawSource {
+    fn validate(
+        self,
+        key: &str,
+        env: &dyn Environment,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<SourceConfig> {
+        let before = errors.len();
+        let phone_region = self
+            .phone_region
+            .as_deref()
+            .and_then(|region| match region.parse() {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    errors.push(ConfigError {
+                        key: format!("{key}.phone_region"),
+                        message: format!(
+                            "unknown region `{region}` (use an ISO 3166 code such as KR)"
+                        ),
+                    });
+                    None
+                }
+            });
+        let sub = |s: &Secret, field: &str, errors: &mut Vec<ConfigError>| {
+            Secret(substitute(
+                s.expose(),
+                &format!("{key}.auth.{field}"),
+                env,
+                errors,
+            ))
+        };
+        let auth = match self.auth {
+            Auth::None => Auth::None,
+            Auth::Query { name, value } => Auth::Query {
+                value: sub(&value, "value", errors),
+                name,
+            },
+            Auth::Header { name, value } => {
+                if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    errors.push(ConfigError {
+                        key: format!("{key}.auth.name"),
+                        message: "not a valid header name".into(),
+                    });
+                }
+                Auth::Header {
+                    value: sub(&value, "value", errors),
+                    name,
+                }
+            }
+            Auth::Bearer { token } => Auth::Bearer {
+                token: sub(&token, "token", errors),
+            },
+            Auth::Basic { username, password } => Auth::Basic {
+                password: sub(&password, "password", errors),
+                username,
+            },
+            Auth::Hmac {
+                header,
+                secret,
+                encoding,
+            } => Auth::Hmac {
+                secret: sub(&secret, "secret", errors),
+                header,
+                encoding,
+            },
+        };
+        let empty_secret = match &auth {
+            Auth::None => false,
+            Auth::Query { value, .. } | Auth::Header { value, .. } => value.expose().is_empty(),
+            Auth::Bearer { token } => token.expose().is_empty(),
+            Auth::Basic { password, .. } => password.expose().is_empty(),
+            Auth::Hmac { secret, .. } => secret.expose().is_empty(),
+        };
+        if empty_secret {
+            errors.push(ConfigError {
+                key: format!("{key}.auth"),
+                message: "the secret is empty".into(),
+            });
+        }
+        (errors.len() == before).then_some(SourceConfig {
+            vendor: self.vendor,
+            phone_region,
+            auth,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    url: String,
+    #[serde(default = "all_events")]
+    events: Vec<String>,
+    sources: Option<Vec<String>>,
+    #[serde(default)]
+    include_test: bool,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_route_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    signing_secret: Option<OneOrMany>,
+    #[serde(default)]
+    retry: RawRetry,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default, with = "humantime_serde::option_vec")]
+    schedule: Option<Vec<Duration>>,
+}
+
+/// Headers the gateway owns: a route cannot override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+impl RawRoute {
+    fn validate(
+        self,
+        key: &str,
+        sources: &BTreeMap<String, SourceConfig>,
+        env: &dyn Environment,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<RouteConfig> {
+        let before = errors.len();
+        let url_text = substitute(&self.url, &format!("{key}.url"), env, errors);
+        let url = match reqwest::Url::parse(&url_text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            Ok(_) => {
+                errors.push(ConfigError {
+                    key: format!("{key}.url"),
+                    message: "must be an http or https URL".into(),
+                });
+                None
+            }
+            Err(e) => {
+                errors.push(ConfigError {
+                    key: format!("{key}.url"),
+                    message: format!("not a URL: {e}"),
+                });
+                None
+            }
+        };
+        if self.events.is_empty() {
+            errors.push(ConfigError {
+                key: format!("{key}.events"),
+                message: "must list at least one pattern".into(),
+            });
+        }
+        for pattern in &self.events {
+            let ok = pattern
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._*?".contains(c));
+            if !ok || pattern.is_empty() {
+                errors.push(ConfigError {
+                    key: format!("{key}.events"),
+                    message: format!(
+                        "`{pattern}` is not a pattern over canonical types (e.g. `call.*`)"
+                    ),
+                });
+            }
+        }
+        for source in self.sources.iter().flatten() {
+            if !sources.contains_key(source) {
+                errors.push(ConfigError {
+                    key: format!("{key}.sources"),
+                    message: format!("no source named `{source}`"),
+                });
+            }
+        }
+        if self.timeout.is_zero() {
+            errors.push(ConfigError {
+                key: format!("{key}.timeout"),
+                message: "must be greater than 0".into(),
+            });
+        }
+        let mut headers = Vec::new();
+        for (name, value) in &self.headers {
+            let at = format!("{key}.headers.{name}");
+            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+                errors.push(ConfigError {
+                    key: at,
+                    message: "not a valid header name".into(),
+                });
+                continue;
+            };
+            if RESERVED_HEADERS.contains(&header.as_str()) {
+                errors.push(ConfigError {
+                    key: at,
+                    message: "this header is set by callgate and cannot be overridden".into(),
+                });
+                continue;
+            }
+            let value = substitute(value, &at, env, errors);
+            match HeaderTemplate::parse(&value) {
+                Ok(template) => {
+                    if template
+                        .static_text()
+                        .is_some_and(|t| HeaderValue::from_str(t).is_err())
+                    {
+                        errors.push(ConfigError {
+                            key: at,
+                            message: "not a valid header value".into(),
+                        });
+                    } else {
+                        headers.push((header, template));
+                    }
+                }
+                Err(e) => errors.push(ConfigError {
+                    key: at,
+                    message: e,
+                }),
+            }
+        }
+        let secrets = match self.signing_secret {
+            None => vec![],
+            Some(OneOrMany::One(s)) => vec![s],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        let mut signing_secrets = Vec::new();
+        for secret in secrets {
+            let secret = substitute(&secret, &format!("{key}.signing_secret"), env, errors);
+            if crate::delivery::signing::decode_secret(&secret).is_none() {
+                errors.push(ConfigError {
+                    key: format!("{key}.signing_secret"),
+                    message: "must be `whsec_` followed by base64 (the Standard Webhooks format)"
+                        .into(),
+                });
+            }
+            signing_secrets.push(Secret(secret));
+        }
+        let retry_schedule = self
+            .retry
+            .schedule
+            .unwrap_or_else(|| DEFAULT_SCHEDULE.to_vec());
+        if errors.len() != before {
+            return None;
+        }
+        Some(RouteConfig {
+            url: url?,
+            events: self.events,
+            sources: self.sources,
+            include_test: self.include_test,
+            enabled: self.enabled,
+            timeout: self.timeout,
+            headers,
+            signing_secrets,
+            retry_schedule,
+        })
+    }
+}
+
+impl ServerConfig {
+    fn from_empty() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            request_timeout: default_request_timeout(),
+            max_concurrent_requests: default_max_concurrent(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+impl StorageConfig {
+    fn from_empty() -> Self {
+        StorageConfig {
+            url: default_storage_url(),
+        }
+    }
+}
+
+impl LogConfig {
+    fn from_empty() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: default_log_filter(),
+        }
+    }
+}
+
+impl DeliveryConfig {
+    fn from_empty() -> Self {
+        DeliveryConfig {
+            concurrency: default_concurrency(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_concurrent() -> usize {
+    1024
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_storage_url() -> String {
+    "sqlite://data/callgate.db".into()
+}
+fn default_log_filter() -> String {
+    "info".into()
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_route_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn all_events() -> Vec<String> {
+    vec!["*".into()]
+}
+fn yes() -> bool {
+    true
+}
+
+/// `"10s"`-style durations in serde, via `humantime`.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}`: {e} (use e.g. \"10s\", \"5m\")"))
+        })
+    }
+
+    pub mod option_vec {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Vec<Duration>>, D::Error> {
+            let texts = Vec::<String>::deserialize(d)?;
+            texts
+                .iter()
+                .map(|t| {
+                    humantime::parse_duration(t)
+                        .map_err(|e| serde::de::Error::custom(format!("`{t}`: {e}")))
+                })
+                .collect::<Result<_, _>>()
+                .map(Some)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,19 @@
+//! callgate: one binary that receives call-event webhooks from voice-AI and telephony vendors,
+//! validates and maps them into canonical CloudEvents, stores them durably, and re-emits them
+//! to configured routes.
+//!
+//! # Layout
+//! The pipeline reads top to bottom: [`ingress`] (HTTP, auth, status codes) →
+//! [`vendors`] (schema validation + mapping, pure) → [`canonical`] (the event model) →
+//! [`store`] (durable SQLite outbox) → [`delivery`] (routes, retries, dead letters).
+//! [`config`], [`telemetry`] and [`server`] wire it together; `main.rs` is the CLI.
+
+pub mod auth;
+pub mod canonical;
+pub mod config;
+pub mod delivery;
+pub mod ingress;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod vendors;

@@ -1,0 +1,281 @@
+//! The `callgate` command: `serve` (the default), `check` and `normalize`.
+
+use std::{
+    io::{Read, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use callgate::{
+    canonical::Vendor,
+    config::{self, Auth, Config},
+    server::{self, Listeners},
+    telemetry,
+    vendors::{self, Origin},
+};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Call-event webhook gateway: vendor webhooks in, canonical CloudEvents out."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve {
+        /// Configuration file.
+        #[arg(long, env = "CALLGATE_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate the configuration and print the sources and routes it defines.
+    Check {
+        #[arg(long, env = "CALLGATE_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate one vendor payload and print its canonical events as JSON lines.
+    Normalize {
+        /// oneinbox | vox | salpre | utel
+        #[arg(long)]
+        vendor: String,
+        /// Source name to map with (defaults to the vendor name).
+        #[arg(long)]
+        source: Option<String>,
+        /// Region for national phone numbers, e.g. KR.
+        #[arg(long)]
+        phone_region: Option<String>,
+        /// The payload file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        file: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or_else(|| Command::Serve {
+        config: std::env::var_os("CALLGATE_CONFIG")
+            .map_or_else(|| PathBuf::from(config::DEFAULT_PATH), PathBuf::from),
+    });
+    match command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+        Command::Normalize {
+            vendor,
+            source,
+            phone_region,
+            file,
+        } => normalize(&vendor, source, phone_region, &file),
+    }
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("callgate: {errors}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("callgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listeners = Listeners::bind(&config)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.server.listen))?;
+        server::run(config, listeners, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "callgate failed.");
+            eprintln!("callgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("callgate: {errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "configuration {} is valid", path.display());
+    let _ = writeln!(
+        out,
+        "ingress  http://{}/v1/ingest/{{source}}",
+        config.server.listen
+    );
+    match config.admin.listen {
+        Some(addr) => {
+            let _ = writeln!(out, "admin    http://{addr} (/metrics, /healthz, /readyz)");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "admin    on the ingress listener (/metrics, /healthz, /readyz)"
+            );
+        }
+    }
+    let _ = writeln!(out, "storage  {}", config.storage.url);
+    let _ = writeln!(out, "sources ({}):", config.sources.len());
+    for (name, source) in &config.sources {
+        let auth = match &source.auth {
+            Auth::None => "none".to_owned(),
+            Auth::Query { name, .. } => format!("query parameter `{name}`"),
+            Auth::Header { name, .. } => format!("header `{name}`"),
+            Auth::Bearer { .. } => "bearer token".to_owned(),
+            Auth::Basic { username, .. } => format!("basic (user `{username}`)"),
+            Auth::Hmac {
+                header, encoding, ..
+            } => format!("hmac-sha256 ({encoding:?}) in `{header}`"),
+        };
+        let region = source
+            .phone_region
+            .map(|r| format!(", phone_region {}", r.as_ref()))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {name:<12} vendor {}, auth {auth}{region}  -> POST /v1/ingest/{name}",
+            source.vendor
+        );
+    }
+    let _ = writeln!(out, "routes ({}):", config.routes.len());
+    for (name, route) in &config.routes {
+        let sources = route
+            .sources
+            .as_ref()
+            .map_or_else(|| "all".to_owned(), |s| s.join(", "));
+        let headers: Vec<&str> = route.headers.iter().map(|(h, _)| h.as_str()).collect();
+        let schedule: Vec<String> = route
+            .retry_schedule
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {name:<12} {} {}\n    events [{}], sources [{sources}], include_test {}, timeout {}, signed {}\n    headers [{}]\n    retry [{}] then dead letter",
+            if route.enabled {
+                "enabled "
+            } else {
+                "DISABLED"
+            },
+            redact_url(&route.url),
+            route.events.join(", "),
+            route.include_test,
+            humantime::format_duration(route.timeout),
+            if route.signing_secrets.is_empty() {
+                "no".to_owned()
+            } else {
+                format!("yes ({} secret(s))", route.signing_secrets.len())
+            },
+            headers.join(", "),
+            schedule.join(", "),
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// A URL without credentials or query (either may carry a secret).
+fn redact_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    if shown.query().is_some() {
+        shown.set_query(Some("…"));
+    }
+    shown.to_string()
+}
+
+fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file: &str) -> ExitCode {
+    let Some(vendor) = Vendor::parse(vendor) else {
+        eprintln!("callgate: unknown vendor `{vendor}` (oneinbox, vox, salpre, utel)");
+        return ExitCode::from(2);
+    };
+    let phone_region = match region.as_deref().map(str::parse) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            eprintln!(
+                "callgate: unknown phone region `{}`",
+                region.unwrap_or_default()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let mut body = Vec::new();
+    let read = if file == "-" {
+        std::io::stdin().read_to_end(&mut body).map(drop)
+    } else {
+        std::fs::read(file).map(|b| body = b)
+    };
+    if let Err(e) = read {
+        eprintln!("callgate: cannot read {file}: {e}");
+        return ExitCode::from(2);
+    }
+    let source = source.unwrap_or_else(|| vendor.as_str().to_owned());
+    let origin = Origin {
+        source: &source,
+        vendor,
+        phone_region,
+    };
+    match vendors::normalize(&origin, &body, chrono::Utc::now()) {
+        Ok(events) => {
+            let mut out = std::io::stdout().lock();
+            for event in events {
+                let _ = writeln!(out, "{}", serde_json::to_string(&event).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(rejection) => {
+            eprintln!("callgate: {rejection}");
+            for v in rejection.violations() {
+                eprintln!(
+                    "  {}: {}",
+                    if v.path.is_empty() { "/" } else { &v.path },
+                    v.message
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Wiring: the shared [`App`] state, the routers, and [`run`], which serves until shutdown.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::{
+    config::Config,
+    delivery::Dispatcher,
+    ingress::{self, IngressError, error_response},
+    store::{Store, sqlite::SqliteStore},
+    telemetry, vendors,
+};
+
+/// State shared by every request handler.
+pub struct App {
+    /// The validated configuration, immutable while running.
+    pub config: Arc<Config>,
+    /// Where accepted payloads, deliveries and the quarantine live.
+    pub store: Arc<dyn Store>,
+    /// Wakes route workers after a commit adds deliveries.
+    pub dispatcher: Dispatcher,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Bounds requests in flight; a request that finds no permit is shed with 503.
+    pub permits: Arc<Semaphore>,
+}
+
+/// The listeners a gateway serves on.
+pub struct Listeners {
+    pub ingress: TcpListener,
+    /// Separate listener for `/metrics`, health and admin (`[admin] listen`); `None` serves
+    /// them on the ingress listener.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses in the configuration.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let ingress = TcpListener::bind(config.server.listen).await?;
+        let admin = match config.admin.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners { ingress, admin })
+    }
+}
+
+/// Opens the store from the configuration.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let path = config.sqlite_path();
+    let store = SqliteStore::open(&path)
+        .map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Runs the gateway until `shutdown` resolves, then stops accepting, lets in-flight requests
+/// and deliveries finish within `server.shutdown_grace`, and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    vendors::init().map_err(|e| anyhow::anyhow!(e))?;
+    let config = Arc::new(config);
+    let store = open_store(&config)?;
+    let metrics = telemetry::metrics_handle();
+    let dispatcher = Dispatcher::start(&config, store.clone())?;
+    let app = Arc::new(App {
+        config: config.clone(),
+        store: store.clone(),
+        dispatcher,
+        metrics: metrics.clone(),
+        permits: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
+    });
+
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics.run_upkeep();
+        }
+    });
+
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let ops = ops_router(app.clone());
+    let ingress_router = ingress_router(app.clone());
+    let mut servers = tokio::task::JoinSet::new();
+    let ingress_addr = listeners.ingress.local_addr()?;
+    let (public, admin_addr) = match listeners.admin {
+        Some(admin) => {
+            let addr = admin.local_addr()?;
+            let mut stop = stop_tx.subscribe();
+            servers.spawn(async move {
+                axum::serve(admin, ops)
+                    .with_graceful_shutdown(async move { drop(stop.recv().await) })
+                    .await
+            });
+            (ingress_router, Some(addr))
+        }
+        None => (ingress_router.merge(ops), None),
+    };
+    let mut stop = stop_tx.subscribe();
+    servers.spawn(async move {
+        axum::serve(listeners.ingress, public)
+            .with_graceful_shutdown(async move { drop(stop.recv().await) })
+            .await
+    });
+    // A machine-readable line on stdout: tests and scripts read the bound addresses here.
+    match admin_addr {
+        Some(admin) => println!("callgate listening ingress={ingress_addr} admin={admin}"),
+        None => println!("callgate listening ingress={ingress_addr}"),
+    }
+    tracing::info!(ingress = %ingress_addr, admin = ?admin_addr, sources = config.sources.len(), routes = config.routes.len(), "callgate started.");
+
+    shutdown.await;
+    tracing::info!(grace = ?config.server.shutdown_grace, "Shutting down: no new requests; finishing in-flight work.");
+    let _ = stop_tx.send(());
+    let grace = config.server.shutdown_grace;
+    let servers_done = async { while servers.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, servers_done).await.is_err() {
+        tracing::warn!("Requests still open at the end of the grace period were cut off.");
+    }
+    upkeep.abort();
+    match Arc::try_unwrap(app) {
+        Ok(app) => app.dispatcher.shutdown(grace).await,
+        Err(_) => tracing::warn!(
+            "Request handlers outlived the grace period; deliveries stop with the process."
+        ),
+    }
+    tracing::info!("callgate stopped.");
+    Ok(())
+}
+
+fn ingress_router(app: Arc<App>) -> Router {
+    let timeout = app.config.server.request_timeout;
+    Router::new()
+        .route("/v1/ingest/{source}", post(ingress::ingest))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), shed_load))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(app)
+}
+
+fn ops_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// Sheds requests beyond `server.max_concurrent_requests` with 503 instead of queueing them.
+async fn shed_load(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    match app.permits.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            telemetry::ingress(
+                "unknown",
+                "unknown",
+                telemetry::IngressOutcome::Unavailable,
+                0.0,
+            );
+            IngressError::Overloaded.into_response()
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint", &[])
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            &format!("store: {e}"),
+            &[],
+        ),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Ok(counts) = app.store.counts().await {
+        telemetry::set_store_gauges(app.config.routes.keys(), &counts);
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,158 @@
+//! The durable store: accepted payloads, their canonical events, the delivery outbox, dead
+//! letters and the quarantine of rejected payloads.
+//!
+//! Ingress and delivery see only the [`Store`] trait; SQLite ([`sqlite::SqliteStore`]) is the
+//! embedded backend, and a PostgreSQL backend can be added beside it without touching either.
+//!
+//! **Invariant:** [`Store::ingest`] returns only after the payload, its events and their
+//! deliveries are committed and synced to disk — the ingress answers 200 on that promise.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+/// Milliseconds since the Unix epoch: the store's only time unit.
+pub type Millis = i64;
+
+pub fn now_ms() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// An accepted payload and everything it produced, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    pub source: String,
+    /// SHA-256 of the raw body: the redelivery key together with `source`.
+    pub digest: [u8; 32],
+    pub body: Vec<u8>,
+    pub received_at: Millis,
+    pub events: Vec<NewEvent>,
+}
+
+/// One canonical event to store, with the routes it must be delivered to.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub kind: String,
+    pub subject: String,
+    /// The CloudEvent as JSON, exactly as it will be sent.
+    pub json: String,
+    pub routes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored now; the canonical ids.
+    Accepted(Vec<String>),
+    /// The same body from the same source was accepted before; its original ids.
+    Duplicate(Vec<String>),
+}
+
+/// A rejected payload kept for inspection and replay.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub source: String,
+    pub vendor: String,
+    pub received_at: Millis,
+    /// HTTP status it was rejected with (400, 422).
+    pub status: u16,
+    /// Machine-readable reason (`invalid_json`, `schema_violation`, `unknown_event`).
+    pub reason: String,
+    /// JSON array of `{path, message}`.
+    pub details: String,
+    pub body: Vec<u8>,
+}
+
+/// A delivery due now: one event for one route.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: i64,
+    pub route: String,
+    pub event_id: String,
+    pub subject: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub json: String,
+}
+
+/// What one attempt found, kept for failed attempts and dead letters.
+#[derive(Debug, Clone, Default)]
+pub struct Attempt {
+    pub at: Millis,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    /// The first bytes of the response body.
+    pub response: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// How an attempt ended, as the store records it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Delivered {
+        id: i64,
+    },
+    Retry {
+        id: i64,
+        next_at: Millis,
+        attempt: Attempt,
+    },
+    Dead {
+        id: i64,
+        attempt: Attempt,
+    },
+}
+
+/// Deliveries waiting (or retrying) and dead letters, per route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub backlog: BTreeMap<String, i64>,
+    pub dead: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Backend(String),
+    #[error("the store is shut down")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Commits a payload, its events and their deliveries durably, or reports a duplicate.
+    async fn ingest(&self, ingest: Ingest) -> Result<IngestOutcome, StoreError>;
+
+    /// Keeps a rejected payload.
+    async fn quarantine(&self, item: Quarantined) -> Result<(), StoreError>;
+
+    /// Deliveries of `route` due at `now`, oldest first, at most one per subject (the oldest
+    /// undelivered one, so a call's events go out in order), skipping `in_flight`.
+    async fn due(
+        &self,
+        route: &str,
+        now: Millis,
+        limit: usize,
+        in_flight: &[i64],
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// When the next delivery of `route` falls due, if any is waiting.
+    async fn next_due(&self, route: &str) -> Result<Option<Millis>, StoreError>;
+
+    /// Records attempt outcomes.
+    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError>;
+
+    /// Backlog and dead letters per route, straight from the store.
+    async fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,171 @@
+//! Metrics and logs. Every series callgate exports is named here, with its labels; label
+//! values come from closed sets (source and route names from the config, fixed outcomes),
+//! never from request data.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::{
+    config::{LogConfig, LogFormat},
+    store::Counts,
+};
+
+pub const INGRESS_REQUESTS: &str = "callgate_ingress_requests_total";
+pub const INGRESS_DURATION: &str = "callgate_ingress_duration_seconds";
+pub const EVENTS: &str = "callgate_events_total";
+pub const DELIVERIES: &str = "callgate_deliveries_total";
+pub const DELIVERY_DURATION: &str = "callgate_delivery_duration_seconds";
+pub const BACKLOG: &str = "callgate_delivery_backlog";
+pub const DEAD_LETTERS: &str = "callgate_dead_letters";
+
+/// Histogram buckets (seconds) for both latency series.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Ingress outcomes, the `outcome` label of `callgate_ingress_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressOutcome {
+    Accepted,
+    Duplicate,
+    Invalid,
+    Unauthorized,
+    TooLarge,
+    Unavailable,
+    UnknownSource,
+}
+
+impl IngressOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngressOutcome::Accepted => "accepted",
+            IngressOutcome::Duplicate => "duplicate",
+            IngressOutcome::Invalid => "invalid",
+            IngressOutcome::Unauthorized => "unauthorized",
+            IngressOutcome::TooLarge => "too_large",
+            IngressOutcome::Unavailable => "unavailable",
+            IngressOutcome::UnknownSource => "unknown_source",
+        }
+    }
+}
+
+/// Delivery outcomes, the `outcome` label of `callgate_deliveries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Success,
+    Retry,
+    DeadLetter,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Success => "success",
+            DeliveryOutcome::Retry => "retry",
+            DeliveryOutcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
+pub fn metrics_handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests embedding several gateways):
+            // then this one still renders, just without the other's data.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        INGRESS_REQUESTS,
+        "Ingress requests by source, vendor and outcome."
+    );
+    describe_histogram!(
+        INGRESS_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer an ingress request."
+    );
+    describe_counter!(
+        EVENTS,
+        "Canonical events accepted, by source and canonical type."
+    );
+    describe_counter!(DELIVERIES, "Delivery attempts by route and outcome.");
+    describe_histogram!(
+        DELIVERY_DURATION,
+        metrics::Unit::Seconds,
+        "Time of one delivery attempt."
+    );
+    describe_gauge!(BACKLOG, "Deliveries waiting or retrying, by route.");
+    describe_gauge!(
+        DEAD_LETTERS,
+        "Dead-lettered deliveries kept in the store, by route."
+    );
+}
+
+pub fn ingress(source: &str, vendor: &str, outcome: IngressOutcome, seconds: f64) {
+    counter!(INGRESS_REQUESTS, "source" => source.to_owned(), "vendor" => vendor.to_owned(), "outcome" => outcome.as_str())
+        .increment(1);
+    histogram!(INGRESS_DURATION, "source" => source.to_owned()).record(seconds);
+}
+
+pub fn event(source: &str, kind: &'static str) {
+    counter!(EVENTS, "source" => source.to_owned(), "type" => kind).increment(1);
+}
+
+pub fn delivery(route: &str, outcome: DeliveryOutcome, seconds: f64) {
+    counter!(DELIVERIES, "route" => route.to_owned(), "outcome" => outcome.as_str()).increment(1);
+    histogram!(DELIVERY_DURATION, "route" => route.to_owned()).record(seconds);
+}
+
+/// Sets the backlog and dead-letter gauges from the store's counts, for every known route
+/// (zero when the store has none), so the gauges always equal the store.
+pub fn set_store_gauges<'a>(routes: impl IntoIterator<Item = &'a String>, counts: &Counts) {
+    let mut names: Vec<&String> = routes.into_iter().collect();
+    names.extend(counts.backlog.keys());
+    names.extend(counts.dead.keys());
+    names.sort();
+    names.dedup();
+    for route in names {
+        gauge!(BACKLOG, "route" => route.clone())
+            .set(counts.backlog.get(route).copied().unwrap_or(0) as f64);
+        gauge!(DEAD_LETTERS, "route" => route.clone())
+            .set(counts.dead.get(route).copied().unwrap_or(0) as f64);
+    }
+}
+
+/// Installs the `tracing` subscriber: text or JSON lines on stderr, filtered by `RUST_LOG`
+/// or `log.filter`.
+pub fn init_logging(config: &LogConfig) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match config.format {
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+    };
+    let _ = result; // already installed (tests)
+}

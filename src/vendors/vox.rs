@@ -1,0 +1,537 @@
+//! vox.ai call-data webhooks, v1 and v2. `{event, call | mid_call}` in v1; v2 adds
+//! `webhook_version: "v2"`, renames numbers and times, nests the agent, moves cost and
+//! analysis into a separate `call_analyzed`, and adds `sms_received` (body under `sms`).
+//! Times are epoch **milliseconds**.
+
+use serde_json::{Map, Value};
+
+use super::{Context, MapResult, Violation};
+use crate::canonical::{
+    Analysis, Common, Cost, Details, Draft, End, EndReason, EndedBy, EventType, Flow, FlowNode,
+    Mapped, Payload, Sms, Status, Utterance, Vendor, convert,
+};
+
+pub const SCHEMAS: &[(&str, &str)] = &[
+    (
+        "v1/call_started",
+        include_str!("../../schemas/vox/v1/call_started.json"),
+    ),
+    (
+        "v1/call_ended",
+        include_str!("../../schemas/vox/v1/call_ended.json"),
+    ),
+    (
+        "v1/mid_call.flow_transition",
+        include_str!("../../schemas/vox/v1/mid_call.flow_transition.json"),
+    ),
+    (
+        "v1/mid_call.call_message",
+        include_str!("../../schemas/vox/v1/mid_call.call_message.json"),
+    ),
+    (
+        "v2/call_started",
+        include_str!("../../schemas/vox/v2/call_started.json"),
+    ),
+    (
+        "v2/call_ended",
+        include_str!("../../schemas/vox/v2/call_ended.json"),
+    ),
+    (
+        "v2/call_analyzed",
+        include_str!("../../schemas/vox/v2/call_analyzed.json"),
+    ),
+    (
+        "v2/sms_received",
+        include_str!("../../schemas/vox/v2/sms_received.json"),
+    ),
+    (
+        "v2/mid_call.flow_transition",
+        include_str!("../../schemas/vox/v2/mid_call.flow_transition.json"),
+    ),
+    (
+        "v2/mid_call.call_message",
+        include_str!("../../schemas/vox/v2/mid_call.call_message.json"),
+    ),
+];
+
+const V1_EVENTS: &[(&str, &str)] = &[
+    ("call_started", "v1/call_started"),
+    ("call_ended", "v1/call_ended"),
+    ("mid_call", "mid_call"),
+];
+const V2_EVENTS: &[(&str, &str)] = &[
+    ("call_started", "v2/call_started"),
+    ("call_ended", "v2/call_ended"),
+    ("call_analyzed", "v2/call_analyzed"),
+    ("sms_received", "v2/sms_received"),
+    ("mid_call", "mid_call"),
+];
+
+pub fn event_key(body: &Value) -> Result<&'static str, Violation> {
+    let (v2, events) = match body.get("webhook_version") {
+        None => (false, V1_EVENTS),
+        Some(Value::String(v)) if v == "v2" => (true, V2_EVENTS),
+        Some(other) => {
+            return Err(Violation::new(
+                "/webhook_version",
+                format!("unsupported vox webhook_version {other}"),
+            ));
+        }
+    };
+    let key = super::discriminate(body, "/event", events, Vendor::Vox)?;
+    if key != "mid_call" {
+        return Ok(key);
+    }
+    let kinds: &[(&str, &'static str)] = if v2 {
+        &[
+            ("flow_transition", "v2/mid_call.flow_transition"),
+            ("call_message", "v2/mid_call.call_message"),
+        ]
+    } else {
+        &[
+            ("flow_transition", "v1/mid_call.flow_transition"),
+            ("call_message", "v1/mid_call.call_message"),
+        ]
+    };
+    super::discriminate(body, "/mid_call/event_type", kinds, Vendor::Vox)
+}
+
+/// How a `disconnection_reason` bears on whether the call connected.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Only a connected call ends this way.
+    Connected,
+    /// The call never connected; the status it ended in.
+    NotConnected(Status),
+    /// Vendor-side failure: connected or not, judged from the rest of the payload.
+    Either,
+}
+
+fn reason(raw: &str) -> Option<(EndReason, EndedBy, Kind)> {
+    use EndReason as R;
+    use Kind::*;
+    Some(match raw {
+        "user_hangup" => (R::CustomerHangup, EndedBy::Customer, Connected),
+        "agent_hangup" => (R::AgentHangup, EndedBy::Agent, Connected),
+        "call_transfer" => (R::Transferred, EndedBy::Agent, Connected),
+        "voicemail_reached" => (R::Voicemail, EndedBy::System, Connected),
+        "inactivity" => (R::SilenceTimeout, EndedBy::System, Connected),
+        "max_duration_reached" => (R::MaxDuration, EndedBy::System, Connected),
+        "dial_no_answer" => (
+            R::NoAnswer,
+            EndedBy::Unknown,
+            NotConnected(Status::NoAnswer),
+        ),
+        "dial_busy" => (R::Busy, EndedBy::Unknown, NotConnected(Status::Busy)),
+        "dial_declined" => (R::Declined, EndedBy::Customer, NotConnected(Status::Busy)),
+        "dial_failed" => (R::DialFailed, EndedBy::System, NotConnected(Status::Failed)),
+        "concurrency_limit_reached" | "daily_call_limit_reached" => (
+            R::CapacityLimit,
+            EndedBy::System,
+            NotConnected(Status::Failed),
+        ),
+        "insufficient_balance" => (R::Billing, EndedBy::System, NotConnected(Status::Failed)),
+        "error_voxai" | "flow_error" | "orphaned_no_agent_pickup" => {
+            (R::PlatformError, EndedBy::System, Either)
+        }
+        _ => return None,
+    })
+}
+
+/// The field names that differ between the two formats.
+struct Format {
+    name: &'static str,
+    agent_id: &'static str,
+    from: &'static str,
+    to: &'static str,
+    start: &'static str,
+    end: &'static str,
+}
+
+const V1: Format = Format {
+    name: "v1",
+    agent_id: "agent_id",
+    from: "call_from",
+    to: "call_to",
+    start: "start_timestamp",
+    end: "end_timestamp",
+};
+const V2: Format = Format {
+    name: "v2",
+    agent_id: "agent/agent_id",
+    from: "from_number",
+    to: "to_number",
+    start: "start_at",
+    end: "end_at",
+};
+
+pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+    let (fmt, event) = match key.split_once('/') {
+        Some(("v2", event)) => (&V2, event),
+        Some((_, event)) => (&V1, event),
+        None => (&V1, key),
+    };
+    p.consume("/event");
+    p.consume("/webhook_version");
+    match event {
+        "sms_received" => return sms(p, cx),
+        "mid_call.flow_transition" | "mid_call.call_message" => return mid_call(fmt, event, p, cx),
+        _ => {}
+    }
+
+    let mut common = call_common(fmt, event, "/call", p, cx)?;
+    let ms = |field: &str| {
+        p.i64(&format!("/call/{field}"))
+            .and_then(convert::from_epoch_ms)
+    };
+    let started_at = ms(fmt.start);
+    let ended_at = ms(fmt.end);
+    let occurred_at = ms("occurred_at");
+
+    let events = match event {
+        "call_started" => {
+            common.occurred_at = occurred_at.or_else(|| started_at.clone());
+            let details = Details {
+                started_at: started_at.clone(),
+                connected_at: started_at,
+                ..Details::default()
+            };
+            vec![Draft::new(EventType::CallConnected, details)]
+        }
+        "call_ended" => {
+            common.occurred_at = occurred_at.or_else(|| ended_at.clone());
+            let transcript = transcript(p, "/call/transcript")?;
+            let duration_ms = p.i64("/call/duration_ms");
+            let evidence = duration_ms.is_some_and(|d| d > 0)
+                || transcript.as_ref().is_some_and(|t| !t.is_empty());
+            let call_status = p.peek("/call/call_status").and_then(Value::as_str);
+            let reason_raw = p.str("/call/disconnection_reason");
+            let (kind, status, end) = outcome(reason_raw, call_status, evidence);
+            if call_status.is_some() {
+                p.consume("/call/call_status"); // fully represented by `status` + `end`
+            }
+            let connected = status == Status::Completed;
+            let mut events = vec![Draft::new(
+                kind,
+                Details {
+                    status: Some(status),
+                    end: Some(end),
+                    connected_at: started_at.clone().filter(|_| connected),
+                    started_at,
+                    ended_at,
+                    duration_ms,
+                    ..Details::default()
+                },
+            )];
+            if let Some(transcript) = transcript.filter(|t| !t.is_empty()) {
+                events.push(Draft::new(
+                    EventType::TranscriptFinal,
+                    Details {
+                        transcript: Some(transcript),
+                        ..Details::default()
+                    },
+                ));
+            }
+            if let Some(url) = p.str("/call/recording_url") {
+                events.push(Draft::new(
+                    EventType::CallRecordingReady,
+                    Details {
+                        recording_url: Some(url),
+                        ..Details::default()
+                    },
+                ));
+            }
+            // v1 packs cost and analysis into call_ended; v2 sends them as call_analyzed.
+            if fmt.name == "v1" {
+                let (analysis, cost) = (analysis(p), cost(p));
+                if analysis.is_some() || cost.is_some() {
+                    events.push(Draft::new(
+                        EventType::CallAnalyzed,
+                        Details {
+                            analysis,
+                            cost,
+                            ..Details::default()
+                        },
+                    ));
+                }
+            }
+            events
+        }
+        "call_analyzed" => {
+            common.occurred_at = occurred_at;
+            let details = Details {
+                analysis: analysis(p),
+                cost: cost(p),
+                ..Details::default()
+            };
+            vec![Draft::new(EventType::CallAnalyzed, details)]
+        }
+        other => {
+            return Err(Violation::new(
+                "/event",
+                format!("no mapping for vox {other}"),
+            ));
+        }
+    };
+    let metadata = p.object("/call/metadata");
+    let variables = p.object("/call/dynamic_variables");
+    Ok(Mapped {
+        common,
+        metadata,
+        variables,
+        events,
+    })
+}
+
+/// Call id, agent, direction and numbers of a `call` (or `mid_call`) object at `root`.
+fn call_common(
+    fmt: &Format,
+    event: &str,
+    root: &str,
+    p: &Payload<'_>,
+    cx: &Context<'_>,
+) -> Result<Common, Violation> {
+    let call_id = p
+        .id(&format!("{root}/call_id"))
+        .ok_or_else(|| Violation::new(format!("{root}/call_id"), "call id is missing"))?;
+    let mut common = cx.common(event, call_id);
+    common.vendor_format = Some(fmt.name);
+    common.agent_id = p
+        .id(&format!("{root}/{}", fmt.agent_id))
+        .or_else(|| p.id(&format!("{root}/agent_id")));
+    if let Some(raw) = p.peek(&format!("{root}/call_type")).and_then(Value::as_str) {
+        common.direction = convert::direction(raw);
+        if common.direction != crate::canonical::Direction::Unknown {
+            p.consume(&format!("{root}/call_type")); // "web", "api"… stay in vendor_extra
+        }
+    }
+    cx.numbers(
+        &mut common,
+        p.str(&format!("{root}/{}", fmt.from)),
+        p.str(&format!("{root}/{}", fmt.to)),
+    );
+    Ok(common)
+}
+
+fn outcome(
+    reason_raw: Option<String>,
+    call_status: Option<&str>,
+    evidence: bool,
+) -> (EventType, Status, End) {
+    let connected = match call_status {
+        Some("ended") => true,
+        Some("not_connected" | "canceled") => false,
+        _ => evidence,
+    };
+    let known = reason_raw.as_deref().and_then(reason);
+    let (reason, by, status) = match known {
+        Some((reason, by, Kind::Connected)) => (reason, by, Status::Completed),
+        Some((reason, by, Kind::NotConnected(status))) => (reason, by, status),
+        Some((reason, by, Kind::Either)) => (
+            reason,
+            by,
+            if connected {
+                Status::Completed
+            } else {
+                Status::Failed
+            },
+        ),
+        None => {
+            let status = match (connected, call_status) {
+                (true, _) => Status::Completed,
+                (false, Some("canceled")) => Status::Canceled,
+                (false, _) => Status::Failed,
+            };
+            (EndReason::Unknown, EndedBy::Unknown, status)
+        }
+    };
+    let kind = if status == Status::Completed {
+        EventType::CallEnded
+    } else {
+        EventType::CallFailed
+    };
+    (
+        kind,
+        status,
+        End {
+            reason,
+            reason_raw,
+            by,
+        },
+    )
+}
+
+/// `[{role, content}]`; `None` when absent or null.
+fn transcript(p: &Payload<'_>, at: &str) -> Result<Option<Vec<Utterance>>, Violation> {
+    match p.peek(at) {
+        None | Some(Value::Null) => {
+            p.consume(at);
+            return Ok(None);
+        }
+        _ => {}
+    }
+    let items = (0..p.len(at))
+        .map(|i| utterance(p, &format!("{at}/{i}"), None))
+        .collect::<Result<Vec<_>, _>>()?;
+    if items.is_empty() {
+        p.consume(at);
+    }
+    Ok(Some(items))
+}
+
+fn utterance(p: &Payload<'_>, at: &str, time: Option<String>) -> Result<Utterance, Violation> {
+    let role_raw = p
+        .str(&format!("{at}/role"))
+        .ok_or_else(|| Violation::new(format!("{at}/role"), "role is missing"))?;
+    let text = p
+        .str(&format!("{at}/content"))
+        .ok_or_else(|| Violation::new(format!("{at}/content"), "content is missing"))?;
+    Ok(Utterance {
+        role: convert::role(&role_raw),
+        role_raw,
+        text,
+        at: time,
+    })
+}
+
+/// `call_analysis {summary, user_sentiment, custom_analysis_data: [{name, value}]}`.
+fn analysis(p: &Payload<'_>) -> Option<Analysis> {
+    let root = "/call/call_analysis";
+    match p.peek(root) {
+        Some(Value::Object(_)) => {}
+        Some(Value::Null) => {
+            p.consume(root);
+            return None;
+        }
+        _ => return None,
+    }
+    let summary = p.str(&format!("{root}/summary"));
+    let sentiment_raw = p.str(&format!("{root}/user_sentiment"));
+    let mut extracted = Map::new();
+    let mut winner: Vec<(String, usize)> = Vec::new();
+    let items = format!("{root}/custom_analysis_data");
+    for i in 0..p.len(&items) {
+        if let (Some(Value::String(name)), Some(value)) = (
+            p.peek(&format!("{items}/{i}/name")),
+            p.peek(&format!("{items}/{i}/value")),
+        ) {
+            extracted.insert(name.clone(), value.clone());
+            winner.retain(|(n, _)| n != name);
+            winner.push((name.clone(), i));
+        }
+    }
+    // On a repeated name the last value wins; earlier ones stay in vendor_extra.
+    for (_, i) in winner {
+        p.consume(&format!("{items}/{i}"));
+    }
+    if p.peek(&items).is_some_and(Value::is_null) {
+        p.consume(&items);
+    }
+    Some(Analysis {
+        summary,
+        outcome: None,
+        sentiment: sentiment_raw.as_deref().map(convert::sentiment),
+        sentiment_raw,
+        extracted,
+    })
+}
+
+/// `call_cost {total_credits_used, duration_seconds}` → `{amount, unit: "credits", billed_seconds}`.
+fn cost(p: &Payload<'_>) -> Option<Cost> {
+    let root = "/call/call_cost";
+    match p.peek(root) {
+        Some(Value::Object(_)) => {}
+        Some(Value::Null) => {
+            p.consume(root);
+            return None;
+        }
+        _ => return None,
+    }
+    let number = |field: &str| {
+        let at = format!("{root}/{field}");
+        let n = p.peek(&at).and_then(|v| v.as_number().cloned());
+        if n.is_some() || p.peek(&at).is_some_and(Value::is_null) {
+            p.consume(&at);
+        }
+        n
+    };
+    let amount = number("total_credits_used");
+    let billed_seconds = number("duration_seconds");
+    let unit = amount.as_ref().map(|_| "credits".to_owned());
+    Some(Cost {
+        amount,
+        unit,
+        billed_seconds,
+    })
+}
+
+fn mid_call(fmt: &Format, event: &str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+    let mut common = call_common(fmt, event, "/mid_call", p, cx)?;
+    p.consume("/mid_call/event_type");
+    let occurred_at = p
+        .i64("/mid_call/occurred_at")
+        .or_else(|| p.i64("/mid_call/timestamp"))
+        .and_then(convert::from_epoch_ms);
+    common.occurred_at = occurred_at.clone();
+    let draft = if event == "mid_call.call_message" {
+        let utterance = utterance(p, "/mid_call/event_data", occurred_at)?;
+        Draft::new(
+            EventType::TranscriptSegment,
+            Details {
+                transcript: Some(vec![utterance]),
+                ..Details::default()
+            },
+        )
+    } else {
+        let node = |side: &str| FlowNode {
+            id: p.id(&format!("/mid_call/event_data/{side}_node_id")),
+            name: p.str(&format!("/mid_call/event_data/{side}_node_name")),
+        };
+        let flow = Flow {
+            from_node: node("from"),
+            to_node: node("to"),
+        };
+        Draft::new(
+            EventType::CallFlowTransition,
+            Details {
+                flow: Some(flow),
+                ..Details::default()
+            },
+        )
+    };
+    let metadata = p.object("/mid_call/metadata");
+    let variables = p.object("/mid_call/dynamic_variables");
+    Ok(Mapped {
+        common,
+        metadata,
+        variables,
+        events: vec![draft],
+    })
+}
+
+/// v2 `sms_received`: `call_id` holds the message's own id (provisional shape).
+fn sms(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+    let id = ["message_id", "sms_id", "id"]
+        .iter()
+        .find_map(|field| p.id(&format!("/sms/{field}")))
+        .ok_or_else(|| Violation::new("/sms/message_id", "message id is missing"))?;
+    let text = ["content", "text", "body"]
+        .iter()
+        .find_map(|field| p.str(&format!("/sms/{field}")))
+        .ok_or_else(|| Violation::new("/sms/content", "message text is missing"))?;
+    let mut common = cx.common("sms_received", id);
+    common.vendor_format = Some(V2.name);
+    let (from, to) = (p.str("/sms/from_number"), p.str("/sms/to_number"));
+    cx.numbers(&mut common, from.clone(), to.clone());
+    common.occurred_at = p.i64("/sms/occurred_at").and_then(convert::from_epoch_ms);
+    let details = Details {
+        sms: Some(Sms { from, to, text }),
+        ..Details::default()
+    };
+    Ok(Mapped {
+        common,
+        metadata: Default::default(),
+        variables: Default::default(),
+        events: vec![Draft::new(EventType::SmsReceived, details)],
+    })
+}
