@@ -13,11 +13,10 @@ use crate::config::{Auth, HmacEncoding};
 pub fn check(auth: &Auth, headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> bool {
     match auth {
         Auth::None => true,
-        Auth::Query { name, value } => query_param(query, name)
-            .is_some_and(|given| eq(given.as_bytes(), value.expose().as_bytes())),
-        Auth::Header { name, value } => {
-            header(headers, name).is_some_and(|given| eq(given, value.expose().as_bytes()))
+        Auth::Query { name, value } => {
+            query_param(query, name).is_some_and(|given| eq(given.as_bytes(), value.expose().as_bytes()))
         }
+        Auth::Header { name, value } => header(headers, name).is_some_and(|given| eq(given, value.expose().as_bytes())),
         Auth::Bearer { token } => header(headers, AUTHORIZATION.as_str())
             .and_then(|v| strip_scheme(v, b"bearer "))
             .is_some_and(|given| eq(given.trim_ascii(), token.expose().as_bytes())),
@@ -28,11 +27,7 @@ pub fn check(auth: &Auth, headers: &HeaderMap, query: Option<&str>, body: &[u8])
                 let expected = format!("{username}:{}", password.expose());
                 eq(&decoded, expected.as_bytes())
             }),
-        Auth::Hmac {
-            header: name,
-            secret,
-            encoding,
-        } => {
+        Auth::Hmac { header: name, secret, encoding } => {
             let Some(given) = header(headers, name) else {
                 return false;
             };
@@ -44,8 +39,8 @@ pub fn check(auth: &Auth, headers: &HeaderMap, query: Option<&str>, body: &[u8])
                 HmacEncoding::Base64 => STANDARD.decode(given).ok(),
             };
             let Some(decoded) = decoded else { return false };
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
-                .expect("HMAC takes keys of any length");
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes keys of any length");
             mac.update(body);
             mac.verify_slice(&decoded).is_ok()
         }
@@ -63,27 +58,18 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
 }
 
 fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
-    (value.len() >= scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme))
-        .then(|| &value[scheme.len()..])
+    (value.len() >= scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme)).then(|| &value[scheme.len()..])
 }
 
 /// The decoded value of a query parameter.
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// The query string with the value of `name` replaced, for anything recorded about a request.
 pub fn redact_query(query: &str, name: &str) -> String {
     url::form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| {
-            if k == name {
-                format!("{k}=<redacted>")
-            } else {
-                format!("{k}={v}")
-            }
-        })
+        .map(|(k, v)| if k == name { format!("{k}=<redacted>") } else { format!("{k}={v}") })
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -106,121 +92,41 @@ mod tests {
     #[test]
     fn every_auth_type_accepts_the_right_secret_only() {
         let body = b"{\"event\":\"x\"}";
-        let query = Auth::Query {
-            name: "secret".into(),
-            value: Secret::new("s3cr3t"),
-        };
-        assert!(check(
-            &query,
-            &HeaderMap::new(),
-            Some("a=1&secret=s3cr3t"),
-            body
-        ));
-        assert!(!check(
-            &query,
-            &HeaderMap::new(),
-            Some("secret=wrong"),
-            body
-        ));
+        let query = Auth::Query { name: "secret".into(), value: Secret::new("s3cr3t") };
+        assert!(check(&query, &HeaderMap::new(), Some("a=1&secret=s3cr3t"), body));
+        assert!(!check(&query, &HeaderMap::new(), Some("secret=wrong"), body));
         assert!(!check(&query, &HeaderMap::new(), None, body));
 
-        let header_auth = Auth::Header {
-            name: "X-Salpre-Key".into(),
-            value: Secret::new("k"),
-        };
-        assert!(check(
-            &header_auth,
-            &headers(&[("x-salpre-key", "k")]),
-            None,
-            body
-        ));
-        assert!(!check(
-            &header_auth,
-            &headers(&[("x-salpre-key", "kk")]),
-            None,
-            body
-        ));
+        let header_auth = Auth::Header { name: "X-Salpre-Key".into(), value: Secret::new("k") };
+        assert!(check(&header_auth, &headers(&[("x-salpre-key", "k")]), None, body));
+        assert!(!check(&header_auth, &headers(&[("x-salpre-key", "kk")]), None, body));
 
-        let bearer = Auth::Bearer {
-            token: Secret::new("tok"),
-        };
-        assert!(check(
-            &bearer,
-            &headers(&[("authorization", "Bearer tok")]),
-            None,
-            body
-        ));
-        assert!(!check(
-            &bearer,
-            &headers(&[("authorization", "Bearer tok2")]),
-            None,
-            body
-        ));
-        assert!(!check(
-            &bearer,
-            &headers(&[("authorization", "Basic tok")]),
-            None,
-            body
-        ));
+        let bearer = Auth::Bearer { token: Secret::new("tok") };
+        assert!(check(&bearer, &headers(&[("authorization", "Bearer tok")]), None, body));
+        assert!(!check(&bearer, &headers(&[("authorization", "Bearer tok2")]), None, body));
+        assert!(!check(&bearer, &headers(&[("authorization", "Basic tok")]), None, body));
 
-        let basic = Auth::Basic {
-            username: "u".into(),
-            password: Secret::new("p"),
-        };
+        let basic = Auth::Basic { username: "u".into(), password: Secret::new("p") };
         let good = format!("Basic {}", STANDARD.encode("u:p"));
-        assert!(check(
-            &basic,
-            &headers(&[("authorization", &good)]),
-            None,
-            body
-        ));
+        assert!(check(&basic, &headers(&[("authorization", &good)]), None, body));
         let bad = format!("Basic {}", STANDARD.encode("u:q"));
-        assert!(!check(
-            &basic,
-            &headers(&[("authorization", &bad)]),
-            None,
-            body
-        ));
+        assert!(!check(&basic, &headers(&[("authorization", &bad)]), None, body));
 
         let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
         mac.update(body);
         let sig = mac.finalize().into_bytes();
-        let hex_auth = Auth::Hmac {
-            header: "X-Signature".into(),
-            secret: Secret::new("key"),
-            encoding: HmacEncoding::Hex,
-        };
-        assert!(check(
-            &hex_auth,
-            &headers(&[("x-signature", &hex::encode(sig))]),
-            None,
-            body
-        ));
-        assert!(!check(
-            &hex_auth,
-            &headers(&[("x-signature", &hex::encode(sig))]),
-            None,
-            b"{\"event\":\"y\"}"
-        ));
-        let b64_auth = Auth::Hmac {
-            header: "X-Signature".into(),
-            secret: Secret::new("key"),
-            encoding: HmacEncoding::Base64,
-        };
-        assert!(check(
-            &b64_auth,
-            &headers(&[("x-signature", &STANDARD.encode(sig))]),
-            None,
-            body
-        ));
+        let hex_auth =
+            Auth::Hmac { header: "X-Signature".into(), secret: Secret::new("key"), encoding: HmacEncoding::Hex };
+        assert!(check(&hex_auth, &headers(&[("x-signature", &hex::encode(sig))]), None, body));
+        assert!(!check(&hex_auth, &headers(&[("x-signature", &hex::encode(sig))]), None, b"{\"event\":\"y\"}"));
+        let b64_auth =
+            Auth::Hmac { header: "X-Signature".into(), secret: Secret::new("key"), encoding: HmacEncoding::Base64 };
+        assert!(check(&b64_auth, &headers(&[("x-signature", &STANDARD.encode(sig))]), None, body));
         assert!(!check(&b64_auth, &HeaderMap::new(), None, body));
     }
 
     #[test]
     fn redacts_the_query_secret() {
-        assert_eq!(
-            redact_query("secret=abc&x=1", "secret"),
-            "secret=<redacted>&x=1"
-        );
+        assert_eq!(redact_query("secret=abc&x=1", "secret"), "secret=<redacted>&x=1");
     }
 }

@@ -213,14 +213,8 @@ impl RouteConfig {
     pub fn matches(&self, kind: &str, source: &str, test: bool) -> bool {
         self.enabled
             && (self.include_test || !test)
-            && self
-                .sources
-                .as_ref()
-                .is_none_or(|s| s.iter().any(|s| s == source))
-            && self
-                .events
-                .iter()
-                .any(|pattern| wildmatch::WildMatch::new(pattern).matches(kind))
+            && self.sources.as_ref().is_none_or(|s| s.iter().any(|s| s == source))
+            && self.events.iter().any(|pattern| wildmatch::WildMatch::new(pattern).matches(kind))
     }
 }
 
@@ -256,10 +250,7 @@ impl HeaderTemplate {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
-            let end = rest[start..]
-                .find("}}")
-                .ok_or("unclosed `{{` placeholder")?
-                + start;
+            let end = rest[start..].find("}}").ok_or("unclosed `{{` placeholder")? + start;
             if start > 0 {
                 parts.push(Part::Text(rest[..start].to_owned()));
             }
@@ -320,11 +311,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.key, self.message)
-        }
+        if self.key.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.key, self.message) }
     }
 }
 
@@ -337,12 +324,7 @@ pub struct ConfigErrors {
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "invalid configuration in {} ({} problem(s)):",
-            self.path.display(),
-            self.errors.len()
-        )?;
+        writeln!(f, "invalid configuration in {} ({} problem(s)):", self.path.display(), self.errors.len())?;
         for e in &self.errors {
             writeln!(f, "  - {e}")?;
         }
@@ -377,56 +359,33 @@ impl Config {
 
     /// Loads TOML text (for tests and `check`), with `${NAME}` read from `env`.
     pub fn from_toml(text: &str, env: &dyn Environment) -> Result<Config, ConfigErrors> {
-        Self::from_figment(
-            Path::new("<inline>"),
-            &Figment::new().merge(Toml::string(text)),
-            env,
-        )
+        Self::from_figment(Path::new("<inline>"), &Figment::new().merge(Toml::string(text)), env)
     }
 
-    fn from_figment(
-        path: &Path,
-        figment: &Figment,
-        env: &dyn Environment,
-    ) -> Result<Config, ConfigErrors> {
+    fn from_figment(path: &Path, figment: &Figment, env: &dyn Environment) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
-        let fail = |errors: Vec<ConfigError>| ConfigErrors {
-            path: path.to_owned(),
-            errors,
-        };
+        let fail = |errors: Vec<ConfigError>| ConfigErrors { path: path.to_owned(), errors };
 
         let root: figment::value::Dict = match figment.extract() {
             Ok(root) => root,
             Err(e) => return Err(fail(figment_errors(e))),
         };
         for key in root.keys() {
-            if ![
-                "server", "storage", "admin", "log", "delivery", "sources", "routes",
-            ]
-            .contains(&key.as_str())
-            {
-                errors.push(ConfigError {
-                    key: key.clone(),
-                    message: "unknown key".into(),
-                });
+            if !["server", "storage", "admin", "log", "delivery", "sources", "routes"].contains(&key.as_str()) {
+                errors.push(ConfigError { key: key.clone(), message: "unknown key".into() });
             }
         }
         let server: ServerConfig =
             table(figment, &root, "server", &mut errors).unwrap_or_else(ServerConfig::from_empty);
         let storage: StorageConfig =
             table(figment, &root, "storage", &mut errors).unwrap_or_else(StorageConfig::from_empty);
-        let mut admin: AdminConfig =
-            table(figment, &root, "admin", &mut errors).unwrap_or_default();
-        let log: LogConfig =
-            table(figment, &root, "log", &mut errors).unwrap_or_else(LogConfig::from_empty);
-        let delivery: DeliveryConfig = table(figment, &root, "delivery", &mut errors)
-            .unwrap_or_else(DeliveryConfig::from_empty);
+        let mut admin: AdminConfig = table(figment, &root, "admin", &mut errors).unwrap_or_default();
+        let log: LogConfig = table(figment, &root, "log", &mut errors).unwrap_or_else(LogConfig::from_empty);
+        let delivery: DeliveryConfig =
+            table(figment, &root, "delivery", &mut errors).unwrap_or_else(DeliveryConfig::from_empty);
 
         if server.max_body_bytes == 0 {
-            errors.push(ConfigError {
-                key: "server.max_body_bytes".into(),
-                message: "must be greater than 0".into(),
-            });
+            errors.push(ConfigError { key: "server.max_body_bytes".into(), message: "must be greater than 0".into() });
         }
         if server.max_concurrent_requests == 0 {
             errors.push(ConfigError {
@@ -435,14 +394,9 @@ impl Config {
             });
         }
         if delivery.concurrency == 0 {
-            errors.push(ConfigError {
-                key: "delivery.concurrency".into(),
-                message: "must be greater than 0".into(),
-            });
+            errors.push(ConfigError { key: "delivery.concurrency".into(), message: "must be greater than 0".into() });
         }
-        let storage = StorageConfig {
-            url: substitute(&storage.url, "storage.url", env, &mut errors),
-        };
+        let storage = StorageConfig { url: substitute(&storage.url, "storage.url", env, &mut errors) };
         if !storage.url.starts_with("sqlite:") {
             errors.push(ConfigError {
                 key: "storage.url".into(),
@@ -450,12 +404,7 @@ impl Config {
             });
         }
         if let Some(token) = &admin.token {
-            admin.token = Some(Secret(substitute(
-                token.expose(),
-                "admin.token",
-                env,
-                &mut errors,
-            )));
+            admin.token = Some(Secret(substitute(token.expose(), "admin.token", env, &mut errors)));
         }
 
         let mut sources = BTreeMap::new();
@@ -480,16 +429,7 @@ impl Config {
         }
 
         if errors.is_empty() {
-            Ok(Config {
-                path: path.to_owned(),
-                server,
-                storage,
-                admin,
-                log,
-                delivery,
-                sources,
-                routes,
-            })
+            Ok(Config { path: path.to_owned(), server, storage, admin, log, delivery, sources, routes })
         } else {
             errors.sort_by(|a, b| a.key.cmp(&b.key));
             errors.dedup();
@@ -500,10 +440,7 @@ impl Config {
     /// The SQLite file path of `storage.url`.
     pub fn sqlite_path(&self) -> PathBuf {
         let url = &self.storage.url;
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .unwrap_or(url);
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
         PathBuf::from(path)
     }
 }
@@ -515,18 +452,10 @@ fn table<T: DeserializeOwned>(
     key: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<T> {
-    if root.contains_key(key) {
-        extract(figment, key, errors)
-    } else {
-        None
-    }
+    if root.contains_key(key) { extract(figment, key, errors) } else { None }
 }
 
-fn extract<T: DeserializeOwned>(
-    figment: &Figment,
-    key: &str,
-    errors: &mut Vec<ConfigError>,
-) -> Option<T> {
+fn extract<T: DeserializeOwned>(figment: &Figment, key: &str, errors: &mut Vec<ConfigError>) -> Option<T> {
     match figment.extract_inner::<T>(key) {
         Ok(value) => Some(value),
         Err(e) => {
@@ -542,25 +471,16 @@ fn names(root: &figment::value::Dict, key: &str, errors: &mut Vec<ConfigError>) 
         None => Vec::new(),
         Some(figment::value::Value::Dict(_, dict)) => dict.keys().cloned().collect(),
         Some(_) => {
-            errors.push(ConfigError {
-                key: key.into(),
-                message: "must be a table of named entries".into(),
-            });
+            errors.push(ConfigError { key: key.into(), message: "must be a table of named entries".into() });
             Vec::new()
         }
     }
 }
 
 fn check_name(name: &str, key: &str, errors: &mut Vec<ConfigError>) {
-    let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !ok {
-        errors.push(ConfigError {
-            key: key.into(),
-            message: "name may only use letters, digits, `-` and `_`".into(),
-        });
+        errors.push(ConfigError { key: key.into(), message: "name may only use letters, digits, `-` and `_`".into() });
     }
 }
 
@@ -578,12 +498,7 @@ fn figment_errors(e: figment::Error) -> Vec<ConfigError> {
 }
 
 /// Replaces every `${NAME}` with the environment variable `NAME`; a missing one is an error.
-pub fn substitute(
-    text: &str,
-    key: &str,
-    env: &dyn Environment,
-    errors: &mut Vec<ConfigError>,
-) -> String {
+pub fn substitute(text: &str, key: &str, env: &dyn Environment, errors: &mut Vec<ConfigError>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -598,10 +513,8 @@ pub fn substitute(
         } else {
             match env.var(name) {
                 Some(value) => out.push_str(&value),
-                None => errors.push(ConfigError {
-                    key: key.into(),
-                    message: format!("environment variable {name} is not set"),
-                }),
+                None => errors
+                    .push(ConfigError { key: key.into(), message: format!("environment variable {name} is not set") }),
             }
         }
         rest = &rest[start + 3 + len..];
@@ -621,42 +534,24 @@ struct RawSource {
 }
 
 impl RawSource {
-    fn validate(
-        self,
-        key: &str,
-        env: &dyn Environment,
-        errors: &mut Vec<ConfigError>,
-    ) -> Option<SourceConfig> {
+    fn validate(self, key: &str, env: &dyn Environment, errors: &mut Vec<ConfigError>) -> Option<SourceConfig> {
         let before = errors.len();
-        let phone_region = self
-            .phone_region
-            .as_deref()
-            .and_then(|region| match region.parse() {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    errors.push(ConfigError {
-                        key: format!("{key}.phone_region"),
-                        message: format!(
-                            "unknown region `{region}` (use an ISO 3166 code such as KR)"
-                        ),
-                    });
-                    None
-                }
-            });
+        let phone_region = self.phone_region.as_deref().and_then(|region| match region.parse() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                errors.push(ConfigError {
+                    key: format!("{key}.phone_region"),
+                    message: format!("unknown region `{region}` (use an ISO 3166 code such as KR)"),
+                });
+                None
+            }
+        });
         let sub = |s: &Secret, field: &str, errors: &mut Vec<ConfigError>| {
-            Secret(substitute(
-                s.expose(),
-                &format!("{key}.auth.{field}"),
-                env,
-                errors,
-            ))
+            Secret(substitute(s.expose(), &format!("{key}.auth.{field}"), env, errors))
         };
         let auth = match self.auth {
             Auth::None => Auth::None,
-            Auth::Query { name, value } => Auth::Query {
-                value: sub(&value, "value", errors),
-                name,
-            },
+            Auth::Query { name, value } => Auth::Query { value: sub(&value, "value", errors), name },
             Auth::Header { name, value } => {
                 if HeaderName::from_bytes(name.as_bytes()).is_err() {
                     errors.push(ConfigError {
@@ -664,27 +559,15 @@ impl RawSource {
                         message: "not a valid header name".into(),
                     });
                 }
-                Auth::Header {
-                    value: sub(&value, "value", errors),
-                    name,
-                }
+                Auth::Header { value: sub(&value, "value", errors), name }
             }
-            Auth::Bearer { token } => Auth::Bearer {
-                token: sub(&token, "token", errors),
-            },
-            Auth::Basic { username, password } => Auth::Basic {
-                password: sub(&password, "password", errors),
-                username,
-            },
-            Auth::Hmac {
-                header,
-                secret,
-                encoding,
-            } => Auth::Hmac {
-                secret: sub(&secret, "secret", errors),
-                header,
-                encoding,
-            },
+            Auth::Bearer { token } => Auth::Bearer { token: sub(&token, "token", errors) },
+            Auth::Basic { username, password } => {
+                Auth::Basic { password: sub(&password, "password", errors), username }
+            }
+            Auth::Hmac { header, secret, encoding } => {
+                Auth::Hmac { secret: sub(&secret, "secret", errors), header, encoding }
+            }
         };
         let empty_secret = match &auth {
             Auth::None => false,
@@ -694,16 +577,9 @@ impl RawSource {
             Auth::Hmac { secret, .. } => secret.expose().is_empty(),
         };
         if empty_secret {
-            errors.push(ConfigError {
-                key: format!("{key}.auth"),
-                message: "the secret is empty".into(),
-            });
+            errors.push(ConfigError { key: format!("{key}.auth"), message: "the secret is empty".into() });
         }
-        (errors.len() == before).then_some(SourceConfig {
-            vendor: self.vendor,
-            phone_region,
-            auth,
-        })
+        (errors.len() == before).then_some(SourceConfig { vendor: self.vendor, phone_region, auth })
     }
 }
 
@@ -767,36 +643,23 @@ impl RawRoute {
         let url = match reqwest::Url::parse(&url_text) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
             Ok(_) => {
-                errors.push(ConfigError {
-                    key: format!("{key}.url"),
-                    message: "must be an http or https URL".into(),
-                });
+                errors.push(ConfigError { key: format!("{key}.url"), message: "must be an http or https URL".into() });
                 None
             }
             Err(e) => {
-                errors.push(ConfigError {
-                    key: format!("{key}.url"),
-                    message: format!("not a URL: {e}"),
-                });
+                errors.push(ConfigError { key: format!("{key}.url"), message: format!("not a URL: {e}") });
                 None
             }
         };
         if self.events.is_empty() {
-            errors.push(ConfigError {
-                key: format!("{key}.events"),
-                message: "must list at least one pattern".into(),
-            });
+            errors.push(ConfigError { key: format!("{key}.events"), message: "must list at least one pattern".into() });
         }
         for pattern in &self.events {
-            let ok = pattern
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._*?".contains(c));
+            let ok = pattern.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._*?".contains(c));
             if !ok || pattern.is_empty() {
                 errors.push(ConfigError {
                     key: format!("{key}.events"),
-                    message: format!(
-                        "`{pattern}` is not a pattern over canonical types (e.g. `call.*`)"
-                    ),
+                    message: format!("`{pattern}` is not a pattern over canonical types (e.g. `call.*`)"),
                 });
             }
         }
@@ -809,19 +672,13 @@ impl RawRoute {
             }
         }
         if self.timeout.is_zero() {
-            errors.push(ConfigError {
-                key: format!("{key}.timeout"),
-                message: "must be greater than 0".into(),
-            });
+            errors.push(ConfigError { key: format!("{key}.timeout"), message: "must be greater than 0".into() });
         }
         let mut headers = Vec::new();
         for (name, value) in &self.headers {
             let at = format!("{key}.headers.{name}");
             let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
-                errors.push(ConfigError {
-                    key: at,
-                    message: "not a valid header name".into(),
-                });
+                errors.push(ConfigError { key: at, message: "not a valid header name".into() });
                 continue;
             };
             if RESERVED_HEADERS.contains(&header.as_str()) {
@@ -834,22 +691,13 @@ impl RawRoute {
             let value = substitute(value, &at, env, errors);
             match HeaderTemplate::parse(&value) {
                 Ok(template) => {
-                    if template
-                        .static_text()
-                        .is_some_and(|t| HeaderValue::from_str(t).is_err())
-                    {
-                        errors.push(ConfigError {
-                            key: at,
-                            message: "not a valid header value".into(),
-                        });
+                    if template.static_text().is_some_and(|t| HeaderValue::from_str(t).is_err()) {
+                        errors.push(ConfigError { key: at, message: "not a valid header value".into() });
                     } else {
                         headers.push((header, template));
                     }
                 }
-                Err(e) => errors.push(ConfigError {
-                    key: at,
-                    message: e,
-                }),
+                Err(e) => errors.push(ConfigError { key: at, message: e }),
             }
         }
         let secrets = match self.signing_secret {
@@ -863,16 +711,12 @@ impl RawRoute {
             if crate::delivery::signing::decode_secret(&secret).is_none() {
                 errors.push(ConfigError {
                     key: format!("{key}.signing_secret"),
-                    message: "must be `whsec_` followed by base64 (the Standard Webhooks format)"
-                        .into(),
+                    message: "must be `whsec_` followed by base64 (the Standard Webhooks format)".into(),
                 });
             }
             signing_secrets.push(Secret(secret));
         }
-        let retry_schedule = self
-            .retry
-            .schedule
-            .unwrap_or_else(|| DEFAULT_SCHEDULE.to_vec());
+        let retry_schedule = self.retry.schedule.unwrap_or_else(|| DEFAULT_SCHEDULE.to_vec());
         if errors.len() != before {
             return None;
         }
@@ -904,27 +748,19 @@ impl ServerConfig {
 
 impl StorageConfig {
     fn from_empty() -> Self {
-        StorageConfig {
-            url: default_storage_url(),
-        }
+        StorageConfig { url: default_storage_url() }
     }
 }
 
 impl LogConfig {
     fn from_empty() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            filter: default_log_filter(),
-        }
+        LogConfig { format: LogFormat::Text, filter: default_log_filter() }
     }
 }
 
 impl DeliveryConfig {
     fn from_empty() -> Self {
-        DeliveryConfig {
-            concurrency: default_concurrency(),
-            connect_timeout: default_connect_timeout(),
-        }
+        DeliveryConfig { concurrency: default_concurrency(), connect_timeout: default_connect_timeout() }
     }
 }
 
@@ -973,24 +809,18 @@ mod humantime_serde {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}`: {e} (use e.g. \"10s\", \"5m\")"))
-        })
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e} (use e.g. \"10s\", \"5m\")")))
     }
 
     pub mod option_vec {
         use super::*;
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Vec<Duration>>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
             let texts = Vec::<String>::deserialize(d)?;
             texts
                 .iter()
-                .map(|t| {
-                    humantime::parse_duration(t)
-                        .map_err(|e| serde::de::Error::custom(format!("`{t}`: {e}")))
-                })
+                .map(|t| humantime::parse_duration(t).map_err(|e| serde::de::Error::custom(format!("`{t}`: {e}"))))
                 .collect::<Result<_, _>>()
                 .map(Some)
         }

@@ -56,9 +56,7 @@ impl IngressError {
             IngressError::UnknownSource => StatusCode::NOT_FOUND,
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngressError::Unreadable(_) | IngressError::Rejected(Rejection::NotJson { .. }) => {
-                StatusCode::BAD_REQUEST
-            }
+            IngressError::Unreadable(_) | IngressError::Rejected(Rejection::NotJson { .. }) => StatusCode::BAD_REQUEST,
             IngressError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             IngressError::Unavailable | IngressError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -98,27 +96,13 @@ impl IngressError {
 
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
-        error_response(
-            self.status(),
-            self.code(),
-            &self.to_string(),
-            &self.details(),
-        )
+        error_response(self.status(), self.code(), &self.to_string(), &self.details())
     }
 }
 
 /// The JSON error body every endpoint uses: `{"error": {code, message, details}}`.
-pub fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    details: &[Violation],
-) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message, "details": details}})),
-    )
-        .into_response()
+pub fn error_response(status: StatusCode, code: &str, message: &str, details: &[Violation]) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message, "details": details}}))).into_response()
 }
 
 pub async fn ingest(
@@ -171,16 +155,9 @@ async fn handle(
     body: Body,
     received_at: chrono::DateTime<Utc>,
 ) -> Result<(IngressOutcome, Vec<String>), IngressError> {
-    let config = app
-        .config
-        .sources
-        .get(source)
-        .ok_or(IngressError::UnknownSource)?;
+    let config = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?;
     let limit = app.config.server.max_body_bytes;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngressError::TooLarge { limit });
     }
@@ -190,23 +167,11 @@ async fn handle(
     if !auth::check(&config.auth, headers, query, &body) {
         return Err(IngressError::Unauthorized);
     }
-    let origin = Origin {
-        source,
-        vendor: config.vendor,
-        phone_region: config.phone_region,
-    };
+    let origin = Origin { source, vendor: config.vendor, phone_region: config.phone_region };
     let events = match vendors::normalize(&origin, &body, received_at) {
         Ok(events) => events,
         Err(rejection) => {
-            quarantine(
-                app.store.as_ref(),
-                source,
-                config.vendor.as_str(),
-                &rejection,
-                &body,
-                received_at,
-            )
-            .await;
+            quarantine(app.store.as_ref(), source, config.vendor.as_str(), &rejection, &body, received_at).await;
             return Err(rejection.into());
         }
     };
@@ -215,17 +180,10 @@ async fn handle(
         digest: canonical::body_digest(&body),
         body: body.to_vec(),
         received_at: received_at.timestamp_millis(),
-        events: events
-            .iter()
-            .map(|e| new_event(app, e))
-            .collect::<Result<_, _>>()?,
+        events: events.iter().map(|e| new_event(app, e)).collect::<Result<_, _>>()?,
     };
     let routes: Vec<String> = {
-        let mut r: Vec<String> = ingest
-            .events
-            .iter()
-            .flat_map(|e| e.routes.iter().cloned())
-            .collect();
+        let mut r: Vec<String> = ingest.events.iter().flat_map(|e| e.routes.iter().cloned()).collect();
         r.sort();
         r.dedup();
         r
@@ -259,25 +217,14 @@ fn new_event(app: &App, event: &CloudEvent) -> Result<NewEvent, IngressError> {
         .map(|(name, _)| name.clone())
         .collect();
     let json = serde_json::to_string(event).map_err(|e| IngressError::Unreadable(e.to_string()))?;
-    Ok(NewEvent {
-        id: event.id.clone(),
-        kind: kind.to_owned(),
-        subject: event.subject.clone(),
-        json,
-        routes,
-    })
+    Ok(NewEvent { id: event.id.clone(), kind: kind.to_owned(), subject: event.subject.clone(), json, routes })
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, IngressError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
-        if too_large {
-            IngressError::TooLarge { limit }
-        } else {
-            IngressError::Unreadable(e.to_string())
-        }
+        if too_large { IngressError::TooLarge { limit } } else { IngressError::Unreadable(e.to_string()) }
     })
 }
 

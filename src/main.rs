@@ -16,10 +16,7 @@ use callgate::{
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Call-event webhook gateway: vendor webhooks in, canonical CloudEvents out."
-)]
+#[command(version, about = "Call-event webhook gateway: vendor webhooks in, canonical CloudEvents out.")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,18 +55,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or_else(|| Command::Serve {
-        config: std::env::var_os("CALLGATE_CONFIG")
-            .map_or_else(|| PathBuf::from(config::DEFAULT_PATH), PathBuf::from),
+        config: std::env::var_os("CALLGATE_CONFIG").map_or_else(|| PathBuf::from(config::DEFAULT_PATH), PathBuf::from),
     });
     match command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
-        Command::Normalize {
-            vendor,
-            source,
-            phone_region,
-            file,
-        } => normalize(&vendor, source, phone_region, &file),
+        Command::Normalize { vendor, source, phone_region, file } => normalize(&vendor, source, phone_region, &file),
     }
 }
 
@@ -82,10 +73,7 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     telemetry::init_logging(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("callgate: cannot start the runtime: {e}");
@@ -93,9 +81,8 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let listeners = Listeners::bind(&config)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.server.listen))?;
+        let listeners =
+            Listeners::bind(&config).await.map_err(|e| anyhow::anyhow!("binding {}: {e}", config.server.listen))?;
         server::run(config, listeners, shutdown_signal()).await
     });
     match result {
@@ -140,20 +127,13 @@ fn check(path: PathBuf) -> ExitCode {
     };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "configuration {} is valid", path.display());
-    let _ = writeln!(
-        out,
-        "ingress  http://{}/v1/ingest/{{source}}",
-        config.server.listen
-    );
+    let _ = writeln!(out, "ingress  http://{}/v1/ingest/{{source}}", config.server.listen);
     match config.admin.listen {
         Some(addr) => {
             let _ = writeln!(out, "admin    http://{addr} (/metrics, /healthz, /readyz)");
         }
         None => {
-            let _ = writeln!(
-                out,
-                "admin    on the ingress listener (/metrics, /healthz, /readyz)"
-            );
+            let _ = writeln!(out, "admin    on the ingress listener (/metrics, /healthz, /readyz)");
         }
     }
     let _ = writeln!(out, "storage  {}", config.storage.url);
@@ -165,40 +145,21 @@ fn check(path: PathBuf) -> ExitCode {
             Auth::Header { name, .. } => format!("header `{name}`"),
             Auth::Bearer { .. } => "bearer token".to_owned(),
             Auth::Basic { username, .. } => format!("basic (user `{username}`)"),
-            Auth::Hmac {
-                header, encoding, ..
-            } => format!("hmac-sha256 ({encoding:?}) in `{header}`"),
+            Auth::Hmac { header, encoding, .. } => format!("hmac-sha256 ({encoding:?}) in `{header}`"),
         };
-        let region = source
-            .phone_region
-            .map(|r| format!(", phone_region {}", r.as_ref()))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  {name:<12} vendor {}, auth {auth}{region}  -> POST /v1/ingest/{name}",
-            source.vendor
-        );
+        let region = source.phone_region.map(|r| format!(", phone_region {}", r.as_ref())).unwrap_or_default();
+        let _ = writeln!(out, "  {name:<12} vendor {}, auth {auth}{region}  -> POST /v1/ingest/{name}", source.vendor);
     }
     let _ = writeln!(out, "routes ({}):", config.routes.len());
     for (name, route) in &config.routes {
-        let sources = route
-            .sources
-            .as_ref()
-            .map_or_else(|| "all".to_owned(), |s| s.join(", "));
+        let sources = route.sources.as_ref().map_or_else(|| "all".to_owned(), |s| s.join(", "));
         let headers: Vec<&str> = route.headers.iter().map(|(h, _)| h.as_str()).collect();
-        let schedule: Vec<String> = route
-            .retry_schedule
-            .iter()
-            .map(|d| humantime::format_duration(*d).to_string())
-            .collect();
+        let schedule: Vec<String> =
+            route.retry_schedule.iter().map(|d| humantime::format_duration(*d).to_string()).collect();
         let _ = writeln!(
             out,
             "  {name:<12} {} {}\n    events [{}], sources [{sources}], include_test {}, timeout {}, signed {}\n    headers [{}]\n    retry [{}] then dead letter",
-            if route.enabled {
-                "enabled "
-            } else {
-                "DISABLED"
-            },
+            if route.enabled { "enabled " } else { "DISABLED" },
             redact_url(&route.url),
             route.events.join(", "),
             route.include_test,
@@ -235,10 +196,7 @@ fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file:
         None => None,
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => {
-            eprintln!(
-                "callgate: unknown phone region `{}`",
-                region.unwrap_or_default()
-            );
+            eprintln!("callgate: unknown phone region `{}`", region.unwrap_or_default());
             return ExitCode::from(2);
         }
     };
@@ -253,11 +211,7 @@ fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file:
         return ExitCode::from(2);
     }
     let source = source.unwrap_or_else(|| vendor.as_str().to_owned());
-    let origin = Origin {
-        source: &source,
-        vendor,
-        phone_region,
-    };
+    let origin = Origin { source: &source, vendor, phone_region };
     match vendors::normalize(&origin, &body, chrono::Utc::now()) {
         Ok(events) => {
             let mut out = std::io::stdout().lock();
@@ -269,11 +223,7 @@ fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file:
         Err(rejection) => {
             eprintln!("callgate: {rejection}");
             for v in rejection.violations() {
-                eprintln!(
-                    "  {}: {}",
-                    if v.path.is_empty() { "/" } else { &v.path },
-                    v.message
-                );
+                eprintln!("  {}: {}", if v.path.is_empty() { "/" } else { &v.path }, v.message);
             }
             ExitCode::FAILURE
         }

@@ -59,8 +59,8 @@ impl Listeners {
 /// Opens the store from the configuration.
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let path = config.sqlite_path();
-    let store = SqliteStore::open(&path)
-        .map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?;
+    let store =
+        SqliteStore::open(&path).map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?;
     Ok(Arc::new(store))
 }
 
@@ -102,9 +102,7 @@ pub async fn run(
             let addr = admin.local_addr()?;
             let mut stop = stop_tx.subscribe();
             servers.spawn(async move {
-                axum::serve(admin, ops)
-                    .with_graceful_shutdown(async move { drop(stop.recv().await) })
-                    .await
+                axum::serve(admin, ops).with_graceful_shutdown(async move { drop(stop.recv().await) }).await
             });
             (ingress_router, Some(addr))
         }
@@ -112,9 +110,7 @@ pub async fn run(
     };
     let mut stop = stop_tx.subscribe();
     servers.spawn(async move {
-        axum::serve(listeners.ingress, public)
-            .with_graceful_shutdown(async move { drop(stop.recv().await) })
-            .await
+        axum::serve(listeners.ingress, public).with_graceful_shutdown(async move { drop(stop.recv().await) }).await
     });
     // A machine-readable line on stdout: tests and scripts read the bound addresses here.
     match admin_addr {
@@ -134,9 +130,7 @@ pub async fn run(
     upkeep.abort();
     match Arc::try_unwrap(app) {
         Ok(app) => app.dispatcher.shutdown(grace).await,
-        Err(_) => tracing::warn!(
-            "Request handlers outlived the grace period; deliveries stop with the process."
-        ),
+        Err(_) => tracing::warn!("Request handlers outlived the grace period; deliveries stop with the process."),
     }
     tracing::info!("callgate stopped.");
     Ok(())
@@ -148,10 +142,7 @@ fn ingress_router(app: Arc<App>) -> Router {
         .route("/v1/ingest/{source}", post(ingress::ingest))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), shed_load))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .with_state(app)
 }
 
@@ -169,12 +160,7 @@ async fn shed_load(State(app): State<Arc<App>>, request: Request, next: Next) ->
     match app.permits.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
         Err(_) => {
-            telemetry::ingress(
-                "unknown",
-                "unknown",
-                telemetry::IngressOutcome::Unavailable,
-                0.0,
-            );
+            telemetry::ingress("unknown", "unknown", telemetry::IngressOutcome::Unavailable, 0.0);
             IngressError::Overloaded.into_response()
         }
     }
@@ -187,12 +173,7 @@ async fn not_found() -> Response {
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     match app.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            &format!("store: {e}"),
-            &[],
-        ),
+        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &format!("store: {e}"), &[]),
     }
 }
 
@@ -200,9 +181,5 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Ok(counts) = app.store.counts().await {
         telemetry::set_store_gauges(app.config.routes.keys(), &counts);
     }
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-        .into_response()
+    ([("content-type", "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }

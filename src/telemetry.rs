@@ -22,9 +22,7 @@ pub const BACKLOG: &str = "callgate_delivery_backlog";
 pub const DEAD_LETTERS: &str = "callgate_dead_letters";
 
 /// Histogram buckets (seconds) for both latency series.
-const BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Ingress outcomes, the `outcome` label of `callgate_ingress_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,30 +89,13 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(
-        INGRESS_REQUESTS,
-        "Ingress requests by source, vendor and outcome."
-    );
-    describe_histogram!(
-        INGRESS_DURATION,
-        metrics::Unit::Seconds,
-        "Time to answer an ingress request."
-    );
-    describe_counter!(
-        EVENTS,
-        "Canonical events accepted, by source and canonical type."
-    );
+    describe_counter!(INGRESS_REQUESTS, "Ingress requests by source, vendor and outcome.");
+    describe_histogram!(INGRESS_DURATION, metrics::Unit::Seconds, "Time to answer an ingress request.");
+    describe_counter!(EVENTS, "Canonical events accepted, by source and canonical type.");
     describe_counter!(DELIVERIES, "Delivery attempts by route and outcome.");
-    describe_histogram!(
-        DELIVERY_DURATION,
-        metrics::Unit::Seconds,
-        "Time of one delivery attempt."
-    );
+    describe_histogram!(DELIVERY_DURATION, metrics::Unit::Seconds, "Time of one delivery attempt.");
     describe_gauge!(BACKLOG, "Deliveries waiting or retrying, by route.");
-    describe_gauge!(
-        DEAD_LETTERS,
-        "Dead-lettered deliveries kept in the store, by route."
-    );
+    describe_gauge!(DEAD_LETTERS, "Dead-lettered deliveries kept in the store, by route.");
 }
 
 pub fn ingress(source: &str, vendor: &str, outcome: IngressOutcome, seconds: f64) {
@@ -141,31 +122,21 @@ pub fn set_store_gauges<'a>(routes: impl IntoIterator<Item = &'a String>, counts
     names.sort();
     names.dedup();
     for route in names {
-        gauge!(BACKLOG, "route" => route.clone())
-            .set(counts.backlog.get(route).copied().unwrap_or(0) as f64);
-        gauge!(DEAD_LETTERS, "route" => route.clone())
-            .set(counts.dead.get(route).copied().unwrap_or(0) as f64);
+        gauge!(BACKLOG, "route" => route.clone()).set(counts.backlog.get(route).copied().unwrap_or(0) as f64);
+        gauge!(DEAD_LETTERS, "route" => route.clone()).set(counts.dead.get(route).copied().unwrap_or(0) as f64);
     }
 }
 
 /// Installs the `tracing` subscriber: text or JSON lines on stderr, filtered by `RUST_LOG`
 /// or `log.filter`.
 pub fn init_logging(config: &LogConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match config.format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+        LogFormat::Json => {
+            registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).try_init()
+        }
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
     };
     let _ = result; // already installed (tests)
 }

@@ -24,9 +24,7 @@ pub fn from_epoch_s(s: i64) -> Option<String> {
 
 /// An ISO 8601 / RFC 3339 timestamp with a zone (OneInbox) to RFC 3339 UTC.
 pub fn from_iso(text: &str) -> Option<String> {
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| rfc3339(t.with_timezone(&Utc)))
+    DateTime::parse_from_rfc3339(text).ok().map(|t| rfc3339(t.with_timezone(&Utc)))
 }
 
 /// A zone-less `Y-m-d H:i:s` local time at a fixed UTC offset (Utel: UTC+5) to RFC 3339 UTC.
@@ -40,11 +38,10 @@ pub fn from_local(text: &str, offset_hours: i32) -> Option<String> {
 /// Seconds (integer or fractional) to whole milliseconds.
 pub fn seconds_to_ms(value: &Value) -> Option<i64> {
     match value {
-        Value::Number(n) => n.as_i64().and_then(|s| s.checked_mul(1000)).or_else(|| {
-            n.as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(|s| (s * 1000.0).round() as i64)
-        }),
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|s| s.checked_mul(1000))
+            .or_else(|| n.as_f64().filter(|s| s.is_finite() && *s >= 0.0).map(|s| (s * 1000.0).round() as i64)),
         _ => None,
     }
 }
@@ -66,11 +63,7 @@ pub fn e164(raw: Option<&str>, region: Option<country::Id>) -> Option<String> {
     if digits < 7 {
         return None; // PBX extensions ("100") are never phone numbers.
     }
-    let region = if raw.starts_with('+') {
-        None
-    } else {
-        Some(region?)
-    };
+    let region = if raw.starts_with('+') { None } else { Some(region?) };
     let number = phonenumber::parse(region, raw).ok()?;
     phonenumber::is_valid(&number).then(|| number.format().mode(Mode::E164).to_string())
 }
@@ -111,26 +104,11 @@ mod tests {
 
     #[test]
     fn times_convert_to_utc_millis() {
-        assert_eq!(
-            from_epoch_ms(1775980200000).as_deref(),
-            Some("2026-04-12T07:50:00.000Z")
-        );
-        assert_eq!(
-            from_epoch_s(1760084505).as_deref(),
-            Some("2025-10-10T08:21:45.000Z")
-        );
-        assert_eq!(
-            from_iso("2026-06-01T10:00:00Z").as_deref(),
-            Some("2026-06-01T10:00:00.000Z")
-        );
-        assert_eq!(
-            from_iso("2026-06-01T15:00:00+05:00").as_deref(),
-            Some("2026-06-01T10:00:00.000Z")
-        );
-        assert_eq!(
-            from_local("2026-01-13 17:54:36", 5).as_deref(),
-            Some("2026-01-13T12:54:36.000Z")
-        );
+        assert_eq!(from_epoch_ms(1775980200000).as_deref(), Some("2026-04-12T07:50:00.000Z"));
+        assert_eq!(from_epoch_s(1760084505).as_deref(), Some("2025-10-10T08:21:45.000Z"));
+        assert_eq!(from_iso("2026-06-01T10:00:00Z").as_deref(), Some("2026-06-01T10:00:00.000Z"));
+        assert_eq!(from_iso("2026-06-01T15:00:00+05:00").as_deref(), Some("2026-06-01T10:00:00.000Z"));
+        assert_eq!(from_local("2026-01-13 17:54:36", 5).as_deref(), Some("2026-01-13T12:54:36.000Z"));
         assert_eq!(from_iso("yesterday"), None);
     }
 
@@ -144,20 +122,11 @@ mod tests {
     #[test]
     fn phone_numbers_normalise_only_when_derivable() {
         let kr = Some(country::Id::KR);
-        assert_eq!(
-            e164(Some("+821012345678"), None).as_deref(),
-            Some("+821012345678")
-        );
-        assert_eq!(
-            e164(Some("01012345678"), kr).as_deref(),
-            Some("+821012345678")
-        );
+        assert_eq!(e164(Some("+821012345678"), None).as_deref(), Some("+821012345678"));
+        assert_eq!(e164(Some("01012345678"), kr).as_deref(), Some("+821012345678"));
         assert_eq!(e164(Some("01012345678"), None), None);
         assert_eq!(e164(Some("100"), Some(country::Id::UZ)), None);
-        assert_eq!(
-            e164(Some("999995998"), Some(country::Id::UZ)).as_deref(),
-            Some("+998999995998")
-        );
+        assert_eq!(e164(Some("999995998"), Some(country::Id::UZ)).as_deref(), Some("+998999995998"));
         assert_eq!(e164(None, kr), None);
     }
 }

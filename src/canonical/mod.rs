@@ -319,22 +319,10 @@ pub struct Mapped {
 impl Mapped {
     /// Wraps every draft in its CloudEvents envelope. `body_digest` is the SHA-256 of the raw
     /// body, so ids are a pure function of (source, body, position) and survive redelivery.
-    pub fn finish(
-        self,
-        body_digest: &[u8; 32],
-        vendor_extra: Map<String, Value>,
-    ) -> Vec<CloudEvent> {
-        let Mapped {
-            common,
-            metadata,
-            variables,
-            events,
-        } = self;
+    pub fn finish(self, body_digest: &[u8; 32], vendor_extra: Map<String, Value>) -> Vec<CloudEvent> {
+        let Mapped { common, metadata, variables, events } = self;
         let subject = format!("{}:{}", common.vendor, common.call_id);
-        let time = common
-            .occurred_at
-            .clone()
-            .unwrap_or_else(|| common.received_at.clone());
+        let time = common.occurred_at.clone().unwrap_or_else(|| common.received_at.clone());
         let source = format!("/callgate/sources/{}", common.source);
         events
             .into_iter()

@@ -22,11 +22,7 @@ pub struct Payload<'a> {
 
 impl<'a> Payload<'a> {
     pub fn new(root: &'a Value) -> Self {
-        Payload {
-            root,
-            used: RefCell::default(),
-            partial: RefCell::default(),
-        }
+        Payload { root, used: RefCell::default(), partial: RefCell::default() }
     }
 
     pub fn root(&self) -> &'a Value {
@@ -122,9 +118,7 @@ impl<'a> Payload<'a> {
 
     /// Length of an array (0 when absent or not an array), without consuming it.
     pub fn len(&self, pointer: &str) -> usize {
-        self.peek(pointer)
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len)
+        self.peek(pointer).and_then(Value::as_array).map_or(0, Vec::len)
     }
 
     /// Everything not consumed, with original names and nesting; empty containers that were
@@ -139,12 +133,7 @@ impl<'a> Payload<'a> {
     }
 }
 
-fn residual(
-    value: &Value,
-    pointer: &str,
-    used: &HashSet<String>,
-    partial: &HashSet<String>,
-) -> Option<Value> {
+fn residual(value: &Value, pointer: &str, used: &HashSet<String>, partial: &HashSet<String>) -> Option<Value> {
     if !pointer.is_empty() && used.contains(pointer) {
         return None;
     }
@@ -166,15 +155,11 @@ fn residual(
             let rest: Vec<Value> = items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| {
-                    residual(item, &format!("{pointer}/{i}"), used, partial).unwrap_or(Value::Null)
-                })
+                .map(|(i, item)| residual(item, &format!("{pointer}/{i}"), used, partial).unwrap_or(Value::Null))
                 .collect();
             // Positions matter in an array, so a partly consumed array keeps its length and
             // shows consumed items as null; an array with nothing left disappears.
-            rest.iter()
-                .any(|v| !v.is_null())
-                .then_some(Value::Array(rest))
+            rest.iter().any(|v| !v.is_null()).then_some(Value::Array(rest))
         }
         other => Some(other.clone()),
     }

@@ -71,11 +71,7 @@ impl Dispatcher {
             };
             tasks.spawn(worker.run());
         }
-        Ok(Dispatcher {
-            wakers,
-            tasks,
-            stop,
-        })
+        Ok(Dispatcher { wakers, tasks, stop })
     }
 
     /// Tells a route's worker that new deliveries are waiting.
@@ -107,25 +103,14 @@ struct RouteRuntime {
 
 impl RouteRuntime {
     fn new(config: &RouteConfig) -> Self {
-        let signing_keys = config
-            .signing_secrets
-            .iter()
-            .filter_map(|s| signing::decode_secret(s.expose()))
-            .collect();
+        let signing_keys = config.signing_secrets.iter().filter_map(|s| signing::decode_secret(s.expose())).collect();
         let templated = config.headers.iter().any(|(_, t)| t.has_fields());
-        RouteRuntime {
-            config: config.clone(),
-            signing_keys,
-            templated,
-        }
+        RouteRuntime { config: config.clone(), signing_keys, templated }
     }
 
     fn headers(&self, delivery: &Delivery) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/cloudevents+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/cloudevents+json"));
         if !self.config.headers.is_empty() {
             let event = if self.templated {
                 serde_json::from_str(&delivery.json).unwrap_or_default()
@@ -138,12 +123,8 @@ impl RouteRuntime {
         }
         if !self.signing_keys.is_empty() {
             let timestamp = chrono::Utc::now().timestamp();
-            let signature = signing::signature_header(
-                &self.signing_keys,
-                &delivery.event_id,
-                timestamp,
-                delivery.json.as_bytes(),
-            );
+            let signature =
+                signing::signature_header(&self.signing_keys, &delivery.event_id, timestamp, delivery.json.as_bytes());
             let mut set = |name: &'static str, value: String| {
                 if let Ok(value) = HeaderValue::from_str(&value) {
                     headers.insert(HeaderName::from_static(name), value);
@@ -234,11 +215,7 @@ impl Worker {
         match self.store.next_due(&self.name).await {
             Ok(Some(at)) => {
                 let wait = at - now_ms();
-                if wait > 0 {
-                    Duration::from_millis(wait as u64).min(MAX_IDLE)
-                } else {
-                    Duration::from_secs(1)
-                }
+                if wait > 0 { Duration::from_millis(wait as u64).min(MAX_IDLE) } else { Duration::from_secs(1) }
             }
             Ok(None) => MAX_IDLE,
             Err(_) => Duration::from_secs(1),
@@ -268,12 +245,9 @@ async fn attempt(
         Ok(resp) if resp.status().is_success() => (Some(resp.status()), None, None, None),
         Ok(resp) => {
             let status = resp.status();
-            let retry_after = matches!(
-                status,
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-            )
-            .then(|| retry_after(resp.headers()))
-            .flatten();
+            let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+                .then(|| retry_after(resp.headers()))
+                .flatten();
             (Some(status), None, Some(snippet(resp).await), retry_after)
         }
         Err(e) => (None, Some(describe(&e, route.config.timeout)), None, None),
@@ -295,18 +269,11 @@ async fn attempt(
         telemetry::delivery(&name, DeliveryOutcome::Retry, seconds);
         let delay = retry_after.unwrap_or_else(|| jitter(*delay));
         tracing::debug!(route = %name, event_id = %d.event_id, attempt = done, status = ?record.status, error = ?record.error, "Delivery failed; will retry.");
-        Outcome::Retry {
-            id: d.id,
-            next_at: at + delay.as_millis() as Millis,
-            attempt: record,
-        }
+        Outcome::Retry { id: d.id, next_at: at + delay.as_millis() as Millis, attempt: record }
     } else {
         telemetry::delivery(&name, DeliveryOutcome::DeadLetter, seconds);
         tracing::warn!(route = %name, event_id = %d.event_id, subject = %d.subject, attempts = done, status = ?record.status, error = ?record.error, "Delivery dead-lettered.");
-        Outcome::Dead {
-            id: d.id,
-            attempt: record,
-        }
+        Outcome::Dead { id: d.id, attempt: record }
     };
     // The outcome must be stored before the worker may pick this delivery's successor.
     let mut wait = Duration::from_millis(50);
@@ -330,9 +297,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => {
             let at = chrono::DateTime::parse_from_rfc2822(text).ok()?;
-            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default()
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default()
         }
     };
     Some(delay.clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX))
@@ -343,9 +308,7 @@ async fn snippet(mut resp: reqwest::Response) -> String {
     let mut bytes = Vec::new();
     while bytes.len() < SNIPPET_BYTES {
         match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                bytes.extend_from_slice(&chunk[..chunk.len().min(SNIPPET_BYTES - bytes.len())])
-            }
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk[..chunk.len().min(SNIPPET_BYTES - bytes.len())]),
             _ => break,
         }
     }
@@ -357,11 +320,7 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("timed out after {timeout:?}");
     }
-    let mut text = if e.is_connect() {
-        "connection failed".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
+    let mut text = if e.is_connect() { "connection failed".to_owned() } else { "request failed".to_owned() };
     let mut source = std::error::Error::source(e);
     while let Some(inner) = source {
         text.push_str(": ");
@@ -379,10 +338,7 @@ mod tests {
     fn jitter_stays_within_twenty_percent() {
         for _ in 0..1000 {
             let d = jitter(Duration::from_secs(100));
-            assert!(
-                d >= Duration::from_secs(80) && d <= Duration::from_secs(120),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_secs(80) && d <= Duration::from_secs(120), "{d:?}");
         }
     }
 

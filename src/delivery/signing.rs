@@ -25,10 +25,7 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
 
 /// The `webhook-signature` header value for every key.
 pub fn signature_header(keys: &[Vec<u8>], id: &str, timestamp: i64, body: &[u8]) -> String {
-    keys.iter()
-        .map(|key| sign(key, id, timestamp, body))
-        .collect::<Vec<_>>()
-        .join(" ")
+    keys.iter().map(|key| sign(key, id, timestamp, body)).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

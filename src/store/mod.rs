@@ -91,18 +91,9 @@ pub struct Attempt {
 /// How an attempt ended, as the store records it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Delivered {
-        id: i64,
-    },
-    Retry {
-        id: i64,
-        next_at: Millis,
-        attempt: Attempt,
-    },
-    Dead {
-        id: i64,
-        attempt: Attempt,
-    },
+    Delivered { id: i64 },
+    Retry { id: i64, next_at: Millis, attempt: Attempt },
+    Dead { id: i64, attempt: Attempt },
 }
 
 /// Deliveries waiting (or retrying) and dead letters, per route.
@@ -136,13 +127,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deliveries of `route` due at `now`, oldest first, at most one per subject (the oldest
     /// undelivered one, so a call's events go out in order), skipping `in_flight`.
-    async fn due(
-        &self,
-        route: &str,
-        now: Millis,
-        limit: usize,
-        in_flight: &[i64],
-    ) -> Result<Vec<Delivery>, StoreError>;
+    async fn due(&self, route: &str, now: Millis, limit: usize, in_flight: &[i64])
+    -> Result<Vec<Delivery>, StoreError>;
 
     /// When the next delivery of `route` falls due, if any is waiting.
     async fn next_due(&self, route: &str) -> Result<Option<Millis>, StoreError>;

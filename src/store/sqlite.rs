@@ -17,9 +17,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    Counts, Delivery, Ingest, IngestOutcome, Millis, Outcome, Quarantined, Store, StoreError,
-};
+use super::{Counts, Delivery, Ingest, IngestOutcome, Millis, Outcome, Quarantined, Store, StoreError};
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[r#"
@@ -89,10 +87,7 @@ const QUEUE: usize = 4096;
 const READERS: usize = 4;
 
 enum Command {
-    Ingest(
-        Box<Ingest>,
-        oneshot::Sender<Result<IngestOutcome, StoreError>>,
-    ),
+    Ingest(Box<Ingest>, oneshot::Sender<Result<IngestOutcome, StoreError>>),
     Quarantine(Box<Quarantined>, oneshot::Sender<Result<(), StoreError>>),
     Complete(Vec<Outcome>, oneshot::Sender<Result<(), StoreError>>),
 }
@@ -115,21 +110,14 @@ impl SqliteStore {
         let mut conn = open_connection(path, false)?;
         migrate(&mut conn)?;
         let counts = Arc::new(Mutex::new(count(&conn)?));
-        let readers = (0..READERS)
-            .map(|_| open_connection(path, true))
-            .collect::<Result<Vec<_>, _>>()?;
+        let readers = (0..READERS).map(|_| open_connection(path, true)).collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_counts = counts.clone();
         thread::Builder::new()
             .name("callgate-sqlite-writer".into())
             .spawn(move || writer(conn, rx, writer_counts))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
-        Ok(SqliteStore {
-            path: path.to_owned(),
-            writer: tx,
-            readers: Arc::new(Mutex::new(readers)),
-            counts,
-        })
+        Ok(SqliteStore { path: path.to_owned(), writer: tx, readers: Arc::new(Mutex::new(readers)), counts })
     }
 
     pub fn path(&self) -> &Path {
@@ -141,10 +129,7 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writer
-            .send(make(tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.writer.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -178,9 +163,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
@@ -188,10 +171,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     if !read_only {
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Backend(format!(
-                "could not switch {} to WAL mode (got {mode})",
-                path.display()
-            )));
+            return Err(StoreError::Backend(format!("could not switch {} to WAL mode (got {mode})", path.display())));
         }
         // FULL: every commit is fsynced; an acknowledged payload survives power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -201,8 +181,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let version: usize =
-        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Backend(format!(
             "the database is at schema version {version}, newer than this callgate ({}); upgrade callgate",
@@ -244,11 +223,7 @@ impl Delta {
     fn apply(self, counts: &Mutex<Counts>) {
         if let Ok(mut counts) = counts.lock() {
             for (dead, route, by) in self.0 {
-                let map = if dead {
-                    &mut counts.dead
-                } else {
-                    &mut counts.backlog
-                };
+                let map = if dead { &mut counts.dead } else { &mut counts.backlog };
                 let n = map.entry(route.clone()).or_default();
                 *n += by;
                 if *n == 0 {
@@ -260,14 +235,8 @@ impl Delta {
 }
 
 enum Reply {
-    Ingest(
-        oneshot::Sender<Result<IngestOutcome, StoreError>>,
-        Result<IngestOutcome, StoreError>,
-    ),
-    Unit(
-        oneshot::Sender<Result<(), StoreError>>,
-        Result<(), StoreError>,
-    ),
+    Ingest(oneshot::Sender<Result<IngestOutcome, StoreError>>, Result<IngestOutcome, StoreError>),
+    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
 }
 
 impl Reply {
@@ -294,23 +263,16 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Command>, counts: Arc<Mut
         let mut delta = Delta::default();
         let mut replies = Vec::with_capacity(batch.len());
         let commit = (|| -> Result<(), String> {
-            let mut tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(|e| e.to_string())?;
+            let mut tx =
+                conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
             for cmd in batch.drain(..) {
                 let mut step = Delta::default();
                 let sp = tx.savepoint().map_err(|e| e.to_string());
                 let reply = match sp {
                     Err(e) => match cmd {
-                        Command::Ingest(_, reply) => {
-                            Reply::Ingest(reply, Err(StoreError::Backend(e)))
-                        }
-                        Command::Quarantine(_, reply) => {
-                            Reply::Unit(reply, Err(StoreError::Backend(e)))
-                        }
-                        Command::Complete(_, reply) => {
-                            Reply::Unit(reply, Err(StoreError::Backend(e)))
-                        }
+                        Command::Ingest(_, reply) => Reply::Ingest(reply, Err(StoreError::Backend(e))),
+                        Command::Quarantine(_, reply) => Reply::Unit(reply, Err(StoreError::Backend(e))),
+                        Command::Complete(_, reply) => Reply::Unit(reply, Err(StoreError::Backend(e))),
                     },
                     Ok(sp) => {
                         let (reply, ok) = match cmd {
@@ -350,42 +312,29 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Command>, counts: Arc<Mut
     }
 }
 
-fn ingest_one(
-    tx: &rusqlite::Savepoint<'_>,
-    ingest: &Ingest,
-    delta: &mut Delta,
-) -> Result<IngestOutcome, StoreError> {
+fn ingest_one(tx: &rusqlite::Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<IngestOutcome, StoreError> {
     let existing: Option<String> = tx
         .prepare_cached("SELECT event_ids FROM payloads WHERE source = ?1 AND digest = ?2")?
         .query_row(params![ingest.source, &ingest.digest[..]], |r| r.get(0))
         .optional()?;
     if let Some(ids) = existing {
-        let ids = serde_json::from_str(&ids)
-            .map_err(|e| StoreError::Backend(format!("corrupt event ids: {e}")))?;
+        let ids = serde_json::from_str(&ids).map_err(|e| StoreError::Backend(format!("corrupt event ids: {e}")))?;
         return Ok(IngestOutcome::Duplicate(ids));
     }
     let ids: Vec<String> = ingest.events.iter().map(|e| e.id.clone()).collect();
     let ids_json = serde_json::to_string(&ids).map_err(|e| StoreError::Backend(e.to_string()))?;
-    tx.prepare_cached("INSERT INTO payloads (source, digest, received_at, body, event_ids) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![ingest.source, &ingest.digest[..], ingest.received_at, ingest.body, ids_json])?;
+    tx.prepare_cached(
+        "INSERT INTO payloads (source, digest, received_at, body, event_ids) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![ingest.source, &ingest.digest[..], ingest.received_at, ingest.body, ids_json])?;
     let payload_id = tx.last_insert_rowid();
     for event in &ingest.events {
-        tx.prepare_cached(
-            "INSERT INTO events (id, payload_id, type, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
-            event.id,
-            payload_id,
-            event.kind,
-            event.subject,
-            event.json
-        ])?;
+        tx.prepare_cached("INSERT INTO events (id, payload_id, type, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![event.id, payload_id, event.kind, event.subject, event.json])?;
         let seq = tx.last_insert_rowid();
         for route in &event.routes {
-            tx.prepare_cached(
-                "INSERT INTO outbox (event_seq, route, subject, next_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![seq, route, event.subject, ingest.received_at])?;
+            tx.prepare_cached("INSERT INTO outbox (event_seq, route, subject, next_at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![seq, route, event.subject, ingest.received_at])?;
             delta.backlog(route, 1);
         }
     }
@@ -400,11 +349,7 @@ fn quarantine_one(tx: &rusqlite::Savepoint<'_>, q: &Quarantined) -> Result<(), S
     Ok(())
 }
 
-fn complete_all(
-    tx: &rusqlite::Savepoint<'_>,
-    outcomes: &[Outcome],
-    delta: &mut Delta,
-) -> Result<(), StoreError> {
+fn complete_all(tx: &rusqlite::Savepoint<'_>, outcomes: &[Outcome], delta: &mut Delta) -> Result<(), StoreError> {
     for outcome in outcomes {
         match outcome {
             Outcome::Delivered { id } => {
@@ -416,13 +361,11 @@ fn complete_all(
                     delta.backlog(&route, -1);
                 }
             }
-            Outcome::Retry {
-                id,
-                next_at,
-                attempt,
-            } => {
+            Outcome::Retry { id, next_at, attempt } => {
                 let attempts: Option<i64> = tx
-                    .prepare_cached("UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 RETURNING attempts")?
+                    .prepare_cached(
+                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 RETURNING attempts",
+                    )?
                     .query_row(params![id, next_at], |r| r.get(0))
                     .optional()?;
                 if let Some(n) = attempts {
@@ -431,14 +374,13 @@ fn complete_all(
             }
             Outcome::Dead { id, attempt } => {
                 let row: Option<(i64, String, String, i64)> = tx
-                    .prepare_cached("DELETE FROM outbox WHERE id = ?1 RETURNING event_seq, route, subject, attempts + 1")?
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE id = ?1 RETURNING event_seq, route, subject, attempts + 1",
+                    )?
                     .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .optional()?;
                 if let Some((seq, route, subject, attempts)) = row {
-                    let last_error = attempt
-                        .error
-                        .clone()
-                        .or_else(|| attempt.status.map(|s| format!("HTTP {s}")));
+                    let last_error = attempt.error.clone().or_else(|| attempt.status.map(|s| format!("HTTP {s}")));
                     tx.prepare_cached(
                         "INSERT INTO dead_letters (id, event_seq, route, subject, attempts, dead_at, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
@@ -453,12 +395,7 @@ fn complete_all(
     Ok(())
 }
 
-fn record_attempt(
-    tx: &rusqlite::Savepoint<'_>,
-    id: i64,
-    n: i64,
-    a: &super::Attempt,
-) -> Result<(), StoreError> {
+fn record_attempt(tx: &rusqlite::Savepoint<'_>, id: i64, n: i64, a: &super::Attempt) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
@@ -487,8 +424,7 @@ impl Store for SqliteStore {
     }
 
     async fn quarantine(&self, item: Quarantined) -> Result<(), StoreError> {
-        self.send(|tx| Command::Quarantine(Box::new(item), tx))
-            .await
+        self.send(|tx| Command::Quarantine(Box::new(item), tx)).await
     }
 
     async fn due(
@@ -529,11 +465,7 @@ impl Store for SqliteStore {
 
     async fn next_due(&self, route: &str) -> Result<Option<Millis>, StoreError> {
         let route = route.to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached(NEXT_DUE)?
-                .query_row([route], |r| r.get(0))
-        })
-        .await
+        self.read(move |conn| conn.prepare_cached(NEXT_DUE)?.query_row([route], |r| r.get(0))).await
     }
 
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
@@ -541,19 +473,14 @@ impl Store for SqliteStore {
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
-        self.counts
-            .lock()
-            .map(|c| c.clone())
-            .map_err(|_| StoreError::Closed)
+        self.counts.lock().map(|c| c.clone()).map_err(|_| StoreError::Closed)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.is_closed() {
             return Err(StoreError::Closed);
         }
-        self.read(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
-            .await
-            .map(|_| ())
+        self.read(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await.map(|_| ())
     }
 }
 

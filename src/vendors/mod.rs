@@ -18,9 +18,7 @@ use phonenumber::country;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::canonical::{
-    self, CloudEvent, Common, Direction, Mapped, Payload, SCHEMA_VERSION, Vendor, convert,
-};
+use crate::canonical::{self, CloudEvent, Common, Direction, Mapped, Payload, SCHEMA_VERSION, Vendor, convert};
 
 /// One schema violation, located by a JSON pointer into the payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,10 +29,7 @@ pub struct Violation {
 
 impl Violation {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Violation {
-            path: path.into(),
-            message: message.into(),
-        }
+        Violation { path: path.into(), message: message.into() }
     }
 }
 
@@ -42,36 +37,18 @@ impl Violation {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Rejection {
     #[error("body is not valid JSON: {message} at line {line} column {column}")]
-    NotJson {
-        message: String,
-        line: usize,
-        column: usize,
-    },
+    NotJson { message: String, line: usize, column: usize },
     #[error("unknown event for vendor {vendor}: {}", .violation.message)]
-    UnknownEvent {
-        vendor: Vendor,
-        violation: Violation,
-    },
+    UnknownEvent { vendor: Vendor, violation: Violation },
     #[error("payload violates the {vendor} `{event}` schema ({} problem(s))", .violations.len())]
-    Invalid {
-        vendor: Vendor,
-        event: String,
-        violations: Vec<Violation>,
-    },
+    Invalid { vendor: Vendor, event: String, violations: Vec<Violation> },
 }
 
 impl Rejection {
     pub fn violations(&self) -> Vec<Violation> {
         match self {
-            Rejection::NotJson {
-                message,
-                line,
-                column,
-            } => {
-                vec![Violation::new(
-                    "",
-                    format!("{message} at line {line} column {column}"),
-                )]
+            Rejection::NotJson { message, line, column } => {
+                vec![Violation::new("", format!("{message} at line {line} column {column}"))]
             }
             Rejection::UnknownEvent { violation, .. } => vec![violation.clone()],
             Rejection::Invalid { violations, .. } => violations.clone(),
@@ -167,10 +144,7 @@ static VALIDATORS: LazyLock<Result<Validators, String>> = LazyLock::new(|| {
     let mut validators = HashMap::new();
     for vendor in Vendor::ALL {
         for (key, text) in vendor.schemas() {
-            validators.insert(
-                (vendor, *key),
-                compile(text).map_err(|e| format!("schema {vendor}/{key}: {e}"))?,
-            );
+            validators.insert((vendor, *key), compile(text).map_err(|e| format!("schema {vendor}/{key}: {e}"))?);
         }
     }
     Ok(validators)
@@ -180,10 +154,7 @@ static VALIDATORS: LazyLock<Result<Validators, String>> = LazyLock::new(|| {
 /// crate is built without its HTTP resolver, so a remote `$ref` fails to compile).
 pub fn compile(text: &str) -> Result<Validator, String> {
     let schema: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    jsonschema::options()
-        .should_validate_formats(true)
-        .build(&schema)
-        .map_err(|e| e.to_string())
+    jsonschema::options().should_validate_formats(true).build(&schema).map_err(|e| e.to_string())
 }
 
 /// Compiles every vendor schema; call once at start-up.
@@ -195,20 +166,14 @@ pub fn init() -> Result<(), String> {
 const MAX_VIOLATIONS: usize = 50;
 
 /// Parses, validates and maps one raw vendor body into canonical events, in emission order.
-pub fn normalize(
-    origin: &Origin<'_>,
-    body: &[u8],
-    received_at: DateTime<Utc>,
-) -> Result<Vec<CloudEvent>, Rejection> {
+pub fn normalize(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<CloudEvent>, Rejection> {
     let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson {
         message: json_error_message(&e),
         line: e.line(),
         column: e.column(),
     })?;
     let vendor = origin.vendor;
-    let key = vendor
-        .event_key(&value)
-        .map_err(|violation| Rejection::UnknownEvent { vendor, violation })?;
+    let key = vendor.event_key(&value).map_err(|violation| Rejection::UnknownEvent { vendor, violation })?;
     let validators = VALIDATORS.as_ref().map_err(|e| Rejection::Invalid {
         vendor,
         event: key.to_owned(),
@@ -221,24 +186,15 @@ pub fn normalize(
             .take(MAX_VIOLATIONS)
             .map(|e| Violation::new(e.instance_path().to_string(), e.to_string()))
             .collect();
-        return Err(Rejection::Invalid {
-            vendor,
-            event: key.to_owned(),
-            violations,
-        });
+        return Err(Rejection::Invalid { vendor, event: key.to_owned(), violations });
     }
     let payload = Payload::new(&value);
-    let cx = Context {
-        origin,
-        received_at: convert::rfc3339(received_at),
-    };
-    let mapped = vendor
-        .map(key, &payload, &cx)
-        .map_err(|violation| Rejection::Invalid {
-            vendor,
-            event: key.to_owned(),
-            violations: vec![violation],
-        })?;
+    let cx = Context { origin, received_at: convert::rfc3339(received_at) };
+    let mapped = vendor.map(key, &payload, &cx).map_err(|violation| Rejection::Invalid {
+        vendor,
+        event: key.to_owned(),
+        violations: vec![violation],
+    })?;
     Ok(mapped.finish(&canonical::body_digest(body), payload.residual()))
 }
 
@@ -287,11 +243,7 @@ mod tests {
 
     #[test]
     fn not_json_reports_position() {
-        let origin = Origin {
-            source: "vox",
-            vendor: Vendor::Vox,
-            phone_region: None,
-        };
+        let origin = Origin { source: "vox", vendor: Vendor::Vox, phone_region: None };
         let err = normalize(&origin, b"{\n  \"event\": ", Utc::now()).unwrap_err();
         match err {
             Rejection::NotJson { line, column, .. } => assert_eq!((line, column), (2, 11)),

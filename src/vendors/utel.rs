@@ -11,47 +11,20 @@ use serde_json::Value;
 
 use super::{Context, MapResult, Violation};
 use crate::canonical::{
-    Details, Direction, Draft, End, EndReason, EndedBy, EventType, Mapped, Payload, Status,
-    Transfer, TransferType, Vendor, convert,
+    Details, Direction, Draft, End, EndReason, EndedBy, EventType, Mapped, Payload, Status, Transfer, TransferType,
+    Vendor, convert,
 };
 
 pub const SCHEMAS: &[(&str, &str)] = &[
-    (
-        "call_started",
-        include_str!("../../schemas/utel/call_started.json"),
-    ),
-    (
-        "dial_started",
-        include_str!("../../schemas/utel/dial_started.json"),
-    ),
-    (
-        "dial_answered",
-        include_str!("../../schemas/utel/dial_answered.json"),
-    ),
-    (
-        "dial_ended",
-        include_str!("../../schemas/utel/dial_ended.json"),
-    ),
-    (
-        "call_blind_transferred",
-        include_str!("../../schemas/utel/call_blind_transferred.json"),
-    ),
-    (
-        "call_attended_transferred",
-        include_str!("../../schemas/utel/call_attended_transferred.json"),
-    ),
-    (
-        "call_transferred",
-        include_str!("../../schemas/utel/call_transferred.json"),
-    ),
-    (
-        "call_ended",
-        include_str!("../../schemas/utel/call_ended.json"),
-    ),
-    (
-        "call_saved",
-        include_str!("../../schemas/utel/call_saved.json"),
-    ),
+    ("call_started", include_str!("../../schemas/utel/call_started.json")),
+    ("dial_started", include_str!("../../schemas/utel/dial_started.json")),
+    ("dial_answered", include_str!("../../schemas/utel/dial_answered.json")),
+    ("dial_ended", include_str!("../../schemas/utel/dial_ended.json")),
+    ("call_blind_transferred", include_str!("../../schemas/utel/call_blind_transferred.json")),
+    ("call_attended_transferred", include_str!("../../schemas/utel/call_attended_transferred.json")),
+    ("call_transferred", include_str!("../../schemas/utel/call_transferred.json")),
+    ("call_ended", include_str!("../../schemas/utel/call_ended.json")),
+    ("call_saved", include_str!("../../schemas/utel/call_saved.json")),
 ];
 
 /// `call_history.date_time` is local time in Tashkent (UTC+5, no daylight saving).
@@ -87,10 +60,7 @@ fn disposition(value: &Value) -> Option<(EndReason, Status)> {
 fn raw_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
-        Value::Object(o) => o
-            .get("name")
-            .and_then(Value::as_str)
-            .map_or_else(|| value.to_string(), str::to_owned),
+        Value::Object(o) => o.get("name").and_then(Value::as_str).map_or_else(|| value.to_string(), str::to_owned),
         other => other.to_string(),
     }
 }
@@ -100,14 +70,8 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     if key == "call_saved" {
         return call_saved(p, cx);
     }
-    let id_at = if key == "call_attended_transferred" {
-        "/data/call_first/id"
-    } else {
-        "/data/call/id"
-    };
-    let call_id = p
-        .id(id_at)
-        .ok_or_else(|| Violation::new(id_at, "call id is missing"))?;
+    let id_at = if key == "call_attended_transferred" { "/data/call_first/id" } else { "/data/call/id" };
+    let call_id = p.id(id_at).ok_or_else(|| Violation::new(id_at, "call id is missing"))?;
     let common = cx.common(key, call_id);
     // A scalar `to`/`target` is the transfer destination; anything richer stays raw.
     let target = |at: &str| match p.peek(at) {
@@ -121,29 +85,17 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         "dial_ended" => Draft::new(EventType::CallLegEnded, Details::default()),
         "call_blind_transferred" | "call_attended_transferred" | "call_transferred" => {
             let transfer = match key {
-                "call_blind_transferred" => Transfer {
-                    kind: TransferType::Blind,
-                    target: target("/data/to"),
-                    related_call_ids: vec![],
-                },
+                "call_blind_transferred" => {
+                    Transfer { kind: TransferType::Blind, target: target("/data/to"), related_call_ids: vec![] }
+                }
                 "call_attended_transferred" => Transfer {
                     kind: TransferType::Attended,
                     target: target("/data/target"),
                     related_call_ids: p.id("/data/call_second/id").into_iter().collect(),
                 },
-                _ => Transfer {
-                    kind: TransferType::Unknown,
-                    target: None,
-                    related_call_ids: vec![],
-                },
+                _ => Transfer { kind: TransferType::Unknown, target: None, related_call_ids: vec![] },
             };
-            Draft::new(
-                EventType::CallTransferred,
-                Details {
-                    transfer: Some(transfer),
-                    ..Details::default()
-                },
-            )
+            Draft::new(EventType::CallTransferred, Details { transfer: Some(transfer), ..Details::default() })
         }
         "call_ended" => {
             let raw = ["/data/call/status", "/data/call/disposition"]
@@ -154,46 +106,22 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                 p.consume(at);
             }
             let (reason, status) = known.unwrap_or((EndReason::Unknown, Status::Completed));
-            let kind = if status == Status::Completed {
-                EventType::CallEnded
-            } else {
-                EventType::CallFailed
-            };
-            let end = End {
-                reason,
-                reason_raw: raw.map(|(_, v)| raw_text(v)),
-                by: EndedBy::Unknown,
-            };
-            Draft::new(
-                kind,
-                Details {
-                    status: Some(status),
-                    end: Some(end),
-                    ..Details::default()
-                },
-            )
+            let kind = if status == Status::Completed { EventType::CallEnded } else { EventType::CallFailed };
+            let end = End { reason, reason_raw: raw.map(|(_, v)| raw_text(v)), by: EndedBy::Unknown };
+            Draft::new(kind, Details { status: Some(status), end: Some(end), ..Details::default() })
         }
         other => {
-            return Err(Violation::new(
-                "/data/name",
-                format!("no mapping for utel {other}"),
-            ));
+            return Err(Violation::new("/data/name", format!("no mapping for utel {other}")));
         }
     };
-    Ok(Mapped {
-        common,
-        metadata: Default::default(),
-        variables: Default::default(),
-        events: vec![draft],
-    })
+    Ok(Mapped { common, metadata: Default::default(), variables: Default::default(), events: vec![draft] })
 }
 
 /// `call_saved` carries the call-history record: the call's CDR, then its recording.
 fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     let h = "/data/call_history";
-    let call_id = p
-        .id(&format!("{h}/call_id"))
-        .ok_or_else(|| Violation::new(format!("{h}/call_id"), "call id is missing"))?;
+    let call_id =
+        p.id(&format!("{h}/call_id")).ok_or_else(|| Violation::new(format!("{h}/call_id"), "call id is missing"))?;
     let mut common = cx.common("call_saved", call_id);
     if let Some(number) = p.peek(&format!("{h}/type/number")).and_then(Value::as_i64) {
         common.direction = match number {
@@ -206,11 +134,7 @@ fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
             p.consume(&format!("{h}/type"));
         }
     }
-    cx.numbers(
-        &mut common,
-        p.str(&format!("{h}/src")),
-        p.str(&format!("{h}/dst")),
-    );
+    cx.numbers(&mut common, p.str(&format!("{h}/src")), p.str(&format!("{h}/dst")));
     let started_at = p
         .peek(&format!("{h}/date_time"))
         .and_then(Value::as_str)
@@ -226,10 +150,7 @@ fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         }
         ms
     };
-    let status = p
-        .peek(&format!("{h}/status/number"))
-        .and_then(|n| disposition(n))
-        .map(|(_, status)| status);
+    let status = p.peek(&format!("{h}/status/number")).and_then(|n| disposition(n)).map(|(_, status)| status);
     if status.is_some() {
         p.consume(&format!("{h}/status"));
     }
@@ -246,16 +167,8 @@ fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     if let Some(url) = recording_url {
         events.push(Draft::new(
             EventType::CallRecordingReady,
-            Details {
-                recording_url: Some(url),
-                ..Details::default()
-            },
+            Details { recording_url: Some(url), ..Details::default() },
         ));
     }
-    Ok(Mapped {
-        common,
-        metadata: Default::default(),
-        variables: Default::default(),
-        events,
-    })
+    Ok(Mapped { common, metadata: Default::default(), variables: Default::default(), events })
 }

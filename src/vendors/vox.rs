@@ -7,58 +7,25 @@ use serde_json::{Map, Value};
 
 use super::{Context, MapResult, Violation};
 use crate::canonical::{
-    Analysis, Common, Cost, Details, Draft, End, EndReason, EndedBy, EventType, Flow, FlowNode,
-    Mapped, Payload, Sms, Status, Utterance, Vendor, convert,
+    Analysis, Common, Cost, Details, Draft, End, EndReason, EndedBy, EventType, Flow, FlowNode, Mapped, Payload, Sms,
+    Status, Utterance, Vendor, convert,
 };
 
 pub const SCHEMAS: &[(&str, &str)] = &[
-    (
-        "v1/call_started",
-        include_str!("../../schemas/vox/v1/call_started.json"),
-    ),
-    (
-        "v1/call_ended",
-        include_str!("../../schemas/vox/v1/call_ended.json"),
-    ),
-    (
-        "v1/mid_call.flow_transition",
-        include_str!("../../schemas/vox/v1/mid_call.flow_transition.json"),
-    ),
-    (
-        "v1/mid_call.call_message",
-        include_str!("../../schemas/vox/v1/mid_call.call_message.json"),
-    ),
-    (
-        "v2/call_started",
-        include_str!("../../schemas/vox/v2/call_started.json"),
-    ),
-    (
-        "v2/call_ended",
-        include_str!("../../schemas/vox/v2/call_ended.json"),
-    ),
-    (
-        "v2/call_analyzed",
-        include_str!("../../schemas/vox/v2/call_analyzed.json"),
-    ),
-    (
-        "v2/sms_received",
-        include_str!("../../schemas/vox/v2/sms_received.json"),
-    ),
-    (
-        "v2/mid_call.flow_transition",
-        include_str!("../../schemas/vox/v2/mid_call.flow_transition.json"),
-    ),
-    (
-        "v2/mid_call.call_message",
-        include_str!("../../schemas/vox/v2/mid_call.call_message.json"),
-    ),
+    ("v1/call_started", include_str!("../../schemas/vox/v1/call_started.json")),
+    ("v1/call_ended", include_str!("../../schemas/vox/v1/call_ended.json")),
+    ("v1/mid_call.flow_transition", include_str!("../../schemas/vox/v1/mid_call.flow_transition.json")),
+    ("v1/mid_call.call_message", include_str!("../../schemas/vox/v1/mid_call.call_message.json")),
+    ("v2/call_started", include_str!("../../schemas/vox/v2/call_started.json")),
+    ("v2/call_ended", include_str!("../../schemas/vox/v2/call_ended.json")),
+    ("v2/call_analyzed", include_str!("../../schemas/vox/v2/call_analyzed.json")),
+    ("v2/sms_received", include_str!("../../schemas/vox/v2/sms_received.json")),
+    ("v2/mid_call.flow_transition", include_str!("../../schemas/vox/v2/mid_call.flow_transition.json")),
+    ("v2/mid_call.call_message", include_str!("../../schemas/vox/v2/mid_call.call_message.json")),
 ];
 
-const V1_EVENTS: &[(&str, &str)] = &[
-    ("call_started", "v1/call_started"),
-    ("call_ended", "v1/call_ended"),
-    ("mid_call", "mid_call"),
-];
+const V1_EVENTS: &[(&str, &str)] =
+    &[("call_started", "v1/call_started"), ("call_ended", "v1/call_ended"), ("mid_call", "mid_call")];
 const V2_EVENTS: &[(&str, &str)] = &[
     ("call_started", "v2/call_started"),
     ("call_ended", "v2/call_ended"),
@@ -72,10 +39,7 @@ pub fn event_key(body: &Value) -> Result<&'static str, Violation> {
         None => (false, V1_EVENTS),
         Some(Value::String(v)) if v == "v2" => (true, V2_EVENTS),
         Some(other) => {
-            return Err(Violation::new(
-                "/webhook_version",
-                format!("unsupported vox webhook_version {other}"),
-            ));
+            return Err(Violation::new("/webhook_version", format!("unsupported vox webhook_version {other}")));
         }
     };
     let key = super::discriminate(body, "/event", events, Vendor::Vox)?;
@@ -83,15 +47,9 @@ pub fn event_key(body: &Value) -> Result<&'static str, Violation> {
         return Ok(key);
     }
     let kinds: &[(&str, &'static str)] = if v2 {
-        &[
-            ("flow_transition", "v2/mid_call.flow_transition"),
-            ("call_message", "v2/mid_call.call_message"),
-        ]
+        &[("flow_transition", "v2/mid_call.flow_transition"), ("call_message", "v2/mid_call.call_message")]
     } else {
-        &[
-            ("flow_transition", "v1/mid_call.flow_transition"),
-            ("call_message", "v1/mid_call.call_message"),
-        ]
+        &[("flow_transition", "v1/mid_call.flow_transition"), ("call_message", "v1/mid_call.call_message")]
     };
     super::discriminate(body, "/mid_call/event_type", kinds, Vendor::Vox)
 }
@@ -117,23 +75,15 @@ fn reason(raw: &str) -> Option<(EndReason, EndedBy, Kind)> {
         "voicemail_reached" => (R::Voicemail, EndedBy::System, Connected),
         "inactivity" => (R::SilenceTimeout, EndedBy::System, Connected),
         "max_duration_reached" => (R::MaxDuration, EndedBy::System, Connected),
-        "dial_no_answer" => (
-            R::NoAnswer,
-            EndedBy::Unknown,
-            NotConnected(Status::NoAnswer),
-        ),
+        "dial_no_answer" => (R::NoAnswer, EndedBy::Unknown, NotConnected(Status::NoAnswer)),
         "dial_busy" => (R::Busy, EndedBy::Unknown, NotConnected(Status::Busy)),
         "dial_declined" => (R::Declined, EndedBy::Customer, NotConnected(Status::Busy)),
         "dial_failed" => (R::DialFailed, EndedBy::System, NotConnected(Status::Failed)),
-        "concurrency_limit_reached" | "daily_call_limit_reached" => (
-            R::CapacityLimit,
-            EndedBy::System,
-            NotConnected(Status::Failed),
-        ),
-        "insufficient_balance" => (R::Billing, EndedBy::System, NotConnected(Status::Failed)),
-        "error_voxai" | "flow_error" | "orphaned_no_agent_pickup" => {
-            (R::PlatformError, EndedBy::System, Either)
+        "concurrency_limit_reached" | "daily_call_limit_reached" => {
+            (R::CapacityLimit, EndedBy::System, NotConnected(Status::Failed))
         }
+        "insufficient_balance" => (R::Billing, EndedBy::System, NotConnected(Status::Failed)),
+        "error_voxai" | "flow_error" | "orphaned_no_agent_pickup" => (R::PlatformError, EndedBy::System, Either),
         _ => return None,
     })
 }
@@ -180,30 +130,22 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     }
 
     let mut common = call_common(fmt, event, "/call", p, cx)?;
-    let ms = |field: &str| {
-        p.i64(&format!("/call/{field}"))
-            .and_then(convert::from_epoch_ms)
-    };
-    let started_at = ms(fmt.start);
-    let ended_at = ms(fmt.end);
+    let ms = |field: &str| p.i64(&format!("/call/{field}")).and_then(convert::from_epoch_ms);
     let occurred_at = ms("occurred_at");
+    // call_analyzed repeats the call's times; they are not its facts and stay in vendor_extra.
+    let (started_at, ended_at) = if event == "call_analyzed" { (None, None) } else { (ms(fmt.start), ms(fmt.end)) };
 
     let events = match event {
         "call_started" => {
             common.occurred_at = occurred_at.or_else(|| started_at.clone());
-            let details = Details {
-                started_at: started_at.clone(),
-                connected_at: started_at,
-                ..Details::default()
-            };
+            let details = Details { started_at: started_at.clone(), connected_at: started_at, ..Details::default() };
             vec![Draft::new(EventType::CallConnected, details)]
         }
         "call_ended" => {
             common.occurred_at = occurred_at.or_else(|| ended_at.clone());
             let transcript = transcript(p, "/call/transcript")?;
             let duration_ms = p.i64("/call/duration_ms");
-            let evidence = duration_ms.is_some_and(|d| d > 0)
-                || transcript.as_ref().is_some_and(|t| !t.is_empty());
+            let evidence = duration_ms.is_some_and(|d| d > 0) || transcript.as_ref().is_some_and(|t| !t.is_empty());
             let call_status = p.peek("/call/call_status").and_then(Value::as_str);
             let reason_raw = p.str("/call/disconnection_reason");
             let (kind, status, end) = outcome(reason_raw, call_status, evidence);
@@ -226,98 +168,57 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
             if let Some(transcript) = transcript.filter(|t| !t.is_empty()) {
                 events.push(Draft::new(
                     EventType::TranscriptFinal,
-                    Details {
-                        transcript: Some(transcript),
-                        ..Details::default()
-                    },
+                    Details { transcript: Some(transcript), ..Details::default() },
                 ));
             }
             if let Some(url) = p.str("/call/recording_url") {
                 events.push(Draft::new(
                     EventType::CallRecordingReady,
-                    Details {
-                        recording_url: Some(url),
-                        ..Details::default()
-                    },
+                    Details { recording_url: Some(url), ..Details::default() },
                 ));
             }
             // v1 packs cost and analysis into call_ended; v2 sends them as call_analyzed.
             if fmt.name == "v1" {
                 let (analysis, cost) = (analysis(p), cost(p));
                 if analysis.is_some() || cost.is_some() {
-                    events.push(Draft::new(
-                        EventType::CallAnalyzed,
-                        Details {
-                            analysis,
-                            cost,
-                            ..Details::default()
-                        },
-                    ));
+                    events.push(Draft::new(EventType::CallAnalyzed, Details { analysis, cost, ..Details::default() }));
                 }
             }
             events
         }
         "call_analyzed" => {
             common.occurred_at = occurred_at;
-            let details = Details {
-                analysis: analysis(p),
-                cost: cost(p),
-                ..Details::default()
-            };
+            let details = Details { analysis: analysis(p), cost: cost(p), ..Details::default() };
             vec![Draft::new(EventType::CallAnalyzed, details)]
         }
         other => {
-            return Err(Violation::new(
-                "/event",
-                format!("no mapping for vox {other}"),
-            ));
+            return Err(Violation::new("/event", format!("no mapping for vox {other}")));
         }
     };
     let metadata = p.object("/call/metadata");
     let variables = p.object("/call/dynamic_variables");
-    Ok(Mapped {
-        common,
-        metadata,
-        variables,
-        events,
-    })
+    Ok(Mapped { common, metadata, variables, events })
 }
 
 /// Call id, agent, direction and numbers of a `call` (or `mid_call`) object at `root`.
-fn call_common(
-    fmt: &Format,
-    event: &str,
-    root: &str,
-    p: &Payload<'_>,
-    cx: &Context<'_>,
-) -> Result<Common, Violation> {
+fn call_common(fmt: &Format, event: &str, root: &str, p: &Payload<'_>, cx: &Context<'_>) -> Result<Common, Violation> {
     let call_id = p
         .id(&format!("{root}/call_id"))
         .ok_or_else(|| Violation::new(format!("{root}/call_id"), "call id is missing"))?;
     let mut common = cx.common(event, call_id);
     common.vendor_format = Some(fmt.name);
-    common.agent_id = p
-        .id(&format!("{root}/{}", fmt.agent_id))
-        .or_else(|| p.id(&format!("{root}/agent_id")));
+    common.agent_id = p.id(&format!("{root}/{}", fmt.agent_id)).or_else(|| p.id(&format!("{root}/agent_id")));
     if let Some(raw) = p.peek(&format!("{root}/call_type")).and_then(Value::as_str) {
         common.direction = convert::direction(raw);
         if common.direction != crate::canonical::Direction::Unknown {
             p.consume(&format!("{root}/call_type")); // "web", "api"… stay in vendor_extra
         }
     }
-    cx.numbers(
-        &mut common,
-        p.str(&format!("{root}/{}", fmt.from)),
-        p.str(&format!("{root}/{}", fmt.to)),
-    );
+    cx.numbers(&mut common, p.str(&format!("{root}/{}", fmt.from)), p.str(&format!("{root}/{}", fmt.to)));
     Ok(common)
 }
 
-fn outcome(
-    reason_raw: Option<String>,
-    call_status: Option<&str>,
-    evidence: bool,
-) -> (EventType, Status, End) {
+fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool) -> (EventType, Status, End) {
     let connected = match call_status {
         Some("ended") => true,
         Some("not_connected" | "canceled") => false,
@@ -327,15 +228,7 @@ fn outcome(
     let (reason, by, status) = match known {
         Some((reason, by, Kind::Connected)) => (reason, by, Status::Completed),
         Some((reason, by, Kind::NotConnected(status))) => (reason, by, status),
-        Some((reason, by, Kind::Either)) => (
-            reason,
-            by,
-            if connected {
-                Status::Completed
-            } else {
-                Status::Failed
-            },
-        ),
+        Some((reason, by, Kind::Either)) => (reason, by, if connected { Status::Completed } else { Status::Failed }),
         None => {
             let status = match (connected, call_status) {
                 (true, _) => Status::Completed,
@@ -345,20 +238,8 @@ fn outcome(
             (EndReason::Unknown, EndedBy::Unknown, status)
         }
     };
-    let kind = if status == Status::Completed {
-        EventType::CallEnded
-    } else {
-        EventType::CallFailed
-    };
-    (
-        kind,
-        status,
-        End {
-            reason,
-            reason_raw,
-            by,
-        },
-    )
+    let kind = if status == Status::Completed { EventType::CallEnded } else { EventType::CallFailed };
+    (kind, status, End { reason, reason_raw, by })
 }
 
 /// `[{role, content}]`; `None` when absent or null.
@@ -370,9 +251,7 @@ fn transcript(p: &Payload<'_>, at: &str) -> Result<Option<Vec<Utterance>>, Viola
         }
         _ => {}
     }
-    let items = (0..p.len(at))
-        .map(|i| utterance(p, &format!("{at}/{i}"), None))
-        .collect::<Result<Vec<_>, _>>()?;
+    let items = (0..p.len(at)).map(|i| utterance(p, &format!("{at}/{i}"), None)).collect::<Result<Vec<_>, _>>()?;
     if items.is_empty() {
         p.consume(at);
     }
@@ -380,18 +259,11 @@ fn transcript(p: &Payload<'_>, at: &str) -> Result<Option<Vec<Utterance>>, Viola
 }
 
 fn utterance(p: &Payload<'_>, at: &str, time: Option<String>) -> Result<Utterance, Violation> {
-    let role_raw = p
-        .str(&format!("{at}/role"))
-        .ok_or_else(|| Violation::new(format!("{at}/role"), "role is missing"))?;
-    let text = p
-        .str(&format!("{at}/content"))
-        .ok_or_else(|| Violation::new(format!("{at}/content"), "content is missing"))?;
-    Ok(Utterance {
-        role: convert::role(&role_raw),
-        role_raw,
-        text,
-        at: time,
-    })
+    let role_raw =
+        p.str(&format!("{at}/role")).ok_or_else(|| Violation::new(format!("{at}/role"), "role is missing"))?;
+    let text =
+        p.str(&format!("{at}/content")).ok_or_else(|| Violation::new(format!("{at}/content"), "content is missing"))?;
+    Ok(Utterance { role: convert::role(&role_raw), role_raw, text, at: time })
 }
 
 /// `call_analysis {summary, user_sentiment, custom_analysis_data: [{name, value}]}`.
@@ -411,10 +283,9 @@ fn analysis(p: &Payload<'_>) -> Option<Analysis> {
     let mut winner: Vec<(String, usize)> = Vec::new();
     let items = format!("{root}/custom_analysis_data");
     for i in 0..p.len(&items) {
-        if let (Some(Value::String(name)), Some(value)) = (
-            p.peek(&format!("{items}/{i}/name")),
-            p.peek(&format!("{items}/{i}/value")),
-        ) {
+        if let (Some(Value::String(name)), Some(value)) =
+            (p.peek(&format!("{items}/{i}/name")), p.peek(&format!("{items}/{i}/value")))
+        {
             extracted.insert(name.clone(), value.clone());
             winner.retain(|(n, _)| n != name);
             winner.push((name.clone(), i));
@@ -458,55 +329,29 @@ fn cost(p: &Payload<'_>) -> Option<Cost> {
     let amount = number("total_credits_used");
     let billed_seconds = number("duration_seconds");
     let unit = amount.as_ref().map(|_| "credits".to_owned());
-    Some(Cost {
-        amount,
-        unit,
-        billed_seconds,
-    })
+    Some(Cost { amount, unit, billed_seconds })
 }
 
 fn mid_call(fmt: &Format, event: &str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     let mut common = call_common(fmt, event, "/mid_call", p, cx)?;
     p.consume("/mid_call/event_type");
-    let occurred_at = p
-        .i64("/mid_call/occurred_at")
-        .or_else(|| p.i64("/mid_call/timestamp"))
-        .and_then(convert::from_epoch_ms);
+    let occurred_at =
+        p.i64("/mid_call/occurred_at").or_else(|| p.i64("/mid_call/timestamp")).and_then(convert::from_epoch_ms);
     common.occurred_at = occurred_at.clone();
     let draft = if event == "mid_call.call_message" {
         let utterance = utterance(p, "/mid_call/event_data", occurred_at)?;
-        Draft::new(
-            EventType::TranscriptSegment,
-            Details {
-                transcript: Some(vec![utterance]),
-                ..Details::default()
-            },
-        )
+        Draft::new(EventType::TranscriptSegment, Details { transcript: Some(vec![utterance]), ..Details::default() })
     } else {
         let node = |side: &str| FlowNode {
             id: p.id(&format!("/mid_call/event_data/{side}_node_id")),
             name: p.str(&format!("/mid_call/event_data/{side}_node_name")),
         };
-        let flow = Flow {
-            from_node: node("from"),
-            to_node: node("to"),
-        };
-        Draft::new(
-            EventType::CallFlowTransition,
-            Details {
-                flow: Some(flow),
-                ..Details::default()
-            },
-        )
+        let flow = Flow { from_node: node("from"), to_node: node("to") };
+        Draft::new(EventType::CallFlowTransition, Details { flow: Some(flow), ..Details::default() })
     };
     let metadata = p.object("/mid_call/metadata");
     let variables = p.object("/mid_call/dynamic_variables");
-    Ok(Mapped {
-        common,
-        metadata,
-        variables,
-        events: vec![draft],
-    })
+    Ok(Mapped { common, metadata, variables, events: vec![draft] })
 }
 
 /// v2 `sms_received`: `call_id` holds the message's own id (provisional shape).
@@ -524,10 +369,7 @@ fn sms(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     let (from, to) = (p.str("/sms/from_number"), p.str("/sms/to_number"));
     cx.numbers(&mut common, from.clone(), to.clone());
     common.occurred_at = p.i64("/sms/occurred_at").and_then(convert::from_epoch_ms);
-    let details = Details {
-        sms: Some(Sms { from, to, text }),
-        ..Details::default()
-    };
+    let details = Details { sms: Some(Sms { from, to, text }), ..Details::default() };
     Ok(Mapped {
         common,
         metadata: Default::default(),
