@@ -102,6 +102,10 @@ pub struct StorageConfig {
     /// `sqlite://path/to/file.db` (created on first start).
     #[serde(default = "default_storage_url")]
     pub url: String,
+    /// How long a write waits for a database lock held by another process before the
+    /// ingress answers 503.
+    #[serde(default = "default_busy_timeout", with = "humantime_serde")]
+    pub busy_timeout: Duration,
 }
 
 /// `[admin]`: where the operational endpoints listen.
@@ -396,7 +400,7 @@ impl Config {
         if delivery.concurrency == 0 {
             errors.push(ConfigError { key: "delivery.concurrency".into(), message: "must be greater than 0".into() });
         }
-        let storage = StorageConfig { url: substitute(&storage.url, "storage.url", env, &mut errors) };
+        let storage = StorageConfig { url: substitute(&storage.url, "storage.url", env, &mut errors), ..storage };
         if !storage.url.starts_with("sqlite:") {
             errors.push(ConfigError {
                 key: "storage.url".into(),
@@ -748,7 +752,7 @@ impl ServerConfig {
 
 impl StorageConfig {
     fn from_empty() -> Self {
-        StorageConfig { url: default_storage_url() }
+        StorageConfig { url: default_storage_url(), busy_timeout: default_busy_timeout() }
     }
 }
 
@@ -781,6 +785,9 @@ fn default_grace() -> Duration {
 }
 fn default_storage_url() -> String {
     "sqlite://data/callgate.db".into()
+}
+fn default_busy_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_log_filter() -> String {
     "info".into()

@@ -17,3 +17,4 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod vendors;
+pub mod receiver;

@@ -50,6 +50,11 @@ enum Command {
         #[arg(default_value = "-")]
         file: String,
     },
+    /// Run a local receiver that prints every request it gets (for trying routes).
+    Receive {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
         Command::Normalize { vendor, source, phone_region, file } => normalize(&vendor, source, phone_region, &file),
+        Command::Receive { listen } => receive(listen),
     }
 }
 
@@ -90,6 +96,23 @@ fn serve(path: PathBuf) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "callgate failed.");
             eprintln!("callgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn receive(listen: std::net::SocketAddr) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|rt| {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            println!("callgate receive: listening on http://{listen}");
+            callgate::receiver::serve(listener).await
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("callgate receive: {e}");
             ExitCode::FAILURE
         }
     }

@@ -60,7 +60,7 @@ impl Listeners {
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let path = config.sqlite_path();
     let store =
-        SqliteStore::open(&path).map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?;
+        SqliteStore::open(&path, config.storage.busy_timeout).map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?;
     Ok(Arc::new(store))
 }
 
@@ -101,6 +101,7 @@ pub async fn run(
         Some(admin) => {
             let addr = admin.local_addr()?;
             let mut stop = stop_tx.subscribe();
+            let ops = ops.fallback(not_found);
             servers.spawn(async move {
                 axum::serve(admin, ops).with_graceful_shutdown(async move { drop(stop.recv().await) }).await
             });
@@ -108,6 +109,7 @@ pub async fn run(
         }
         None => (ingress_router.merge(ops), None),
     };
+    let public = public.fallback(not_found);
     let mut stop = stop_tx.subscribe();
     servers.spawn(async move {
         axum::serve(listeners.ingress, public).with_graceful_shutdown(async move { drop(stop.recv().await) }).await
@@ -140,7 +142,6 @@ fn ingress_router(app: Arc<App>) -> Router {
     let timeout = app.config.server.request_timeout;
     Router::new()
         .route("/v1/ingest/{source}", post(ingress::ingest))
-        .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), shed_load))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .with_state(app)
@@ -151,7 +152,6 @@ fn ops_router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
         .with_state(app)
 }
 

@@ -11,6 +11,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     thread,
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -94,6 +95,7 @@ enum Command {
 
 pub struct SqliteStore {
     path: PathBuf,
+    busy_timeout: Duration,
     writer: mpsc::Sender<Command>,
     readers: Arc<Mutex<Vec<Connection>>>,
     /// Backlog and dead letters per route, kept equal to the tables by the writer.
@@ -102,22 +104,22 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, migrates it and starts the writer.
-    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
         }
-        let mut conn = open_connection(path, false)?;
+        let mut conn = open_connection(path, false, busy_timeout)?;
         migrate(&mut conn)?;
         let counts = Arc::new(Mutex::new(count(&conn)?));
-        let readers = (0..READERS).map(|_| open_connection(path, true)).collect::<Result<Vec<_>, _>>()?;
+        let readers = (0..READERS).map(|_| open_connection(path, true, busy_timeout)).collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_counts = counts.clone();
         thread::Builder::new()
             .name("callgate-sqlite-writer".into())
             .spawn(move || writer(conn, rx, writer_counts))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
-        Ok(SqliteStore { path: path.to_owned(), writer: tx, readers: Arc::new(Mutex::new(readers)), counts })
+        Ok(SqliteStore { path: path.to_owned(), busy_timeout, writer: tx, readers: Arc::new(Mutex::new(readers)), counts })
     }
 
     pub fn path(&self) -> &Path {
@@ -140,11 +142,12 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
         let path = self.path.clone();
+        let busy_timeout = self.busy_timeout;
         tokio::task::spawn_blocking(move || {
             let conn = readers.lock().map_err(|_| StoreError::Closed)?.pop();
             let conn = match conn {
                 Some(conn) => conn,
-                None => open_connection(&path, true)?,
+                None => open_connection(&path, true, busy_timeout)?,
             };
             let result = f(&conn).map_err(StoreError::from);
             if let Ok(mut pool) = readers.lock() {
@@ -159,7 +162,7 @@ impl SqliteStore {
     }
 }
 
-fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+fn open_connection(path: &Path, read_only: bool, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -167,7 +170,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     };
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(busy_timeout)?;
     if !read_only {
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
