@@ -463,7 +463,17 @@ fn extract<T: DeserializeOwned>(figment: &Figment, key: &str, errors: &mut Vec<C
     match figment.extract_inner::<T>(key) {
         Ok(value) => Some(value),
         Err(e) => {
-            errors.extend(figment_errors(e));
+            // figment reports the path inside the extracted value followed by `key`'s own
+            // segments ("foo.routes.r"); put it back in reading order ("routes.r.foo").
+            let segments: Vec<&str> = key.split('.').collect();
+            errors.extend(figment_errors(e).into_iter().map(|mut error| {
+                let mut path: Vec<&str> = error.key.split('.').filter(|s| !s.is_empty()).collect();
+                if path.ends_with(&segments) {
+                    path.truncate(path.len() - segments.len());
+                }
+                error.key = segments.iter().chain(path.iter()).copied().collect::<Vec<_>>().join(".");
+                error
+            }));
             None
         }
     }

@@ -205,7 +205,7 @@ fn redact_url(url: &reqwest::Url) -> String {
     let _ = shown.set_password(None);
     let _ = shown.set_username("");
     if shown.query().is_some() {
-        shown.set_query(Some("…"));
+        shown.set_query(Some("redacted"));
     }
     shown.to_string()
 }

@@ -59,8 +59,8 @@ impl Listeners {
 /// Opens the store from the configuration.
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let path = config.sqlite_path();
-    let store =
-        SqliteStore::open(&path, config.storage.busy_timeout).map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?;
+    let store = SqliteStore::open(&path, config.storage.busy_timeout)
+        .map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?;
     Ok(Arc::new(store))
 }
 

@@ -1,1 +1,124 @@
+use super::*;
 
+struct Vars(&'static [(&'static str, &'static str)]);
+
+impl Environment for Vars {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+}
+
+fn load(toml: &str) -> Config {
+    Config::from_toml(toml, &Vars(&[("TOKEN", "t0k"), ("SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")])).unwrap()
+}
+
+fn errors(toml: &str) -> Vec<String> {
+    Config::from_toml(toml, &Vars(&[])).unwrap_err().errors.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn an_empty_file_gives_the_documented_defaults() {
+    let config = load("");
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.server.max_body_bytes, 1_048_576);
+    assert_eq!(config.storage.url, "sqlite://data/callgate.db");
+    assert_eq!(config.sqlite_path(), PathBuf::from("data/callgate.db"));
+    assert_eq!(config.log.format, LogFormat::Text);
+    assert!(config.admin.listen.is_none());
+    assert!(config.sources.is_empty() && config.routes.is_empty());
+}
+
+#[test]
+fn a_route_gets_defaults_and_the_standard_retry_schedule() {
+    let config = load("[routes.r]\nurl = \"http://127.0.0.1:9/x\"\n");
+    let r = &config.routes["r"];
+    assert_eq!(r.events, ["*"]);
+    assert!(r.sources.is_none() && !r.include_test && r.enabled);
+    assert_eq!(r.timeout, Duration::from_secs(10));
+    assert_eq!(r.retry_schedule, DEFAULT_SCHEDULE);
+    assert!(r.matches("call.ended", "vox", false));
+    assert!(!r.matches("call.ended", "vox", true), "test events are excluded by default");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_all_reported_with_their_keys() {
+    let e = errors(
+        "colour = 1\n[server]\nshade = 1\n[sources.vox]\nvendor = \"vox\"\nbogus = 2\n[sources.x]\nvendor = \"nokia\"\n\
+         [routes.r]\nurl = \"http://x\"\ntimeout = 5\n[routes.s]\nurl = \"http://x\"\n[routes.s.retry]\nschedule = [\"5 parsecs\"]\n",
+    );
+    let keys: Vec<&str> = e.iter().map(|e| e.split(':').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            "colour",
+            "routes.r.timeout",
+            "routes.s.retry.schedule",
+            "server.shade",
+            "sources.vox.bogus",
+            "sources.x.vendor"
+        ],
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn missing_environment_variables_are_named() {
+    let e =
+        errors("[routes.r]\nurl = \"http://x/${HOST_VAR}\"\nheaders = { Authorization = \"Bearer ${TOKEN_VAR}\" }\n");
+    assert!(e.iter().any(|e| e.starts_with("routes.r.url") && e.contains("HOST_VAR")), "{e:?}");
+    assert!(e.iter().any(|e| e.starts_with("routes.r.headers.Authorization") && e.contains("TOKEN_VAR")), "{e:?}");
+}
+
+#[test]
+fn environment_variables_are_substituted_and_secrets_never_shown() {
+    let config = load(
+        "[sources.s]\nvendor = \"salpre\"\nauth = { type = \"bearer\", token = \"${TOKEN}\" }\n\
+         [routes.r]\nurl = \"http://x\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\nsigning_secret = \"${SECRET}\"\n",
+    );
+    assert_eq!(config.sources["s"].auth, Auth::Bearer { token: Secret::new("t0k") });
+    let event = serde_json::json!({});
+    assert_eq!(config.routes["r"].headers[0].1.render(&event), "Bearer t0k");
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("t0k") && !shown.contains("MfKQ9r8"), "{shown}");
+}
+
+#[test]
+fn routes_are_checked_against_sources_and_reserved_headers() {
+    let e = errors(
+        "[sources.vox]\nvendor = \"vox\"\n[routes.r]\nurl = \"ftp://x\"\nsources = [\"vox\", \"nope\"]\nevents = [\"Call Ended\"]\n\
+         headers = { User-Agent = \"me\", \"bad header\" = \"x\", X-T = \"{{unclosed\" }\nsigning_secret = \"whsec_!!\"\n",
+    );
+    let text = e.join("\n");
+    for needle in [
+        "routes.r.url: must be an http or https URL",
+        "routes.r.sources: no source named `nope`",
+        "routes.r.events: `Call Ended`",
+        "routes.r.headers.User-Agent: this header is set by callgate",
+        "routes.r.headers.bad header: not a valid header name",
+        "routes.r.headers.X-T: unclosed",
+        "routes.r.signing_secret",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing from\n{text}");
+    }
+}
+
+#[test]
+fn header_templates_render_fields_and_missing_ones_as_empty() {
+    let t =
+        HeaderTemplate::parse("{{type}}:{{data.call_id}}:{{data.metadata.campaign}}:{{data.none}}:{{data.n}}").unwrap();
+    let event =
+        serde_json::json!({"type": "call.ended", "data": {"call_id": "c1", "metadata": {"campaign": "봄"}, "n": 5}});
+    assert_eq!(t.render(&event).as_bytes(), "call.ended:c1:봄::5".as_bytes());
+    assert!(HeaderTemplate::parse("{{}}").is_err());
+    assert!(HeaderTemplate::parse("{{a..b}}").is_err());
+}
+
+#[test]
+fn glob_patterns_match_canonical_types() {
+    let config =
+        load("[routes.r]\nurl = \"http://x\"\nevents = [\"call.*\", \"transcript.final\"]\ninclude_test = true\n");
+    let r = &config.routes["r"];
+    assert!(r.matches("call.ended", "a", false) && r.matches("call.recording.ready", "a", true));
+    assert!(r.matches("transcript.final", "a", false) && !r.matches("transcript.partial", "a", false));
+    assert!(!r.matches("sms.received", "a", false));
+}

@@ -262,18 +262,18 @@ async fn attempt(
     };
     let delivered = status.is_some_and(|s| s.is_success());
     let done = d.attempts as usize + 1;
-    let outcome = if delivered {
-        telemetry::delivery(&name, DeliveryOutcome::Success, seconds);
-        Outcome::Delivered { id: d.id }
+    let (outcome, counted) = if delivered {
+        (Outcome::Delivered { id: d.id }, DeliveryOutcome::Success)
     } else if let Some(delay) = route.config.retry_schedule.get(done - 1) {
-        telemetry::delivery(&name, DeliveryOutcome::Retry, seconds);
         let delay = retry_after.unwrap_or_else(|| jitter(*delay));
         tracing::debug!(route = %name, event_id = %d.event_id, attempt = done, status = ?record.status, error = ?record.error, "Delivery failed; will retry.");
-        Outcome::Retry { id: d.id, next_at: at + delay.as_millis() as Millis, attempt: record }
+        (
+            Outcome::Retry { id: d.id, next_at: at + delay.as_millis() as Millis, attempt: record },
+            DeliveryOutcome::Retry,
+        )
     } else {
-        telemetry::delivery(&name, DeliveryOutcome::DeadLetter, seconds);
         tracing::warn!(route = %name, event_id = %d.event_id, subject = %d.subject, attempts = done, status = ?record.status, error = ?record.error, "Delivery dead-lettered.");
-        Outcome::Dead { id: d.id, attempt: record }
+        (Outcome::Dead { id: d.id, attempt: record }, DeliveryOutcome::DeadLetter)
     };
     // The outcome must be stored before the worker may pick this delivery's successor.
     let mut wait = Duration::from_millis(50);
@@ -282,6 +282,8 @@ async fn attempt(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(5));
     }
+    // Counted once the store agrees, so the counters never run ahead of the gauges.
+    telemetry::delivery(&name, counted, seconds);
     d.id
 }
 

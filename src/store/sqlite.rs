@@ -119,7 +119,13 @@ impl SqliteStore {
             .name("callgate-sqlite-writer".into())
             .spawn(move || writer(conn, rx, writer_counts))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
-        Ok(SqliteStore { path: path.to_owned(), busy_timeout, writer: tx, readers: Arc::new(Mutex::new(readers)), counts })
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            busy_timeout,
+            writer: tx,
+            readers: Arc::new(Mutex::new(readers)),
+            counts,
+        })
     }
 
     pub fn path(&self) -> &Path {

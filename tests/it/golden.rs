@@ -145,7 +145,8 @@ fn nothing_a_vendor_sent_is_lost() {
     }
     // Values that are represented by a normalised field rather than copied: call-history
     // labels (`type.name`, `status.name`), and vox `call_status`.
-    const REPRESENTED: &[&str] = &["Outgoing", "Incoming", "Internal", "Answered", "Not answered", "ended", "not_connected"];
+    const REPRESENTED: &[&str] =
+        &["Outgoing", "Incoming", "Internal", "Answered", "Not answered", "ended", "not_connected"];
     let mut missing = Vec::new();
     for (vendor, path) in fixtures() {
         let input: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
@@ -153,9 +154,11 @@ fn nothing_a_vendor_sent_is_lost() {
         let mut values = Vec::new();
         scalars(&input, &mut values);
         for value in values {
-            let copied = output.contains(&serde_json::to_string(&value).unwrap()) || output.contains(&format!(":{value}"));
+            let copied =
+                output.contains(&serde_json::to_string(&value).unwrap()) || output.contains(&format!(":{value}"));
             // Discriminators reappear inside `vendor_event` ("mid_call.call_message").
-            let in_vendor_event = output.contains(&format!("\"vendor_event\":\"{value}.")) || output.contains(&format!(".{value}\""));
+            let in_vendor_event =
+                output.contains(&format!("\"vendor_event\":\"{value}.")) || output.contains(&format!(".{value}\""));
             let is_time = value.parse::<i64>().is_ok_and(|n| n > 1_000_000_000)
                 || chrono::DateTime::parse_from_rfc3339(&value).is_ok()
                 || chrono::NaiveDateTime::parse_from_str(&value, "%Y-%m-%d %H:%M:%S").is_ok();

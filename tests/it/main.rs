@@ -1,3 +1,6 @@
 //! One integration-test binary (faster to link than one per file).
 
+mod cli;
+mod e2e;
 mod golden;
+mod support;

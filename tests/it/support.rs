@@ -1,0 +1,367 @@
+//! Test harness: the real `callgate` binary on loopback, and a recording receiver.
+
+use std::{
+    collections::VecDeque,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::any,
+};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// Longest any test waits for something to happen before failing.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("receiver got JSON")
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+/// What the receiver answers: scripted statuses per path (consumed in order), then 200.
+#[derive(Default)]
+struct Script {
+    statuses: Vec<(String, VecDeque<(u16, Vec<(String, String)>)>)>,
+    /// Paths whose requests wait until `release` is notified.
+    held: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    log: Arc<Mutex<Vec<Received>>>,
+    arrived: Arc<Notify>,
+    script: Arc<Mutex<Script>>,
+    release: Arc<Notify>,
+}
+
+/// A downstream on 127.0.0.1 that records every request.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    shared: Shared,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener)
+    }
+
+    /// Serves on a given listener (to come back on the same port after `stop`).
+    pub fn serve(listener: tokio::net::TcpListener) -> Receiver {
+        let addr = listener.local_addr().unwrap();
+        let shared = Shared {
+            log: Arc::default(),
+            arrived: Arc::new(Notify::new()),
+            script: Arc::default(),
+            release: Arc::new(Notify::new()),
+        };
+        let app = Router::new().fallback(any(record)).with_state(shared.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver { addr, shared }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The next requests to `path` get these statuses, in order (then 200 again).
+    pub fn respond(&self, path: &str, statuses: &[u16]) {
+        self.respond_with(path, statuses.iter().map(|s| (*s, vec![])).collect());
+    }
+
+    pub fn respond_with(&self, path: &str, answers: Vec<(u16, Vec<(String, String)>)>) {
+        let mut script = self.shared.script.lock().unwrap();
+        script.statuses.push((path.to_owned(), answers.into_iter().collect()));
+    }
+
+    /// Requests to `path` wait until [`Receiver::release`].
+    pub fn hold(&self, path: &str) {
+        self.shared.script.lock().unwrap().held.push(path.to_owned());
+    }
+
+    pub fn release(&self) {
+        self.shared.script.lock().unwrap().held.clear();
+        self.shared.release.notify_waiters();
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    pub fn at(&self, path: &str) -> Vec<Received> {
+        self.all().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    /// Waits until at least `n` requests reached `path`, and returns them.
+    pub async fn wait_for(&self, path: &str, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let notified = self.shared.arrived.notified();
+            let got = self.at(path);
+            if got.len() >= n {
+                return got;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                panic!("{path}: {} of {n} requests arrived before the deadline", self.at(path).len());
+            }
+        }
+    }
+}
+
+async fn record(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().to_owned();
+    let (answer, held) = {
+        let mut script = shared.script.lock().unwrap();
+        let answer =
+            script.statuses.iter_mut().find(|(p, q)| *p == path && !q.is_empty()).and_then(|(_, q)| q.pop_front());
+        (answer, script.held.contains(&path))
+    };
+    let released = shared.release.notified();
+    shared.log.lock().unwrap().push(Received { path: path.clone(), headers, body });
+    shared.arrived.notify_waiters();
+    // A held request has arrived (it is in the log) but is not answered until released.
+    if held && shared.script.lock().unwrap().held.contains(&path) {
+        released.await;
+    }
+    match answer {
+        Some((status, headers)) => {
+            let mut response = (StatusCode::from_u16(status).unwrap(), "scripted failure").into_response();
+            for (k, v) in headers {
+                response.headers_mut().insert(
+                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    axum::http::HeaderValue::from_str(&v).unwrap(),
+                );
+            }
+            response
+        }
+        None => (StatusCode::OK, "ok").into_response(),
+    }
+}
+
+/// A running `callgate serve`, killed on drop.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// A temporary directory for one gateway (config, database).
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("callgate-it-").tempdir().unwrap()
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_callgate")
+}
+
+/// Config lines every test gateway shares: an ephemeral port and a database in `dir`.
+pub fn base_config(dir: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[storage]
+url = "sqlite://{}/callgate.db"
+
+[sources.oneinbox]
+vendor = "oneinbox"
+
+[sources.vox]
+vendor = "vox"
+phone_region = "KR"
+
+[sources.salpre]
+vendor = "salpre"
+
+[sources.utel]
+vendor = "utel"
+phone_region = "UZ"
+"#,
+        dir.display()
+    )
+}
+
+impl Gateway {
+    /// Writes `config` to `dir/gateway.toml` and starts the binary on it.
+    pub async fn start(dir: &Path, config: &str) -> Gateway {
+        Self::start_with_env(dir, config, &[]).await
+    }
+
+    pub async fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Gateway {
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Command::new(binary());
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("CALLGATE_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start callgate");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        // The gateway prints its bound addresses on stdout once it serves.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("callgate listening") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE))
+            .await
+            .unwrap()
+            .unwrap_or_else(|_| panic!("callgate did not start:\n{}", log.lock().unwrap()));
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .map(|a| a.parse::<SocketAddr>().unwrap())
+        };
+        Gateway {
+            addr: field("ingress").unwrap(),
+            admin: field("admin"),
+            child: Some(child),
+            http: reqwest::Client::new(),
+            stderr: log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.unwrap_or(self.addr))
+    }
+
+    /// POSTs a body to `/v1/ingest/{source}` and returns (status, JSON body).
+    pub async fn post(&self, source: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self.http.post(self.url(&format!("/v1/ingest/{source}"))).body(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let json = response.json().await.unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http.get(self.ops_url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of one series (exact label set as rendered), or 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    /// Waits until `series` is exported with `value` (the gateway has no push signal for
+    /// metrics, so this polls the endpoint until the deadline).
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let text = self.metrics().await;
+            if metric_present(&text, series) && metric_value(&text, series) == value {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{series} never became {value}\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn metric_present(text: &str, series: &str) -> bool {
+    text.lines().any(|line| line.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+}
+
+/// The value of a series in a Prometheus text page; 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// A fixture payload's bytes.
+pub fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)).unwrap()
+}
+
+/// The expected canonical events of a fixture.
+pub fn expected(path: &str) -> Vec<Value> {
+    let expected_path = path.replace(".json", ".expected.json");
+    serde_json::from_slice::<Value>(&fixture(&expected_path)).unwrap().as_array().unwrap().clone()
+}
+
+/// A canonical event with the fields that depend on the moment of ingest removed.
+pub fn without_received_at(mut event: Value) -> Value {
+    let received = event["data"]["received_at"].take();
+    // `time` falls back to received_at when the vendor gives no time.
+    if event["time"] == received {
+        event["time"] = Value::Null;
+    }
+    event["data"]["received_at"] = Value::Null;
+    event
+}
