@@ -414,21 +414,21 @@ impl Config {
         let mut sources = BTreeMap::new();
         for name in names(&root, "sources", &mut errors) {
             let key = format!("sources.{name}");
-            if let Some(raw) = extract::<RawSource>(figment, &key, &mut errors) {
-                if let Some(source) = raw.validate(&key, env, &mut errors) {
-                    check_name(&name, &key, &mut errors);
-                    sources.insert(name, source);
-                }
+            if let Some(raw) = extract::<RawSource>(figment, &key, &mut errors)
+                && let Some(source) = raw.validate(&key, env, &mut errors)
+            {
+                check_name(&name, &key, &mut errors);
+                sources.insert(name, source);
             }
         }
         let mut routes = BTreeMap::new();
         for name in names(&root, "routes", &mut errors) {
             let key = format!("routes.{name}");
-            if let Some(raw) = extract::<RawRoute>(figment, &key, &mut errors) {
-                if let Some(route) = raw.validate(&key, &sources, env, &mut errors) {
-                    check_name(&name, &key, &mut errors);
-                    routes.insert(name, route);
-                }
+            if let Some(raw) = extract::<RawRoute>(figment, &key, &mut errors)
+                && let Some(route) = raw.validate(&key, &sources, env, &mut errors)
+            {
+                check_name(&name, &key, &mut errors);
+                routes.insert(name, route);
             }
         }
 
@@ -788,7 +788,7 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_max_concurrent() -> usize {
-    1024
+    512
 }
 fn default_grace() -> Duration {
     Duration::from_secs(10)

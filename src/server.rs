@@ -12,7 +12,6 @@ use axum::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{net::TcpListener, sync::Semaphore};
-use tower_http::timeout::TimeoutLayer;
 
 use crate::{
     config::Config,
@@ -143,7 +142,7 @@ fn ingress_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/ingest/{source}", post(ingress::ingest))
         .layer(middleware::from_fn_with_state(app.clone(), shed_load))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(middleware::from_fn_with_state(timeout, time_limit))
         .with_state(app)
 }
 
@@ -153,6 +152,16 @@ fn ops_router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(app)
+}
+
+/// Answers 408 to a request (body upload included) that takes longer than
+/// `server.request_timeout`. A commit already under way still completes; the vendor's retry
+/// is then recognised as a duplicate.
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error_response(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long", &[]),
+    }
 }
 
 /// Sheds requests beyond `server.max_concurrent_requests` with 503 instead of queueing them.

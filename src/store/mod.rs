@@ -139,6 +139,6 @@ pub trait Store: Send + Sync + 'static {
     /// Backlog and dead letters per route, straight from the store.
     async fn counts(&self) -> Result<Counts, StoreError>;
 
-    /// Whether the store answers.
+    /// Whether the store can commit now.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -91,6 +91,8 @@ enum Command {
     Ingest(Box<Ingest>, oneshot::Sender<Result<IngestOutcome, StoreError>>),
     Quarantine(Box<Quarantined>, oneshot::Sender<Result<(), StoreError>>),
     Complete(Vec<Outcome>, oneshot::Sender<Result<(), StoreError>>),
+    /// Succeeds when the writer can take the write lock: readiness means "can commit".
+    Ping(oneshot::Sender<Result<(), StoreError>>),
 }
 
 pub struct SqliteStore {
@@ -156,10 +158,10 @@ impl SqliteStore {
                 None => open_connection(&path, true, busy_timeout)?,
             };
             let result = f(&conn).map_err(StoreError::from);
-            if let Ok(mut pool) = readers.lock() {
-                if pool.len() < READERS {
-                    pool.push(conn);
-                }
+            if let Ok(mut pool) = readers.lock()
+                && pool.len() < READERS
+            {
+                pool.push(conn);
             }
             result
         })
@@ -281,7 +283,9 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Command>, counts: Arc<Mut
                     Err(e) => match cmd {
                         Command::Ingest(_, reply) => Reply::Ingest(reply, Err(StoreError::Backend(e))),
                         Command::Quarantine(_, reply) => Reply::Unit(reply, Err(StoreError::Backend(e))),
-                        Command::Complete(_, reply) => Reply::Unit(reply, Err(StoreError::Backend(e))),
+                        Command::Complete(_, reply) | Command::Ping(reply) => {
+                            Reply::Unit(reply, Err(StoreError::Backend(e)))
+                        }
                     },
                     Ok(sp) => {
                         let (reply, ok) = match cmd {
@@ -300,6 +304,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Command>, counts: Arc<Mut
                                 let ok = r.is_ok();
                                 (Reply::Unit(reply, r), ok)
                             }
+                            Command::Ping(reply) => (Reply::Unit(reply, Ok(())), true),
                         };
                         if ok {
                             let _ = sp.commit();
@@ -486,10 +491,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        if self.writer.is_closed() {
-            return Err(StoreError::Closed);
-        }
-        self.read(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await.map(|_| ())
+        self.send(Command::Ping).await
     }
 }
 

@@ -38,7 +38,7 @@ pub fn event_key(body: &Value) -> Result<&'static str, Violation> {
 /// Answered / not answered, from a history `status {number}` or a CDR-style disposition.
 fn disposition(value: &Value) -> Option<(EndReason, Status)> {
     let text = match value {
-        Value::Object(o) => return o.get("number").and_then(|n| disposition(n)),
+        Value::Object(o) => return o.get("number").and_then(disposition),
         Value::Number(n) => match n.as_i64()? {
             1 => "answered",
             2 => "no answer",
@@ -150,7 +150,7 @@ fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         }
         ms
     };
-    let status = p.peek(&format!("{h}/status/number")).and_then(|n| disposition(n)).map(|(_, status)| status);
+    let status = p.peek(&format!("{h}/status/number")).and_then(disposition).map(|(_, status)| status);
     if status.is_some() {
         p.consume(&format!("{h}/status"));
     }

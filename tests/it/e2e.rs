@@ -198,6 +198,23 @@ async fn a_slow_route_never_delays_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_does_not_answer_in_time_is_retried_then_dead_lettered() {
+    let receiver = Receiver::start().await;
+    receiver.hold("/mute");
+    let dir = temp_dir();
+    let config = base_config(dir.path())
+        + &route("mute", &receiver.url("/mute"), "timeout = \"200ms\"\n[routes.mute.retry]\nschedule = [\"20ms\"]");
+    let gateway = Gateway::start(dir.path(), &config).await;
+    assert_eq!(gateway.post("vox", fixture("vox/doc-call_started.json")).await.0, 200);
+    gateway.wait_metric("callgate_dead_letters{route=\"mute\"}", 1.0).await;
+    assert_eq!(receiver.at("/mute").len(), 2);
+    let db = rusqlite::Connection::open(dir.path().join("callgate.db")).unwrap();
+    let last_error: String = db.query_row("SELECT last_error FROM dead_letters", [], |r| r.get(0)).unwrap();
+    assert_eq!(last_error, "timed out after 200ms");
+    receiver.release();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_one_call_arrive_in_accepted_order_even_when_one_is_retried() {
     let receiver = Receiver::start().await;
     receiver.respond("/crm", &[503]);
@@ -345,7 +362,10 @@ async fn every_error_status_has_its_json_body_and_rejects_are_quarantined() {
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let (status, body) = gateway.post("oneinbox", fixture("oneinbox/doc-call.started.json")).await;
     assert_eq!((status, error(&body).as_str()), (503, "store_unavailable"));
+    let ready = gateway.http.get(gateway.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while the store cannot commit");
     lock.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(gateway.http.get(gateway.url("/readyz")).send().await.unwrap().status(), 200);
     let (status, _) = gateway.post("oneinbox", fixture("oneinbox/doc-call.started.json")).await;
     assert_eq!(status, 200, "nothing was accepted by the 503, so the retry is not a duplicate");
 

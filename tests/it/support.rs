@@ -42,10 +42,13 @@ impl Received {
     }
 }
 
+/// A scripted answer: a status and extra response headers.
+type Answer = (u16, Vec<(String, String)>);
+
 /// What the receiver answers: scripted statuses per path (consumed in order), then 200.
 #[derive(Default)]
 struct Script {
-    statuses: Vec<(String, VecDeque<(u16, Vec<(String, String)>)>)>,
+    statuses: Vec<(String, VecDeque<Answer>)>,
     /// Paths whose requests wait until `release` is notified.
     held: Vec<String>,
 }
@@ -95,7 +98,7 @@ impl Receiver {
         self.respond_with(path, statuses.iter().map(|s| (*s, vec![])).collect());
     }
 
-    pub fn respond_with(&self, path: &str, answers: Vec<(u16, Vec<(String, String)>)>) {
+    pub fn respond_with(&self, path: &str, answers: Vec<Answer>) {
         let mut script = self.shared.script.lock().unwrap();
         script.statuses.push((path.to_owned(), answers.into_iter().collect()));
     }
