@@ -74,7 +74,7 @@ pub async fn run(
     let config = Arc::new(config);
     let store = open_store(&config)?;
     let metrics = telemetry::metrics_handle();
-    let dispatcher = Dispatcher::start(&config, store.clone())?;
+    let dispatcher = Dispatcher::start(&config, store.clone()).await?;
     let app = Arc::new(App {
         config: config.clone(),
         store: store.clone(),

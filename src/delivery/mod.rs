@@ -11,7 +11,10 @@ pub mod signing;
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -38,15 +41,29 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(6 * 3600);
 
 /// The delivery side of a running gateway.
 pub struct Dispatcher {
-    /// Wake-up per route, signalled by ingress after a commit that added deliveries.
-    wakers: BTreeMap<String, Arc<Notify>>,
+    /// Per enabled route: its wake-up and pause switch.
+    routes: BTreeMap<String, Arc<RouteHandle>>,
     tasks: JoinSet<()>,
     stop: CancellationToken,
 }
 
+/// What ingress and the admin API can tell a route's worker.
+struct RouteHandle {
+    /// Signalled after a commit added deliveries, a replay, or a resume.
+    notify: Notify,
+    /// Paused routes send nothing (410 Gone, or an operator); persisted in the store.
+    paused: AtomicBool,
+    /// Consecutive failed attempts; from [`PROBE_AFTER`] on, the route is probed with one
+    /// request at a time instead of its full concurrency.
+    failing: AtomicU32,
+}
+
+/// Failures in a row after which a route is treated as down and only probed.
+const PROBE_AFTER: u32 = 3;
+
 impl Dispatcher {
     /// Starts a worker for every enabled route.
-    pub fn start(config: &Config, store: Arc<dyn Store>) -> Result<Dispatcher, reqwest::Error> {
+    pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Dispatcher> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("callgate/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.delivery.connect_timeout)
@@ -54,30 +71,51 @@ impl Dispatcher {
             .no_proxy()
             .pool_idle_timeout(Duration::from_secs(90))
             .build()?;
+        let paused: Vec<String> = store.paused().await?.into_iter().map(|p| p.route).collect();
         let stop = CancellationToken::new();
-        let mut wakers = BTreeMap::new();
+        let mut routes = BTreeMap::new();
         let mut tasks = JoinSet::new();
         for (name, route) in config.routes.iter().filter(|(_, r)| r.enabled) {
-            let notify = Arc::new(Notify::new());
-            wakers.insert(name.clone(), notify.clone());
+            let handle = Arc::new(RouteHandle {
+                notify: Notify::new(),
+                paused: AtomicBool::new(paused.contains(name)),
+                failing: AtomicU32::new(0),
+            });
+            if paused.contains(name) {
+                tracing::warn!(route = %name, "Route is paused; resume it with `callgate routes resume {name}`.");
+            }
+            telemetry::route_paused(name, handle.paused.load(Ordering::Relaxed));
+            routes.insert(name.clone(), handle.clone());
             let worker = Worker {
                 name: name.clone(),
                 route: Arc::new(RouteRuntime::new(route)),
+                handle,
                 store: store.clone(),
                 client: client.clone(),
-                notify,
                 concurrency: config.delivery.concurrency,
                 stop: stop.clone(),
             };
             tasks.spawn(worker.run());
         }
-        Ok(Dispatcher { wakers, tasks, stop })
+        Ok(Dispatcher { routes, tasks, stop })
     }
 
     /// Tells a route's worker that new deliveries are waiting.
     pub fn wake(&self, route: &str) {
-        if let Some(notify) = self.wakers.get(route) {
-            notify.notify_one();
+        if let Some(handle) = self.routes.get(route) {
+            handle.notify.notify_one();
+        }
+    }
+
+    /// Pauses or resumes a route's worker (the caller records it in the store).
+    pub fn set_paused(&self, route: &str, paused: bool) {
+        if let Some(handle) = self.routes.get(route) {
+            handle.paused.store(paused, Ordering::Relaxed);
+            if !paused {
+                handle.failing.store(0, Ordering::Relaxed);
+            }
+            telemetry::route_paused(route, paused);
+            handle.notify.notify_one();
         }
     }
 
@@ -141,10 +179,10 @@ impl RouteRuntime {
 struct Worker {
     name: String,
     route: Arc<RouteRuntime>,
+    handle: Arc<RouteHandle>,
     store: Arc<dyn Store>,
     client: reqwest::Client,
-    notify: Arc<Notify>,
-    /// Attempts in flight at once on this route.
+    /// Attempts in flight at once on this route while it is healthy.
     concurrency: usize,
     stop: CancellationToken,
 }
@@ -152,13 +190,14 @@ struct Worker {
 impl Worker {
     async fn run(self) {
         let mut in_flight: HashSet<i64> = HashSet::new();
-        let mut attempts: JoinSet<i64> = JoinSet::new();
+        let mut attempts: JoinSet<(i64, Verdict)> = JoinSet::new();
         let mut backoff = Duration::from_millis(100);
         loop {
-            // Fill free slots with due heads of line.
+            let paused = self.handle.paused.load(Ordering::Relaxed);
+            let limit = if self.handle.failing.load(Ordering::Relaxed) >= PROBE_AFTER { 1 } else { self.concurrency };
+            let free = limit.saturating_sub(in_flight.len());
             let mut idle_for = MAX_IDLE;
-            let free = self.concurrency.saturating_sub(in_flight.len());
-            if free > 0 && !self.stop.is_cancelled() {
+            if free > 0 && !paused && !self.stop.is_cancelled() {
                 let skip: Vec<i64> = in_flight.iter().copied().collect();
                 match self.store.due(&self.name, now_ms(), free, &skip).await {
                     Ok(due) => {
@@ -169,16 +208,13 @@ impl Worker {
                             attempts.spawn(attempt(
                                 self.client.clone(),
                                 self.route.clone(),
+                                self.handle.clone(),
                                 self.name.clone(),
                                 self.store.clone(),
                                 delivery,
                             ));
                         }
-                        if exhausted {
-                            idle_for = self.idle_time().await;
-                        } else {
-                            idle_for = Duration::ZERO;
-                        }
+                        idle_for = if exhausted { self.idle_time().await } else { Duration::ZERO };
                     }
                     Err(e) => {
                         tracing::error!(route = %self.name, error = %e, "Could not read due deliveries.");
@@ -190,20 +226,21 @@ impl Worker {
             if self.stop.is_cancelled() && attempts.is_empty() {
                 return;
             }
-            if idle_for.is_zero() && in_flight.len() < self.concurrency {
+            if idle_for.is_zero() && in_flight.len() < limit {
                 continue;
             }
             tokio::select! {
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    if let Ok(id) = done {
+                    for (id, verdict) in std::iter::once(done).chain(std::iter::from_fn(|| attempts.try_join_next())).flatten() {
                         in_flight.remove(&id);
-                    }
-                    while let Some(Ok(id)) = attempts.try_join_next() {
-                        in_flight.remove(&id);
+                        if verdict == Verdict::Gone && !self.handle.paused.swap(true, Ordering::Relaxed) {
+                            telemetry::route_paused(&self.name, true);
+                            tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name);
+                        }
                     }
                 }
-                _ = self.notify.notified(), if !self.stop.is_cancelled() => {}
-                _ = tokio::time::sleep(idle_for), if !self.stop.is_cancelled() => {}
+                _ = self.handle.notify.notified(), if !self.stop.is_cancelled() => {}
+                _ = tokio::time::sleep(idle_for), if !self.stop.is_cancelled() && !paused => {}
                 _ = self.stop.cancelled(), if !self.stop.is_cancelled() => {}
             }
         }
@@ -213,14 +250,19 @@ impl Worker {
     /// short while if heads of line are in flight (their completion wakes us anyway).
     async fn idle_time(&self) -> Duration {
         match self.store.next_due(&self.name).await {
-            Ok(Some(at)) => {
-                let wait = at - now_ms();
-                if wait > 0 { Duration::from_millis(wait as u64).min(MAX_IDLE) } else { Duration::from_secs(1) }
-            }
+            Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(1) as u64).min(MAX_IDLE),
             Ok(None) => MAX_IDLE,
             Err(_) => Duration::from_secs(1),
         }
     }
+}
+
+/// How an attempt went, as far as the worker cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Delivered,
+    Failed,
+    Gone,
 }
 
 /// One attempt: send, classify, record the outcome in the store. Returns the delivery id once
@@ -228,10 +270,11 @@ impl Worker {
 async fn attempt(
     client: reqwest::Client,
     route: Arc<RouteRuntime>,
+    handle: Arc<RouteHandle>,
     name: String,
     store: Arc<dyn Store>,
     d: Delivery,
-) -> i64 {
+) -> (i64, Verdict) {
     let started = Instant::now();
     let at = now_ms();
     let result = client
@@ -260,20 +303,26 @@ async fn attempt(
         response,
         duration_ms: started.elapsed().as_millis() as i64,
     };
-    let delivered = status.is_some_and(|s| s.is_success());
     let done = d.attempts as usize + 1;
-    let (outcome, counted) = if delivered {
-        (Outcome::Delivered { id: d.id }, DeliveryOutcome::Success)
+    let (outcome, counted, verdict) = if status.is_some_and(|s| s.is_success()) {
+        let recovered = handle.failing.swap(0, Ordering::Relaxed) >= PROBE_AFTER;
+        if recovered {
+            tracing::info!(route = %name, "Route recovered; its waiting retries are due now.");
+        }
+        (Outcome::Delivered { id: d.id, recovered }, DeliveryOutcome::Success, Verdict::Delivered)
+    } else if status == Some(StatusCode::GONE) {
+        handle.failing.fetch_add(1, Ordering::Relaxed);
+        (Outcome::Gone { id: d.id, attempt: record }, DeliveryOutcome::Retry, Verdict::Gone)
     } else if let Some(delay) = route.config.retry_schedule.get(done - 1) {
+        handle.failing.fetch_add(1, Ordering::Relaxed);
         let delay = retry_after.unwrap_or_else(|| jitter(*delay));
         tracing::debug!(route = %name, event_id = %d.event_id, attempt = done, status = ?record.status, error = ?record.error, "Delivery failed; will retry.");
-        (
-            Outcome::Retry { id: d.id, next_at: at + delay.as_millis() as Millis, attempt: record },
-            DeliveryOutcome::Retry,
-        )
+        let next_at = at + delay.as_millis() as Millis;
+        (Outcome::Retry { id: d.id, next_at, attempt: record }, DeliveryOutcome::Retry, Verdict::Failed)
     } else {
+        handle.failing.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(route = %name, event_id = %d.event_id, subject = %d.subject, attempts = done, status = ?record.status, error = ?record.error, "Delivery dead-lettered.");
-        (Outcome::Dead { id: d.id, attempt: record }, DeliveryOutcome::DeadLetter)
+        (Outcome::Dead { id: d.id, attempt: record }, DeliveryOutcome::DeadLetter, Verdict::Failed)
     };
     // The outcome must be stored before the worker may pick this delivery's successor.
     let mut wait = Duration::from_millis(50);
@@ -284,7 +333,7 @@ async fn attempt(
     }
     // Counted once the store agrees, so the counters never run ahead of the gauges.
     telemetry::delivery(&name, counted, seconds);
-    d.id
+    (d.id, verdict)
 }
 
 /// ±20 % jitter, so that retries of many deliveries spread out.

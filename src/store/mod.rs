@@ -91,9 +91,104 @@ pub struct Attempt {
 /// How an attempt ended, as the store records it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Delivered { id: i64 },
-    Retry { id: i64, next_at: Millis, attempt: Attempt },
-    Dead { id: i64, attempt: Attempt },
+    /// 2xx. `recovered`: the route had been failing; its waiting retries fall due now.
+    Delivered {
+        id: i64,
+        recovered: bool,
+    },
+    Retry {
+        id: i64,
+        next_at: Millis,
+        attempt: Attempt,
+    },
+    Dead {
+        id: i64,
+        attempt: Attempt,
+    },
+    /// 410 Gone: the route asked us to stop. The delivery stays queued and the route is
+    /// paused until an operator resumes it.
+    Gone {
+        id: i64,
+        attempt: Attempt,
+    },
+}
+
+/// A dead-lettered delivery, as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub route: String,
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub subject: String,
+    pub attempts: i64,
+    pub dead_at: String,
+    pub last_error: Option<String>,
+}
+
+/// One recorded attempt of a delivery.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptRecord {
+    pub attempt: i64,
+    pub at: String,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub response: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// A dead letter with its event and every attempt.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetterDetail {
+    #[serde(flatten)]
+    pub summary: DeadLetter,
+    pub event: serde_json::Value,
+    pub attempts_log: Vec<AttemptRecord>,
+}
+
+/// A quarantined payload, as listed (`body` only in detail).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantineItem {
+    pub id: i64,
+    pub source: String,
+    pub vendor: String,
+    pub received_at: String,
+    pub status: u16,
+    pub reason: String,
+    pub details: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// Which dead letters or quarantined payloads an operation applies to.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub id: Option<i64>,
+    /// Route (dead letters) or source (quarantine).
+    pub name: Option<String>,
+    /// Only those at or after this time.
+    pub since: Option<Millis>,
+    /// Only ids below this (pagination, newest first).
+    pub before_id: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: usize,
+    pub payloads: usize,
+    pub attempts: usize,
+    pub quarantine: usize,
+}
+
+/// A paused route and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pause {
+    pub route: String,
+    pub since: String,
+    pub reason: String,
 }
 
 /// Deliveries waiting (or retrying) and dead letters, per route.
@@ -141,4 +236,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store can commit now.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Routes paused (by a 410 or an operator), with since when and why.
+    async fn paused(&self) -> Result<Vec<Pause>, StoreError>;
+
+    async fn set_paused(&self, route: &str, reason: Option<&str>) -> Result<(), StoreError>;
+
+    /// Dead letters matching `filter`, newest first.
+    async fn dead_letters(&self, filter: &Filter) -> Result<Vec<DeadLetter>, StoreError>;
+
+    async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterDetail>, StoreError>;
+
+    /// Puts matching dead letters back in the outbox (same delivery id, so a call's order is
+    /// kept), due now with a fresh retry schedule; returns (id, route) of each.
+    async fn replay_dead_letters(&self, filter: &Filter) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// Quarantined payloads matching `filter`, newest first; `with_body` includes bodies.
+    async fn quarantined(&self, filter: &Filter, with_body: bool) -> Result<Vec<QuarantineItem>, StoreError>;
+
+    /// The raw bodies of matching quarantined payloads, oldest first: (id, source, body).
+    async fn quarantined_raw(&self, filter: &Filter) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError>;
+
+    /// Forgets a quarantined payload (after a replay accepted it).
+    async fn release_quarantined(&self, id: i64) -> Result<(), StoreError>;
+
+    /// Deletes what is older than the retention and the redelivery window.
+    async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError>;
+}
+
+/// RFC 3339 text of a store time.
+pub fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .map(crate::canonical::convert::rfc3339)
+        .unwrap_or_default()
 }

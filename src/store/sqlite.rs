@@ -1,10 +1,14 @@
 //! SQLite backend: one file in WAL mode with `synchronous = FULL`, so a committed
 //! transaction survives a crash or power loss.
 //!
-//! Writes go through one writer thread that takes every command waiting in its queue and runs
+//! Writes go through one writer thread that takes every job waiting in its queue and runs
 //! them in a single transaction (group commit): under load, many payloads share one fsync.
-//! Reads (which deliveries are due) use a small pool of read connections, which WAL lets run
-//! beside the writer.
+//! Each job runs in its own savepoint, so one failure does not undo the others. Reads use a
+//! small pool of read connections, which WAL lets run beside the writer.
+//!
+//! **Invariant:** along one (route, subject) queue, `next_at` never decreases, so a later
+//! event of a call is never due before an earlier one; the due query can then walk the
+//! `(route, next_at)` index and stop at the first row not yet due, whatever the backlog.
 
 use std::{
     collections::BTreeMap,
@@ -15,10 +19,13 @@ use std::{
 };
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Savepoint, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Counts, Delivery, Ingest, IngestOutcome, Millis, Outcome, Quarantined, Store, StoreError};
+use super::{
+    AttemptRecord, Counts, DeadLetter, DeadLetterDetail, Delivery, Filter, Ingest, IngestOutcome, Millis, Outcome,
+    Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, now_ms, rfc3339,
+};
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[r#"
@@ -31,6 +38,7 @@ CREATE TABLE payloads (
     event_ids   TEXT    NOT NULL,
     UNIQUE (source, digest)
 );
+CREATE INDEX payloads_received ON payloads (received_at);
 CREATE TABLE events (
     seq        INTEGER PRIMARY KEY,
     id         TEXT    NOT NULL UNIQUE,
@@ -39,16 +47,18 @@ CREATE TABLE events (
     subject    TEXT    NOT NULL,
     body       TEXT    NOT NULL
 );
+CREATE INDEX events_payload ON events (payload_id);
 CREATE TABLE outbox (
-    id        INTEGER PRIMARY KEY,
+    id        INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: attempts and dead letters keep it
     event_seq INTEGER NOT NULL REFERENCES events (seq),
     route     TEXT    NOT NULL,
     subject   TEXT    NOT NULL,
     attempts  INTEGER NOT NULL DEFAULT 0,
     next_at   INTEGER NOT NULL
 );
-CREATE INDEX outbox_route ON outbox (route, id);
+CREATE INDEX outbox_due ON outbox (route, next_at, id);
 CREATE INDEX outbox_subject ON outbox (route, subject, id);
+CREATE INDEX outbox_event ON outbox (event_seq);
 CREATE TABLE dead_letters (
     id         INTEGER PRIMARY KEY,
     event_seq  INTEGER NOT NULL REFERENCES events (seq),
@@ -59,16 +69,19 @@ CREATE TABLE dead_letters (
     last_error TEXT
 );
 CREATE INDEX dead_letters_route ON dead_letters (route, id);
+CREATE INDEX dead_letters_event ON dead_letters (event_seq);
 CREATE TABLE attempts (
+    id          INTEGER PRIMARY KEY,
     delivery_id INTEGER NOT NULL,
     attempt     INTEGER NOT NULL,
     at          INTEGER NOT NULL,
     status      INTEGER,
     error       TEXT,
     response    TEXT,
-    duration_ms INTEGER NOT NULL,
-    PRIMARY KEY (delivery_id, attempt)
+    duration_ms INTEGER NOT NULL
 );
+CREATE INDEX attempts_delivery ON attempts (delivery_id, id);
+CREATE INDEX attempts_at ON attempts (at);
 CREATE TABLE quarantine (
     id          INTEGER PRIMARY KEY,
     source      TEXT    NOT NULL,
@@ -79,26 +92,64 @@ CREATE TABLE quarantine (
     details     TEXT    NOT NULL,
     body        BLOB    NOT NULL
 );
+CREATE INDEX quarantine_received ON quarantine (received_at);
+CREATE TABLE paused_routes (
+    route  TEXT    PRIMARY KEY,
+    since  INTEGER NOT NULL,
+    reason TEXT    NOT NULL
+);
 "#];
 
-/// Most commands one transaction takes: bounds the latency a batch adds to its first member.
+/// Most jobs one transaction takes: bounds the latency a batch adds to its first member.
 const MAX_BATCH: usize = 512;
-/// Commands waiting for the writer; ingress waits (backpressure) when it is full.
+/// Jobs waiting for the writer; callers wait (backpressure) when it is full.
 const QUEUE: usize = 4096;
 const READERS: usize = 4;
+/// Rows one prune job deletes per table, so pruning never holds the writer for long.
+const PRUNE_CHUNK: usize = 5000;
 
-enum Command {
-    Ingest(Box<Ingest>, oneshot::Sender<Result<IngestOutcome, StoreError>>),
-    Quarantine(Box<Quarantined>, oneshot::Sender<Result<(), StoreError>>),
-    Complete(Vec<Outcome>, oneshot::Sender<Result<(), StoreError>>),
-    /// Succeeds when the writer can take the write lock: readiness means "can commit".
-    Ping(oneshot::Sender<Result<(), StoreError>>),
+/// A unit of work for the writer thread.
+trait Job: Send {
+    /// Runs inside the batch transaction (in a savepoint); `true` when it succeeded.
+    fn run(&mut self, tx: &Savepoint<'_>, delta: &mut Delta) -> bool;
+    /// Reports the result once the batch committed (or failed to).
+    fn finish(self: Box<Self>, commit: &Result<(), String>);
+}
+
+struct TypedJob<T, F> {
+    work: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send,
+    F: FnOnce(&Savepoint<'_>, &mut Delta) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, tx: &Savepoint<'_>, delta: &mut Delta) -> bool {
+        let result = match self.work.take() {
+            Some(work) => work(tx, delta),
+            None => Err(StoreError::Backend("job ran twice".into())),
+        };
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: &Result<(), String>) {
+        let result = match commit {
+            Ok(()) => self.result.unwrap_or_else(|| Err(StoreError::Backend("job did not run".into()))),
+            Err(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+        };
+        let _ = self.reply.send(result);
+    }
 }
 
 pub struct SqliteStore {
     path: PathBuf,
     busy_timeout: Duration,
-    writer: mpsc::Sender<Command>,
+    writer: mpsc::Sender<Box<dyn Job>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     /// Backlog and dead letters per route, kept equal to the tables by the writer.
     counts: Arc<Mutex<Counts>>,
@@ -134,12 +185,15 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn send<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
-    ) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.writer.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+    /// Runs `work` in the writer's next transaction and returns its result once committed.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Savepoint<'_>, &mut Delta) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(TypedJob { work: Some(work), result: None, reply });
+        self.writer.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -220,9 +274,9 @@ fn count(conn: &Connection) -> Result<Counts, StoreError> {
     })
 }
 
-/// Changes to `Counts` made by one transaction, applied only once it commits.
+/// Changes to `Counts` made by one job, applied only once its transaction commits.
 #[derive(Default)]
-struct Delta(Vec<(bool, String, i64)>);
+pub struct Delta(Vec<(bool, String, i64)>);
 
 impl Delta {
     fn backlog(&mut self, route: &str, by: i64) {
@@ -245,88 +299,43 @@ impl Delta {
     }
 }
 
-enum Reply {
-    Ingest(oneshot::Sender<Result<IngestOutcome, StoreError>>, Result<IngestOutcome, StoreError>),
-    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
-}
-
-impl Reply {
-    fn send(self, commit: &Result<(), String>) {
-        let fail = |e: &String| StoreError::Backend(format!("commit failed: {e}"));
-        match self {
-            Reply::Ingest(tx, r) => drop(tx.send(commit.as_ref().map_err(fail).and(r))),
-            Reply::Unit(tx, r) => drop(tx.send(commit.as_ref().map_err(fail).and(r))),
-        }
-    }
-}
-
-/// The writer thread: one transaction per batch of queued commands, each command in its own
-/// savepoint so that one failure does not undo the others.
-fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Command>, counts: Arc<Mutex<Counts>>) {
+/// The writer thread: one transaction per batch of queued jobs.
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, counts: Arc<Mutex<Counts>>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
+                Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
         let mut delta = Delta::default();
-        let mut replies = Vec::with_capacity(batch.len());
         let commit = (|| -> Result<(), String> {
             let mut tx =
                 conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
-            for cmd in batch.drain(..) {
+            for job in batch.iter_mut() {
                 let mut step = Delta::default();
-                let sp = tx.savepoint().map_err(|e| e.to_string());
-                let reply = match sp {
-                    Err(e) => match cmd {
-                        Command::Ingest(_, reply) => Reply::Ingest(reply, Err(StoreError::Backend(e))),
-                        Command::Quarantine(_, reply) => Reply::Unit(reply, Err(StoreError::Backend(e))),
-                        Command::Complete(_, reply) | Command::Ping(reply) => {
-                            Reply::Unit(reply, Err(StoreError::Backend(e)))
-                        }
-                    },
+                match tx.savepoint() {
                     Ok(sp) => {
-                        let (reply, ok) = match cmd {
-                            Command::Ingest(ingest, reply) => {
-                                let r = ingest_one(&sp, &ingest, &mut step);
-                                let ok = r.is_ok();
-                                (Reply::Ingest(reply, r), ok)
-                            }
-                            Command::Quarantine(item, reply) => {
-                                let r = quarantine_one(&sp, &item);
-                                let ok = r.is_ok();
-                                (Reply::Unit(reply, r), ok)
-                            }
-                            Command::Complete(outcomes, reply) => {
-                                let r = complete_all(&sp, &outcomes, &mut step);
-                                let ok = r.is_ok();
-                                (Reply::Unit(reply, r), ok)
-                            }
-                            Command::Ping(reply) => (Reply::Unit(reply, Ok(())), true),
-                        };
-                        if ok {
-                            let _ = sp.commit();
+                        if job.run(&sp, &mut step) && sp.commit().is_ok() {
                             delta.0.extend(step.0);
-                        } // a dropped savepoint rolls back
-                        reply
+                        } // otherwise the dropped savepoint rolls back
                     }
-                };
-                replies.push(reply);
+                    Err(e) => return Err(e.to_string()),
+                }
             }
             tx.commit().map_err(|e| e.to_string())
         })();
         if commit.is_ok() {
             delta.apply(&counts);
         }
-        for reply in replies {
-            reply.send(&commit);
+        for job in batch {
+            job.finish(&commit);
         }
     }
 }
 
-fn ingest_one(tx: &rusqlite::Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<IngestOutcome, StoreError> {
+fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<IngestOutcome, StoreError> {
     let existing: Option<String> = tx
         .prepare_cached("SELECT event_ids FROM payloads WHERE source = ?1 AND digest = ?2")?
         .query_row(params![ingest.source, &ingest.digest[..]], |r| r.get(0))
@@ -347,43 +356,62 @@ fn ingest_one(tx: &rusqlite::Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) 
             .execute(params![event.id, payload_id, event.kind, event.subject, event.json])?;
         let seq = tx.last_insert_rowid();
         for route in &event.routes {
-            tx.prepare_cached("INSERT INTO outbox (event_seq, route, subject, next_at) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![seq, route, event.subject, ingest.received_at])?;
+            // Never due before an earlier event of the same call on this route.
+            tx.prepare_cached(
+                "INSERT INTO outbox (event_seq, route, subject, next_at)
+                 VALUES (?1, ?2, ?3, MAX(?4, COALESCE((SELECT MAX(next_at) FROM outbox WHERE route = ?2 AND subject = ?3), 0)))",
+            )?
+            .execute(params![seq, route, event.subject, ingest.received_at])?;
             delta.backlog(route, 1);
         }
     }
     Ok(IngestOutcome::Accepted(ids))
 }
 
-fn quarantine_one(tx: &rusqlite::Savepoint<'_>, q: &Quarantined) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO quarantine (source, vendor, received_at, status, reason, details, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![q.source, q.vendor, q.received_at, q.status, q.reason, q.details, q.body])?;
-    Ok(())
-}
-
-fn complete_all(tx: &rusqlite::Savepoint<'_>, outcomes: &[Outcome], delta: &mut Delta) -> Result<(), StoreError> {
+fn complete_all(tx: &Savepoint<'_>, outcomes: &[Outcome], delta: &mut Delta) -> Result<(), StoreError> {
+    let now = now_ms();
     for outcome in outcomes {
         match outcome {
-            Outcome::Delivered { id } => {
-                let route: Option<String> = tx
-                    .prepare_cached("DELETE FROM outbox WHERE id = ?1 RETURNING route")?
-                    .query_row([id], |r| r.get(0))
+            Outcome::Delivered { id, recovered } => {
+                let row: Option<(String, String)> = tx
+                    .prepare_cached("DELETE FROM outbox WHERE id = ?1 RETURNING route, subject")?
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                if let Some(route) = route {
+                if let Some((route, subject)) = row {
                     delta.backlog(&route, -1);
+                    release_followers(tx, &route, &subject, now)?;
+                    if *recovered {
+                        tx.prepare_cached("UPDATE outbox SET next_at = ?2 WHERE route = ?1 AND next_at > ?2")?
+                            .execute(params![route, now])?;
+                    }
                 }
             }
             Outcome::Retry { id, next_at, attempt } => {
-                let attempts: Option<i64> = tx
+                let row: Option<(i64, String, String)> = tx
                     .prepare_cached(
-                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 RETURNING attempts",
+                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 RETURNING attempts, route, subject",
                     )?
-                    .query_row(params![id, next_at], |r| r.get(0))
+                    .query_row(params![id, next_at], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?;
-                if let Some(n) = attempts {
+                if let Some((n, route, subject)) = row {
+                    // Keep the call's later events behind this one.
+                    tx.prepare_cached(
+                        "UPDATE outbox SET next_at = ?4 WHERE route = ?1 AND subject = ?2 AND id > ?3 AND next_at < ?4",
+                    )?
+                    .execute(params![route, subject, id, next_at])?;
                     record_attempt(tx, *id, n, attempt)?;
+                }
+            }
+            Outcome::Gone { id, attempt } => {
+                let row: Option<(i64, String)> = tx
+                    .prepare_cached(
+                        "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts, route",
+                    )?
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((n, route)) = row {
+                    record_attempt(tx, *id, n, attempt)?;
+                    set_paused(tx, &route, Some("the route answered 410 Gone"), now)?;
                 }
             }
             Outcome::Dead { id, attempt } => {
@@ -396,12 +424,14 @@ fn complete_all(tx: &rusqlite::Savepoint<'_>, outcomes: &[Outcome], delta: &mut 
                 if let Some((seq, route, subject, attempts)) = row {
                     let last_error = attempt.error.clone().or_else(|| attempt.status.map(|s| format!("HTTP {s}")));
                     tx.prepare_cached(
-                        "INSERT INTO dead_letters (id, event_seq, route, subject, attempts, dead_at, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        "INSERT INTO dead_letters (id, event_seq, route, subject, attempts, dead_at, last_error)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![id, seq, route, subject, attempts, attempt.at, last_error])?;
                     record_attempt(tx, *id, attempts, attempt)?;
                     delta.backlog(&route, -1);
                     delta.dead(&route, 1);
+                    release_followers(tx, &route, &subject, now)?;
                 }
             }
         }
@@ -409,36 +439,90 @@ fn complete_all(tx: &rusqlite::Savepoint<'_>, outcomes: &[Outcome], delta: &mut 
     Ok(())
 }
 
-fn record_attempt(tx: &rusqlite::Savepoint<'_>, id: i64, n: i64, a: &super::Attempt) -> Result<(), StoreError> {
+/// After the head of a call's queue left it, the next events no longer wait for its retries.
+fn release_followers(tx: &Savepoint<'_>, route: &str, subject: &str, now: Millis) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "UPDATE outbox SET next_at = ?3 WHERE route = ?1 AND subject = ?2 AND next_at > ?3 AND attempts = 0",
+    )?
+    .execute(params![route, subject, now])?;
+    Ok(())
+}
+
+fn record_attempt(tx: &Savepoint<'_>, id: i64, n: i64, a: &super::Attempt) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![id, n, a.at, a.status, a.error, a.response, a.duration_ms])?;
     Ok(())
 }
 
-/// Heads of line: the oldest undelivered delivery of each subject on a route.
+fn set_paused(tx: &Savepoint<'_>, route: &str, reason: Option<&str>, now: Millis) -> Result<(), StoreError> {
+    match reason {
+        Some(reason) => tx
+            .prepare_cached(
+                "INSERT INTO paused_routes (route, since, reason) VALUES (?1, ?2, ?3) ON CONFLICT (route) DO NOTHING",
+            )?
+            .execute(params![route, now, reason])?,
+        None => tx.prepare_cached("DELETE FROM paused_routes WHERE route = ?1")?.execute([route])?,
+    };
+    Ok(())
+}
+
+/// Heads of line due now: walks the `(route, next_at)` index in due order and keeps the
+/// oldest undelivered delivery of each subject.
 const DUE: &str = "
 SELECT o.id, e.id, o.subject, o.attempts, e.body
   FROM outbox o JOIN events e ON e.seq = o.event_seq
  WHERE o.route = ?1 AND o.next_at <= ?2
    AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.route = ?1 AND p.subject = o.subject AND p.id < o.id)
- ORDER BY o.id
+ ORDER BY o.next_at, o.id
  LIMIT ?3";
 
-const NEXT_DUE: &str = "
-SELECT MIN(o.next_at) FROM outbox o
- WHERE o.route = ?1
-   AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.route = ?1 AND p.subject = o.subject AND p.id < o.id)";
+/// `WHERE` clause and parameters of a [`Filter`] over a table with `id`, a name column and
+/// a time column.
+fn filter_sql(filter: &Filter, name_col: &str, time_col: &str) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as V;
+    let mut clauses = vec!["1 = 1".to_owned()];
+    let mut values: Vec<V> = Vec::new();
+    if let Some(id) = filter.id {
+        values.push(V::Integer(id));
+        clauses.push(format!("id = ?{}", values.len()));
+    }
+    if let Some(name) = &filter.name {
+        values.push(V::Text(name.clone()));
+        clauses.push(format!("{name_col} = ?{}", values.len()));
+    }
+    if let Some(since) = filter.since {
+        values.push(V::Integer(since));
+        clauses.push(format!("{time_col} >= ?{}", values.len()));
+    }
+    if let Some(before) = filter.before_id {
+        values.push(V::Integer(before));
+        clauses.push(format!("id < ?{}", values.len()));
+    }
+    (clauses.join(" AND "), values)
+}
+
+fn limit(filter: &Filter) -> i64 {
+    filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64
+}
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn ingest(&self, ingest: Ingest) -> Result<IngestOutcome, StoreError> {
-        self.send(|tx| Command::Ingest(Box::new(ingest), tx)).await
+        self.write(move |tx, delta| ingest_one(tx, &ingest, delta)).await
     }
 
-    async fn quarantine(&self, item: Quarantined) -> Result<(), StoreError> {
-        self.send(|tx| Command::Quarantine(Box::new(item), tx)).await
+    async fn quarantine(&self, q: Quarantined) -> Result<(), StoreError> {
+        self.write(move |tx, _| {
+            tx.prepare_cached(
+                "INSERT INTO quarantine (source, vendor, received_at, status, reason, details, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![q.source, q.vendor, q.received_at, q.status, q.reason, q.details, q.body])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn due(
@@ -479,11 +563,16 @@ impl Store for SqliteStore {
 
     async fn next_due(&self, route: &str) -> Result<Option<Millis>, StoreError> {
         let route = route.to_owned();
-        self.read(move |conn| conn.prepare_cached(NEXT_DUE)?.query_row([route], |r| r.get(0))).await
+        let now = now_ms();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT MIN(next_at) FROM outbox WHERE route = ?1 AND next_at > ?2")?
+                .query_row(params![route, now], |r| r.get(0))
+        })
+        .await
     }
 
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
-        self.send(|tx| Command::Complete(outcomes, tx)).await
+        self.write(move |tx, delta| complete_all(tx, &outcomes, delta)).await
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -491,8 +580,194 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.send(Command::Ping).await
+        self.write(|_, _| Ok(())).await
     }
+
+    async fn paused(&self) -> Result<Vec<Pause>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT route, since, reason FROM paused_routes ORDER BY route")?;
+            let rows =
+                stmt.query_map([], |r| Ok(Pause { route: r.get(0)?, since: rfc3339(r.get(1)?), reason: r.get(2)? }))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn set_paused(&self, route: &str, reason: Option<&str>) -> Result<(), StoreError> {
+        let route = route.to_owned();
+        let reason = reason.map(str::to_owned);
+        self.write(move |tx, _| set_paused(tx, &route, reason.as_deref(), now_ms())).await
+    }
+
+    async fn dead_letters(&self, filter: &Filter) -> Result<Vec<DeadLetter>, StoreError> {
+        let (clause, mut values) = filter_sql(filter, "d.route", "d.dead_at");
+        let clause = clause.replace("id = ", "d.id = ").replace("id < ", "d.id < ");
+        values.push(rusqlite::types::Value::Integer(limit(filter)));
+        let sql = format!(
+            "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error
+               FROM dead_letters d JOIN events e ON e.seq = d.event_seq
+              WHERE {clause} ORDER BY d.id DESC LIMIT ?{}",
+            values.len()
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), dead_letter_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterDetail>, StoreError> {
+        self.read(move |conn| {
+            let found = conn
+                .query_row(
+                    "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body
+                       FROM dead_letters d JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1",
+                    [id],
+                    |r| Ok((dead_letter_row(r)?, r.get::<_, String>(8)?)),
+                )
+                .optional()?;
+            let Some((summary, body)) = found else { return Ok(None) };
+            let mut stmt = conn.prepare(
+                "SELECT attempt, at, status, error, response, duration_ms FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+            )?;
+            let attempts_log = stmt
+                .query_map([id], |r| {
+                    Ok(AttemptRecord {
+                        attempt: r.get(0)?,
+                        at: rfc3339(r.get(1)?),
+                        status: r.get(2)?,
+                        error: r.get(3)?,
+                        response: r.get(4)?,
+                        duration_ms: r.get(5)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let event = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+            Ok(Some(DeadLetterDetail { summary, event, attempts_log }))
+        })
+        .await
+    }
+
+    async fn replay_dead_letters(&self, filter: &Filter) -> Result<Vec<(i64, String)>, StoreError> {
+        let filter = filter.clone();
+        self.write(move |tx, delta| {
+            let (clause, values) = filter_sql(&filter, "route", "dead_at");
+            let now = now_ms();
+            let mut stmt = tx.prepare(&format!("DELETE FROM dead_letters WHERE {clause} RETURNING id, event_seq, route, subject"))?;
+            let rows: Vec<(i64, i64, String, String)> = stmt
+                .query_map(rusqlite::params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, seq, route, subject) in &rows {
+                // The original id puts it back at its place in the call's queue.
+                tx.prepare_cached("INSERT INTO outbox (id, event_seq, route, subject, attempts, next_at) VALUES (?1, ?2, ?3, ?4, 0, ?5)")?
+                    .execute(params![id, seq, route, subject, now])?;
+                delta.dead(route, -1);
+                delta.backlog(route, 1);
+            }
+            Ok(rows.into_iter().map(|(id, _, route, _)| (id, route)).collect())
+        })
+        .await
+    }
+
+    async fn quarantined(&self, filter: &Filter, with_body: bool) -> Result<Vec<QuarantineItem>, StoreError> {
+        let (clause, mut values) = filter_sql(filter, "source", "received_at");
+        values.push(rusqlite::types::Value::Integer(limit(filter)));
+        let sql = format!(
+            "SELECT id, source, vendor, received_at, status, reason, details, body FROM quarantine
+              WHERE {clause} ORDER BY id DESC LIMIT ?{}",
+            values.len()
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+                let details: String = r.get(6)?;
+                let body: Vec<u8> = r.get(7)?;
+                Ok(QuarantineItem {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    vendor: r.get(2)?,
+                    received_at: rfc3339(r.get(3)?),
+                    status: r.get(4)?,
+                    reason: r.get(5)?,
+                    details: serde_json::from_str(&details).unwrap_or_default(),
+                    body: with_body.then(|| String::from_utf8_lossy(&body).into_owned()),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn quarantined_raw(&self, filter: &Filter) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError> {
+        let (clause, mut values) = filter_sql(filter, "source", "received_at");
+        values.push(rusqlite::types::Value::Integer(filter.limit.map_or(10_000, |l| l as i64)));
+        let sql = format!("SELECT id, source, body FROM quarantine WHERE {clause} ORDER BY id LIMIT ?{}", values.len());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn release_quarantined(&self, id: i64) -> Result<(), StoreError> {
+        self.write(move |tx, _| {
+            tx.prepare_cached("DELETE FROM quarantine WHERE id = ?1")?.execute([id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError> {
+        self.write(move |tx, _| {
+            let chunk = PRUNE_CHUNK as i64;
+            let events = tx.execute(
+                "DELETE FROM events WHERE seq IN (
+                    SELECT e.seq FROM events e JOIN payloads p ON p.id = e.payload_id
+                     WHERE p.received_at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)
+                       AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
+                     LIMIT ?2)",
+                params![retention_before, chunk],
+            )?;
+            let payloads = tx.execute(
+                "DELETE FROM payloads WHERE id IN (
+                    SELECT p.id FROM payloads p
+                     WHERE p.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.payload_id = p.id)
+                     LIMIT ?2)",
+                params![dedup_before, chunk],
+            )?;
+            let attempts = tx.execute(
+                "DELETE FROM attempts WHERE id IN (
+                    SELECT a.id FROM attempts a
+                     WHERE a.at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
+                       AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
+                     LIMIT ?2)",
+                params![retention_before, chunk],
+            )?;
+            let quarantine = tx.execute(
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < ?1 LIMIT ?2)",
+                params![retention_before, chunk],
+            )?;
+            Ok(Pruned { events, payloads, attempts, quarantine })
+        })
+        .await
+    }
+}
+
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> Result<DeadLetter, rusqlite::Error> {
+    Ok(DeadLetter {
+        id: r.get(0)?,
+        route: r.get(1)?,
+        event_id: r.get(2)?,
+        kind: r.get(3)?,
+        subject: r.get(4)?,
+        attempts: r.get(5)?,
+        dead_at: rfc3339(r.get(6)?),
+        last_error: r.get(7)?,
+    })
 }
 
 #[cfg(test)]

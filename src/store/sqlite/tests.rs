@@ -1,5 +1,5 @@
 use super::*;
-use crate::store::{Attempt, Ingest, NewEvent, Store};
+use crate::store::{Attempt, Filter, Ingest, NewEvent, Pruned, Quarantined, Store, now_ms};
 
 fn ingest(source: &str, body: &str, events: &[(&str, &str, &[&str])]) -> Ingest {
     Ingest {
@@ -44,26 +44,125 @@ async fn duplicates_return_the_original_ids() {
 async fn due_returns_one_head_per_subject_oldest_first_and_skips_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    store.ingest(ingest("vox", "1", &[("a1", "call-a", &["r"]), ("a2", "call-a", &["r"])])).await.unwrap();
-    store.ingest(ingest("vox", "2", &[("b1", "call-b", &["r", "other"])])).await.unwrap();
-    let due = store.due("r", 2_000, 10, &[]).await.unwrap();
+    let now = now_ms();
+    let received = |mut i: Ingest| {
+        i.received_at = now - 10_000;
+        i
+    };
+    store.ingest(received(ingest("vox", "1", &[("a1", "call-a", &["r"]), ("a2", "call-a", &["r"])]))).await.unwrap();
+    store.ingest(received(ingest("vox", "2", &[("b1", "call-b", &["r", "other"])]))).await.unwrap();
+    let due = store.due("r", now, 10, &[]).await.unwrap();
     let ids: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
     assert_eq!(ids, ["a1", "b1"], "a2 waits behind a1");
     let skip = [due[0].id];
-    let rest: Vec<String> = store.due("r", 2_000, 10, &skip).await.unwrap().into_iter().map(|d| d.event_id).collect();
+    let rest: Vec<String> = store.due("r", now, 10, &skip).await.unwrap().into_iter().map(|d| d.event_id).collect();
     assert_eq!(rest, ["b1"]);
-    assert!(store.due("r", 999, 10, &[]).await.unwrap().is_empty(), "nothing is due before received_at");
+    assert!(store.due("r", now - 20_000, 10, &[]).await.unwrap().is_empty(), "nothing is due before received_at");
 
-    // A retry scheduled later keeps the subject's head in place; other subjects flow.
-    let attempt = Attempt { at: 2_000, status: Some(500), ..Attempt::default() };
-    store.complete(vec![Outcome::Retry { id: due[0].id, next_at: 60_000, attempt }]).await.unwrap();
-    let now: Vec<String> = store.due("r", 3_000, 10, &[]).await.unwrap().into_iter().map(|d| d.event_id).collect();
-    assert_eq!(now, ["b1"]);
-    assert_eq!(store.next_due("r").await.unwrap(), Some(1_000), "b1 is still due");
-    store.complete(vec![Outcome::Delivered { id: store.due("r", 3_000, 1, &[]).await.unwrap()[0].id }]).await.unwrap();
-    assert_eq!(store.next_due("r").await.unwrap(), Some(60_000), "only the retried head remains");
-    let later = store.due("r", 60_000, 10, &[]).await.unwrap();
-    assert_eq!((later[0].event_id.as_str(), later[0].attempts), ("a1", 1));
+    // A retry scheduled later keeps the subject's head in place, and its follower behind it;
+    // other subjects flow.
+    let later = now + 60_000;
+    let attempt = Attempt { at: now, status: Some(500), ..Attempt::default() };
+    store.complete(vec![Outcome::Retry { id: due[0].id, next_at: later, attempt }]).await.unwrap();
+    let due_now: Vec<String> = store.due("r", now, 10, &[]).await.unwrap().into_iter().map(|d| d.event_id).collect();
+    assert_eq!(due_now, ["b1"]);
+    let follower_next: i64 = Connection::open(dir.path().join("db.sqlite"))
+        .unwrap()
+        .query_row("SELECT o.next_at FROM outbox o JOIN events e ON e.seq = o.event_seq WHERE e.id = 'a2'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(follower_next, later, "the follower is never due before its head");
+    assert_eq!(store.next_due("r").await.unwrap(), Some(later));
+    let b1 = store.due("r", now, 1, &[]).await.unwrap()[0].id;
+    store.complete(vec![Outcome::Delivered { id: b1, recovered: false }]).await.unwrap();
+    let retried = store.due("r", later, 10, &[]).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!((retried[0].event_id.as_str(), retried[0].attempts), ("a1", 1));
+}
+
+#[tokio::test]
+async fn a_recovered_route_makes_its_waiting_retries_due_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let now = now_ms();
+    store.ingest(ingest("vox", "1", &[("a", "x", &["r"]), ("b", "y", &["r"])])).await.unwrap();
+    let due = store.due("r", now, 10, &[]).await.unwrap();
+    let attempt = Attempt { at: now, status: Some(503), ..Attempt::default() };
+    store.complete(vec![Outcome::Retry { id: due[0].id, next_at: now + 3_600_000, attempt }]).await.unwrap();
+    assert_eq!(store.due("r", now_ms(), 10, &[]).await.unwrap().len(), 1);
+    store.complete(vec![Outcome::Delivered { id: due[1].id, recovered: true }]).await.unwrap();
+    let again = store.due("r", now_ms(), 10, &[]).await.unwrap();
+    assert_eq!(again.len(), 1, "the hour-long retry is due at once");
+    assert_eq!(again[0].event_id, "a");
+}
+
+#[tokio::test]
+async fn dead_letters_replay_at_their_place_and_gone_pauses_the_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.ingest(ingest("vox", "1", &[("a", "x", &["r"]), ("b", "x", &["r"])])).await.unwrap();
+    let head = store.due("r", now_ms(), 10, &[]).await.unwrap().remove(0);
+    let attempt = Attempt { at: now_ms(), status: Some(500), response: Some("nope".into()), ..Attempt::default() };
+    store.complete(vec![Outcome::Dead { id: head.id, attempt }]).await.unwrap();
+    let listed = store.dead_letters(&Filter::default()).await.unwrap();
+    assert_eq!((listed.len(), listed[0].event_id.as_str(), listed[0].attempts), (1, "a", 1));
+    let detail = store.dead_letter(head.id).await.unwrap().unwrap();
+    assert_eq!(detail.attempts_log[0].response.as_deref(), Some("nope"));
+    assert_eq!(detail.event["id"], "a");
+    // b is now the head; replaying a puts it in front again.
+    assert_eq!(store.due("r", now_ms(), 10, &[]).await.unwrap()[0].event_id, "b");
+    let replayed = store.replay_dead_letters(&Filter { name: Some("r".into()), ..Filter::default() }).await.unwrap();
+    assert_eq!(replayed, [(head.id, "r".to_owned())]);
+    let due = store.due("r", now_ms(), 10, &[]).await.unwrap();
+    assert_eq!((due[0].event_id.as_str(), due[0].attempts, due[0].id), ("a", 0, head.id));
+    assert_eq!(store.counts().await.unwrap(), table_counts(&dir.path().join("db.sqlite")));
+
+    store
+        .complete(vec![Outcome::Gone {
+            id: due[0].id,
+            attempt: Attempt { at: now_ms(), status: Some(410), ..Attempt::default() },
+        }])
+        .await
+        .unwrap();
+    let paused = store.paused().await.unwrap();
+    assert_eq!(paused.len(), 1);
+    assert_eq!(paused[0].route, "r");
+    assert_eq!(store.counts().await.unwrap().backlog["r"], 2, "a 410 keeps the delivery");
+    store.set_paused("r", None).await.unwrap();
+    assert!(store.paused().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn prune_removes_old_delivered_data_but_keeps_what_is_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.ingest(ingest("vox", "old-delivered", &[("a", "x", &["r"])])).await.unwrap();
+    store.ingest(ingest("vox", "old-pending", &[("b", "y", &["r"])])).await.unwrap();
+    let due = store.due("r", now_ms(), 10, &[]).await.unwrap();
+    let a = due.iter().find(|d| d.event_id == "a").unwrap().id;
+    store.complete(vec![Outcome::Delivered { id: a, recovered: false }]).await.unwrap();
+    store
+        .quarantine(Quarantined {
+            source: "vox".into(),
+            vendor: "vox".into(),
+            received_at: 1_000,
+            status: 400,
+            reason: "invalid_json".into(),
+            details: "[]".into(),
+            body: b"{".to_vec(),
+        })
+        .await
+        .unwrap();
+    // received_at of both payloads is 1_000 (see `ingest`): everything is old.
+    let pruned = store.prune(2_000, 2_000).await.unwrap();
+    assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 0, quarantine: 1 });
+    assert_eq!(store.due("r", now_ms(), 10, &[]).await.unwrap()[0].event_id, "b", "pending work is kept");
+    // The redelivery window outlived: the old body is accepted again.
+    let again = store.ingest(ingest("vox", "old-delivered", &[("a2", "x", &["r"])])).await.unwrap();
+    assert_eq!(again, IngestOutcome::Accepted(vec!["a2".into()]));
+    let dup = store.ingest(ingest("vox", "old-pending", &[("b2", "y", &["r"])])).await.unwrap();
+    assert_eq!(dup, IngestOutcome::Duplicate(vec!["b".into()]), "a payload with pending events is kept");
 }
 
 #[tokio::test]
@@ -76,7 +175,7 @@ async fn counts_always_equal_the_tables_including_after_reopening() {
     let due = store.due("r1", 5_000, 10, &[]).await.unwrap();
     store
         .complete(vec![
-            Outcome::Delivered { id: due[0].id },
+            Outcome::Delivered { id: due[0].id, recovered: false },
             Outcome::Dead {
                 id: due[1].id,
                 attempt: Attempt { at: 5_000, error: Some("boom".into()), ..Attempt::default() },
