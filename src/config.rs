@@ -106,6 +106,17 @@ pub struct StorageConfig {
     /// ingress answers 503.
     #[serde(default = "default_busy_timeout", with = "humantime_serde")]
     pub busy_timeout: Duration,
+    /// Delivered events, their attempts and quarantined payloads older than this are
+    /// deleted. Undelivered events and dead letters are kept until handled.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// A byte-identical redelivery within this window is recognised as a duplicate (also
+    /// across restarts).
+    #[serde(default = "default_dedup_window", with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// How often pruning runs.
+    #[serde(default = "default_prune_interval", with = "humantime_serde")]
+    pub prune_interval: Duration,
 }
 
 /// `[admin]`: where the operational endpoints listen.
@@ -396,6 +407,9 @@ impl Config {
                 key: "server.max_concurrent_requests".into(),
                 message: "must be greater than 0".into(),
             });
+        }
+        if storage.prune_interval.is_zero() {
+            errors.push(ConfigError { key: "storage.prune_interval".into(), message: "must be greater than 0".into() });
         }
         if delivery.concurrency == 0 {
             errors.push(ConfigError { key: "delivery.concurrency".into(), message: "must be greater than 0".into() });
@@ -762,7 +776,13 @@ impl ServerConfig {
 
 impl StorageConfig {
     fn from_empty() -> Self {
-        StorageConfig { url: default_storage_url(), busy_timeout: default_busy_timeout() }
+        StorageConfig {
+            url: default_storage_url(),
+            busy_timeout: default_busy_timeout(),
+            retention: default_retention(),
+            dedup_window: default_dedup_window(),
+            prune_interval: default_prune_interval(),
+        }
     }
 }
 
@@ -795,6 +815,15 @@ fn default_grace() -> Duration {
 }
 fn default_storage_url() -> String {
     "sqlite://data/callgate.db".into()
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_dedup_window() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_prune_interval() -> Duration {
+    Duration::from_secs(10 * 60)
 }
 fn default_busy_timeout() -> Duration {
     Duration::from_secs(5)

@@ -167,17 +167,32 @@ async fn handle(
     if !auth::check(&config.auth, headers, query, &body) {
         return Err(IngressError::Unauthorized);
     }
+    accept(app, source, &body, received_at, true).await
+}
+
+/// Normalises and stores one authenticated body from `source`: the part of ingress that a
+/// quarantine replay runs again. A rejected body is quarantined when `quarantine_rejects`.
+pub async fn accept(
+    app: &App,
+    source: &str,
+    body: &[u8],
+    received_at: chrono::DateTime<Utc>,
+    quarantine_rejects: bool,
+) -> Result<(IngressOutcome, Vec<String>), IngressError> {
+    let config = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?;
     let origin = Origin { source, vendor: config.vendor, phone_region: config.phone_region };
-    let events = match vendors::normalize(&origin, &body, received_at) {
+    let events = match vendors::normalize(&origin, body, received_at) {
         Ok(events) => events,
         Err(rejection) => {
-            quarantine(app.store.as_ref(), source, config.vendor.as_str(), &rejection, &body, received_at).await;
+            if quarantine_rejects {
+                quarantine(app.store.as_ref(), source, config.vendor.as_str(), &rejection, body, received_at).await;
+            }
             return Err(rejection.into());
         }
     };
     let ingest = Ingest {
         source: source.to_owned(),
-        digest: canonical::body_digest(&body),
+        digest: canonical::body_digest(body),
         body: body.to_vec(),
         received_at: received_at.timestamp_millis(),
         events: events.iter().map(|e| new_event(app, e)).collect::<Result<_, _>>()?,

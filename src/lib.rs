@@ -8,6 +8,8 @@
 //! [`store`] (durable SQLite outbox) → [`delivery`] (routes, retries, dead letters).
 //! [`config`], [`telemetry`] and [`server`] wire it together; `main.rs` is the CLI.
 
+pub mod admin;
+pub mod admin_client;
 pub mod auth;
 pub mod canonical;
 pub mod config;

@@ -7,6 +7,7 @@ use std::{
 };
 
 use callgate::{
+    admin_client,
     canonical::Vendor,
     config::{self, Auth, Config},
     server::{self, Listeners},
@@ -55,6 +56,75 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: std::net::SocketAddr,
     },
+    /// List, inspect and replay dead letters (through the admin API).
+    DeadLetters {
+        #[command(subcommand)]
+        action: Action,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List, inspect and replay quarantined payloads (through the admin API).
+    Quarantine {
+        #[command(subcommand)]
+        action: Action,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List routes with their backlog, or pause and resume one (through the admin API).
+    Routes {
+        #[command(subcommand)]
+        action: RouteAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How to reach a running gateway's admin API.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Configuration to read the admin address and token from.
+    #[arg(long, global = true, env = "CALLGATE_CONFIG", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Admin API base URL (overrides the configuration), e.g. http://127.0.0.1:9090.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Admin token (overrides `[admin] token`).
+    #[arg(long, global = true, env = "CALLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// List, newest first.
+    List {
+        /// Only this route (dead letters) or source (quarantine).
+        #[arg(long, alias = "source")]
+        route: Option<String>,
+        /// Only since this RFC 3339 time or duration ago (e.g. 2h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one, with everything kept about it.
+    Show { id: i64 },
+    /// Replay one (by id), or all of a route/source, or all since a time, or all.
+    Replay {
+        id: Option<i64>,
+        #[arg(long, alias = "source")]
+        route: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteAction {
+    List,
+    Pause { name: String },
+    Resume { name: String },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +137,9 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Normalize { vendor, source, phone_region, file } => normalize(&vendor, source, phone_region, &file),
         Command::Receive { listen } => receive(listen),
+        Command::DeadLetters { action, admin } => operate(admin, Target::DeadLetters(action)),
+        Command::Quarantine { action, admin } => operate(admin, Target::Quarantine(action)),
+        Command::Routes { action, admin } => operate(admin, Target::Routes(action)),
     }
 }
 
@@ -97,6 +170,133 @@ fn serve(path: PathBuf) -> ExitCode {
             tracing::error!(error = %format!("{e:#}"), "callgate failed.");
             eprintln!("callgate: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+enum Target {
+    DeadLetters(Action),
+    Quarantine(Action),
+    Routes(RouteAction),
+}
+
+/// Runs an operator command against the admin API and prints the answer.
+fn operate(args: AdminArgs, target: Target) -> ExitCode {
+    let config = if args.url.is_some() && args.token.is_some() {
+        None
+    } else {
+        match Config::load(&args.config) {
+            Ok(config) => Some(config),
+            Err(errors) => {
+                eprint!("callgate: {errors}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let client = match admin_client::Client::new(args.url, args.token, config.as_ref()) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_operation(&client, target)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_operation(client: &admin_client::Client, target: Target) -> Result<String, String> {
+    use reqwest::Method;
+    let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+    let (path, key) = match &target {
+        Target::DeadLetters(_) => ("/v1/admin/dead-letters", "route"),
+        Target::Quarantine(_) => ("/v1/admin/quarantine", "source"),
+        Target::Routes(_) => ("/v1/admin/routes", ""),
+    };
+    match target {
+        Target::DeadLetters(action) | Target::Quarantine(action) => match action {
+            Action::List { route, since, limit } => {
+                let mut query = vec![("limit", limit.to_string())];
+                query.extend(route.map(|r| (key, r)));
+                query.extend(since.map(|s| ("since", s)));
+                let answer = client.call(Method::GET, path, &query).await?;
+                let (items, columns): (&str, &[(&str, &str)]) = if key == "route" {
+                    (
+                        "dead_letters",
+                        &[
+                            ("ID", "id"),
+                            ("ROUTE", "route"),
+                            ("TYPE", "type"),
+                            ("SUBJECT", "subject"),
+                            ("ATTEMPTS", "attempts"),
+                            ("DEAD AT", "dead_at"),
+                            ("LAST ERROR", "last_error"),
+                        ],
+                    )
+                } else {
+                    (
+                        "quarantine",
+                        &[
+                            ("ID", "id"),
+                            ("SOURCE", "source"),
+                            ("STATUS", "status"),
+                            ("REASON", "reason"),
+                            ("RECEIVED AT", "received_at"),
+                            ("FIRST PROBLEM", "details.0.message"),
+                        ],
+                    )
+                };
+                let rows = answer[items].as_array().cloned().unwrap_or_default();
+                Ok(admin_client::table(&rows, columns))
+            }
+            Action::Show { id } => client.call(Method::GET, &format!("{path}/{id}"), &[]).await.map(pretty),
+            Action::Replay { id: Some(id), .. } => {
+                client.call(Method::POST, &format!("{path}/{id}/replay"), &[]).await.map(pretty)
+            }
+            Action::Replay { id: None, route, since, all } => {
+                let mut query = Vec::new();
+                query.extend(route.map(|r| (key, r)));
+                query.extend(since.map(|s| ("since", s)));
+                if all {
+                    query.push(("all", "true".to_owned()));
+                }
+                client.call(Method::POST, &format!("{path}/replay"), &query).await.map(pretty)
+            }
+        },
+        Target::Routes(RouteAction::List) => {
+            let answer = client.call(Method::GET, path, &[]).await?;
+            let rows = answer["routes"].as_array().cloned().unwrap_or_default();
+            Ok(admin_client::table(
+                &rows,
+                &[
+                    ("ROUTE", "name"),
+                    ("ENABLED", "enabled"),
+                    ("PAUSED", "paused"),
+                    ("BACKLOG", "backlog"),
+                    ("DEAD LETTERS", "dead_letters"),
+                    ("PAUSED REASON", "paused_reason"),
+                ],
+            ))
+        }
+        Target::Routes(RouteAction::Pause { name }) => {
+            client.call(Method::POST, &format!("{path}/{name}/pause"), &[]).await.map(pretty)
+        }
+        Target::Routes(RouteAction::Resume { name }) => {
+            client.call(Method::POST, &format!("{path}/{name}/resume"), &[]).await.map(pretty)
         }
     }
 }

@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
+    admin,
     config::Config,
     delivery::Dispatcher,
     ingress::{self, IngressError, error_response},
@@ -90,6 +91,7 @@ pub async fn run(
             metrics.run_upkeep();
         }
     });
+    let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let ops = ops_router(app.clone());
@@ -129,12 +131,54 @@ pub async fn run(
         tracing::warn!("Requests still open at the end of the grace period were cut off.");
     }
     upkeep.abort();
+    pruner.abort();
     match Arc::try_unwrap(app) {
         Ok(app) => app.dispatcher.shutdown(grace).await,
         Err(_) => tracing::warn!("Request handlers outlived the grace period; deliveries stop with the process."),
     }
     tracing::info!("callgate stopped.");
     Ok(())
+}
+
+/// Deletes what retention and the redelivery window allow, at start and then every
+/// `storage.prune_interval`, in chunks so the writer is never held for long.
+async fn prune_forever(store: Arc<dyn Store>, config: Arc<Config>) {
+    let mut tick = tokio::time::interval(config.storage.prune_interval);
+    loop {
+        tick.tick().await;
+        let now = crate::store::now_ms();
+        let retention = now - config.storage.retention.as_millis() as i64;
+        let dedup = now - config.storage.dedup_window.as_millis() as i64;
+        let mut total = crate::store::Pruned::default();
+        loop {
+            match store.prune(retention, dedup).await {
+                Ok(p) => {
+                    let more = p.events + p.payloads + p.attempts + p.quarantine > 0;
+                    total.events += p.events;
+                    total.payloads += p.payloads;
+                    total.attempts += p.attempts;
+                    total.quarantine += p.quarantine;
+                    if !more {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Pruning failed; will try again.");
+                    break;
+                }
+            }
+        }
+        if total != crate::store::Pruned::default() {
+            tracing::info!(
+                events = total.events,
+                payloads = total.payloads,
+                attempts = total.attempts,
+                quarantine = total.quarantine,
+                "Pruned old records."
+            );
+        }
+    }
 }
 
 fn ingress_router(app: Arc<App>) -> Router {
@@ -151,7 +195,8 @@ fn ops_router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(app)
+        .with_state(app.clone())
+        .merge(admin::router(app))
 }
 
 /// Answers 408 to a request (body upload included) that takes longer than

@@ -103,6 +103,11 @@ impl Receiver {
         script.statuses.push((path.to_owned(), answers.into_iter().collect()));
     }
 
+    /// Forgets the scripted answers of `path`: it answers 200 again.
+    pub fn clear_script(&self, path: &str) {
+        self.shared.script.lock().unwrap().statuses.retain(|(p, _)| p != path);
+    }
+
     /// Requests to `path` wait until [`Receiver::release`].
     pub fn hold(&self, path: &str) {
         self.shared.script.lock().unwrap().held.push(path.to_owned());
@@ -172,7 +177,7 @@ async fn record(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
     pub http: reqwest::Client,
     stderr: Arc<Mutex<String>>,
 }
@@ -269,7 +274,7 @@ impl Gateway {
         Gateway {
             addr: field("ingress").unwrap(),
             admin: field("admin"),
-            child: Some(child),
+            child: Mutex::new(Some(child)),
             http: reqwest::Client::new(),
             stderr: log,
         }
@@ -318,9 +323,21 @@ impl Gateway {
         self.stderr.lock().unwrap().clone()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, at once: no chance to finish anything.
+    pub fn kill_now(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
+    pub async fn terminate(self) -> std::process::ExitStatus {
+        let mut child = self.child.lock().unwrap().take().unwrap();
         let pid = child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap()
@@ -329,7 +346,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -1,0 +1,278 @@
+//! The admin API (`/v1/admin/...`): routes (pause, resume), dead letters (list, inspect,
+//! replay) and the quarantine (list, inspect, replay). Every call needs
+//! `Authorization: Bearer <[admin] token>`; without a configured token the API is off.
+//!
+//! **Invariant:** the admin API changes the store only through the `Store` trait and tells
+//! the delivery workers through the `Dispatcher`, so counts, gauges and workers stay true.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, Request, State},
+    http::{StatusCode, header::AUTHORIZATION},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::{
+    ingress::{self, IngressError, error_response},
+    server::App,
+    store::{Filter, Millis, StoreError, now_ms},
+    telemetry::IngressOutcome,
+    vendors::Violation,
+};
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/admin/routes", get(routes))
+        .route("/v1/admin/routes/{name}/pause", post(pause))
+        .route("/v1/admin/routes/{name}/resume", post(resume))
+        .route("/v1/admin/dead-letters", get(dead_letters))
+        .route("/v1/admin/dead-letters/replay", post(replay_dead_letters))
+        .route("/v1/admin/dead-letters/{id}", get(dead_letter))
+        .route("/v1/admin/dead-letters/{id}/replay", post(replay_dead_letter))
+        .route("/v1/admin/quarantine", get(quarantine))
+        .route("/v1/admin/quarantine/replay", post(replay_quarantine))
+        .route("/v1/admin/quarantine/{id}", get(quarantined))
+        .route("/v1/admin/quarantine/{id}/replay", post(replay_quarantined))
+        .layer(middleware::from_fn_with_state(app.clone(), require_token))
+        .with_state(app)
+}
+
+/// Errors of the admin API.
+#[derive(Debug)]
+enum AdminError {
+    Disabled,
+    Unauthorized,
+    NotFound(String),
+    BadRequest(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        AdminError::Store(e)
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        match self {
+            AdminError::Disabled => error_response(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "the admin API is off: set [admin] token to enable it",
+                &[],
+            ),
+            AdminError::Unauthorized => {
+                error_response(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin bearer token is required", &[])
+            }
+            AdminError::NotFound(what) => error_response(StatusCode::NOT_FOUND, "not_found", &what, &[]),
+            AdminError::BadRequest(why) => error_response(StatusCode::BAD_REQUEST, "bad_request", &why, &[]),
+            AdminError::Store(e) => {
+                tracing::error!(error = %e, "Admin request failed in the store.");
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store is unavailable", &[])
+            }
+        }
+    }
+}
+
+async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let Some(token) = &app.config.admin.token else { return AdminError::Disabled.into_response() };
+    let given = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes()).and_then(|v| v.strip_prefix(b"Bearer "));
+    let ok = given.is_some_and(|g| g.len() == token.expose().len() && bool::from(g.ct_eq(token.expose().as_bytes())));
+    if !ok {
+        return AdminError::Unauthorized.into_response();
+    }
+    next.run(request).await
+}
+
+/// Query parameters shared by the list and bulk-replay endpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    route: Option<String>,
+    source: Option<String>,
+    /// RFC 3339 time, or a duration back from now (`2h`, `30m`).
+    since: Option<String>,
+    before_id: Option<i64>,
+    limit: Option<usize>,
+    /// Bulk replay of everything (required when neither a name nor `since` narrows it).
+    #[serde(default)]
+    all: bool,
+}
+
+impl Params {
+    fn filter(&self, name: Option<&String>) -> Result<Filter, AdminError> {
+        Ok(Filter {
+            id: None,
+            name: name.cloned(),
+            since: self.since.as_deref().map(parse_since).transpose()?,
+            before_id: self.before_id,
+            limit: self.limit,
+        })
+    }
+
+    fn bulk(&self, name: Option<&String>) -> Result<Filter, AdminError> {
+        if name.is_none() && self.since.is_none() && !self.all {
+            return Err(AdminError::BadRequest("say what to replay: a name, `since`, or `all=true`".into()));
+        }
+        Ok(Filter { limit: None, before_id: None, ..self.filter(name)? })
+    }
+}
+
+/// `since` as an RFC 3339 time or a duration before now.
+fn parse_since(text: &str) -> Result<Millis, AdminError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    humantime::parse_duration(text).map(|d| now_ms() - d.as_millis() as Millis).map_err(|_| {
+        AdminError::BadRequest(format!("`since` must be an RFC 3339 time or a duration such as 2h, not `{text}`"))
+    })
+}
+
+async fn routes(State(app): State<Arc<App>>) -> Result<Response, AdminError> {
+    let counts = app.store.counts().await?;
+    let paused = app.store.paused().await?;
+    let mut names: BTreeSet<&String> = app.config.routes.keys().collect();
+    names.extend(counts.backlog.keys());
+    names.extend(counts.dead.keys());
+    let list: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let config = app.config.routes.get(name);
+            let pause = paused.iter().find(|p| &p.route == name);
+            json!({
+                "name": name,
+                "configured": config.is_some(),
+                "enabled": config.is_some_and(|c| c.enabled),
+                "paused": pause.is_some(),
+                "paused_since": pause.map(|p| &p.since),
+                "paused_reason": pause.map(|p| &p.reason),
+                "backlog": counts.backlog.get(name).copied().unwrap_or(0),
+                "dead_letters": counts.dead.get(name).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "routes": list })).into_response())
+}
+
+async fn pause(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Response, AdminError> {
+    set_paused(&app, &name, true).await
+}
+
+async fn resume(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Response, AdminError> {
+    set_paused(&app, &name, false).await
+}
+
+async fn set_paused(app: &App, name: &str, paused: bool) -> Result<Response, AdminError> {
+    if !app.config.routes.contains_key(name) {
+        return Err(AdminError::NotFound(format!("no route named `{name}`")));
+    }
+    app.store.set_paused(name, paused.then_some("paused by an operator")).await?;
+    app.dispatcher.set_paused(name, paused);
+    tracing::info!(route = %name, paused, "Route pause changed by an operator.");
+    Ok(Json(json!({ "route": name, "paused": paused })).into_response())
+}
+
+async fn dead_letters(State(app): State<Arc<App>>, Query(params): Query<Params>) -> Result<Response, AdminError> {
+    let items = app.store.dead_letters(&params.filter(params.route.as_ref())?).await?;
+    let next =
+        (items.len() == params.limit.unwrap_or(100).clamp(1, 1000)).then(|| items.last().map(|d| d.id)).flatten();
+    Ok(Json(json!({ "dead_letters": items, "next_before_id": next })).into_response())
+}
+
+async fn dead_letter(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Response, AdminError> {
+    match app.store.dead_letter(id).await? {
+        Some(detail) => Ok(Json(detail).into_response()),
+        None => Err(AdminError::NotFound(format!("no dead letter {id}"))),
+    }
+}
+
+async fn replay_dead_letter(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Response, AdminError> {
+    let replayed = replay(&app, &Filter { id: Some(id), ..Filter::default() }).await?;
+    if replayed == 0 {
+        return Err(AdminError::NotFound(format!("no dead letter {id}")));
+    }
+    Ok(Json(json!({ "replayed": replayed })).into_response())
+}
+
+async fn replay_dead_letters(
+    State(app): State<Arc<App>>,
+    Query(params): Query<Params>,
+) -> Result<Response, AdminError> {
+    let replayed = replay(&app, &params.bulk(params.route.as_ref())?).await?;
+    Ok(Json(json!({ "replayed": replayed })).into_response())
+}
+
+async fn replay(app: &App, filter: &Filter) -> Result<usize, AdminError> {
+    let replayed = app.store.replay_dead_letters(filter).await?;
+    let routes: BTreeSet<&String> = replayed.iter().map(|(_, route)| route).collect();
+    for route in routes {
+        app.dispatcher.wake(route);
+    }
+    tracing::info!(count = replayed.len(), "Dead letters replayed by an operator.");
+    Ok(replayed.len())
+}
+
+async fn quarantine(State(app): State<Arc<App>>, Query(params): Query<Params>) -> Result<Response, AdminError> {
+    let items = app.store.quarantined(&params.filter(params.source.as_ref())?, false).await?;
+    let next =
+        (items.len() == params.limit.unwrap_or(100).clamp(1, 1000)).then(|| items.last().map(|q| q.id)).flatten();
+    Ok(Json(json!({ "quarantine": items, "next_before_id": next })).into_response())
+}
+
+async fn quarantined(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Response, AdminError> {
+    let filter = Filter { id: Some(id), ..Filter::default() };
+    match app.store.quarantined(&filter, true).await?.pop() {
+        Some(item) => Ok(Json(item).into_response()),
+        None => Err(AdminError::NotFound(format!("nothing quarantined with id {id}"))),
+    }
+}
+
+async fn replay_quarantined(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Response, AdminError> {
+    let results = replay_quarantine_matching(&app, &Filter { id: Some(id), ..Filter::default() }).await?;
+    if results.is_empty() {
+        return Err(AdminError::NotFound(format!("nothing quarantined with id {id}")));
+    }
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
+async fn replay_quarantine(State(app): State<Arc<App>>, Query(params): Query<Params>) -> Result<Response, AdminError> {
+    let results = replay_quarantine_matching(&app, &params.bulk(params.source.as_ref())?).await?;
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
+/// Validates each matching quarantined payload again; one that passes flows as if it had
+/// just arrived and leaves the quarantine, one that fails stays with its new problems.
+async fn replay_quarantine_matching(app: &App, filter: &Filter) -> Result<Vec<serde_json::Value>, AdminError> {
+    let mut results = Vec::new();
+    for (id, source, body) in app.store.quarantined_raw(filter).await? {
+        let result = ingress::accept(app, &source, &body, chrono::Utc::now(), false).await;
+        let entry = match result {
+            Ok((outcome, ids)) => {
+                app.store.release_quarantined(id).await?;
+                let outcome = if outcome == IngressOutcome::Duplicate { "duplicate" } else { "accepted" };
+                json!({ "id": id, "source": source, "outcome": outcome, "ids": ids })
+            }
+            Err(IngressError::Unavailable) => {
+                return Err(AdminError::Store(StoreError::Backend("commit failed".into())));
+            }
+            Err(e) => {
+                let details: Vec<Violation> = match &e {
+                    IngressError::Rejected(r) => r.violations(),
+                    _ => Vec::new(),
+                };
+                json!({ "id": id, "source": source, "outcome": "rejected", "code": e.code(), "message": e.to_string(), "details": details })
+            }
+        };
+        results.push(entry);
+    }
+    tracing::info!(count = results.len(), "Quarantined payloads replayed by an operator.");
+    Ok(results)
+}
