@@ -277,9 +277,16 @@ async fn dead_letters_are_listed_inspected_and_replayed_through_the_api_and_the_
         receiver.at("/crm").iter().map(|r| r.json()["id"].as_str().unwrap().to_owned()).collect();
     assert!(ids.iter().all(|id| delivered.contains(id)), "replayed events keep their CloudEvents id");
 
-    // Replay by time: nothing is dead any more.
+    // Two more die; replay all since a time.
+    receiver.respond("/crm", &[500; 4]);
+    for call in ["dl_5", "dl_6"] {
+        gateway.post("oneinbox", unique_payload(call)).await;
+    }
+    gateway.wait_metric("callgate_dead_letters{route=\"crm\"}", 2.0).await;
     let (status, replay) = admin(&gateway, reqwest::Method::POST, "/v1/admin/dead-letters/replay?since=1h").await;
-    assert_eq!((status, replay["replayed"].as_u64()), (200, Some(0)));
+    assert_eq!((status, replay["replayed"].as_u64()), (200, Some(2)));
+    gateway.wait_metric("callgate_delivery_backlog{route=\"crm\"}", 0.0).await;
+    assert_eq!(gateway.metric("callgate_dead_letters{route=\"crm\"}").await, 0.0);
     let (status, _) = admin(&gateway, reqwest::Method::POST, "/v1/admin/dead-letters/replay").await;
     assert_eq!(status, 400, "a bulk replay must say what");
 }
@@ -332,6 +339,51 @@ async fn quarantined_payloads_are_listed_and_replayed_after_a_fix() {
     assert!(requests.iter().all(|r| r.json()["data"]["source"] == "calls"));
     let (_, left) = admin(&gateway, reqwest::Method::GET, "/v1/admin/quarantine").await;
     assert_eq!(left["quarantine"].as_array().unwrap().len(), 1, "accepted payloads leave the quarantine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_call_never_holds_back_other_calls() {
+    let receiver = Receiver::start().await;
+    receiver.fail_bodies_containing("call_stuck", 500);
+    let dir = temp_dir();
+    let config = base_config(dir.path())
+        + &route("crm", &receiver.url("/crm"), "[routes.crm.retry]\nschedule = [\"50ms\", \"1h\"]");
+    let gateway = Gateway::start(dir.path(), &config).await;
+    assert_eq!(gateway.post("oneinbox", unique_payload("call_stuck")).await.0, 200);
+    let stuck_followup =
+        format!(r#"{{"event":"call.recording.available","call_id":"call_stuck","recording_url":"https://x/1.mp3"}}"#);
+    assert_eq!(gateway.post("oneinbox", stuck_followup).await.0, 200);
+    for call in ["call_ok_1", "call_ok_2", "call_ok_3"] {
+        assert_eq!(gateway.post("oneinbox", unique_payload(call)).await.0, 200);
+    }
+    // The stuck call's first event has failed twice and waits an hour; the others arrived.
+    gateway.wait_metric("callgate_deliveries_total{route=\"crm\",outcome=\"success\"}", 3.0).await;
+    gateway.wait_metric("callgate_deliveries_total{route=\"crm\",outcome=\"retry\"}", 2.0).await;
+    let subjects: Vec<String> =
+        receiver.at("/crm").iter().map(|r| r.json()["subject"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(subjects.iter().filter(|s| s.ends_with("call_stuck")).count(), 2, "only the two failed attempts");
+    assert_eq!(
+        gateway.metric("callgate_delivery_backlog{route=\"crm\"}").await,
+        2.0,
+        "the stuck call's follow-up waits behind it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_are_retried_then_dead_lettered_with_the_reason() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/nobody", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = temp_dir();
+    let config =
+        admin_config(dir.path()) + &route("void", &url, "[routes.void.retry]\nschedule = [\"10ms\", \"10ms\"]");
+    let gateway = Gateway::start(dir.path(), &config).await;
+    assert_eq!(gateway.post("vox", fixture("vox/doc-call_started.json")).await.0, 200);
+    gateway.wait_metric("callgate_dead_letters{route=\"void\"}", 1.0).await;
+    let (_, list) = admin(&gateway, reqwest::Method::GET, "/v1/admin/dead-letters").await;
+    let dead = &list["dead_letters"][0];
+    assert_eq!(dead["attempts"], 3);
+    assert!(dead["last_error"].as_str().unwrap().starts_with("connection failed"), "{dead}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

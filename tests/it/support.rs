@@ -51,6 +51,8 @@ struct Script {
     statuses: Vec<(String, VecDeque<Answer>)>,
     /// Paths whose requests wait until `release` is notified.
     held: Vec<String>,
+    /// Requests whose body contains the text always get the status.
+    failing_bodies: Vec<(String, u16)>,
 }
 
 #[derive(Clone)]
@@ -103,6 +105,11 @@ impl Receiver {
         script.statuses.push((path.to_owned(), answers.into_iter().collect()));
     }
 
+    /// Every request whose body contains `needle` gets `status`, for good.
+    pub fn fail_bodies_containing(&self, needle: &str, status: u16) {
+        self.shared.script.lock().unwrap().failing_bodies.push((needle.to_owned(), status));
+    }
+
     /// Forgets the scripted answers of `path`: it answers 200 again.
     pub fn clear_script(&self, path: &str) {
         self.shared.script.lock().unwrap().statuses.retain(|(p, _)| p != path);
@@ -147,8 +154,13 @@ async fn record(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body
     let path = uri.path().to_owned();
     let (answer, held) = {
         let mut script = shared.script.lock().unwrap();
-        let answer =
-            script.statuses.iter_mut().find(|(p, q)| *p == path && !q.is_empty()).and_then(|(_, q)| q.pop_front());
+        let text = String::from_utf8_lossy(&body);
+        let answer = match script.failing_bodies.iter().find(|(needle, _)| text.contains(needle.as_str())) {
+            Some((_, status)) => Some((*status, vec![])),
+            None => {
+                script.statuses.iter_mut().find(|(p, q)| *p == path && !q.is_empty()).and_then(|(_, q)| q.pop_front())
+            }
+        };
         (answer, script.held.contains(&path))
     };
     let released = shared.release.notified();
