@@ -90,6 +90,15 @@ pub struct ServerConfig {
     /// Requests handled at once; more are shed with 503 rather than queued without bound.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_requests: usize,
+    /// A client must send its request line and headers within this time (slowloris).
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers) in bytes; larger is answered 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Connections open at once per listener; more are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// On SIGTERM/Ctrl-C, how long in-flight requests and deliveries may take to finish.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -401,6 +410,15 @@ impl Config {
 
         if server.max_body_bytes == 0 {
             errors.push(ConfigError { key: "server.max_body_bytes".into(), message: "must be greater than 0".into() });
+        }
+        if server.max_header_bytes < 8192 {
+            errors.push(ConfigError { key: "server.max_header_bytes".into(), message: "must be at least 8192".into() });
+        }
+        if server.max_connections == 0 || server.header_read_timeout.is_zero() || server.request_timeout.is_zero() {
+            errors.push(ConfigError {
+                key: "server".into(),
+                message: "max_connections, header_read_timeout and request_timeout must be greater than 0".into(),
+            });
         }
         if server.max_concurrent_requests == 0 {
             errors.push(ConfigError {
@@ -769,6 +787,9 @@ impl ServerConfig {
             max_body_bytes: default_max_body(),
             request_timeout: default_request_timeout(),
             max_concurrent_requests: default_max_concurrent(),
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_connections: default_max_connections(),
             shutdown_grace: default_grace(),
         }
     }
@@ -809,6 +830,15 @@ fn default_request_timeout() -> Duration {
 }
 fn default_max_concurrent() -> usize {
     512
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_connections() -> usize {
+    4096
 }
 fn default_grace() -> Duration {
     Duration::from_secs(10)

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod canonical;
 pub mod config;
 pub mod delivery;
+pub mod http;
 pub mod ingress;
 pub mod receiver;
 pub mod server;

@@ -94,6 +94,11 @@ pub async fn run(
     let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let limits = crate::http::Limits {
+        header_read_timeout: config.server.header_read_timeout,
+        max_header_bytes: config.server.max_header_bytes,
+        max_connections: config.server.max_connections,
+    };
     let ops = ops_router(app.clone());
     let ingress_router = ingress_router(app.clone());
     let mut servers = tokio::task::JoinSet::new();
@@ -103,18 +108,14 @@ pub async fn run(
             let addr = admin.local_addr()?;
             let mut stop = stop_tx.subscribe();
             let ops = ops.fallback(not_found);
-            servers.spawn(async move {
-                axum::serve(admin, ops).with_graceful_shutdown(async move { drop(stop.recv().await) }).await
-            });
+            servers.spawn(crate::http::serve(admin, ops, limits, async move { drop(stop.recv().await) }));
             (ingress_router, Some(addr))
         }
         None => (ingress_router.merge(ops), None),
     };
     let public = public.fallback(not_found);
     let mut stop = stop_tx.subscribe();
-    servers.spawn(async move {
-        axum::serve(listeners.ingress, public).with_graceful_shutdown(async move { drop(stop.recv().await) }).await
-    });
+    servers.spawn(crate::http::serve(listeners.ingress, public, limits, async move { drop(stop.recv().await) }));
     // A machine-readable line on stdout: tests and scripts read the bound addresses here.
     match admin_addr {
         Some(admin) => println!("callgate listening ingress={ingress_addr} admin={admin}"),
