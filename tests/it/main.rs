@@ -4,4 +4,5 @@ mod cli;
 mod e2e;
 mod golden;
 mod reliability;
+mod security;
 mod support;

@@ -53,6 +53,8 @@ struct Script {
     held: Vec<String>,
     /// Requests whose body contains the text always get the status.
     failing_bodies: Vec<(String, u16)>,
+    /// One-off answers with a large body: (path, status, size).
+    big_bodies: Vec<(String, u16, usize)>,
 }
 
 #[derive(Clone)]
@@ -105,6 +107,11 @@ impl Receiver {
         script.statuses.push((path.to_owned(), answers.into_iter().collect()));
     }
 
+    /// The next request to `path` gets `status` with a body of `size` bytes.
+    pub fn respond_big(&self, path: &str, status: u16, size: usize) {
+        self.shared.script.lock().unwrap().big_bodies.push((path.to_owned(), status, size));
+    }
+
     /// Every request whose body contains `needle` gets `status`, for good.
     pub fn fail_bodies_containing(&self, needle: &str, status: u16) {
         self.shared.script.lock().unwrap().failing_bodies.push((needle.to_owned(), status));
@@ -152,6 +159,16 @@ impl Receiver {
 
 async fn record(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let path = uri.path().to_owned();
+    let big = {
+        let mut script = shared.script.lock().unwrap();
+        let found = script.big_bodies.iter().position(|(p, _, _)| *p == path);
+        found.map(|i| script.big_bodies.remove(i))
+    };
+    if let Some((_, status, size)) = big {
+        shared.log.lock().unwrap().push(Received { path: path.clone(), headers, body });
+        shared.arrived.notify_waiters();
+        return (StatusCode::from_u16(status).unwrap(), "x".repeat(size)).into_response();
+    }
     let (answer, held) = {
         let mut script = shared.script.lock().unwrap();
         let text = String::from_utf8_lossy(&body);
