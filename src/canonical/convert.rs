@@ -14,12 +14,18 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// Epoch milliseconds (vox) to RFC 3339.
 pub fn from_epoch_ms(ms: i64) -> Option<String> {
-    DateTime::<Utc>::from_timestamp_millis(ms).map(rfc3339)
+    DateTime::<Utc>::from_timestamp_millis(ms).and_then(representable).map(rfc3339)
 }
 
 /// Epoch seconds (Salpre) to RFC 3339.
 pub fn from_epoch_s(s: i64) -> Option<String> {
-    DateTime::<Utc>::from_timestamp(s, 0).map(rfc3339)
+    DateTime::<Utc>::from_timestamp(s, 0).and_then(representable).map(rfc3339)
+}
+
+/// RFC 3339 has four-digit years: a time outside years 0000–9999 (such as milliseconds
+/// sent where seconds were expected) cannot be written, and is left unconverted.
+fn representable(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    (0..=9999).contains(&chrono::Datelike::year(&t)).then_some(t)
 }
 
 /// An ISO 8601 / RFC 3339 timestamp with a zone (OneInbox) to RFC 3339 UTC.
@@ -110,6 +116,8 @@ mod tests {
         assert_eq!(from_iso("2026-06-01T15:00:00+05:00").as_deref(), Some("2026-06-01T10:00:00.000Z"));
         assert_eq!(from_local("2026-01-13 17:54:36", 5).as_deref(), Some("2026-01-13T12:54:36.000Z"));
         assert_eq!(from_iso("yesterday"), None);
+        assert_eq!(from_epoch_s(1707000284555), None, "milliseconds where seconds belong");
+        assert_eq!(from_epoch_ms(i64::MAX), None);
     }
 
     #[test]

@@ -255,6 +255,13 @@ pub struct Analysis {
     pub extracted: Map<String, Value>,
 }
 
+impl Analysis {
+    /// An analysis with nothing known.
+    pub fn empty() -> Self {
+        Analysis { summary: None, outcome: None, sentiment: None, sentiment_raw: None, extracted: Map::new() }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Cost {
     pub amount: Option<serde_json::Number>,

@@ -13,7 +13,9 @@ fn fuzz_corpora_and_crash_regressions_hold_the_property() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
     for vendor in Vendor::ALL {
-        for dir in [root.join("fuzz/corpus").join(vendor.as_str()), root.join("tests/fixtures/fuzz").join(vendor.as_str())] {
+        for dir in
+            [root.join("fuzz/corpus").join(vendor.as_str()), root.join("tests/fixtures/fuzz").join(vendor.as_str())]
+        {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries {
                 let path = entry.unwrap().path();

@@ -1,0 +1,587 @@
+//! `cargo bench --bench gateway`: the end-to-end benchmark of callgate against the cheapest
+//! possible HTTP endpoint on the same machine, measured in one run with one load generator.
+//!
+//! It starts the release `callgate` binary (durable SQLite store on disk) and, as the
+//! baseline, a minimal axum handler that parses the JSON body and answers 200 storing nothing
+//! (this same program, re-executed as `--ceiling`). The load generator is in-process: `C`
+//! keep-alive HTTP/1 connections in a closed loop, or an open loop at a fixed rate for the
+//! latency target. Results go to stdout and to BENCHMARKS.md.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Bytes, routing::post};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+
+const CONCURRENCY: usize = 64;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--ceiling") {
+        return ceiling_server();
+    }
+    let quick = std::env::var_os("CALLGATE_BENCH_QUICK").is_some();
+    let phase = Duration::from_secs(if quick { 3 } else { 10 });
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(run(phase));
+}
+
+/// The baseline: parse the JSON body, answer 200, store nothing.
+fn ceiling_server() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let app = Router::new().route(
+            "/v1/ingest/{source}",
+            post(|body: Bytes| async move {
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(_) => (axum::http::StatusCode::OK, "{\"accepted\":1}"),
+                    Err(_) => (axum::http::StatusCode::BAD_REQUEST, "{}"),
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("callgate listening ingress={}", listener.local_addr().unwrap());
+        axum::serve(listener, app).await.unwrap();
+    });
+}
+
+/// A running server process (gateway or ceiling).
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn spawn(mut command: Command) -> Server {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines.find_map(|l| l.ok().filter(|l| l.starts_with("callgate listening"))).expect("listening line");
+        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("ingress=")).unwrap().parse().unwrap();
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr }
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn gateway(dir: &Path, routes: usize, receiver: Option<SocketAddr>) -> Server {
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_concurrent_requests = 4096\n[storage]\nurl = \"sqlite://{}/bench.db\"\n[log]\nfilter = \"warn\"\n\
+         [sources.oneinbox]\nvendor = \"oneinbox\"\n[sources.vox]\nvendor = \"vox\"\nphone_region = \"KR\"\n\
+         [sources.salpre]\nvendor = \"salpre\"\n[sources.utel]\nvendor = \"utel\"\nphone_region = \"UZ\"\n[delivery]\nconcurrency = 32\n",
+        dir.display()
+    );
+    for i in 0..routes {
+        let receiver = receiver.expect("a receiver for routes");
+        let _ = write!(config, "[routes.r{i}]\nurl = \"http://{receiver}/r{i}\"\ninclude_test = true\n");
+    }
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_callgate"));
+    command.args(["serve", "--config"]).arg(&path);
+    Server::spawn(command)
+}
+
+fn ceiling() -> Server {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.arg("--ceiling");
+    Server::spawn(command)
+}
+
+/// Request bodies: every vendor's documented examples, each made unique per request by an
+/// extra top-level field (vendors add fields; callgate carries it in `vendor_extra`), so that
+/// duplicate detection never short-cuts the work.
+struct Corpus {
+    templates: Vec<(String, Vec<u8>)>,
+}
+
+impl Corpus {
+    fn mixed() -> Corpus {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut templates = Vec::new();
+        for vendor in ["oneinbox", "vox", "salpre", "utel"] {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(vendor))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy();
+                    (name.starts_with("doc-") || name.starts_with("synthetic-")) && !name.ends_with(".expected.json")
+                })
+                .collect();
+            files.sort();
+            for file in files {
+                let value: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+                templates.push((vendor.to_owned(), serde_json::to_vec(&value).unwrap()));
+            }
+        }
+        Corpus { templates }
+    }
+
+    /// A vox `call_ended` whose transcript brings it to about `size` bytes.
+    fn long_transcript(size: usize) -> Corpus {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vox/doc-call_ended.json");
+        let mut value: Value = serde_json::from_slice(&std::fs::read(root).unwrap()).unwrap();
+        let line = serde_json::json!({"role": "user", "content": "주문 상태를 확인하고 싶습니다. 배송은 언제 도착하나요? 감사합니다."});
+        while serde_json::to_vec(&value).unwrap().len() < size {
+            value["call"]["transcript"].as_array_mut().unwrap().push(line.clone());
+        }
+        Corpus { templates: vec![("vox".into(), serde_json::to_vec(&value).unwrap())] }
+    }
+
+    fn mean_size(&self) -> usize {
+        self.templates.iter().map(|(_, b)| b.len()).sum::<usize>() / self.templates.len()
+    }
+
+    /// The n-th request: (path, body).
+    fn request(&self, n: u64) -> (String, Vec<u8>) {
+        let (source, template) = &self.templates[n as usize % self.templates.len()];
+        let mut body = template.clone();
+        body.pop(); // the closing brace of the top-level object
+        body.extend_from_slice(format!(",\"bench_seq\":{n}}}").as_bytes());
+        (format!("/v1/ingest/{source}"), body)
+    }
+}
+
+/// What a load run measured.
+#[derive(Default, Clone)]
+struct Load {
+    ok: u64,
+    errors: u64,
+    seconds: f64,
+    latencies_us: Vec<u64>,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let mut v = self.latencies_us.clone();
+        v.sort_unstable();
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v[i] as f64 / 1000.0
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Sender {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn send(sender: &mut Sender, addr: SocketAddr, path: &str, body: Vec<u8>) -> bool {
+    let request = Request::post(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    match sender.send_request(request).await {
+        Ok(response) => {
+            let ok = response.status() == 200;
+            let _ = response.into_body().collect().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// Closed loop: `CONCURRENCY` connections, each sending its next request as soon as the
+/// previous one is answered, for `duration`.
+async fn closed_loop(addr: SocketAddr, corpus: Arc<Corpus>, duration: Duration, seq: Arc<AtomicU64>) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (corpus, stop, seq) = (corpus.clone(), stop.clone(), seq.clone());
+        tasks.spawn(async move {
+            let mut sender = connect(addr).await;
+            let mut load = Load::default();
+            while !stop.load(Ordering::Relaxed) {
+                let (path, body) = corpus.request(seq.fetch_add(1, Ordering::Relaxed));
+                let started = Instant::now();
+                if send(&mut sender, addr, &path, body).await {
+                    load.ok += 1;
+                    load.latencies_us.push(started.elapsed().as_micros() as u64);
+                } else {
+                    load.errors += 1;
+                    sender = connect(addr).await;
+                }
+            }
+            load
+        });
+    }
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Load::default();
+    while let Some(load) = tasks.join_next().await {
+        let load = load.unwrap();
+        total.ok += load.ok;
+        total.errors += load.errors;
+        total.latencies_us.extend(load.latencies_us);
+    }
+    total.seconds = started.elapsed().as_secs_f64();
+    total
+}
+
+/// Open loop at `rate` requests/s: latency is measured from each request's scheduled time,
+/// so a stall shows up in the percentiles instead of slowing the generator down.
+async fn open_loop(addr: SocketAddr, corpus: Arc<Corpus>, rate: u64, duration: Duration, seq: Arc<AtomicU64>) -> Load {
+    let connections = CONCURRENCY;
+    let (tx, rx) = async_channel(connections * 4);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (rx, corpus, seq) = (rx.clone(), corpus.clone(), seq.clone());
+        tasks.spawn(async move {
+            let mut sender = connect(addr).await;
+            let mut load = Load::default();
+            while let Ok(scheduled) = recv(&rx).await {
+                let (path, body) = corpus.request(seq.fetch_add(1, Ordering::Relaxed));
+                if send(&mut sender, addr, &path, body).await {
+                    load.ok += 1;
+                    load.latencies_us.push(scheduled.elapsed().as_micros() as u64);
+                } else {
+                    load.errors += 1;
+                    sender = connect(addr).await;
+                }
+            }
+            load
+        });
+    }
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut next = started;
+    while started.elapsed() < duration {
+        next += interval;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        if tx.send(next).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let mut total = Load::default();
+    while let Some(load) = tasks.join_next().await {
+        let load = load.unwrap();
+        total.ok += load.ok;
+        total.errors += load.errors;
+        total.latencies_us.extend(load.latencies_us);
+    }
+    total.seconds = started.elapsed().as_secs_f64();
+    total
+}
+
+type Rx = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Instant>>>;
+
+fn async_channel(capacity: usize) -> (tokio::sync::mpsc::Sender<Instant>, Rx) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    (tx, Arc::new(tokio::sync::Mutex::new(rx)))
+}
+
+async fn recv(rx: &Rx) -> Result<Instant, ()> {
+    rx.lock().await.recv().await.ok_or(())
+}
+
+/// A fast downstream: answers 200 at once and records, per request, the delay from the
+/// gateway's `received_at` to arrival (both read from this machine's clock).
+#[derive(Clone, Default)]
+struct Sink {
+    count: Arc<AtomicU64>,
+    delays_us: Arc<Mutex<Vec<u64>>>,
+}
+
+async fn start_sink() -> (SocketAddr, Sink) {
+    let sink = Sink::default();
+    let state = sink.clone();
+    let app = Router::new().fallback(move |body: Bytes| {
+        let state = state.clone();
+        async move {
+            let now = chrono::Utc::now();
+            if let Ok(event) = serde_json::from_slice::<Value>(&body)
+                && let Some(at) =
+                    event["data"]["received_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            {
+                let delay = (now - at.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0).max(0) as u64;
+                state.delays_us.lock().unwrap().push(delay);
+            }
+            state.count.fetch_add(1, Ordering::Relaxed);
+            "ok"
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, sink)
+}
+
+fn percentile(values: &[u64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+fn count_rows(db: &Path, table: &str) -> u64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get::<_, i64>(0)).unwrap() as u64
+}
+
+/// Canonical events each request of the mixed corpus produces, on average.
+fn events_per_payload(corpus: &Corpus) -> f64 {
+    let origin = |source: &str| callgate::vendors::Origin {
+        source: "bench",
+        vendor: callgate::canonical::Vendor::parse(source).unwrap(),
+        phone_region: None,
+    };
+    let total: usize = corpus
+        .templates
+        .iter()
+        .map(|(source, body)| callgate::vendors::normalize(&origin(source), body, chrono::Utc::now()).unwrap().len())
+        .sum();
+    total as f64 / corpus.templates.len() as f64
+}
+
+/// Single-thread validate-and-map throughput per vendor (payloads/s).
+fn normalize_rates(corpus: &Corpus) -> Vec<(String, f64, usize)> {
+    let mut by_vendor: HashMap<String, Vec<&Vec<u8>>> = HashMap::new();
+    for (source, body) in &corpus.templates {
+        by_vendor.entry(source.clone()).or_default().push(body);
+    }
+    let mut out = Vec::new();
+    for vendor in ["oneinbox", "vox", "salpre", "utel"] {
+        let bodies = &by_vendor[vendor];
+        let origin = callgate::vendors::Origin {
+            source: vendor,
+            vendor: callgate::canonical::Vendor::parse(vendor).unwrap(),
+            phone_region: "KR".parse().ok(),
+        };
+        let now = chrono::Utc::now();
+        let started = Instant::now();
+        let mut n = 0usize;
+        while started.elapsed() < Duration::from_secs(1) {
+            for body in bodies {
+                std::hint::black_box(callgate::vendors::normalize(&origin, body, now).unwrap());
+                n += 1;
+            }
+        }
+        let size = bodies.iter().map(|b| b.len()).sum::<usize>() / bodies.len();
+        out.push((vendor.to_owned(), n as f64 / started.elapsed().as_secs_f64(), size));
+    }
+    out
+}
+
+struct Row {
+    name: String,
+    value: String,
+    note: String,
+}
+
+async fn run(phase: Duration) {
+    let seq = Arc::new(AtomicU64::new(0));
+    let mixed = Arc::new(Corpus::mixed());
+    let big = Arc::new(Corpus::long_transcript(32 * 1024));
+    let per_payload = events_per_payload(&mixed);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut peak_rss = 0u64;
+    let row = |rows: &mut Vec<Row>, name: &str, value: String, note: String| {
+        println!("{name:<58} {value:>14}  {note}");
+        rows.push(Row { name: name.into(), value, note });
+    };
+    println!(
+        "corpus: {} templates, mean {} B, {per_payload:.2} canonical events per payload; phases of {phase:?}",
+        mixed.templates.len(),
+        mixed.mean_size()
+    );
+
+    // 1. The ceiling.
+    let ceiling_server = ceiling();
+    let base = closed_loop(ceiling_server.addr, mixed.clone(), phase, seq.clone()).await;
+    drop(ceiling_server);
+    row(
+        &mut rows,
+        "ceiling: bare axum JSON handler, c=64 (req/s)",
+        format!("{:.0}", base.rate()),
+        format!("p50 {:.2} ms, p99 {:.2} ms", base.percentile_ms(0.5), base.percentile_ms(0.99)),
+    );
+
+    // 2. Ingest, durable, no routes.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path(), 0, None);
+    let ingest = closed_loop(gw.addr, mixed.clone(), phase, seq.clone()).await;
+    let stored = count_rows(&dir.path().join("bench.db"), "payloads");
+    peak_rss = peak_rss.max(gw.peak_rss_kib());
+    row(
+        &mut rows,
+        "ingest: accepted payloads/s, c=64, 1 KB mix",
+        format!("{:.0}", ingest.rate()),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            ingest.percentile_ms(0.5),
+            ingest.percentile_ms(0.99),
+            ingest.errors
+        ),
+    );
+    row(&mut rows, "ingest / ceiling", format!("{:.2}", ingest.rate() / base.rate()), "target >= 0.5".into());
+    row(
+        &mut rows,
+        "acknowledged payloads found in the store",
+        format!("{stored}/{}", ingest.ok),
+        "every 200 is durable".into(),
+    );
+
+    // 3. Latency at 2,000 payloads/s offered.
+    let paced = open_loop(gw.addr, mixed.clone(), 2000, phase, seq.clone()).await;
+    peak_rss = peak_rss.max(gw.peak_rss_kib());
+    drop(gw);
+    row(
+        &mut rows,
+        "ingest p99 at 2,000 payloads/s offered (ms)",
+        format!("{:.2}", paced.percentile_ms(0.99)),
+        format!("p50 {:.2} ms, achieved {:.0}/s; target <= 10 ms", paced.percentile_ms(0.5), paced.rate()),
+    );
+
+    // 4. 32 KB payloads.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path(), 0, None);
+    let large = closed_loop(gw.addr, big.clone(), phase, seq.clone()).await;
+    peak_rss = peak_rss.max(gw.peak_rss_kib());
+    drop(gw);
+    row(
+        &mut rows,
+        &format!("ingest: {} KB payloads/s, c=64", big.mean_size() / 1024),
+        format!("{:.0}", large.rate()),
+        format!("p99 {:.2} ms; {:.2}x the 1 KB rate", large.percentile_ms(0.99), large.rate() / ingest.rate()),
+    );
+
+    // 5. End to end with 1 and 10 routes.
+    for routes in [1usize, 10] {
+        let (sink_addr, sink) = start_sink().await;
+        let dir = tempfile::tempdir().unwrap();
+        let gw = gateway(dir.path(), routes, Some(sink_addr));
+        let load = closed_loop(gw.addr, mixed.clone(), phase, seq.clone()).await;
+        let delivered_in_window = sink.count.load(Ordering::Relaxed);
+        let expected = (load.ok as f64 * per_payload).round() as u64 * routes as u64;
+        let drain_started = Instant::now();
+        while sink.count.load(Ordering::Relaxed) < expected && drain_started.elapsed() < Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let drained = sink.count.load(Ordering::Relaxed);
+        peak_rss = peak_rss.max(gw.peak_rss_kib());
+        drop(gw);
+        let accepted_events = load.ok as f64 * per_payload * routes as f64 / load.seconds;
+        let delivered = delivered_in_window as f64 / load.seconds;
+        let delays = sink.delays_us.lock().unwrap().clone();
+        row(
+            &mut rows,
+            &format!("end to end, {routes} route(s): deliveries/s during load"),
+            format!("{delivered:.0}"),
+            format!("{accepted_events:.0} accepted/s; ratio {:.2} (target >= 0.9)", delivered / accepted_events),
+        );
+        row(
+            &mut rows,
+            &format!("end to end, {routes} route(s): acceptance -> delivery p99 (ms)"),
+            format!("{:.1}", percentile(&delays, 0.99)),
+            format!(
+                "p50 {:.1} ms; {drained}/{expected} delivered after {:.1} s of drain",
+                percentile(&delays, 0.5),
+                drain_started.elapsed().as_secs_f64()
+            ),
+        );
+    }
+    row(
+        &mut rows,
+        "peak RSS of the gateway (MB)",
+        format!("{:.1}", peak_rss as f64 / 1024.0),
+        "target <= 100 MB".into(),
+    );
+
+    for (vendor, rate, size) in normalize_rates(&mixed) {
+        row(
+            &mut rows,
+            &format!("validate+map, one thread: {vendor} (payloads/s)"),
+            format!("{rate:.0}"),
+            format!("mean {size} B; target >= 100,000"),
+        );
+    }
+    write_report(&rows, phase);
+}
+
+fn write_report(rows: &[Row], phase: Duration) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) / 1024 / 1024)
+        })
+        .unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Produced by `cargo bench --bench gateway` on {} ({}).\n",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(
+        out,
+        "Machine: {cpu}, {cores} cores, {memory} GiB; the load generator, the gateway (release build, SQLite on disk, `synchronous = FULL`) and the receiver share it. Phases of {} s, concurrency {CONCURRENCY}. The ceiling is a bare axum handler that parses the JSON body and stores nothing, measured in the same run with the same load generator; compare ratios, not absolute numbers, across machines.\n",
+        phase.as_secs()
+    );
+    let _ = writeln!(out, "| measurement | value | notes |\n| --- | ---: | --- |");
+    for row in rows {
+        let _ = writeln!(out, "| {} | {} | {} |", row.name, row.value, row.note);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    std::fs::write(&path, out).unwrap();
+    println!("\nwritten to {}", path.display());
+}
