@@ -10,7 +10,8 @@ use std::{cell::RefCell, collections::HashSet};
 
 use serde_json::{Map, Value};
 
-use super::convert;
+use super::{Direction, Utterance, convert};
+use crate::vendors::Violation;
 
 pub struct Payload<'a> {
     root: &'a Value,
@@ -114,6 +115,46 @@ impl<'a> Payload<'a> {
             }
             _ => Map::new(),
         }
+    }
+
+    /// Whether `pointer` holds an object; an explicit `null` there is consumed (it says
+    /// "none", which leaving the canonical field out says too).
+    pub fn has_object(&self, pointer: &str) -> bool {
+        match self.peek(pointer) {
+            Some(Value::Object(_)) => true,
+            Some(Value::Null) => {
+                self.consume(pointer);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// A direction word (`inbound`, `outgoing`…); consumed only when it maps to a known
+    /// direction, so an unknown word stays in `vendor_extra`.
+    pub fn direction(&self, pointer: &str) -> Direction {
+        let direction = self.peek(pointer).and_then(Value::as_str).map_or(Direction::Unknown, convert::direction);
+        if direction != Direction::Unknown {
+            self.consume(pointer);
+        }
+        direction
+    }
+
+    /// One transcript item at `at`: its speaker under `role_key`, its text under `text_key`.
+    pub fn utterance(
+        &self,
+        at: &str,
+        role_key: &str,
+        text_key: &str,
+        time: Option<String>,
+    ) -> Result<Utterance, Violation> {
+        let field = |key: &str| {
+            let pointer = format!("{at}/{key}");
+            self.str(&pointer).ok_or_else(|| Violation::new(pointer, format!("{key} is missing")))
+        };
+        let role_raw = field(role_key)?;
+        let text = field(text_key)?;
+        Ok(Utterance { role: convert::role(&role_raw), role_raw, text, at: time })
     }
 
     /// Length of an array (0 when absent or not an array), without consuming it.

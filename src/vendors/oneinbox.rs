@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use super::{Context, MapResult, Violation, discriminate};
 use crate::canonical::{
-    Analysis, Details, Draft, End, EndReason, EndedBy, EventType, Mapped, Payload, Status, Utterance, convert,
+    Analysis, Details, Draft, End, EndReason, EndedBy, EventType, Mapped, Payload, Status, convert,
 };
 
 pub const SCHEMAS: &[(&str, &str)] = &[
@@ -99,7 +99,7 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
             let kind =
                 if key == "transcript.partial" { EventType::TranscriptPartial } else { EventType::TranscriptFinal };
             let transcript = (0..p.len("/messages"))
-                .map(|i| utterance(p, &format!("/messages/{i}")))
+                .map(|i| p.utterance(&format!("/messages/{i}"), "role", "content", None))
                 .collect::<Result<Vec<_>, _>>()?;
             p.consume("/messages");
             Draft::new(kind, Details { transcript: Some(transcript), ..Details::default() })
@@ -107,15 +107,6 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         other => return Err(Violation::new("/event", format!("no mapping for {other}"))),
     };
     Ok(Mapped { common, metadata: Default::default(), variables: Default::default(), events: vec![draft] })
-}
-
-/// `{role, content}` message.
-fn utterance(p: &Payload<'_>, at: &str) -> Result<Utterance, Violation> {
-    let role_raw =
-        p.str(&format!("{at}/role")).ok_or_else(|| Violation::new(format!("{at}/role"), "role is missing"))?;
-    let text =
-        p.str(&format!("{at}/content")).ok_or_else(|| Violation::new(format!("{at}/content"), "content is missing"))?;
-    Ok(Utterance { role: convert::role(&role_raw), role_raw, text, at: None })
 }
 
 /// `outcome`, `ai_summary` and `analysis.summary` (the same text twice in OneInbox's

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{Context, MapResult, Violation};
 use crate::canonical::{
-    Details, Draft, End, EndReason, EndedBy, ErrorInfo, EventType, Mapped, Payload, Status, Utterance, Vendor, convert,
+    Details, Draft, End, EndReason, EndedBy, ErrorInfo, EventType, Mapped, Payload, Status, Vendor, convert,
 };
 
 pub const SCHEMAS: &[(&str, &str)] = &[
@@ -32,12 +32,7 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         .ok_or_else(|| Violation::new(format!("{call}/{id_field}"), "call id is missing"))?;
     let mut common = cx.common(key, call_id);
     common.test = p.bool("/is_test").unwrap_or(false);
-    if let Some(raw) = p.peek(&format!("{call}/direction")).and_then(Value::as_str) {
-        common.direction = convert::direction(raw);
-        if common.direction != crate::canonical::Direction::Unknown {
-            p.consume(&format!("{call}/direction"));
-        }
-    }
+    common.direction = p.direction(&format!("{call}/direction"));
     cx.numbers(&mut common, p.str(&format!("{call}/from")), p.str(&format!("{call}/to")));
     let at = p.i64("/timestamp_utc").and_then(convert::from_epoch_s);
     common.occurred_at = at.clone();
@@ -51,14 +46,9 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
             vec![Draft::new(EventType::CallConnected, Details { connected_at: at, ..Details::default() })]
         }
         "transcript" => {
-            let role_raw =
-                p.str("/payload/type").ok_or_else(|| Violation::new("/payload/type", "speaker type is missing"))?;
-            let text = p
-                .str("/payload/transcript")
-                .ok_or_else(|| Violation::new("/payload/transcript", "transcript is missing"))?;
             // `payload.timestamp_utc` is a string of unknown unit ("111111" in the docs): it
             // is not interpreted, and travels in vendor_extra.
-            let utterance = Utterance { role: convert::role(&role_raw), role_raw, text, at: None };
+            let utterance = p.utterance("/payload", "type", "transcript", None)?;
             vec![Draft::new(
                 EventType::TranscriptSegment,
                 Details { transcript: Some(vec![utterance]), ..Details::default() },
@@ -69,16 +59,7 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
             let ended = Details { status: Some(Status::Completed), end: Some(end), ended_at: at, ..Details::default() };
             let mut events = vec![Draft::new(EventType::CallEnded, ended)];
             let transcript = (0..p.len("/payload/transcript"))
-                .map(|i| {
-                    let item = format!("/payload/transcript/{i}");
-                    let role_raw = p
-                        .str(&format!("{item}/type"))
-                        .ok_or_else(|| Violation::new(format!("{item}/type"), "speaker type is missing"))?;
-                    let text = p
-                        .str(&format!("{item}/message"))
-                        .ok_or_else(|| Violation::new(format!("{item}/message"), "message is missing"))?;
-                    Ok(Utterance { role: convert::role(&role_raw), role_raw, text, at: None })
-                })
+                .map(|i| p.utterance(&format!("/payload/transcript/{i}"), "type", "message", None))
                 .collect::<Result<Vec<_>, Violation>>()?;
             if transcript.is_empty() {
                 p.consume("/payload/transcript");

@@ -211,12 +211,7 @@ fn call_common(fmt: &Format, event: &str, root: &str, p: &Payload<'_>, cx: &Cont
     let mut common = cx.common(event, call_id);
     common.vendor_format = Some(fmt.name);
     common.agent_id = p.id(&format!("{root}/{}", fmt.agent_id)).or_else(|| p.id(&format!("{root}/agent_id")));
-    if let Some(raw) = p.peek(&format!("{root}/call_type")).and_then(Value::as_str) {
-        common.direction = convert::direction(raw);
-        if common.direction != crate::canonical::Direction::Unknown {
-            p.consume(&format!("{root}/call_type")); // "web", "api"… stay in vendor_extra
-        }
-    }
+    common.direction = p.direction(&format!("{root}/call_type")); // "web", "api"… stay in vendor_extra
     cx.numbers(&mut common, p.str(&format!("{root}/{}", fmt.from)), p.str(&format!("{root}/{}", fmt.to)));
     Ok(common)
 }
@@ -254,31 +249,20 @@ fn transcript(p: &Payload<'_>, at: &str) -> Result<Option<Vec<Utterance>>, Viola
         }
         _ => {}
     }
-    let items = (0..p.len(at)).map(|i| utterance(p, &format!("{at}/{i}"), None)).collect::<Result<Vec<_>, _>>()?;
+    let items = (0..p.len(at))
+        .map(|i| p.utterance(&format!("{at}/{i}"), "role", "content", None))
+        .collect::<Result<Vec<_>, _>>()?;
     if items.is_empty() {
         p.consume(at);
     }
     Ok(Some(items))
 }
 
-fn utterance(p: &Payload<'_>, at: &str, time: Option<String>) -> Result<Utterance, Violation> {
-    let role_raw =
-        p.str(&format!("{at}/role")).ok_or_else(|| Violation::new(format!("{at}/role"), "role is missing"))?;
-    let text =
-        p.str(&format!("{at}/content")).ok_or_else(|| Violation::new(format!("{at}/content"), "content is missing"))?;
-    Ok(Utterance { role: convert::role(&role_raw), role_raw, text, at: time })
-}
-
 /// `call_analysis {summary, user_sentiment, custom_analysis_data: [{name, value}]}`.
 fn analysis(p: &Payload<'_>) -> Option<Analysis> {
     let root = "/call/call_analysis";
-    match p.peek(root) {
-        Some(Value::Object(_)) => {}
-        Some(Value::Null) => {
-            p.consume(root);
-            return None;
-        }
-        _ => return None,
+    if !p.has_object(root) {
+        return None;
     }
     let summary = p.str(&format!("{root}/summary"));
     let sentiment_raw = p.str(&format!("{root}/user_sentiment"));
@@ -313,13 +297,8 @@ fn analysis(p: &Payload<'_>) -> Option<Analysis> {
 /// `call_cost {total_credits_used, duration_seconds}` → `{amount, unit: "credits", billed_seconds}`.
 fn cost(p: &Payload<'_>) -> Option<Cost> {
     let root = "/call/call_cost";
-    match p.peek(root) {
-        Some(Value::Object(_)) => {}
-        Some(Value::Null) => {
-            p.consume(root);
-            return None;
-        }
-        _ => return None,
+    if !p.has_object(root) {
+        return None;
     }
     let number = |field: &str| {
         let at = format!("{root}/{field}");
@@ -342,7 +321,7 @@ fn mid_call(fmt: &Format, event: &str, p: &Payload<'_>, cx: &Context<'_>) -> Map
         p.i64("/mid_call/occurred_at").or_else(|| p.i64("/mid_call/timestamp")).and_then(convert::from_epoch_ms);
     common.occurred_at = occurred_at.clone();
     let draft = if event == "mid_call.call_message" {
-        let utterance = utterance(p, "/mid_call/event_data", occurred_at)?;
+        let utterance = p.utterance("/mid_call/event_data", "role", "content", occurred_at)?;
         Draft::new(EventType::TranscriptSegment, Details { transcript: Some(vec![utterance]), ..Details::default() })
     } else {
         let node = |side: &str| FlowNode {
