@@ -35,6 +35,9 @@ use crate::{
 const SNIPPET_BYTES: usize = 1024;
 /// Longest idle sleep of a worker; it is woken earlier by new events and finished attempts.
 const MAX_IDLE: Duration = Duration::from_secs(30);
+/// Sleep when the earliest delivery is already due but was not handed out (it became due a
+/// moment ago, or its call's head is in flight).
+const RECHECK: Duration = Duration::from_millis(50);
 /// Bounds applied to a `Retry-After` answer.
 const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(6 * 3600);
@@ -246,11 +249,15 @@ impl Worker {
         }
     }
 
-    /// How long to sleep when nothing more is due: until the next retry falls due, or a
-    /// short while if heads of line are in flight (their completion wakes us anyway).
+    /// How long to sleep when nothing more is due: until the next retry falls due. A time
+    /// already past means a delivery became due since the last look, or is in flight (its
+    /// completion wakes us anyway): look again shortly rather than sleeping long.
     async fn idle_time(&self) -> Duration {
         match self.store.next_due(&self.name).await {
-            Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(1) as u64).min(MAX_IDLE),
+            Ok(Some(at)) => {
+                let wait = at - now_ms();
+                if wait > 0 { Duration::from_millis(wait as u64).min(MAX_IDLE) } else { RECHECK }
+            }
             Ok(None) => MAX_IDLE,
             Err(_) => Duration::from_secs(1),
         }

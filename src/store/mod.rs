@@ -225,7 +225,8 @@ pub trait Store: Send + Sync + 'static {
     async fn due(&self, route: &str, now: Millis, limit: usize, in_flight: &[i64])
     -> Result<Vec<Delivery>, StoreError>;
 
-    /// When the next delivery of `route` falls due, if any is waiting.
+    /// The earliest `next_at` of `route`'s deliveries (possibly already past: due now, or in
+    /// flight), if any is waiting.
     async fn next_due(&self, route: &str) -> Result<Option<Millis>, StoreError>;
 
     /// Records attempt outcomes.

@@ -563,10 +563,8 @@ impl Store for SqliteStore {
 
     async fn next_due(&self, route: &str) -> Result<Option<Millis>, StoreError> {
         let route = route.to_owned();
-        let now = now_ms();
         self.read(move |conn| {
-            conn.prepare_cached("SELECT MIN(next_at) FROM outbox WHERE route = ?1 AND next_at > ?2")?
-                .query_row(params![route, now], |r| r.get(0))
+            conn.prepare_cached("SELECT MIN(next_at) FROM outbox WHERE route = ?1")?.query_row([route], |r| r.get(0))
         })
         .await
     }

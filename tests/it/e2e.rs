@@ -154,7 +154,7 @@ async fn exhausted_deliveries_become_dead_letters() {
     assert_eq!(gateway.metric("callgate_deliveries_total{route=\"down\",outcome=\"dead_letter\"}").await, 1.0);
     assert_eq!(gateway.metric("callgate_deliveries_total{route=\"down\",outcome=\"retry\"}").await, 1.0);
     assert_eq!(receiver.at("/down").len(), 2, "one attempt plus one retry");
-    assert!(gateway.logs().contains("Delivery dead-lettered."), "{}", gateway.logs());
+    gateway.wait_log("Delivery dead-lettered.").await;
 
     // Kept in the store with every attempt.
     let db = rusqlite::Connection::open(dir.path().join("callgate.db")).unwrap();
@@ -457,9 +457,8 @@ async fn admin_listener_moves_operations_off_the_ingress_port_and_logs_can_be_js
         404
     );
     assert_eq!(gateway.post("vox", "nope").await.0, 400);
-    let logs = gateway.logs();
-    let line = logs.lines().find(|l| l.contains("Ingress rejected.")).expect("rejection logged");
-    let json: Value = serde_json::from_str(line).expect("JSON log line");
+    let line = gateway.wait_log("Ingress rejected.").await;
+    let json: Value = serde_json::from_str(&line).expect("JSON log line");
     assert_eq!(json["code"], "invalid_json");
     assert_eq!(json["status"], 400);
 }

@@ -192,7 +192,7 @@ async fn retry_after_is_honoured_and_410_pauses_the_route_until_resumed() {
     assert_eq!(limited[0].json()["id"], limited[1].json()["id"]);
 
     gateway.wait_metric("callgate_route_paused{route=\"gone\"}", 1.0).await;
-    assert!(gateway.logs().contains("410 Gone"), "{}", gateway.logs());
+    gateway.wait_log("410 Gone").await;
     assert_eq!(gateway.post("vox", fixture("vox/doc-mid_call-call_message.json")).await.0, 200);
     assert_eq!(gateway.metric("callgate_delivery_backlog{route=\"gone\"}").await, 2.0, "kept, not dead-lettered");
     assert_eq!(receiver.at("/gone").len(), 1, "nothing more is sent to a paused route");
@@ -426,7 +426,7 @@ async fn duplicates_are_detected_within_the_window_and_old_records_are_pruned() 
         assert!(std::time::Instant::now() < deadline, "never pruned: {answer}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(gateway.logs().contains("Pruned old records."), "{}", gateway.logs());
+    gateway.wait_log("Pruned old records.").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

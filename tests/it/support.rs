@@ -352,6 +352,19 @@ impl Gateway {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until the gateway has logged a line containing `needle` (logs arrive through a
+    /// pipe, a moment after the response that caused them), and returns that line.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.logs().lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no log line with `{needle}`:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.lock().unwrap().as_ref().expect("running").id()
     }

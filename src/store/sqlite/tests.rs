@@ -73,9 +73,10 @@ async fn due_returns_one_head_per_subject_oldest_first_and_skips_in_flight() {
         })
         .unwrap();
     assert_eq!(follower_next, later, "the follower is never due before its head");
-    assert_eq!(store.next_due("r").await.unwrap(), Some(later));
+    assert_eq!(store.next_due("r").await.unwrap(), Some(now - 10_000), "b1 is due");
     let b1 = store.due("r", now, 1, &[]).await.unwrap()[0].id;
     store.complete(vec![Outcome::Delivered { id: b1, recovered: false }]).await.unwrap();
+    assert_eq!(store.next_due("r").await.unwrap(), Some(later), "only the retried call waits");
     let retried = store.due("r", later, 10, &[]).await.unwrap();
     assert_eq!(retried.len(), 1);
     assert_eq!((retried[0].event_id.as_str(), retried[0].attempts), ("a1", 1));
