@@ -217,6 +217,8 @@ pub struct RouteConfig {
     pub url: reqwest::Url,
     /// Glob patterns over canonical types (`call.*`, `transcript.final`).
     pub events: Vec<String>,
+    /// `events`, compiled once.
+    patterns: Vec<wildmatch::WildMatch>,
     /// Sources whose events this route receives; `None` = all.
     pub sources: Option<Vec<String>>,
     /// Deliver events the vendor marked as test (Salpre `is_test`).
@@ -238,7 +240,7 @@ impl RouteConfig {
         self.enabled
             && (self.include_test || !test)
             && self.sources.as_ref().is_none_or(|s| s.iter().any(|s| s == source))
-            && self.events.iter().any(|pattern| wildmatch::WildMatch::new(pattern).matches(kind))
+            && self.patterns.iter().any(|pattern| pattern.matches(kind))
     }
 }
 
@@ -768,6 +770,7 @@ impl RawRoute {
         }
         Some(RouteConfig {
             url: url?,
+            patterns: self.events.iter().map(|p| wildmatch::WildMatch::new(p)).collect(),
             events: self.events,
             sources: self.sources,
             include_test: self.include_test,

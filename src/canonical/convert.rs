@@ -65,13 +65,21 @@ pub fn id_string(value: &Value) -> Option<String> {
 /// with the source's region. Extensions and unparseable values give `None`.
 pub fn e164(raw: Option<&str>, region: Option<country::Id>) -> Option<String> {
     let raw = raw?.trim();
+    // Only digits and the usual separators: letters (vanity numbers, extensions such as
+    // "ext. 12") would make the parser guess.
+    if !raw.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c)) {
+        return None;
+    }
     let digits = raw.chars().filter(char::is_ascii_digit).count();
     if digits < 7 {
         return None; // PBX extensions ("100") are never phone numbers.
     }
     let region = if raw.starts_with('+') { None } else { Some(region?) };
     let number = phonenumber::parse(region, raw).ok()?;
-    phonenumber::is_valid(&number).then(|| number.format().mode(Mode::E164).to_string())
+    let e164 = number.format().mode(Mode::E164).to_string();
+    // E.164 allows at most 15 digits, whatever the metadata says.
+    let plausible = e164.len() <= 16 && e164.chars().skip(1).all(|c| c.is_ascii_digit());
+    (phonenumber::is_valid(&number) && plausible).then_some(e164)
 }
 
 /// Transcript roles: OneInbox and vox `agent`/`user`, Salpre `ai`/`customer`.
@@ -136,5 +144,6 @@ mod tests {
         assert_eq!(e164(Some("100"), Some(country::Id::UZ)), None);
         assert_eq!(e164(Some("999995998"), Some(country::Id::UZ)).as_deref(), Some("+998999995998"));
         assert_eq!(e164(None, kr), None);
+        assert_eq!(e164(Some("+82300GYKR2345677"), None), None, "letters are never guessed into digits");
     }
 }
