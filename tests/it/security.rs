@@ -257,7 +257,7 @@ async fn hostile_requests_get_4xx_and_the_gateway_stays_healthy() {
     let dir = temp_dir();
     let config = base_config(dir.path()).replace(
         "shutdown_grace = \"5s\"",
-        "shutdown_grace = \"5s\"\nheader_read_timeout = \"300ms\"\nrequest_timeout = \"3s\"\nmax_header_bytes = 8192\nmax_concurrent_requests = 2",
+        "shutdown_grace = \"5s\"\nheader_read_timeout = \"1s\"\nrequest_timeout = \"4s\"\nmax_header_bytes = 8192\nmax_concurrent_requests = 2",
     );
     let gateway = Gateway::start(dir.path(), &config).await;
     let addr = gateway.addr;
