@@ -74,6 +74,14 @@ pub fn e164(raw: Option<&str>, region: Option<country::Id>) -> Option<String> {
     if digits < 7 {
         return None; // PBX extensions ("100") are never phone numbers.
     }
+    // Already E.164: nothing to derive (and no parsing, which is costly).
+    if raw.starts_with('+')
+        && (8..=16).contains(&raw.len())
+        && raw[1..].bytes().all(|b| b.is_ascii_digit())
+        && !raw[1..].starts_with('0')
+    {
+        return Some(raw.to_owned());
+    }
     let region = if raw.starts_with('+') { None } else { Some(region?) };
     let number = phonenumber::parse(region, raw).ok()?;
     let e164 = number.format().mode(Mode::E164).to_string();

@@ -331,12 +331,13 @@ impl Mapped {
         let subject = format!("{}:{}", common.vendor, common.call_id);
         let time = common.occurred_at.clone().unwrap_or_else(|| common.received_at.clone());
         let source = format!("/callgate/sources/{}", common.source);
+        let digest_hex = hex::encode(body_digest);
         events
             .into_iter()
             .enumerate()
             .map(|(index, draft)| CloudEvent {
                 specversion: "1.0",
-                id: event_id(&common.source, body_digest, index),
+                id: event_id(&common.source, &digest_hex, index),
                 source: source.clone(),
                 kind: draft.kind,
                 subject: subject.clone(),
@@ -355,11 +356,11 @@ impl Mapped {
 }
 
 /// `ce_` + 32 hex digits of SHA-256(source ‖ "\n" ‖ hex(SHA-256(body)) ‖ "\n" ‖ index).
-pub fn event_id(source: &str, body_digest: &[u8; 32], index: usize) -> String {
+pub fn event_id(source: &str, digest_hex: &str, index: usize) -> String {
     let mut hasher = Sha256::new();
     hasher.update(source.as_bytes());
     hasher.update(b"\n");
-    hasher.update(hex::encode(body_digest).as_bytes());
+    hasher.update(digest_hex.as_bytes());
     hasher.update(b"\n");
     hasher.update(index.to_string().as_bytes());
     let digest = hasher.finalize();

@@ -6,7 +6,7 @@
 //! `data.vendor_extra`. An adapter that cannot represent a value faithfully simply does not
 //! consume it, and the raw value travels in `vendor_extra` instead.
 
-use std::{cell::RefCell, collections::HashSet};
+use std::{cell::RefCell, collections::BTreeSet, fmt::Write as _};
 
 use serde_json::{Map, Value};
 
@@ -16,14 +16,13 @@ use crate::vendors::Violation;
 pub struct Payload<'a> {
     root: &'a Value,
     /// JSON pointers of consumed values (a consumed value is consumed with all it contains).
-    used: RefCell<HashSet<String>>,
-    /// Every strict ancestor of a consumed pointer: containers that are only partly consumed.
-    partial: RefCell<HashSet<String>>,
+    /// Ordered, so that "is anything below this container consumed?" is one range lookup.
+    used: RefCell<BTreeSet<String>>,
 }
 
 impl<'a> Payload<'a> {
     pub fn new(root: &'a Value) -> Self {
-        Payload { root, used: RefCell::default(), partial: RefCell::default() }
+        Payload { root, used: RefCell::default() }
     }
 
     pub fn root(&self) -> &'a Value {
@@ -37,16 +36,10 @@ impl<'a> Payload<'a> {
 
     /// Marks a pointer as mapped, whether or not it exists.
     pub fn consume(&self, pointer: &str) {
-        let mut partial = self.partial.borrow_mut();
-        let mut end = pointer.len();
-        while let Some(slash) = pointer[..end].rfind('/') {
-            if slash == 0 {
-                break;
-            }
-            partial.insert(pointer[..slash].to_owned());
-            end = slash;
+        let mut used = self.used.borrow_mut();
+        if !used.contains(pointer) {
+            used.insert(pointer.to_owned());
         }
-        self.used.borrow_mut().insert(pointer.to_owned());
     }
 
     /// Reads and consumes a value; JSON `null` reads as `None` (and is consumed: it says
@@ -166,38 +159,53 @@ impl<'a> Payload<'a> {
     /// partly consumed are left out.
     pub fn residual(&self) -> Map<String, Value> {
         let used = self.used.borrow();
-        let partial = self.partial.borrow();
-        match residual(self.root, "", &used, &partial) {
+        let mut pointer = String::new();
+        match residual(self.root, &mut pointer, &used) {
             Some(Value::Object(map)) => map,
             _ => Map::new(),
         }
     }
 }
 
-fn residual(value: &Value, pointer: &str, used: &HashSet<String>, partial: &HashSet<String>) -> Option<Value> {
-    if !pointer.is_empty() && used.contains(pointer) {
-        return None;
+/// What is left of `value` (at `pointer`) once the consumed pointers are taken out.
+/// `pointer` is a reused buffer: each level appends its token and truncates it again.
+fn residual(value: &Value, pointer: &mut String, used: &BTreeSet<String>) -> Option<Value> {
+    if !pointer.is_empty() {
+        if used.contains(pointer.as_str()) {
+            return None;
+        }
+        // Is anything below this value consumed? The first used pointer after "{pointer}/"
+        // in order starts with that prefix exactly when one is.
+        pointer.push('/');
+        let after = (std::ops::Bound::Included(pointer.as_str()), std::ops::Bound::Unbounded);
+        let partly = used.range::<str, _>(after).next().is_some_and(|p| p.starts_with(pointer.as_str()));
+        pointer.pop();
+        if !partly {
+            return Some(value.clone());
+        }
     }
-    if !pointer.is_empty() && !partial.contains(pointer) {
-        return Some(value.clone());
-    }
+    let len = pointer.len();
     match value {
         Value::Object(map) => {
             let mut out = Map::new();
             for (key, child) in map {
-                let child_pointer = format!("{pointer}/{}", escape(key));
-                if let Some(rest) = residual(child, &child_pointer, used, partial) {
+                pointer.push('/');
+                pointer.push_str(&escape(key));
+                if let Some(rest) = residual(child, pointer, used) {
                     out.insert(key.clone(), rest);
                 }
+                pointer.truncate(len);
             }
             (!out.is_empty()).then_some(Value::Object(out))
         }
         Value::Array(items) => {
-            let rest: Vec<Value> = items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| residual(item, &format!("{pointer}/{i}"), used, partial).unwrap_or(Value::Null))
-                .collect();
+            let mut rest = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                pointer.push('/');
+                let _ = write!(pointer, "{i}");
+                rest.push(residual(item, pointer, used).unwrap_or(Value::Null));
+                pointer.truncate(len);
+            }
             // Positions matter in an array, so a partly consumed array keeps its length and
             // shows consumed items as null; an array with nothing left disappears.
             rest.iter().any(|v| !v.is_null()).then_some(Value::Array(rest))
@@ -207,8 +215,8 @@ fn residual(value: &Value, pointer: &str, used: &HashSet<String>, partial: &Hash
 }
 
 /// RFC 6901 escaping of one reference token.
-pub fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+pub fn escape(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.contains(['~', '/']) { key.replace('~', "~0").replace('/', "~1").into() } else { key.into() }
 }
 
 #[cfg(test)]
