@@ -120,12 +120,25 @@ fn ceiling() -> Server {
     Server::spawn(command)
 }
 
-/// Request bodies: every vendor's documented examples, each made unique per request by an
-/// extra top-level field (vendors add fields; callgate carries it in `vendor_extra`), so that
-/// duplicate detection never short-cuts the work.
+/// Request bodies: every vendor's documented examples, each given its own call id per
+/// request, so that every request is a new call (duplicate detection never short-cuts the
+/// work, and per-call ordering never serialises deliveries that real traffic would not).
 struct Corpus {
     templates: Vec<(String, Vec<u8>)>,
 }
+
+/// Where each vendor keeps the call id (Salpre's is an integer).
+const CALL_ID_POINTERS: &[&str] = &[
+    "/call_id",
+    "/call/call_id",
+    "/mid_call/call_id",
+    "/payload/call_id",
+    "/payload/call/id",
+    "/data/call/id",
+    "/data/call_first/id",
+    "/data/call_history/call_id",
+    "/sms/message_id",
+];
 
 impl Corpus {
     fn mixed() -> Corpus {
@@ -167,10 +180,17 @@ impl Corpus {
     /// The n-th request: (path, body).
     fn request(&self, n: u64) -> (String, Vec<u8>) {
         let (source, template) = &self.templates[n as usize % self.templates.len()];
-        let mut body = template.clone();
-        body.pop(); // the closing brace of the top-level object
-        body.extend_from_slice(format!(",\"bench_seq\":{n}}}").as_bytes());
-        (format!("/v1/ingest/{source}"), body)
+        let mut value: Value = serde_json::from_slice(template).unwrap();
+        for pointer in CALL_ID_POINTERS {
+            if let Some(id) = value.pointer_mut(pointer) {
+                *id = match id {
+                    Value::Number(_) => Value::from(n),
+                    Value::String(s) => Value::from(format!("{s}-{n}")),
+                    _ => continue,
+                };
+            }
+        }
+        (format!("/v1/ingest/{source}"), serde_json::to_vec(&value).unwrap())
     }
 }
 

@@ -114,9 +114,13 @@ trait Job: Send {
     fn run(&mut self, tx: &Savepoint<'_>, delta: &mut Delta) -> bool;
     /// Reports the result once the batch committed (or failed to).
     fn finish(self: Box<Self>, commit: &Result<(), String>);
+    /// Whether the commit must reach the disk before `finish` (an acknowledged payload),
+    /// or may ride on the next fsync (delivery bookkeeping: losing it repeats a delivery).
+    fn durable(&self) -> bool;
 }
 
 struct TypedJob<T, F> {
+    durable: bool,
     work: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -135,6 +139,10 @@ where
         let ok = result.is_ok();
         self.result = Some(result);
         ok
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
     }
 
     fn finish(self: Box<Self>, commit: &Result<(), String>) {
@@ -185,14 +193,23 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `work` in the writer's next transaction and returns its result once committed.
+    /// Runs `work` in the writer's next transaction and returns its result once committed
+    /// and synced to disk.
     async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Savepoint<'_>, &mut Delta) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(true, work).await
+    }
+
+    async fn submit<T, F>(&self, durable: bool, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Savepoint<'_>, &mut Delta) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(TypedJob { work: Some(work), result: None, reply });
+        let job: Box<dyn Job> = Box::new(TypedJob { durable, work: Some(work), result: None, reply });
         self.writer.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -301,12 +318,23 @@ impl Delta {
 
 /// The writer thread: one transaction per batch of queued jobs.
 fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, counts: Arc<Mutex<Counts>>) {
+    let mut synchronous_full = true;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
+            }
+        }
+        // A batch of delivery bookkeeping only commits without its own fsync (WAL with
+        // synchronous=NORMAL); the next durable commit syncs it along, since the WAL is
+        // written in order. A crash in between can only repeat deliveries.
+        let durable = batch.iter().any(|job| job.durable());
+        if durable != synchronous_full {
+            let mode = if durable { "FULL" } else { "NORMAL" };
+            if conn.pragma_update(None, "synchronous", mode).is_ok() {
+                synchronous_full = durable;
             }
         }
         let mut delta = Delta::default();
@@ -570,7 +598,7 @@ impl Store for SqliteStore {
     }
 
     async fn complete(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
-        self.write(move |tx, delta| complete_all(tx, &outcomes, delta)).await
+        self.submit(false, move |tx, delta| complete_all(tx, &outcomes, delta)).await
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
