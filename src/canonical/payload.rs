@@ -31,7 +31,7 @@ impl<'a> Payload<'a> {
 
     /// Looks a value up without consuming it.
     pub fn peek(&self, pointer: &str) -> Option<&'a Value> {
-        self.root.pointer(pointer)
+        lookup(self.root, pointer)
     }
 
     /// Marks a pointer as mapped, whether or not it exists.
@@ -46,7 +46,7 @@ impl<'a> Payload<'a> {
     /// "unknown", which the canonical field says too).
     pub fn get(&self, pointer: &str) -> Option<&'a Value> {
         self.consume(pointer);
-        self.root.pointer(pointer).filter(|v| !v.is_null())
+        self.peek(pointer).filter(|v| !v.is_null())
     }
 
     pub fn str(&self, pointer: &str) -> Option<String> {
@@ -212,6 +212,24 @@ fn residual(value: &Value, pointer: &mut String, used: &BTreeSet<String>) -> Opt
         }
         other => Some(other.clone()),
     }
+}
+
+/// `Value::pointer` without its two allocations per token (it unescapes every token, even
+/// those with nothing to unescape): this runs for every field every adapter reads.
+fn lookup<'v>(root: &'v Value, pointer: &str) -> Option<&'v Value> {
+    if pointer.is_empty() {
+        return Some(root);
+    }
+    let rest = pointer.strip_prefix('/')?;
+    rest.split('/').try_fold(root, |value, token| {
+        let token: std::borrow::Cow<'_, str> =
+            if token.contains('~') { token.replace("~1", "/").replace("~0", "~").into() } else { token.into() };
+        match value {
+            Value::Object(map) => map.get(token.as_ref()),
+            Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        }
+    })
 }
 
 /// RFC 6901 escaping of one reference token.
