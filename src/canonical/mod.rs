@@ -8,7 +8,7 @@
 pub mod convert;
 pub mod payload;
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -165,15 +165,16 @@ pub struct CloudEvent {
 }
 
 /// `data` of a canonical event: the facts common to the payload, then the event's own.
+/// The parts every event of a payload shares are shared, not copied, between them.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventData {
     #[serde(flatten)]
-    pub common: Common,
+    pub common: Arc<Common>,
     #[serde(flatten)]
     pub details: Details,
-    pub metadata: Map<String, Value>,
-    pub variables: Map<String, Value>,
-    pub vendor_extra: Map<String, Value>,
+    pub metadata: Arc<Map<String, Value>>,
+    pub variables: Arc<Map<String, Value>>,
+    pub vendor_extra: Arc<Map<String, Value>>,
 }
 
 /// Fields every event made from one payload shares (`canonical.md` §4, first table).
@@ -328,10 +329,12 @@ impl Mapped {
     /// body, so ids are a pure function of (source, body, position) and survive redelivery.
     pub fn finish(self, body_digest: &[u8; 32], vendor_extra: Map<String, Value>) -> Vec<CloudEvent> {
         let Mapped { common, metadata, variables, events } = self;
+        let (metadata, variables, vendor_extra) = (Arc::new(metadata), Arc::new(variables), Arc::new(vendor_extra));
         let subject = format!("{}:{}", common.vendor, common.call_id);
         let time = common.occurred_at.clone().unwrap_or_else(|| common.received_at.clone());
         let source = format!("/callgate/sources/{}", common.source);
         let digest_hex = hex::encode(body_digest);
+        let common = Arc::new(common);
         events
             .into_iter()
             .enumerate()
