@@ -212,7 +212,7 @@ pub enum HmacEncoding {
 }
 
 /// `[routes.NAME]`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouteConfig {
     pub url: reqwest::Url,
     /// Glob patterns over canonical types (`call.*`, `transcript.final`).
@@ -232,6 +232,33 @@ pub struct RouteConfig {
     pub signing_secrets: Vec<Secret>,
     /// Delays before retry 1, 2, …; after the last, the delivery is dead-lettered.
     pub retry_schedule: Vec<Duration>,
+}
+
+impl fmt::Debug for RouteConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteConfig")
+            .field("url", &redact_url(&self.url))
+            .field("events", &self.events)
+            .field("sources", &self.sources)
+            .field("include_test", &self.include_test)
+            .field("enabled", &self.enabled)
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers)
+            .field("signing_secrets", &self.signing_secrets)
+            .field("retry_schedule", &self.retry_schedule)
+            .finish()
+    }
+}
+
+/// A URL without credentials or query (either may carry a secret), for display.
+pub fn redact_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    if shown.query().is_some() {
+        shown.set_query(Some("redacted"));
+    }
+    shown.to_string()
 }
 
 impl RouteConfig {

@@ -383,7 +383,7 @@ fn check(path: PathBuf) -> ExitCode {
             out,
             "  {name:<12} {} {}\n    events [{}], sources [{sources}], include_test {}, timeout {}, signed {}\n    headers [{}]\n    retry [{}] then dead letter",
             if route.enabled { "enabled " } else { "DISABLED" },
-            redact_url(&route.url),
+            config::redact_url(&route.url),
             route.events.join(", "),
             route.include_test,
             humantime::format_duration(route.timeout),
@@ -397,17 +397,6 @@ fn check(path: PathBuf) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
-}
-
-/// A URL without credentials or query (either may carry a secret).
-fn redact_url(url: &reqwest::Url) -> String {
-    let mut shown = url.clone();
-    let _ = shown.set_password(None);
-    let _ = shown.set_username("");
-    if shown.query().is_some() {
-        shown.set_query(Some("redacted"));
-    }
-    shown.to_string()
 }
 
 fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file: &str) -> ExitCode {

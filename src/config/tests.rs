@@ -73,13 +73,15 @@ fn missing_environment_variables_are_named() {
 fn environment_variables_are_substituted_and_secrets_never_shown() {
     let config = load(
         "[sources.s]\nvendor = \"salpre\"\nauth = { type = \"bearer\", token = \"${TOKEN}\" }\n\
-         [routes.r]\nurl = \"http://x\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\nsigning_secret = \"${SECRET}\"\n",
+         [routes.r]\nurl = \"http://user:pw-in-url@x/?token=tok-in-query\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\nsigning_secret = \"${SECRET}\"\n",
     );
     assert_eq!(config.sources["s"].auth, Auth::Bearer { token: Secret::new("t0k") });
     let event = serde_json::json!({});
     assert_eq!(config.routes["r"].headers[0].1.render(&event), "Bearer t0k");
     let shown = format!("{config:?}");
-    assert!(!shown.contains("t0k") && !shown.contains("MfKQ9r8"), "{shown}");
+    for secret in ["t0k", "MfKQ9r8", "pw-in-url", "tok-in-query"] {
+        assert!(!shown.contains(secret), "`{secret}` in {shown}");
+    }
 }
 
 #[test]
