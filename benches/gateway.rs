@@ -68,7 +68,7 @@ struct Server {
 
 impl Server {
     fn spawn(mut command: Command) -> Server {
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start server");
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start server"); // errors show
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let line = lines.find_map(|l| l.ok().filter(|l| l.starts_with("callgate listening"))).expect("listening line");

@@ -404,9 +404,10 @@ impl Environment for ProcessEnv {
 impl Config {
     /// Loads `path` merged with `CALLGATE_*` variables from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let figment = Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(Env::prefixed("CALLGATE_").split("__").ignore(&["config"]));
+        // Only `CALLGATE_<SECTION>__<KEY>` variables are configuration; others with the prefix
+        // (`CALLGATE_CONFIG`, `CALLGATE_ADMIN_TOKEN` for the CLI…) are not keys.
+        let env = Env::prefixed("CALLGATE_").filter(|key| key.as_str().contains("__")).split("__");
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
         Self::from_figment(path, &figment, &ProcessEnv)
     }
 

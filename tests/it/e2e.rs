@@ -491,7 +491,9 @@ async fn environment_variables_override_the_file() {
     let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = blocker.local_addr().unwrap();
     let config = base_config(dir.path()).replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{taken}\""));
-    let gateway = Gateway::start_with_env(dir.path(), &config, &[("CALLGATE_SERVER__LISTEN", "127.0.0.1:0")]).await;
+    let env =
+        [("CALLGATE_SERVER__LISTEN", "127.0.0.1:0"), ("CALLGATE_ADMIN_TOKEN", "for-the-cli"), ("CALLGATE_OTHER", "x")];
+    let gateway = Gateway::start_with_env(dir.path(), &config, &env).await;
     assert_ne!(gateway.addr, taken);
     assert_eq!(gateway.http.get(gateway.url("/healthz")).send().await.unwrap().status(), 200);
 }
