@@ -198,6 +198,8 @@ impl Corpus {
 #[derive(Default, Clone)]
 struct Load {
     ok: u64,
+    /// Canonical events the gateway said it accepted (`accepted` of each 200).
+    events: u64,
     errors: u64,
     seconds: f64,
     latencies_us: Vec<u64>,
@@ -228,20 +230,17 @@ async fn connect(addr: SocketAddr) -> Sender {
     sender
 }
 
-async fn send(sender: &mut Sender, addr: SocketAddr, path: &str, body: Vec<u8>) -> bool {
+/// Sends one request; the number of events accepted when the answer is 200.
+async fn send(sender: &mut Sender, addr: SocketAddr, path: &str, body: Vec<u8>) -> Option<u64> {
     let request = Request::post(path)
         .header("host", addr.to_string())
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .unwrap();
-    match sender.send_request(request).await {
-        Ok(response) => {
-            let ok = response.status() == 200;
-            let _ = response.into_body().collect().await;
-            ok
-        }
-        Err(_) => false,
-    }
+    let response = sender.send_request(request).await.ok()?;
+    let ok = response.status() == 200;
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    ok.then(|| serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["accepted"].as_u64()).unwrap_or(0))
 }
 
 /// Closed loop: `CONCURRENCY` connections, each sending its next request as soon as the
@@ -257,8 +256,9 @@ async fn closed_loop(addr: SocketAddr, corpus: Arc<Corpus>, duration: Duration, 
             while !stop.load(Ordering::Relaxed) {
                 let (path, body) = corpus.request(seq.fetch_add(1, Ordering::Relaxed));
                 let started = Instant::now();
-                if send(&mut sender, addr, &path, body).await {
+                if let Some(events) = send(&mut sender, addr, &path, body).await {
                     load.ok += 1;
+                    load.events += events;
                     load.latencies_us.push(started.elapsed().as_micros() as u64);
                 } else {
                     load.errors += 1;
@@ -275,6 +275,7 @@ async fn closed_loop(addr: SocketAddr, corpus: Arc<Corpus>, duration: Duration, 
     while let Some(load) = tasks.join_next().await {
         let load = load.unwrap();
         total.ok += load.ok;
+        total.events += load.events;
         total.errors += load.errors;
         total.latencies_us.extend(load.latencies_us);
     }
@@ -295,8 +296,9 @@ async fn open_loop(addr: SocketAddr, corpus: Arc<Corpus>, rate: u64, duration: D
             let mut load = Load::default();
             while let Ok(scheduled) = recv(&rx).await {
                 let (path, body) = corpus.request(seq.fetch_add(1, Ordering::Relaxed));
-                if send(&mut sender, addr, &path, body).await {
+                if let Some(events) = send(&mut sender, addr, &path, body).await {
                     load.ok += 1;
+                    load.events += events;
                     load.latencies_us.push(scheduled.elapsed().as_micros() as u64);
                 } else {
                     load.errors += 1;
@@ -323,6 +325,7 @@ async fn open_loop(addr: SocketAddr, corpus: Arc<Corpus>, rate: u64, duration: D
     while let Some(load) = tasks.join_next().await {
         let load = load.unwrap();
         total.ok += load.ok;
+        total.events += load.events;
         total.errors += load.errors;
         total.latencies_us.extend(load.latencies_us);
     }
@@ -534,7 +537,7 @@ async fn run(phase: Duration) {
                 Some(rate) => open_loop(gw.addr, mixed.clone(), rate, phase, seq.clone()).await,
             };
             let delivered_in_window = sink.count.load(Ordering::Relaxed);
-            let expected = (load.ok as f64 * per_payload).round() as u64 * routes as u64;
+            let expected = load.events * routes as u64;
             let drain_started = Instant::now();
             while sink.count.load(Ordering::Relaxed) < expected && drain_started.elapsed() < Duration::from_secs(120) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -542,7 +545,7 @@ async fn run(phase: Duration) {
             let drained = sink.count.load(Ordering::Relaxed);
             peak_rss = peak_rss.max(gw.peak_rss_kib());
             drop(gw);
-            let accepted_events = load.ok as f64 * per_payload * routes as f64 / load.seconds;
+            let accepted_events = expected as f64 / load.seconds;
             let delivered = delivered_in_window as f64 / load.seconds;
             let delays = sink.delays_us.lock().unwrap().clone();
             let mode = match offered {

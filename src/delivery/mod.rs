@@ -200,7 +200,10 @@ impl Worker {
             let limit = if self.handle.failing.load(Ordering::Relaxed) >= PROBE_AFTER { 1 } else { self.concurrency };
             let free = limit.saturating_sub(in_flight.len());
             let mut idle_for = MAX_IDLE;
-            if free > 0 && !paused && !self.stop.is_cancelled() {
+            // Refill in batches: asking the store for one delivery per completion would cost a
+            // query per delivery under load.
+            let worth_asking = free > 0 && (in_flight.is_empty() || free >= limit.div_ceil(4));
+            if worth_asking && !paused && !self.stop.is_cancelled() {
                 let skip: Vec<i64> = in_flight.iter().copied().collect();
                 match self.store.due(&self.name, now_ms(), free, &skip).await {
                     Ok(due) => {
@@ -229,7 +232,7 @@ impl Worker {
             if self.stop.is_cancelled() && attempts.is_empty() {
                 return;
             }
-            if idle_for.is_zero() && in_flight.len() < limit {
+            if idle_for.is_zero() && worth_asking && in_flight.len() < limit {
                 continue;
             }
             tokio::select! {

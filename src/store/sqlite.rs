@@ -497,10 +497,11 @@ fn set_paused(tx: &Savepoint<'_>, route: &str, reason: Option<&str>, now: Millis
 }
 
 /// Heads of line due now: walks the `(route, next_at)` index in due order and keeps the
-/// oldest undelivered delivery of each subject.
+/// oldest undelivered delivery of each subject. Bodies are fetched separately, only for the
+/// rows handed out (the in-flight rows this query also meets are skipped cheaply).
 const DUE: &str = "
-SELECT o.id, e.id, o.subject, o.attempts, e.body
-  FROM outbox o JOIN events e ON e.seq = o.event_seq
+SELECT o.id, o.event_seq, o.subject, o.attempts
+  FROM outbox o
  WHERE o.route = ?1 AND o.next_at <= ?2
    AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.route = ?1 AND p.subject = o.subject AND p.id < o.id)
  ORDER BY o.next_at, o.id
@@ -565,26 +566,26 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(DUE)?;
             let rows = stmt.query_map(params![route, now, (limit + skip.len()) as i64], |r| {
-                Ok(Delivery {
-                    id: r.get(0)?,
-                    route: route.clone(),
-                    event_id: r.get(1)?,
-                    subject: r.get(2)?,
-                    attempts: r.get::<_, i64>(3)? as u32,
-                    json: r.get(4)?,
-                })
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
             })?;
-            let mut out = Vec::new();
+            let mut chosen = Vec::new();
             for row in rows {
-                let delivery = row?;
-                if !skip.contains(&delivery.id) {
-                    out.push(delivery);
-                    if out.len() == limit {
+                let row = row?;
+                if !skip.contains(&row.0) {
+                    chosen.push(row);
+                    if chosen.len() == limit {
                         break;
                     }
                 }
             }
-            Ok(out)
+            let mut body = conn.prepare_cached("SELECT id, body FROM events WHERE seq = ?1")?;
+            chosen
+                .into_iter()
+                .map(|(id, seq, subject, attempts)| {
+                    let (event_id, json) = body.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    Ok(Delivery { id, route: route.clone(), event_id, subject, attempts: attempts as u32, json })
+                })
+                .collect()
         })
         .await
     }
