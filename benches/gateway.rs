@@ -457,6 +457,9 @@ async fn run(phase: Duration) {
         mixed.mean_size()
     );
 
+    if std::env::var_os("CALLGATE_BENCH_E2E_ONLY").is_some() {
+        return e2e_only(phase, mixed, seq).await;
+    }
     // 1. The ceiling.
     let ceiling_server = ceiling();
     let base = closed_loop(ceiling_server.addr, mixed.clone(), phase, seq.clone()).await;
@@ -537,6 +540,8 @@ async fn run(phase: Duration) {
                 Some(rate) => open_loop(gw.addr, mixed.clone(), rate, phase, seq.clone()).await,
             };
             let delivered_in_window = sink.count.load(Ordering::Relaxed);
+            let wal = std::fs::metadata(dir.path().join("bench.db-wal")).map_or(0, |m| m.len());
+            println!("  (WAL after the load: {:.1} MB)", wal as f64 / 1e6);
             let expected = load.events * routes as u64;
             let drain_started = Instant::now();
             while sink.count.load(Ordering::Relaxed) < expected && drain_started.elapsed() < Duration::from_secs(120) {
@@ -625,4 +630,22 @@ fn write_report(rows: &[Row], phase: Duration) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
     std::fs::write(&path, out).unwrap();
     println!("\nwritten to {}", path.display());
+}
+
+/// Debugging aid: only the 10-route open-loop phase.
+async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
+    let (sink_addr, sink) = start_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path(), 10, Some(sink_addr));
+    let load = open_loop(gw.addr, mixed.clone(), 1000, phase, seq.clone()).await;
+    let wal = std::fs::metadata(dir.path().join("bench.db-wal")).map_or(0, |m| m.len());
+    println!(
+        "accepted {} payloads in {:.1}s, p50 {:.1} ms p99 {:.1} ms, delivered {}, WAL {:.1} MB",
+        load.ok,
+        load.seconds,
+        load.percentile_ms(0.5),
+        load.percentile_ms(0.99),
+        sink.count.load(Ordering::Relaxed),
+        wal as f64 / 1e6
+    );
 }
