@@ -35,6 +35,9 @@ fn main() {
     if args.iter().any(|a| a == "--ceiling") {
         return ceiling_server();
     }
+    if args.iter().any(|a| a == "--sink") {
+        return sink_server();
+    }
     let quick = std::env::var_os("CALLGATE_BENCH_QUICK").is_some();
     let phase = Duration::from_secs(if quick { 3 } else { 10 });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -344,36 +347,82 @@ async fn recv(rx: &Rx) -> Result<Instant, ()> {
     rx.lock().await.recv().await.ok_or(())
 }
 
-/// A fast downstream: answers 200 at once and records, per request, the delay from the
-/// gateway's `received_at` to arrival (both read from this machine's clock).
+/// A fast downstream, in its own process (so it does not share the load generator's
+/// runtime): answers 200 at once and records, per request, the delay from the gateway's
+/// `received_at` to arrival (both read from this machine's clock). `GET /__stats` reports.
 #[derive(Clone, Default)]
-struct Sink {
+struct SinkState {
     count: Arc<AtomicU64>,
     delays_us: Arc<Mutex<Vec<u64>>>,
 }
 
-async fn start_sink() -> (SocketAddr, Sink) {
-    let sink = Sink::default();
-    let state = sink.clone();
-    let app = Router::new().fallback(move |body: Bytes| {
-        let state = state.clone();
-        async move {
-            let now = chrono::Utc::now();
-            if let Ok(event) = serde_json::from_slice::<Value>(&body)
-                && let Some(at) =
-                    event["data"]["received_at"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            {
-                let delay = (now - at.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0).max(0) as u64;
-                state.delays_us.lock().unwrap().push(delay);
-            }
-            state.count.fetch_add(1, Ordering::Relaxed);
-            "ok"
-        }
+fn sink_server() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let state = SinkState::default();
+        let stats = state.clone();
+        let app = Router::new()
+            .route(
+                "/__stats",
+                axum::routing::get(move || {
+                    let stats = stats.clone();
+                    async move {
+                        let delays = stats.delays_us.lock().unwrap().clone();
+                        axum::Json(
+                            serde_json::json!({"count": stats.count.load(Ordering::Relaxed), "delays_us": delays}),
+                        )
+                    }
+                }),
+            )
+            .fallback(move |body: Bytes| {
+                let state = state.clone();
+                async move {
+                    let now = chrono::Utc::now();
+                    if let Ok(event) = serde_json::from_slice::<Value>(&body)
+                        && let Some(at) = event["data"]["received_at"]
+                            .as_str()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    {
+                        let delay =
+                            (now - at.with_timezone(&chrono::Utc)).num_microseconds().unwrap_or(0).max(0) as u64;
+                        state.delays_us.lock().unwrap().push(delay);
+                    }
+                    state.count.fetch_add(1, Ordering::Relaxed);
+                    "ok"
+                }
+            });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("callgate listening ingress={}", listener.local_addr().unwrap());
+        axum::serve(listener, app).await.unwrap();
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, sink)
+}
+
+struct Sink {
+    server: Server,
+    http: reqwest::Client,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command.arg("--sink");
+        Sink { server: Server::spawn(command), http: reqwest::Client::builder().no_proxy().build().unwrap() }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    async fn stats(&self) -> (u64, Vec<u64>) {
+        let v: Value =
+            self.http.get(format!("http://{}/__stats", self.addr())).send().await.unwrap().json().await.unwrap();
+        let delays = v["delays_us"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+        (v["count"].as_u64().unwrap(), delays)
+    }
+
+    async fn count(&self) -> u64 {
+        self.stats().await.0
+    }
 }
 
 fn percentile(values: &[u64], p: f64) -> f64 {
@@ -532,27 +581,26 @@ async fn run(phase: Duration) {
     // sustainable offered rate (open loop), where delivery must keep up.
     for routes in [1usize, 10] {
         for offered in [None, Some(1000u64)] {
-            let (sink_addr, sink) = start_sink().await;
+            let sink = Sink::start();
             let dir = tempfile::tempdir().unwrap();
-            let gw = gateway(dir.path(), routes, Some(sink_addr));
+            let gw = gateway(dir.path(), routes, Some(sink.addr()));
             let load = match offered {
                 None => closed_loop(gw.addr, mixed.clone(), phase, seq.clone()).await,
                 Some(rate) => open_loop(gw.addr, mixed.clone(), rate, phase, seq.clone()).await,
             };
-            let delivered_in_window = sink.count.load(Ordering::Relaxed);
+            let delivered_in_window = sink.count().await;
             let wal = std::fs::metadata(dir.path().join("bench.db-wal")).map_or(0, |m| m.len());
             println!("  (WAL after the load: {:.1} MB)", wal as f64 / 1e6);
             let expected = load.events * routes as u64;
             let drain_started = Instant::now();
-            while sink.count.load(Ordering::Relaxed) < expected && drain_started.elapsed() < Duration::from_secs(120) {
+            while sink.count().await < expected && drain_started.elapsed() < Duration::from_secs(120) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let drained = sink.count.load(Ordering::Relaxed);
+            let (drained, delays) = sink.stats().await;
             peak_rss = peak_rss.max(gw.peak_rss_kib());
             drop(gw);
             let accepted_events = expected as f64 / load.seconds;
             let delivered = delivered_in_window as f64 / load.seconds;
-            let delays = sink.delays_us.lock().unwrap().clone();
             let mode = match offered {
                 None => "saturated, c=64".to_owned(),
                 Some(rate) => format!("{rate} payloads/s offered"),
@@ -634,9 +682,9 @@ fn write_report(rows: &[Row], phase: Duration) {
 
 /// Debugging aid: only the 10-route open-loop phase.
 async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
-    let (sink_addr, sink) = start_sink().await;
+    let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(dir.path(), 10, Some(sink_addr));
+    let gw = gateway(dir.path(), 10, Some(sink.addr()));
     let load = open_loop(gw.addr, mixed.clone(), 1000, phase, seq.clone()).await;
     let wal = std::fs::metadata(dir.path().join("bench.db-wal")).map_or(0, |m| m.len());
     println!(
@@ -645,7 +693,7 @@ async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
         load.seconds,
         load.percentile_ms(0.5),
         load.percentile_ms(0.99),
-        sink.count.load(Ordering::Relaxed),
+        sink.count().await,
         wal as f64 / 1e6
     );
 }
