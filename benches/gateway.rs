@@ -684,8 +684,13 @@ fn write_report(rows: &[Row], phase: Duration) {
 async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(dir.path(), 10, Some(sink.addr()));
-    let load = open_loop(gw.addr, mixed.clone(), 1000, phase, seq.clone()).await;
+    let saturated = std::env::var("CALLGATE_BENCH_E2E_ONLY").is_ok_and(|v| v == "saturated");
+    let gw = gateway(dir.path(), if saturated { 1 } else { 10 }, Some(sink.addr()));
+    let load = if saturated {
+        closed_loop(gw.addr, mixed.clone(), phase, seq.clone()).await
+    } else {
+        open_loop(gw.addr, mixed.clone(), 1000, phase, seq.clone()).await
+    };
     let wal = std::fs::metadata(dir.path().join("bench.db-wal")).map_or(0, |m| m.len());
     println!(
         "accepted {} payloads in {:.1}s, p50 {:.1} ms p99 {:.1} ms, delivered {}, WAL {:.1} MB",

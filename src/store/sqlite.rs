@@ -57,6 +57,8 @@ CREATE TABLE outbox (
     next_at   INTEGER NOT NULL
 );
 CREATE INDEX outbox_due ON outbox (route, next_at, id);
+-- Per-call lookups go through this index: the planner, left alone, answers
+-- MAX(next_at) for one call by walking `outbox_due`, i.e. the whole route's backlog.
 CREATE INDEX outbox_subject ON outbox (route, subject, id);
 CREATE INDEX outbox_event ON outbox (event_seq);
 CREATE TABLE dead_letters (
@@ -387,7 +389,7 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
             // Never due before an earlier event of the same call on this route.
             tx.prepare_cached(
                 "INSERT INTO outbox (event_seq, route, subject, next_at)
-                 VALUES (?1, ?2, ?3, MAX(?4, COALESCE((SELECT MAX(next_at) FROM outbox WHERE route = ?2 AND subject = ?3), 0)))",
+                 VALUES (?1, ?2, ?3, MAX(?4, COALESCE((SELECT MAX(next_at) FROM outbox INDEXED BY outbox_subject WHERE route = ?2 AND subject = ?3), 0)))",
             )?
             .execute(params![seq, route, event.subject, ingest.received_at])?;
             delta.backlog(route, 1);
@@ -424,7 +426,7 @@ fn complete_all(tx: &Savepoint<'_>, outcomes: &[Outcome], delta: &mut Delta) -> 
                 if let Some((n, route, subject)) = row {
                     // Keep the call's later events behind this one.
                     tx.prepare_cached(
-                        "UPDATE outbox SET next_at = ?4 WHERE route = ?1 AND subject = ?2 AND id > ?3 AND next_at < ?4",
+                        "UPDATE outbox INDEXED BY outbox_subject SET next_at = ?4 WHERE route = ?1 AND subject = ?2 AND id > ?3 AND next_at < ?4",
                     )?
                     .execute(params![route, subject, id, next_at])?;
                     record_attempt(tx, *id, n, attempt)?;
@@ -470,7 +472,7 @@ fn complete_all(tx: &Savepoint<'_>, outcomes: &[Outcome], delta: &mut Delta) -> 
 /// After the head of a call's queue left it, the next events no longer wait for its retries.
 fn release_followers(tx: &Savepoint<'_>, route: &str, subject: &str, now: Millis) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "UPDATE outbox SET next_at = ?3 WHERE route = ?1 AND subject = ?2 AND next_at > ?3 AND attempts = 0",
+        "UPDATE outbox INDEXED BY outbox_subject SET next_at = ?3 WHERE route = ?1 AND subject = ?2 AND next_at > ?3 AND attempts = 0",
     )?
     .execute(params![route, subject, now])?;
     Ok(())
@@ -503,7 +505,7 @@ const DUE: &str = "
 SELECT o.id, o.event_seq, o.subject, o.attempts
   FROM outbox o
  WHERE o.route = ?1 AND o.next_at <= ?2
-   AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.route = ?1 AND p.subject = o.subject AND p.id < o.id)
+   AND NOT EXISTS (SELECT 1 FROM outbox p INDEXED BY outbox_subject WHERE p.route = ?1 AND p.subject = o.subject AND p.id < o.id)
  ORDER BY o.next_at, o.id
  LIMIT ?3";
 
