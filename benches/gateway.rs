@@ -684,8 +684,14 @@ fn write_report(rows: &[Row], phase: Duration) {
 async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
-    let saturated = std::env::var("CALLGATE_BENCH_E2E_ONLY").is_ok_and(|v| v == "saturated");
-    let gw = gateway(dir.path(), if saturated { 1 } else { 10 }, Some(sink.addr()));
+    let mode = std::env::var("CALLGATE_BENCH_E2E_ONLY").unwrap_or_default();
+    let saturated = mode == "saturated" || mode == "ingest";
+    let routes = match mode.as_str() {
+        "ingest" => 0,
+        "saturated" => 1,
+        _ => 10,
+    };
+    let gw = gateway(dir.path(), routes, Some(sink.addr()));
     let load = if saturated {
         closed_loop(gw.addr, mixed.clone(), phase, seq.clone()).await
     } else {
