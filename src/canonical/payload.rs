@@ -25,10 +25,6 @@ impl<'a> Payload<'a> {
         Payload { root, used: RefCell::default() }
     }
 
-    pub fn root(&self) -> &'a Value {
-        self.root
-    }
-
     /// Looks a value up without consuming it.
     pub fn peek(&self, pointer: &str) -> Option<&'a Value> {
         lookup(self.root, pointer)
@@ -40,13 +36,6 @@ impl<'a> Payload<'a> {
         if !used.contains(pointer) {
             used.insert(pointer.to_owned());
         }
-    }
-
-    /// Reads and consumes a value; JSON `null` reads as `None` (and is consumed: it says
-    /// "unknown", which the canonical field says too).
-    pub fn get(&self, pointer: &str) -> Option<&'a Value> {
-        self.consume(pointer);
-        self.peek(pointer).filter(|v| !v.is_null())
     }
 
     pub fn str(&self, pointer: &str) -> Option<String> {

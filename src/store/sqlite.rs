@@ -191,10 +191,6 @@ impl SqliteStore {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Runs `work` in the writer's next transaction and returns its result once committed
     /// and synced to disk.
     async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
