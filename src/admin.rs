@@ -10,16 +10,16 @@ use std::{collections::BTreeSet, sync::Arc};
 use axum::{
     Json, Router,
     extract::{Path, Query, Request, State},
-    http::{StatusCode, header::AUTHORIZATION},
+    http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use crate::{
+    auth,
     ingress::{self, IngressError, error_response},
     server::App,
     store::{Filter, Millis, StoreError, now_ms},
@@ -84,9 +84,7 @@ impl IntoResponse for AdminError {
 
 async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let Some(token) = &app.config.admin.token else { return AdminError::Disabled.into_response() };
-    let given = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes()).and_then(|v| v.strip_prefix(b"Bearer "));
-    let ok = given.is_some_and(|g| g.len() == token.expose().len() && bool::from(g.ct_eq(token.expose().as_bytes())));
-    if !ok {
+    if !auth::bearer_matches(request.headers(), token) {
         return AdminError::Unauthorized.into_response();
     }
     next.run(request).await

@@ -7,7 +7,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::config::{Auth, HmacEncoding};
+use crate::config::{Auth, HmacEncoding, Secret};
 
 /// Whether a request satisfies a source's authentication.
 pub fn check(auth: &Auth, headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> bool {
@@ -17,9 +17,7 @@ pub fn check(auth: &Auth, headers: &HeaderMap, query: Option<&str>, body: &[u8])
             query_param(query, name).is_some_and(|given| eq(given.as_bytes(), value.expose().as_bytes()))
         }
         Auth::Header { name, value } => header(headers, name).is_some_and(|given| eq(given, value.expose().as_bytes())),
-        Auth::Bearer { token } => header(headers, AUTHORIZATION.as_str())
-            .and_then(|v| strip_scheme(v, b"bearer "))
-            .is_some_and(|given| eq(given.trim_ascii(), token.expose().as_bytes())),
+        Auth::Bearer { token } => bearer_matches(headers, token),
         Auth::Basic { username, password } => header(headers, AUTHORIZATION.as_str())
             .and_then(|v| strip_scheme(v, b"basic "))
             .and_then(|b64| STANDARD.decode(b64.trim_ascii()).ok())
@@ -47,6 +45,13 @@ pub fn check(auth: &Auth, headers: &HeaderMap, query: Option<&str>, body: &[u8])
     }
 }
 
+/// Whether `Authorization: Bearer <token>` carries `token` (also the admin API's check).
+pub fn bearer_matches(headers: &HeaderMap, token: &Secret) -> bool {
+    header(headers, AUTHORIZATION.as_str())
+        .and_then(|v| strip_scheme(v, b"bearer "))
+        .is_some_and(|given| eq(given.trim_ascii(), token.expose().as_bytes()))
+}
+
 fn eq(a: &[u8], b: &[u8]) -> bool {
     // Length is not secret-dependent in a way an attacker can exploit beyond what a constant
     // time compare of equal-length inputs hides; unequal lengths fail.
@@ -71,7 +76,6 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     use super::*;
-    use crate::config::Secret;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
