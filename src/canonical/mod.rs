@@ -310,7 +310,12 @@ pub struct Draft {
 }
 
 impl Draft {
-    pub fn new(kind: EventType, details: Details) -> Self {
+    pub fn new(kind: EventType, mut details: Details) -> Self {
+        // `call.analyzed` promises an analysis: when the vendor sent neither analysis nor
+        // cost, it is present with nothing known rather than missing.
+        if kind == EventType::CallAnalyzed && details.analysis.is_none() && details.cost.is_none() {
+            details.analysis = Some(Analysis::empty());
+        }
         Draft { kind, details }
     }
 }

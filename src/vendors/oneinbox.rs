@@ -70,11 +70,7 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                 },
             )
         }
-        "call.analyzed" => {
-            // The event promises an analysis: present, with nulls where OneInbox sent nothing.
-            let analysis = analysis(p).unwrap_or_else(Analysis::empty);
-            Draft::new(EventType::CallAnalyzed, Details { analysis: Some(analysis), ..Details::default() })
-        }
+        "call.analyzed" => Draft::new(EventType::CallAnalyzed, Details { analysis: analysis(p), ..Details::default() }),
         "call.failed" => {
             let reason_raw = p.str("/reason");
             let (reason, status) = reason_raw

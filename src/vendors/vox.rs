@@ -188,10 +188,7 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         }
         "call_analyzed" => {
             common.occurred_at = occurred_at;
-            let (analysis, cost) = (analysis(p), cost(p));
-            // The event promises an analysis: present, with nulls, when vox sent neither part.
-            let analysis = if analysis.is_none() && cost.is_none() { Some(Analysis::empty()) } else { analysis };
-            let details = Details { analysis, cost, ..Details::default() };
+            let details = Details { analysis: analysis(p), cost: cost(p), ..Details::default() };
             vec![Draft::new(EventType::CallAnalyzed, details)]
         }
         other => {
