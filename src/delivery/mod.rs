@@ -283,15 +283,18 @@ async fn attempt(
     handle: Arc<RouteHandle>,
     name: String,
     store: Arc<dyn Store>,
-    d: Delivery,
+    mut d: Delivery,
 ) -> (i64, Verdict) {
     let started = Instant::now();
     let at = now_ms();
+    let headers = route.headers(&d);
+    // The body is sent once; only its id and subject are needed afterwards.
+    let body = std::mem::take(&mut d.json);
     let result = client
         .post(route.config.url.clone())
         .timeout(route.config.timeout)
-        .headers(route.headers(&d))
-        .body(d.json.clone())
+        .headers(headers)
+        .body(body)
         .send()
         .await;
     let (status, error, response, retry_after) = match result {
