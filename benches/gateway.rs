@@ -209,6 +209,29 @@ struct Load {
 }
 
 impl Load {
+    /// Counts one answer (`Some(events)` for a 200); false when the connection must be renewed.
+    fn record(&mut self, answer: Option<u64>, latency: Duration) -> bool {
+        match answer {
+            Some(events) => {
+                self.ok += 1;
+                self.events += events;
+                self.latencies_us.push(latency.as_micros() as u64);
+                true
+            }
+            None => {
+                self.errors += 1;
+                false
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Load) {
+        self.ok += other.ok;
+        self.events += other.events;
+        self.errors += other.errors;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
     fn rate(&self) -> f64 {
         self.ok as f64 / self.seconds
     }
@@ -259,12 +282,8 @@ async fn closed_loop(addr: SocketAddr, corpus: Arc<Corpus>, duration: Duration, 
             while !stop.load(Ordering::Relaxed) {
                 let (path, body) = corpus.request(seq.fetch_add(1, Ordering::Relaxed));
                 let started = Instant::now();
-                if let Some(events) = send(&mut sender, addr, &path, body).await {
-                    load.ok += 1;
-                    load.events += events;
-                    load.latencies_us.push(started.elapsed().as_micros() as u64);
-                } else {
-                    load.errors += 1;
+                let answer = send(&mut sender, addr, &path, body).await;
+                if !load.record(answer, started.elapsed()) {
                     sender = connect(addr).await;
                 }
             }
@@ -276,11 +295,7 @@ async fn closed_loop(addr: SocketAddr, corpus: Arc<Corpus>, duration: Duration, 
     stop.store(true, Ordering::Relaxed);
     let mut total = Load::default();
     while let Some(load) = tasks.join_next().await {
-        let load = load.unwrap();
-        total.ok += load.ok;
-        total.events += load.events;
-        total.errors += load.errors;
-        total.latencies_us.extend(load.latencies_us);
+        total.merge(load.unwrap());
     }
     total.seconds = started.elapsed().as_secs_f64();
     total
@@ -299,12 +314,8 @@ async fn open_loop(addr: SocketAddr, corpus: Arc<Corpus>, rate: u64, duration: D
             let mut load = Load::default();
             while let Ok(scheduled) = recv(&rx).await {
                 let (path, body) = corpus.request(seq.fetch_add(1, Ordering::Relaxed));
-                if let Some(events) = send(&mut sender, addr, &path, body).await {
-                    load.ok += 1;
-                    load.events += events;
-                    load.latencies_us.push(scheduled.elapsed().as_micros() as u64);
-                } else {
-                    load.errors += 1;
+                let answer = send(&mut sender, addr, &path, body).await;
+                if !load.record(answer, scheduled.elapsed()) {
                     sender = connect(addr).await;
                 }
             }
@@ -326,11 +337,7 @@ async fn open_loop(addr: SocketAddr, corpus: Arc<Corpus>, rate: u64, duration: D
     drop(tx);
     let mut total = Load::default();
     while let Some(load) = tasks.join_next().await {
-        let load = load.unwrap();
-        total.ok += load.ok;
-        total.events += load.events;
-        total.errors += load.errors;
-        total.latencies_us.extend(load.latencies_us);
+        total.merge(load.unwrap());
     }
     total.seconds = started.elapsed().as_secs_f64();
     total

@@ -290,13 +290,8 @@ async fn attempt(
     let headers = route.headers(&d);
     // The body is sent once; only its id and subject are needed afterwards.
     let body = std::mem::take(&mut d.json);
-    let result = client
-        .post(route.config.url.clone())
-        .timeout(route.config.timeout)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
+    let result =
+        client.post(route.config.url.clone()).timeout(route.config.timeout).headers(headers).body(body).send().await;
     let (status, error, response, retry_after) = match result {
         Ok(resp) if resp.status().is_success() => (Some(resp.status()), None, None, None),
         Ok(resp) => {

@@ -90,6 +90,10 @@ fn secret_env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+async fn code(request: reqwest::RequestBuilder) -> u16 {
+    request.send().await.unwrap().status().as_u16()
+}
+
 fn hmac(body: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(HMAC_SECRET.as_bytes()).unwrap();
     mac.update(body);
@@ -132,84 +136,35 @@ async fn every_auth_type_accepts_the_right_secret_and_rejects_missing_wrong_or_t
     let vox = fixture("vox/doc-call_started.json");
     let oneinbox = fixture("oneinbox/doc-call.analyzed.json");
 
-    let status = |r: reqwest::Response| r.status().as_u16();
     // query
-    assert_eq!(
-        status(post(&format!("/v1/ingest/q?secret={QUERY_SECRET}")).body(utel.clone()).send().await.unwrap()),
-        200
-    );
-    assert_eq!(status(post("/v1/ingest/q").body(utel.clone()).send().await.unwrap()), 401);
-    assert_eq!(status(post("/v1/ingest/q?secret=nope").body(utel.clone()).send().await.unwrap()), 401);
+    let q = format!("/v1/ingest/q?secret={QUERY_SECRET}");
+    assert_eq!(code(post(&q).body(utel.clone())).await, 200);
+    assert_eq!(code(post("/v1/ingest/q").body(utel.clone())).await, 401);
+    assert_eq!(code(post("/v1/ingest/q?secret=nope").body(utel.clone())).await, 401);
     // header
-    assert_eq!(
-        status(post("/v1/ingest/h").header("X-Salpre-Key", HEADER_SECRET).body(salpre.clone()).send().await.unwrap()),
-        200
-    );
-    assert_eq!(status(post("/v1/ingest/h").body(salpre.clone()).send().await.unwrap()), 401);
-    assert_eq!(
-        status(post("/v1/ingest/h").header("X-Salpre-Key", "h-secret-91bd").body(salpre.clone()).send().await.unwrap()),
-        401
-    );
+    let h = "X-Salpre-Key";
+    assert_eq!(code(post("/v1/ingest/h").header(h, HEADER_SECRET).body(salpre.clone())).await, 200);
+    assert_eq!(code(post("/v1/ingest/h").body(salpre.clone())).await, 401);
+    assert_eq!(code(post("/v1/ingest/h").header(h, "h-secret-91bd").body(salpre.clone())).await, 401);
     // bearer
-    assert_eq!(status(post("/v1/ingest/b").bearer_auth(BEARER_SECRET).body(vox.clone()).send().await.unwrap()), 200);
-    assert_eq!(status(post("/v1/ingest/b").body(vox.clone()).send().await.unwrap()), 401);
-    assert_eq!(status(post("/v1/ingest/b").bearer_auth("b-secret").body(vox.clone()).send().await.unwrap()), 401);
+    assert_eq!(code(post("/v1/ingest/b").bearer_auth(BEARER_SECRET).body(vox.clone())).await, 200);
+    assert_eq!(code(post("/v1/ingest/b").body(vox.clone())).await, 401);
+    assert_eq!(code(post("/v1/ingest/b").bearer_auth("b-secret").body(vox.clone())).await, 401);
     // basic
-    assert_eq!(
-        status(
-            post("/v1/ingest/p").basic_auth("vendor", Some(BASIC_SECRET)).body(oneinbox.clone()).send().await.unwrap()
-        ),
-        200
-    );
-    assert_eq!(status(post("/v1/ingest/p").body(oneinbox.clone()).send().await.unwrap()), 401);
-    assert_eq!(
-        status(
-            post("/v1/ingest/p").basic_auth("other", Some(BASIC_SECRET)).body(oneinbox.clone()).send().await.unwrap()
-        ),
-        401
-    );
+    let p = "/v1/ingest/p";
+    assert_eq!(code(post(p).basic_auth("vendor", Some(BASIC_SECRET)).body(oneinbox.clone())).await, 200);
+    assert_eq!(code(post(p).body(oneinbox.clone())).await, 401);
+    assert_eq!(code(post(p).basic_auth("other", Some(BASIC_SECRET)).body(oneinbox.clone())).await, 401);
     // hmac, hex and base64; a tampered body fails
     let sig = hmac(&oneinbox);
-    assert_eq!(
-        status(
-            post("/v1/ingest/mhex")
-                .header("X-Signature", hex::encode(&sig))
-                .body(oneinbox.clone())
-                .send()
-                .await
-                .unwrap()
-        ),
-        200
-    );
-    assert_eq!(
-        status(
-            post("/v1/ingest/mb64")
-                .header("X-Signature", STANDARD.encode(&sig))
-                .body(oneinbox.clone())
-                .send()
-                .await
-                .unwrap()
-        ),
-        200
-    );
+    let signed = |path: &str, signature: String, body: Vec<u8>| post(path).header("X-Signature", signature).body(body);
+    assert_eq!(code(signed("/v1/ingest/mhex", hex::encode(&sig), oneinbox.clone())).await, 200);
+    assert_eq!(code(signed("/v1/ingest/mb64", STANDARD.encode(&sig), oneinbox.clone())).await, 200);
     let mut tampered = oneinbox.clone();
     tampered.extend_from_slice(b" ");
-    assert_eq!(
-        status(post("/v1/ingest/mhex").header("X-Signature", hex::encode(&sig)).body(tampered).send().await.unwrap()),
-        401
-    );
-    assert_eq!(status(post("/v1/ingest/mhex").body(oneinbox.clone()).send().await.unwrap()), 401);
-    assert_eq!(
-        status(
-            post("/v1/ingest/mb64")
-                .header("X-Signature", hex::encode(&sig))
-                .body(oneinbox.clone())
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
+    assert_eq!(code(signed("/v1/ingest/mhex", hex::encode(&sig), tampered)).await, 401);
+    assert_eq!(code(post("/v1/ingest/mhex").body(oneinbox.clone())).await, 401);
+    assert_eq!(code(signed("/v1/ingest/mb64", hex::encode(&sig), oneinbox.clone())).await, 401);
 
     let m = gateway.metrics().await;
     for (source, vendor, n) in [
