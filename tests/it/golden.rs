@@ -7,7 +7,7 @@
 use std::{fs, path::PathBuf};
 
 use callgate::{
-    canonical::Vendor,
+    canonical::{Vendor, convert},
     vendors::{self, Origin},
 };
 use chrono::{DateTime, Utc};
@@ -159,9 +159,13 @@ fn nothing_a_vendor_sent_is_lost() {
             // Discriminators reappear inside `vendor_event` ("mid_call.call_message").
             let in_vendor_event =
                 output.contains(&format!("\"vendor_event\":\"{value}.")) || output.contains(&format!(".{value}\""));
-            let is_time = value.parse::<i64>().is_ok_and(|n| n > 1_000_000_000)
-                || chrono::DateTime::parse_from_rfc3339(&value).is_ok()
-                || chrono::NaiveDateTime::parse_from_str(&value, "%Y-%m-%d %H:%M:%S").is_ok();
+            // A time must reappear converted (epoch ms or s, ISO, or Utel's local time).
+            let converted: Vec<Option<String>> = match value.parse::<i64>() {
+                Ok(n) if n > 1_000_000_000 => vec![convert::from_epoch_ms(n), convert::from_epoch_s(n)],
+                Ok(_) => vec![],
+                Err(_) => vec![convert::from_iso(&value), convert::from_local(&value, 5)],
+            };
+            let is_time = converted.iter().flatten().any(|t| output.contains(&format!("\"{t}\"")));
             let seconds = value.parse::<i64>().is_ok_and(|n| output.contains(&format!(":{}", n * 1000)));
             if !(copied || in_vendor_event || is_time || seconds || REPRESENTED.contains(&value.as_str())) {
                 missing.push(format!("{}: {value}", path.display()));
