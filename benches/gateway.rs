@@ -687,20 +687,24 @@ fn write_report(rows: &[Row], phase: Duration) {
     println!("\nwritten to {}", path.display());
 }
 
-/// Debugging aid: only the 10-route open-loop phase.
+/// Debugging aid: one phase, chosen by `CALLGATE_BENCH_E2E_ONLY`: `ingest` (saturated, no
+/// routes), `paced` (2,000 payloads/s, no routes), `saturated` (1 route), else 10 routes at
+/// 1,000 payloads/s.
 async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
     let mode = std::env::var("CALLGATE_BENCH_E2E_ONLY").unwrap_or_default();
     let saturated = mode == "saturated" || mode == "ingest";
     let routes = match mode.as_str() {
-        "ingest" => 0,
+        "ingest" | "paced" => 0,
         "saturated" => 1,
         _ => 10,
     };
     let gw = gateway(dir.path(), routes, Some(sink.addr()));
     let load = if saturated {
         closed_loop(gw.addr, mixed.clone(), phase, seq.clone()).await
+    } else if mode == "paced" {
+        open_loop(gw.addr, mixed.clone(), 2000, phase, seq.clone()).await
     } else {
         open_loop(gw.addr, mixed.clone(), 1000, phase, seq.clone()).await
     };

@@ -204,3 +204,39 @@ async fn the_database_is_in_wal_mode_and_migrated() {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!((mode.as_str(), version), ("wal", MIGRATIONS.len() as i64));
 }
+
+#[tokio::test]
+async fn a_database_from_an_older_version_is_migrated_with_its_pending_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        // As the first release left it: schema 1, one accepted payload waiting for delivery.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO payloads (id, source, digest, received_at, body, event_ids)
+                  VALUES (1, 'vox', x'00', 1000, x'7b7d', '[\"old\"]');
+             INSERT INTO events (seq, id, payload_id, type, subject, body)
+                  VALUES (7, 'old', 1, 'call.ended', 'call-a', '{\"id\":\"old\"}');
+             INSERT INTO outbox (event_seq, route, subject, next_at) VALUES (7, 'r', 'call-a', 1000);",
+        )
+        .unwrap();
+    }
+    let store = open(&dir);
+    let due = store.due("r", now_ms(), 10, &[]).await.unwrap();
+    assert_eq!(due.len(), 1, "the waiting delivery survived the migration");
+    assert_eq!((due[0].event_id.as_str(), due[0].json.as_str()), ("old", "{\"id\":\"old\"}"));
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    let unique_id_indexes: i64 = conn
+        .query_row("SELECT COUNT(*) FROM pragma_index_list('events') WHERE \"unique\" = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(unique_id_indexes, 0, "event ids no longer carry a unique index");
+    // New work still flows, and a duplicate body is still recognised.
+    let first = store.ingest(ingest("vox", "new", &[("n1", "call-b", &["r"])])).await.unwrap();
+    assert_eq!(first, IngestOutcome::Accepted(vec!["n1".into()]));
+    let again = store.ingest(ingest("vox", "new", &[("n1", "call-b", &["r"])])).await.unwrap();
+    assert_eq!(again, IngestOutcome::Duplicate(vec!["n1".into()]));
+}
