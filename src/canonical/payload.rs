@@ -6,7 +6,7 @@
 //! `data.vendor_extra`. An adapter that cannot represent a value faithfully simply does not
 //! consume it, and the raw value travels in `vendor_extra` instead.
 
-use std::{cell::RefCell, collections::BTreeSet, fmt::Write as _};
+use std::cell::RefCell;
 
 use serde_json::{Map, Value};
 
@@ -15,9 +15,10 @@ use crate::vendors::Violation;
 
 pub struct Payload<'a> {
     root: &'a Value,
-    /// JSON pointers of consumed values (a consumed value is consumed with all it contains).
-    /// Ordered, so that "is anything below this container consumed?" is one range lookup.
-    used: RefCell<BTreeSet<String>>,
+    /// Addresses of the consumed values inside `root` (a consumed value is consumed with all
+    /// it contains). `root` is borrowed, unchanged, for the view's whole life, so an address
+    /// names one value; that makes marking a value one push, with no path string to build.
+    used: RefCell<Vec<*const Value>>,
 }
 
 impl<'a> Payload<'a> {
@@ -30,22 +31,29 @@ impl<'a> Payload<'a> {
         lookup(self.root, pointer)
     }
 
-    /// Marks a pointer as mapped, whether or not it exists.
+    /// Marks the value at a pointer as mapped (nothing to do when it does not exist).
     pub fn consume(&self, pointer: &str) {
-        let mut used = self.used.borrow_mut();
-        if !used.contains(pointer) {
-            used.insert(pointer.to_owned());
+        if let Some(value) = self.peek(pointer) {
+            self.mark(value);
         }
     }
 
+    fn mark(&self, value: &'a Value) {
+        self.used.borrow_mut().push(value);
+    }
+
     pub fn str(&self, pointer: &str) -> Option<String> {
-        match self.peek(pointer)? {
+        self.str_at(self.peek(pointer)?)
+    }
+
+    fn str_at(&self, value: &'a Value) -> Option<String> {
+        match value {
             Value::String(s) => {
-                self.consume(pointer);
+                self.mark(value);
                 Some(s.clone())
             }
             Value::Null => {
-                self.consume(pointer);
+                self.mark(value);
                 None
             }
             _ => None,
@@ -57,7 +65,7 @@ impl<'a> Payload<'a> {
         let value = self.peek(pointer)?;
         let id = convert::id_string(value);
         if id.is_some() || value.is_null() {
-            self.consume(pointer);
+            self.mark(value);
         }
         id
     }
@@ -66,12 +74,12 @@ impl<'a> Payload<'a> {
         let value = self.peek(pointer)?;
         match value.as_i64() {
             Some(n) => {
-                self.consume(pointer);
+                self.mark(value);
                 Some(n)
             }
             None => {
                 if value.is_null() {
-                    self.consume(pointer);
+                    self.mark(value);
                 }
                 None
             }
@@ -79,20 +87,21 @@ impl<'a> Payload<'a> {
     }
 
     pub fn bool(&self, pointer: &str) -> Option<bool> {
-        let b = self.peek(pointer)?.as_bool()?;
-        self.consume(pointer);
+        let value = self.peek(pointer)?;
+        let b = value.as_bool()?;
+        self.mark(value);
         Some(b)
     }
 
     /// An object copied whole (vox `metadata`, `dynamic_variables`); absent or null is `{}`.
     pub fn object(&self, pointer: &str) -> Map<String, Value> {
         match self.peek(pointer) {
-            Some(Value::Object(map)) => {
-                self.consume(pointer);
+            Some(value @ Value::Object(map)) => {
+                self.mark(value);
                 map.clone()
             }
-            Some(Value::Null) => {
-                self.consume(pointer);
+            Some(value @ Value::Null) => {
+                self.mark(value);
                 Map::new()
             }
             _ => Map::new(),
@@ -104,8 +113,8 @@ impl<'a> Payload<'a> {
     pub fn has_object(&self, pointer: &str) -> bool {
         match self.peek(pointer) {
             Some(Value::Object(_)) => true,
-            Some(Value::Null) => {
-                self.consume(pointer);
+            Some(value @ Value::Null) => {
+                self.mark(value);
                 false
             }
             _ => false,
@@ -115,9 +124,10 @@ impl<'a> Payload<'a> {
     /// A direction word (`inbound`, `outgoing`…); consumed only when it maps to a known
     /// direction, so an unknown word stays in `vendor_extra`.
     pub fn direction(&self, pointer: &str) -> Direction {
-        let direction = self.peek(pointer).and_then(Value::as_str).map_or(Direction::Unknown, convert::direction);
+        let Some(value) = self.peek(pointer) else { return Direction::Unknown };
+        let direction = value.as_str().map_or(Direction::Unknown, convert::direction);
         if direction != Direction::Unknown {
-            self.consume(pointer);
+            self.mark(value);
         }
         direction
     }
@@ -130,9 +140,11 @@ impl<'a> Payload<'a> {
         text_key: &str,
         time: Option<String>,
     ) -> Result<Utterance, Violation> {
+        let item = self.peek(at);
         let field = |key: &str| {
-            let pointer = format!("{at}/{key}");
-            self.str(&pointer).ok_or_else(|| Violation::new(pointer, format!("{key} is missing")))
+            item.and_then(|item| item.get(key))
+                .and_then(|value| self.str_at(value))
+                .ok_or_else(|| Violation::new(format!("{at}/{key}"), format!("{key} is missing")))
         };
         let role_raw = field(role_key)?;
         let text = field(text_key)?;
@@ -147,59 +159,71 @@ impl<'a> Payload<'a> {
     /// Everything not consumed, with original names and nesting; empty containers that were
     /// partly consumed are left out.
     pub fn residual(&self) -> Map<String, Value> {
-        let used = self.used.borrow();
-        let mut pointer = String::new();
-        match residual(self.root, &mut pointer, &used) {
-            Some(Value::Object(map)) => map,
-            _ => Map::new(),
+        let mut used = self.used.borrow().clone();
+        used.sort_unstable();
+        used.dedup();
+        match rest(self.root, &used) {
+            Rest::Whole => self.root.as_object().cloned().unwrap_or_default(),
+            Rest::Part(Value::Object(map)) => map,
+            Rest::Part(_) | Rest::Gone => Map::new(),
         }
     }
 }
 
-/// What is left of `value` (at `pointer`) once the consumed pointers are taken out.
-/// `pointer` is a reused buffer: each level appends its token and truncates it again.
-fn residual(value: &Value, pointer: &mut String, used: &BTreeSet<String>) -> Option<Value> {
-    if !pointer.is_empty() {
-        if used.contains(pointer.as_str()) {
-            return None;
-        }
-        // Is anything below this value consumed? The first used pointer after "{pointer}/"
-        // in order starts with that prefix exactly when one is.
-        pointer.push('/');
-        let after = (std::ops::Bound::Included(pointer.as_str()), std::ops::Bound::Unbounded);
-        let partly = used.range::<str, _>(after).next().is_some_and(|p| p.starts_with(pointer.as_str()));
-        pointer.pop();
-        if !partly {
-            return Some(value.clone());
-        }
+/// What is left of a value once the consumed ones are taken out.
+enum Rest {
+    /// Nothing in it was consumed: it is kept as it is (cloned only by the caller that keeps it).
+    Whole,
+    /// It was consumed, or nothing is left of it.
+    Gone,
+    /// Some of it was consumed: what is left.
+    Part(Value),
+}
+
+/// `used` is sorted, for binary search.
+fn rest(value: &Value, used: &[*const Value]) -> Rest {
+    if used.binary_search(&(value as *const Value)).is_ok() {
+        return Rest::Gone;
     }
-    let len = pointer.len();
     match value {
         Value::Object(map) => {
-            let mut out = Map::new();
-            for (key, child) in map {
-                pointer.push('/');
-                pointer.push_str(&escape(key));
-                if let Some(rest) = residual(child, pointer, used) {
-                    out.insert(key.clone(), rest);
-                }
-                pointer.truncate(len);
+            let parts: Vec<Rest> = map.values().map(|child| rest(child, used)).collect();
+            if parts.iter().all(|r| matches!(r, Rest::Whole)) {
+                return Rest::Whole;
             }
-            (!out.is_empty()).then_some(Value::Object(out))
+            let mut out = Map::new();
+            for ((key, child), part) in map.iter().zip(parts) {
+                match part {
+                    Rest::Whole => {
+                        out.insert(key.clone(), child.clone());
+                    }
+                    Rest::Part(left) => {
+                        out.insert(key.clone(), left);
+                    }
+                    Rest::Gone => {}
+                }
+            }
+            if out.is_empty() { Rest::Gone } else { Rest::Part(Value::Object(out)) }
         }
         Value::Array(items) => {
-            let mut rest = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                pointer.push('/');
-                let _ = write!(pointer, "{i}");
-                rest.push(residual(item, pointer, used).unwrap_or(Value::Null));
-                pointer.truncate(len);
+            let parts: Vec<Rest> = items.iter().map(|item| rest(item, used)).collect();
+            if parts.iter().all(|r| matches!(r, Rest::Whole)) {
+                return Rest::Whole;
             }
             // Positions matter in an array, so a partly consumed array keeps its length and
             // shows consumed items as null; an array with nothing left disappears.
-            rest.iter().any(|v| !v.is_null()).then_some(Value::Array(rest))
+            let left: Vec<Value> = items
+                .iter()
+                .zip(parts)
+                .map(|(item, part)| match part {
+                    Rest::Whole => item.clone(),
+                    Rest::Part(left) => left,
+                    Rest::Gone => Value::Null,
+                })
+                .collect();
+            if left.iter().all(Value::is_null) { Rest::Gone } else { Rest::Part(Value::Array(left)) }
         }
-        other => Some(other.clone()),
+        _ => Rest::Whole,
     }
 }
 
