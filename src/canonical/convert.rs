@@ -84,7 +84,9 @@ pub fn e164(raw: Option<&str>, region: Option<country::Id>) -> Option<String> {
     }
     let region = if raw.starts_with('+') { None } else { Some(region?) };
     let number = phonenumber::parse(region, raw).ok()?;
-    let e164 = number.format().mode(Mode::E164).to_string();
+    // What `number.format().mode(Mode::E164)` prints, without the national-format pattern
+    // matching that formatter runs first (for every mode, and the costliest part).
+    let e164 = format!("+{}{}", number.country().code(), number.national());
     // E.164 allows at most 15 digits, whatever the metadata says.
     let plausible = e164.len() <= 16 && e164.chars().skip(1).all(|c| c.is_ascii_digit());
     (phonenumber::is_valid(&number) && plausible).then_some(e164)

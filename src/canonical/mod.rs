@@ -338,14 +338,14 @@ impl Mapped {
         let subject = format!("{}:{}", common.vendor, common.call_id);
         let time = common.occurred_at.clone().unwrap_or_else(|| common.received_at.clone());
         let source = format!("/callgate/sources/{}", common.source);
-        let digest_hex = hex::encode(body_digest);
+        let ids = EventIds::new(&common.source, body_digest);
         let common = Arc::new(common);
         events
             .into_iter()
             .enumerate()
             .map(|(index, draft)| CloudEvent {
                 specversion: "1.0",
-                id: event_id(&common.source, &digest_hex, index),
+                id: ids.id(index),
                 source: source.clone(),
                 kind: draft.kind,
                 subject: subject.clone(),
@@ -363,16 +363,32 @@ impl Mapped {
     }
 }
 
-/// `ce_` + 32 hex digits of SHA-256(source ‖ "\n" ‖ hex(SHA-256(body)) ‖ "\n" ‖ index).
-pub fn event_id(source: &str, digest_hex: &str, index: usize) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(source.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(digest_hex.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(index.to_string().as_bytes());
-    let digest = hasher.finalize();
-    format!("ce_{}", hex::encode(&digest[..16]))
+/// Event ids: `ce_` + 32 hex digits of SHA-256(source ‖ "\n" ‖ hex(SHA-256(body)) ‖ "\n" ‖
+/// index). The hash state after the part shared by one payload's events is computed once.
+struct EventIds(Sha256);
+
+impl EventIds {
+    fn new(source: &str, body_digest: &[u8; 32]) -> Self {
+        let mut hex = [0u8; 64];
+        // Cannot fail: the buffer is exactly twice the digest's length.
+        let _ = hex::encode_to_slice(body_digest, &mut hex);
+        let mut hasher = Sha256::new();
+        hasher.update(source.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(hex);
+        hasher.update(b"\n");
+        EventIds(hasher)
+    }
+
+    fn id(&self, index: usize) -> String {
+        let mut hasher = self.0.clone();
+        hasher.update(index.to_string().as_bytes());
+        let digest = hasher.finalize();
+        let mut id = [0u8; 35];
+        id[..3].copy_from_slice(b"ce_");
+        let _ = hex::encode_to_slice(&digest[..16], &mut id[3..]);
+        String::from_utf8_lossy(&id).into_owned()
+    }
 }
 
 /// SHA-256 of a raw body.

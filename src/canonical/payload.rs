@@ -38,8 +38,14 @@ impl<'a> Payload<'a> {
         }
     }
 
-    fn mark(&self, value: &'a Value) {
+    /// Marks a value found through [`Payload::items`] (or `peek`) as mapped.
+    pub fn mark(&self, value: &'a Value) {
         self.used.borrow_mut().push(value);
+    }
+
+    /// The items of an array (none when absent or not an array), without consuming them.
+    pub fn items(&self, pointer: &str) -> &'a [Value] {
+        self.peek(pointer).and_then(Value::as_array).map_or(&[], Vec::as_slice)
     }
 
     pub fn str(&self, pointer: &str) -> Option<String> {
@@ -234,9 +240,10 @@ fn lookup<'v>(root: &'v Value, pointer: &str) -> Option<&'v Value> {
         return Some(root);
     }
     let rest = pointer.strip_prefix('/')?;
+    let escaped = rest.contains('~');
     rest.split('/').try_fold(root, |value, token| {
         let token: std::borrow::Cow<'_, str> =
-            if token.contains('~') { token.replace("~1", "/").replace("~0", "~").into() } else { token.into() };
+            if escaped { token.replace("~1", "/").replace("~0", "~").into() } else { token.into() };
         match value {
             Value::Object(map) => map.get(token.as_ref()),
             Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),

@@ -153,7 +153,8 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                 p.consume("/call/call_status"); // fully represented by `status` + `end`
             }
             let connected = status == Status::Completed;
-            let mut events = vec![Draft::new(
+            let mut events = Vec::with_capacity(4);
+            events.push(Draft::new(
                 kind,
                 Details {
                     status: Some(status),
@@ -164,7 +165,7 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                     duration_ms,
                     ..Details::default()
                 },
-            )];
+            ));
             if let Some(transcript) = transcript.filter(|t| !t.is_empty()) {
                 events.push(Draft::new(
                     EventType::TranscriptFinal,
@@ -264,23 +265,21 @@ fn analysis(p: &Payload<'_>) -> Option<Analysis> {
     let summary = p.str(&format!("{root}/summary"));
     let sentiment_raw = p.str(&format!("{root}/user_sentiment"));
     let mut extracted = Map::new();
-    let mut winner: Vec<(String, usize)> = Vec::new();
-    let items = format!("{root}/custom_analysis_data");
-    for i in 0..p.len(&items) {
-        if let (Some(Value::String(name)), Some(value)) =
-            (p.peek(&format!("{items}/{i}/name")), p.peek(&format!("{items}/{i}/value")))
-        {
+    let items = "/call/call_analysis/custom_analysis_data";
+    let mut winner: Vec<(&str, &Value)> = Vec::new();
+    for item in p.items(items) {
+        if let (Some(Value::String(name)), Some(value)) = (item.get("name"), item.get("value")) {
             extracted.insert(name.clone(), value.clone());
             winner.retain(|(n, _)| n != name);
-            winner.push((name.clone(), i));
+            winner.push((name, item));
         }
     }
     // On a repeated name the last value wins; earlier ones stay in vendor_extra.
-    for (_, i) in winner {
-        p.consume(&format!("{items}/{i}"));
+    for (_, item) in winner {
+        p.mark(item);
     }
-    if p.peek(&items).is_some_and(Value::is_null) {
-        p.consume(&items);
+    if p.peek(items).is_some_and(Value::is_null) {
+        p.consume(items);
     }
     Some(Analysis {
         summary,
