@@ -2,7 +2,7 @@
 //! Each one is total: an input it cannot convert gives `None` or an `Unknown`, never a guess.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, TimeZone, Utc};
-use phonenumber::{Mode, country};
+use phonenumber::country;
 use serde_json::Value;
 
 use super::{Direction, Role, Sentiment};
