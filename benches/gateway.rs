@@ -30,6 +30,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 const CONCURRENCY: usize = 64;
 
+/// The allocator the `callgate` binary uses: the ceiling (this binary re-executed) and the
+/// in-process validate+map figures then run on the same one as the gateway.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--ceiling") {

@@ -181,7 +181,8 @@ pub async fn accept(
 ) -> Result<(IngressOutcome, Vec<String>), IngressError> {
     let config = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?;
     let origin = Origin { source, vendor: config.vendor, phone_region: config.phone_region };
-    let events = match vendors::normalize(&origin, body, received_at) {
+    let digest = canonical::body_digest(body);
+    let events = match vendors::normalize_digested(&origin, body, &digest, received_at) {
         Ok(events) => events,
         Err(rejection) => {
             if quarantine_rejects {
@@ -192,7 +193,7 @@ pub async fn accept(
     };
     let ingest = Ingest {
         source: source.to_owned(),
-        digest: canonical::body_digest(body),
+        digest,
         body: body.to_vec(),
         received_at: received_at.timestamp_millis(),
         events: events.iter().map(|e| new_event(app, e)).collect::<Result<_, _>>()?,

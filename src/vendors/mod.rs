@@ -167,6 +167,16 @@ const MAX_VIOLATIONS: usize = 50;
 
 /// Parses, validates and maps one raw vendor body into canonical events, in emission order.
 pub fn normalize(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<CloudEvent>, Rejection> {
+    normalize_digested(origin, body, &canonical::body_digest(body), received_at)
+}
+
+/// [`normalize`] for a caller that already holds the body's SHA-256 (ingress stores it too).
+pub fn normalize_digested(
+    origin: &Origin<'_>,
+    body: &[u8],
+    digest: &[u8; 32],
+    received_at: DateTime<Utc>,
+) -> Result<Vec<CloudEvent>, Rejection> {
     let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson {
         message: json_error_message(&e),
         line: e.line(),
@@ -195,7 +205,7 @@ pub fn normalize(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -
         event: key.to_owned(),
         violations: vec![violation],
     })?;
-    Ok(mapped.finish(&canonical::body_digest(body), payload.residual()))
+    Ok(mapped.finish(digest, payload.residual()))
 }
 
 /// serde_json's message without its trailing " at line L column C" (reported separately).
