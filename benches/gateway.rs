@@ -30,11 +30,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const CONCURRENCY: usize = 64;
 
-/// The allocator the `callgate` binary uses: the ceiling (this binary re-executed) and the
-/// in-process validate+map figures then run on the same one as the gateway.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--ceiling") {
@@ -693,13 +688,13 @@ fn write_report(rows: &[Row], phase: Duration) {
 }
 
 /// Debugging aid: one phase, chosen by `CALLGATE_BENCH_E2E_ONLY`: `ingest` (saturated, no
-/// routes), `paced` (2,000 payloads/s, no routes), `saturated` (1 route), else 10 routes at
-/// 1,000 payloads/s.
+/// routes), `paced` (2,000 payloads/s, no routes), `saturated` (1 route), `saturated10` (10 routes), else 10
+/// routes at 1,000 payloads/s.
 async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
     let sink = Sink::start();
     let dir = tempfile::tempdir().unwrap();
     let mode = std::env::var("CALLGATE_BENCH_E2E_ONLY").unwrap_or_default();
-    let saturated = mode == "saturated" || mode == "ingest";
+    let saturated = mode.starts_with("saturated") || mode == "ingest";
     let routes = match mode.as_str() {
         "ingest" | "paced" => 0,
         "saturated" => 1,
@@ -715,12 +710,13 @@ async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
     };
     let wal = std::fs::metadata(dir.path().join("bench.db-wal")).map_or(0, |m| m.len());
     println!(
-        "accepted {} payloads in {:.1}s, p50 {:.1} ms p99 {:.1} ms, delivered {}, WAL {:.1} MB",
+        "accepted {} payloads in {:.1}s, p50 {:.1} ms p99 {:.1} ms, delivered {}, WAL {:.1} MB, peak RSS {:.1} MB",
         load.ok,
         load.seconds,
         load.percentile_ms(0.5),
         load.percentile_ms(0.99),
         sink.count().await,
-        wal as f64 / 1e6
+        wal as f64 / 1e6,
+        gw.peak_rss_kib() as f64 / 1024.0
     );
 }

@@ -8,10 +8,6 @@ use callgate::{
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-/// The allocator the `callgate` binary uses, so that the figures are the gateway's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)).unwrap()
 }

@@ -1,10 +1,5 @@
 //! The `callgate` command: `serve` (the default), `check` and `normalize`.
 
-/// mimalloc: the gateway allocates many small, short-lived values per request (JSON trees,
-/// strings); it serves them faster than the system allocator and returns memory steadily.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{
     io::{Read, Write},
     path::PathBuf,
