@@ -4,8 +4,7 @@
 //! Writes go through one writer thread that takes every job waiting in its queue and runs
 //! them in a single transaction (group commit): under load, many payloads share one fsync.
 //! Each job runs in its own savepoint, so one failure does not undo the others. Reads use a
-//! small pool of read connections, which WAL lets run beside the writer. A checkpoint thread
-//! copies the WAL into the database file beside the writer, so commits do not wait for it.
+//! small pool of read connections, which WAL lets run beside the writer.
 //!
 //! **Invariant:** along one (route, subject) queue, `next_at` never decreases, so a later
 //! event of a call is never due before an earlier one; the due query can then walk the
@@ -128,12 +127,6 @@ const MAX_BATCH: usize = 512;
 /// Jobs waiting for the writer; callers wait (backpressure) when it is full.
 const QUEUE: usize = 4096;
 const READERS: usize = 4;
-/// WAL pages after which a commit checkpoints (SQLite's default is 1000).
-const WAL_CHECKPOINT_PAGES: i64 = 8192;
-/// How often the checkpoint thread copies the WAL into the database while writes go on.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// Page cache of the writing connections, in KiB (SQLite's default is 2 MiB).
-const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// Rows one prune job deletes per table, so pruning never holds the writer for long.
 const PRUNE_CHUNK: usize = 5000;
 
@@ -205,15 +198,9 @@ impl SqliteStore {
         let readers = (0..READERS).map(|_| open_connection(path, true, busy_timeout)).collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_counts = counts.clone();
-        let checkpoint_conn = open_connection(path, false, busy_timeout)?;
-        let (committed, commits) = std::sync::mpsc::sync_channel(1);
-        thread::Builder::new()
-            .name("callgate-sqlite-checkpoint".into())
-            .spawn(move || checkpointer(checkpoint_conn, commits))
-            .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
         thread::Builder::new()
             .name("callgate-sqlite-writer".into())
-            .spawn(move || writer(conn, rx, writer_counts, committed))
+            .spawn(move || writer(conn, rx, writer_counts))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_owned(),
@@ -289,12 +276,6 @@ fn open_connection(path: &Path, read_only: bool, busy_timeout: Duration) -> Resu
         // FULL: every commit is fsynced; an acknowledged payload survives power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // The checkpoint thread copies the WAL in the background; a commit checkpoints itself
-        // only once the WAL reaches ~32 MB (finishing what is left, so that the WAL starts
-        // over). A page written by many commits is copied into the database once per round.
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
-        // Index pages read back from the OS on every batch would cost a syscall each.
-        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     }
     Ok(conn)
 }
@@ -364,27 +345,8 @@ impl Delta {
     }
 }
 
-/// The checkpoint thread: while commits arrive, copies the WAL into the database every
-/// [`CHECKPOINT_EVERY`], beside the writer (a passive checkpoint blocks neither the writer nor
-/// readers). The writer's own automatic checkpoint then only has the last frames left to copy
-/// before the WAL starts over, so no commit waits behind a long copy. Ends with the writer.
-fn checkpointer(conn: Connection, commits: std::sync::mpsc::Receiver<()>) {
-    while commits.recv().is_ok() {
-        thread::sleep(CHECKPOINT_EVERY);
-        while commits.try_recv().is_ok() {}
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "A background checkpoint failed; the writer's own checkpoint takes over.");
-        }
-    }
-}
-
 /// The writer thread: one transaction per batch of queued jobs.
-fn writer(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<Box<dyn Job>>,
-    counts: Arc<Mutex<Counts>>,
-    committed: std::sync::mpsc::SyncSender<()>,
-) {
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, counts: Arc<Mutex<Counts>>) {
     let mut synchronous_full = true;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -423,7 +385,6 @@ fn writer(
         })();
         if commit.is_ok() {
             delta.apply(&counts);
-            let _ = committed.try_send(()); // full: a checkpoint is already coming
         }
         for job in batch {
             job.finish(&commit);
