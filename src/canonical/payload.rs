@@ -186,47 +186,60 @@ enum Rest {
     Part(Value),
 }
 
-/// `used` is sorted, for binary search.
+/// `used` is sorted, for binary search. Containers are only rebuilt from the first child that
+/// is not whole on; most are untouched and cost one walk, no allocation.
 fn rest(value: &Value, used: &[*const Value]) -> Rest {
     if used.binary_search(&(value as *const Value)).is_ok() {
         return Rest::Gone;
     }
     match value {
         Value::Object(map) => {
-            let parts: Vec<Rest> = map.values().map(|child| rest(child, used)).collect();
-            if parts.iter().all(|r| matches!(r, Rest::Whole)) {
-                return Rest::Whole;
-            }
-            let mut out = Map::new();
-            for ((key, child), part) in map.iter().zip(parts) {
-                match part {
-                    Rest::Whole => {
-                        out.insert(key.clone(), child.clone());
-                    }
-                    Rest::Part(left) => {
-                        out.insert(key.clone(), left);
-                    }
-                    Rest::Gone => {}
+            let mut children = map.iter();
+            let mut whole = 0;
+            let (key, first) = loop {
+                let Some((key, child)) = children.next() else { return Rest::Whole };
+                match rest(child, used) {
+                    Rest::Whole => whole += 1,
+                    other => break (key, other),
                 }
+            };
+            let mut out: Map<String, Value> = map.iter().take(whole).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let mut keep = |key: &String, child: &Value, part: Rest| match part {
+                Rest::Whole => {
+                    out.insert(key.clone(), child.clone());
+                }
+                Rest::Part(left) => {
+                    out.insert(key.clone(), left);
+                }
+                Rest::Gone => {}
+            };
+            keep(key, &Value::Null, first);
+            for (key, child) in children {
+                keep(key, child, rest(child, used));
             }
             if out.is_empty() { Rest::Gone } else { Rest::Part(Value::Object(out)) }
         }
         Value::Array(items) => {
-            let parts: Vec<Rest> = items.iter().map(|item| rest(item, used)).collect();
-            if parts.iter().all(|r| matches!(r, Rest::Whole)) {
-                return Rest::Whole;
-            }
+            let mut children = items.iter();
+            let mut whole = 0;
+            let first = loop {
+                let Some(item) = children.next() else { return Rest::Whole };
+                match rest(item, used) {
+                    Rest::Whole => whole += 1,
+                    other => break other,
+                }
+            };
             // Positions matter in an array, so a partly consumed array keeps its length and
             // shows consumed items as null; an array with nothing left disappears.
-            let left: Vec<Value> = items
-                .iter()
-                .zip(parts)
-                .map(|(item, part)| match part {
-                    Rest::Whole => item.clone(),
-                    Rest::Part(left) => left,
-                    Rest::Gone => Value::Null,
-                })
-                .collect();
+            let left_of = |item: &Value, part: Rest| match part {
+                Rest::Whole => item.clone(),
+                Rest::Part(left) => left,
+                Rest::Gone => Value::Null,
+            };
+            let mut left: Vec<Value> = Vec::with_capacity(items.len());
+            left.extend(items[..whole].iter().cloned());
+            left.push(left_of(&Value::Null, first));
+            left.extend(children.map(|item| left_of(item, rest(item, used))));
             if left.iter().all(Value::is_null) { Rest::Gone } else { Rest::Part(Value::Array(left)) }
         }
         _ => Rest::Whole,
