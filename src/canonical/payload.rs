@@ -196,11 +196,11 @@ fn rest(value: &Value, used: &[*const Value]) -> Rest {
         Value::Object(map) => {
             let mut children = map.iter();
             let mut whole = 0;
-            let (key, first) = loop {
+            let (key, child, first) = loop {
                 let Some((key, child)) = children.next() else { return Rest::Whole };
                 match rest(child, used) {
                     Rest::Whole => whole += 1,
-                    other => break (key, other),
+                    other => break (key, child, other),
                 }
             };
             let mut out: Map<String, Value> = map.iter().take(whole).map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -213,7 +213,7 @@ fn rest(value: &Value, used: &[*const Value]) -> Rest {
                 }
                 Rest::Gone => {}
             };
-            keep(key, &Value::Null, first);
+            keep(key, child, first);
             for (key, child) in children {
                 keep(key, child, rest(child, used));
             }
@@ -222,11 +222,11 @@ fn rest(value: &Value, used: &[*const Value]) -> Rest {
         Value::Array(items) => {
             let mut children = items.iter();
             let mut whole = 0;
-            let first = loop {
+            let (item, first) = loop {
                 let Some(item) = children.next() else { return Rest::Whole };
                 match rest(item, used) {
                     Rest::Whole => whole += 1,
-                    other => break other,
+                    other => break (item, other),
                 }
             };
             // Positions matter in an array, so a partly consumed array keeps its length and
@@ -238,7 +238,7 @@ fn rest(value: &Value, used: &[*const Value]) -> Rest {
             };
             let mut left: Vec<Value> = Vec::with_capacity(items.len());
             left.extend(items[..whole].iter().cloned());
-            left.push(left_of(&Value::Null, first));
+            left.push(left_of(item, first));
             left.extend(children.map(|item| left_of(item, rest(item, used))));
             if left.iter().all(Value::is_null) { Rest::Gone } else { Rest::Part(Value::Array(left)) }
         }
