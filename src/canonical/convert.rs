@@ -153,6 +153,9 @@ mod tests {
         assert_eq!(e164(Some("01012345678"), None), None);
         assert_eq!(e164(Some("100"), Some(country::Id::UZ)), None);
         assert_eq!(e164(Some("999995998"), Some(country::Id::UZ)).as_deref(), Some("+998999995998"));
+        // Italian fixed lines keep their leading zero internationally (printed by hand, as
+        // libphonenumber's E.164 formatter would).
+        assert_eq!(e164(Some("06 6982 1234"), Some(country::Id::IT)).as_deref(), Some("+390669821234"));
         assert_eq!(e164(None, kr), None);
         assert_eq!(e164(Some("+82300GYKR2345677"), None), None, "letters are never guessed into digits");
     }

@@ -159,7 +159,7 @@ impl<'a> Payload<'a> {
 
     /// Length of an array (0 when absent or not an array), without consuming it.
     pub fn len(&self, pointer: &str) -> usize {
-        self.peek(pointer).and_then(Value::as_array).map_or(0, Vec::len)
+        self.items(pointer).len()
     }
 
     /// Everything not consumed, with original names and nesting; empty containers that were
@@ -263,11 +263,6 @@ fn lookup<'v>(root: &'v Value, pointer: &str) -> Option<&'v Value> {
             _ => None,
         }
     })
-}
-
-/// RFC 6901 escaping of one reference token.
-pub fn escape(key: &str) -> std::borrow::Cow<'_, str> {
-    if key.contains(['~', '/']) { key.replace('~', "~0").replace('/', "~1").into() } else { key.into() }
 }
 
 #[cfg(test)]
