@@ -9,22 +9,22 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, Request, State},
-    http::StatusCode,
+    extract::{FromRequestParts, Path, Query, Request, State},
+    http::{StatusCode, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
 
 use crate::{
     auth,
-    ingress::{self, IngressError, error_response},
+    http::{cut, error_response},
+    ingress::{self, IngressError, OnReject},
     server::App,
     store::{Filter, Millis, StoreError, now_ms},
     telemetry::IngressOutcome,
-    vendors::Violation,
 };
 
 pub fn router(app: Arc<App>) -> Router {
@@ -52,6 +52,42 @@ enum AdminError {
     NotFound(String),
     BadRequest(String),
     Store(StoreError),
+    /// A bulk operation stopped part-way because the store failed: what was done before.
+    Interrupted {
+        done: usize,
+        error: String,
+    },
+}
+
+/// Longest echo of a caller's value in an admin error message.
+const ECHO: usize = 80;
+
+/// `Query<T>` whose rejection is the JSON error body.
+struct AdminQuery<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for AdminQuery<T> {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(AdminQuery(value)),
+            Err(e) => Err(AdminError::BadRequest(cut(&e.body_text(), 2 * ECHO))),
+        }
+    }
+}
+
+/// `Path<T>` whose rejection is the JSON error body.
+struct AdminPath<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for AdminPath<T> {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(AdminPath(value)),
+            Err(e) => Err(AdminError::BadRequest(cut(&e.body_text(), 2 * ECHO))),
+        }
+    }
 }
 
 impl From<StoreError> for AdminError {
@@ -63,20 +99,39 @@ impl From<StoreError> for AdminError {
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         match self {
-            AdminError::Disabled => error_response(
+            AdminError::Disabled => error_response::<()>(
                 StatusCode::FORBIDDEN,
                 "admin_disabled",
                 "the admin API is off: set [admin] token to enable it",
                 &[],
             ),
-            AdminError::Unauthorized => {
-                error_response(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin bearer token is required", &[])
-            }
-            AdminError::NotFound(what) => error_response(StatusCode::NOT_FOUND, "not_found", &what, &[]),
-            AdminError::BadRequest(why) => error_response(StatusCode::BAD_REQUEST, "bad_request", &why, &[]),
+            AdminError::Unauthorized => error_response::<()>(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin bearer token is required",
+                &[],
+            ),
+            AdminError::NotFound(what) => error_response::<()>(StatusCode::NOT_FOUND, "not_found", &what, &[]),
+            AdminError::BadRequest(why) => error_response::<()>(StatusCode::BAD_REQUEST, "bad_request", &why, &[]),
             AdminError::Store(e) => {
                 tracing::error!(error = %e, "Admin request failed in the store.");
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store is unavailable", &[])
+                error_response::<()>(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store is unavailable",
+                    &[],
+                )
+            }
+            AdminError::Interrupted { done, error } => {
+                tracing::error!(done, error = %error, "A bulk admin operation stopped: the store failed.");
+                let message =
+                    format!("the store failed after {done} item(s) were done; run the same request again to go on");
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    &message,
+                    &[json!({ "done": done })],
+                )
             }
         }
     }
@@ -99,6 +154,8 @@ struct Params {
     /// RFC 3339 time, or a duration back from now (`2h`, `30m`).
     since: Option<String>,
     before_id: Option<i64>,
+    /// Bulk quarantine replay: go on after this id (an earlier answer's `next_after_id`).
+    after_id: Option<i64>,
     limit: Option<usize>,
     /// Bulk replay of everything (required when neither a name nor `since` narrows it).
     #[serde(default)]
@@ -112,6 +169,7 @@ impl Params {
             name: name.cloned(),
             since: self.since.as_deref().map(parse_since).transpose()?,
             before_id: self.before_id,
+            after_id: self.after_id,
             limit: self.limit,
         })
     }
@@ -130,7 +188,10 @@ fn parse_since(text: &str) -> Result<Millis, AdminError> {
         return Ok(t.timestamp_millis());
     }
     humantime::parse_duration(text).map(|d| now_ms() - d.as_millis() as Millis).map_err(|_| {
-        AdminError::BadRequest(format!("`since` must be an RFC 3339 time or a duration such as 2h, not `{text}`"))
+        AdminError::BadRequest(format!(
+            "`since` must be an RFC 3339 time or a duration such as 2h, not `{}`",
+            cut(text, ECHO)
+        ))
     })
 }
 
@@ -160,17 +221,17 @@ async fn routes(State(app): State<Arc<App>>) -> Result<Response, AdminError> {
     Ok(Json(json!({ "routes": list })).into_response())
 }
 
-async fn pause(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Response, AdminError> {
+async fn pause(State(app): State<Arc<App>>, AdminPath(name): AdminPath<String>) -> Result<Response, AdminError> {
     set_paused(&app, &name, true).await
 }
 
-async fn resume(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Response, AdminError> {
+async fn resume(State(app): State<Arc<App>>, AdminPath(name): AdminPath<String>) -> Result<Response, AdminError> {
     set_paused(&app, &name, false).await
 }
 
 async fn set_paused(app: &App, name: &str, paused: bool) -> Result<Response, AdminError> {
     if !app.config.routes.contains_key(name) {
-        return Err(AdminError::NotFound(format!("no route named `{name}`")));
+        return Err(AdminError::NotFound(format!("no route named `{}`", cut(name, ECHO))));
     }
     app.store.set_paused(name, paused.then_some("paused by an operator")).await?;
     app.dispatcher.set_paused(name, paused);
@@ -178,21 +239,27 @@ async fn set_paused(app: &App, name: &str, paused: bool) -> Result<Response, Adm
     Ok(Json(json!({ "route": name, "paused": paused })).into_response())
 }
 
-async fn dead_letters(State(app): State<Arc<App>>, Query(params): Query<Params>) -> Result<Response, AdminError> {
+async fn dead_letters(
+    State(app): State<Arc<App>>,
+    AdminQuery(params): AdminQuery<Params>,
+) -> Result<Response, AdminError> {
     let items = app.store.dead_letters(&params.filter(params.route.as_ref())?).await?;
     let next =
         (items.len() == params.limit.unwrap_or(100).clamp(1, 1000)).then(|| items.last().map(|d| d.id)).flatten();
     Ok(Json(json!({ "dead_letters": items, "next_before_id": next })).into_response())
 }
 
-async fn dead_letter(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Response, AdminError> {
+async fn dead_letter(State(app): State<Arc<App>>, AdminPath(id): AdminPath<i64>) -> Result<Response, AdminError> {
     match app.store.dead_letter(id).await? {
         Some(detail) => Ok(Json(detail).into_response()),
         None => Err(AdminError::NotFound(format!("no dead letter {id}"))),
     }
 }
 
-async fn replay_dead_letter(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Response, AdminError> {
+async fn replay_dead_letter(
+    State(app): State<Arc<App>>,
+    AdminPath(id): AdminPath<i64>,
+) -> Result<Response, AdminError> {
     let replayed = replay(&app, &Filter { id: Some(id), ..Filter::default() }).await?;
     if replayed == 0 {
         return Err(AdminError::NotFound(format!("no dead letter {id}")));
@@ -202,7 +269,7 @@ async fn replay_dead_letter(State(app): State<Arc<App>>, Path(id): Path<i64>) ->
 
 async fn replay_dead_letters(
     State(app): State<Arc<App>>,
-    Query(params): Query<Params>,
+    AdminQuery(params): AdminQuery<Params>,
 ) -> Result<Response, AdminError> {
     let replayed = replay(&app, &params.bulk(params.route.as_ref())?).await?;
     Ok(Json(json!({ "replayed": replayed })).into_response())
@@ -218,14 +285,17 @@ async fn replay(app: &App, filter: &Filter) -> Result<usize, AdminError> {
     Ok(replayed.len())
 }
 
-async fn quarantine(State(app): State<Arc<App>>, Query(params): Query<Params>) -> Result<Response, AdminError> {
+async fn quarantine(
+    State(app): State<Arc<App>>,
+    AdminQuery(params): AdminQuery<Params>,
+) -> Result<Response, AdminError> {
     let items = app.store.quarantined(&params.filter(params.source.as_ref())?, false).await?;
     let next =
         (items.len() == params.limit.unwrap_or(100).clamp(1, 1000)).then(|| items.last().map(|q| q.id)).flatten();
     Ok(Json(json!({ "quarantine": items, "next_before_id": next })).into_response())
 }
 
-async fn quarantined(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Response, AdminError> {
+async fn quarantined(State(app): State<Arc<App>>, AdminPath(id): AdminPath<i64>) -> Result<Response, AdminError> {
     let filter = Filter { id: Some(id), ..Filter::default() };
     match app.store.quarantined(&filter, true).await?.pop() {
         Some(item) => Ok(Json(item).into_response()),
@@ -233,44 +303,94 @@ async fn quarantined(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result
     }
 }
 
-async fn replay_quarantined(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Response, AdminError> {
-    let results = replay_quarantine_matching(&app, &Filter { id: Some(id), ..Filter::default() }).await?;
-    if results.is_empty() {
+async fn replay_quarantined(
+    State(app): State<Arc<App>>,
+    AdminPath(id): AdminPath<i64>,
+) -> Result<Response, AdminError> {
+    let replay = replay_quarantine_matching(&app, &Filter { id: Some(id), ..Filter::default() }, 1).await?;
+    if replay.results.is_empty() {
         return Err(AdminError::NotFound(format!("nothing quarantined with id {id}")));
     }
-    Ok(Json(json!({ "results": results })).into_response())
+    Ok(Json(replay.answer()).into_response())
 }
 
-async fn replay_quarantine(State(app): State<Arc<App>>, Query(params): Query<Params>) -> Result<Response, AdminError> {
-    let results = replay_quarantine_matching(&app, &params.bulk(params.source.as_ref())?).await?;
-    Ok(Json(json!({ "results": results })).into_response())
+async fn replay_quarantine(
+    State(app): State<Arc<App>>,
+    AdminQuery(params): AdminQuery<Params>,
+) -> Result<Response, AdminError> {
+    let most = params.limit.map_or(REPLAY_MAX, |l| l.clamp(1, REPLAY_MAX));
+    let replay = replay_quarantine_matching(&app, &params.bulk(params.source.as_ref())?, most).await?;
+    Ok(Json(replay.answer()).into_response())
 }
 
-/// Validates each matching quarantined payload again; one that passes flows as if it had
-/// just arrived and leaves the quarantine, one that fails stays with its new problems.
-async fn replay_quarantine_matching(app: &App, filter: &Filter) -> Result<Vec<serde_json::Value>, AdminError> {
-    let mut results = Vec::new();
-    for (id, source, body) in app.store.quarantined_raw(filter).await? {
-        let result = ingress::accept(app, &source, &body, chrono::Utc::now(), false).await;
-        let entry = match result {
-            Ok((outcome, ids)) => {
-                app.store.release_quarantined(id).await?;
-                let outcome = if outcome == IngressOutcome::Duplicate { "duplicate" } else { "accepted" };
-                json!({ "id": id, "source": source, "outcome": outcome, "ids": ids })
-            }
-            Err(IngressError::Unavailable) => {
-                return Err(AdminError::Store(StoreError::Backend("commit failed".into())));
-            }
-            Err(e) => {
-                let details: Vec<Violation> = match &e {
-                    IngressError::Rejected(r) => r.violations(),
-                    _ => Vec::new(),
-                };
-                json!({ "id": id, "source": source, "outcome": "rejected", "code": e.code(), "message": e.to_string(), "details": details })
-            }
-        };
-        results.push(entry);
+/// Quarantined payloads one bulk replay reads from the store at a time.
+const REPLAY_PAGE: usize = 200;
+/// Most payloads one bulk replay request handles (`limit` lowers it); past it the answer says
+/// how to go on.
+const REPLAY_MAX: usize = 10_000;
+
+/// What a quarantine replay did.
+#[derive(Default)]
+struct QuarantineReplay {
+    results: Vec<serde_json::Value>,
+    /// Set when `REPLAY_MAX` stopped it with matches left: replay again from after this id.
+    next_after_id: Option<i64>,
+}
+
+impl QuarantineReplay {
+    fn answer(&self) -> serde_json::Value {
+        let count = |outcome: &str| self.results.iter().filter(|r| r["outcome"] == outcome).count();
+        json!({
+            "results": self.results,
+            "accepted": count("accepted"),
+            "duplicate": count("duplicate"),
+            "rejected": count("rejected"),
+            "more": self.next_after_id.is_some(),
+            "next_after_id": self.next_after_id,
+        })
     }
-    tracing::info!(count = results.len(), "Quarantined payloads replayed by an operator.");
-    Ok(results)
+}
+
+/// Validates each matching quarantined payload again, oldest first, paging through every
+/// match: one that passes flows as if it had just arrived and leaves the quarantine, one that
+/// fails stays with its new problems. A store failure stops it and says how far it got.
+async fn replay_quarantine_matching(app: &App, filter: &Filter, most: usize) -> Result<QuarantineReplay, AdminError> {
+    let mut replay = QuarantineReplay::default();
+    let mut after = filter.after_id;
+    loop {
+        let page_filter = Filter { after_id: after, limit: Some(REPLAY_PAGE), ..filter.clone() };
+        let page = app.store.quarantined_raw(&page_filter).await.map_err(|e| interrupted(&replay, e))?;
+        let last_page = page.len() < REPLAY_PAGE;
+        for (id, source, body) in page {
+            if replay.results.len() == most {
+                replay.next_after_id = after;
+                return Ok(replay);
+            }
+            after = Some(id);
+            let result = ingress::accept(app, &source, body.into(), chrono::Utc::now(), OnReject::Report).await;
+            let entry = match result {
+                Ok((outcome, ids)) => {
+                    app.store.release_quarantined(id).await.map_err(|e| interrupted(&replay, e))?;
+                    let outcome = if outcome == IngressOutcome::Duplicate { "duplicate" } else { "accepted" };
+                    json!({ "id": id, "source": source, "outcome": outcome, "ids": ids })
+                }
+                Err(e @ (IngressError::Unavailable | IngressError::Internal(_))) => {
+                    return Err(AdminError::Interrupted { done: replay.results.len(), error: e.to_string() });
+                }
+                Err(e) => {
+                    json!({ "id": id, "source": source, "outcome": "rejected", "code": e.code(), "message": e.to_string(), "details": e.details() })
+                }
+            };
+            replay.results.push(entry);
+        }
+        if last_page || filter.id.is_some() {
+            break;
+        }
+    }
+    tracing::info!(count = replay.results.len(), "Quarantined payloads replayed by an operator.");
+    Ok(replay)
+}
+
+fn interrupted(replay: &QuarantineReplay, e: StoreError) -> AdminError {
+    AdminError::Interrupted { done: replay.results.len(), error: e.to_string() }
 }

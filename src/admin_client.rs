@@ -100,3 +100,18 @@ pub fn table(rows: &[Value], columns: &[(&str, &str)]) -> String {
     }
     out
 }
+
+/// Two consecutive answers of a paged quarantine replay as one: results appended, counts
+/// added, `more`/`next_after_id` from the later one.
+pub fn merge_replays(mut first: Value, next: Value) -> Value {
+    if let (Some(all), Some(more)) = (first["results"].as_array_mut(), next["results"].as_array()) {
+        all.extend(more.iter().cloned());
+    }
+    for key in ["accepted", "duplicate", "rejected"] {
+        let sum = first[key].as_u64().unwrap_or(0) + next[key].as_u64().unwrap_or(0);
+        first[key] = sum.into();
+    }
+    first["more"] = next["more"].clone();
+    first["next_after_id"] = next["next_after_id"].clone();
+    first
+}

@@ -1,5 +1,8 @@
 //! Ingress authentication per source (`gateway.md` §4). Secrets are compared in constant
 //! time, and a failure says only that authentication failed.
+//!
+//! Every scheme but `hmac` is decided from the request head alone, so ingress answers 401
+//! before it reads (or reserves room for) a body: see [`before_body`].
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
@@ -9,7 +12,53 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{Auth, HmacEncoding, Secret};
 
-/// Whether a request satisfies a source's authentication.
+/// What the request head alone says about a request's authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precheck {
+    /// Authenticated (`query`, `header`, `bearer`, `basic` with the right secret).
+    Pass,
+    /// Not authenticated: answer 401 without reading the body.
+    Fail,
+    /// Anyone may send a body that is read before the sender is known to be genuine: `none`
+    /// (no authentication at all) and `hmac` (the signature covers the body, checked by
+    /// [`check`] once it is read).
+    Unverified,
+}
+
+/// Decides what can be decided before the body is read. An `hmac` request without a
+/// decodable signature header fails here already.
+pub fn before_body(auth: &Auth, headers: &HeaderMap, query: Option<&str>) -> Precheck {
+    match auth {
+        Auth::None => Precheck::Unverified,
+        Auth::Hmac { header: name, encoding, .. } => {
+            if signature(headers, name, *encoding).is_some() {
+                Precheck::Unverified
+            } else {
+                Precheck::Fail
+            }
+        }
+        other => {
+            if check(other, headers, query, &[]) {
+                Precheck::Pass
+            } else {
+                Precheck::Fail
+            }
+        }
+    }
+}
+
+/// The decoded signature an `hmac` source's header carries, if any.
+fn signature(headers: &HeaderMap, name: &str, encoding: HmacEncoding) -> Option<Vec<u8>> {
+    let given = header(headers, name)?.trim_ascii();
+    // Accept a `sha256=` prefix, as GitHub-style senders add one.
+    let given = given.strip_prefix(b"sha256=").unwrap_or(given);
+    match encoding {
+        HmacEncoding::Hex => hex::decode(given).ok(),
+        HmacEncoding::Base64 => STANDARD.decode(given).ok(),
+    }
+}
+
+/// Whether a request satisfies a source's authentication (`body` matters only to `hmac`).
 pub fn check(auth: &Auth, headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> bool {
     match auth {
         Auth::None => true,
@@ -26,17 +75,7 @@ pub fn check(auth: &Auth, headers: &HeaderMap, query: Option<&str>, body: &[u8])
                 eq(&decoded, expected.as_bytes())
             }),
         Auth::Hmac { header: name, secret, encoding } => {
-            let Some(given) = header(headers, name) else {
-                return false;
-            };
-            let given = given.trim_ascii();
-            // Accept a `sha256=` prefix, as GitHub-style senders add one.
-            let given = given.strip_prefix(b"sha256=").unwrap_or(given);
-            let decoded = match encoding {
-                HmacEncoding::Hex => hex::decode(given).ok(),
-                HmacEncoding::Base64 => STANDARD.decode(given).ok(),
-            };
-            let Some(decoded) = decoded else { return false };
+            let Some(decoded) = signature(headers, name, *encoding) else { return false };
             let mut mac =
                 Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes keys of any length");
             mac.update(body);
@@ -119,5 +158,21 @@ mod tests {
             Auth::Hmac { header: "X-Signature".into(), secret: Secret::new("key"), encoding: HmacEncoding::Base64 };
         assert!(check(&b64_auth, &headers(&[("x-signature", &STANDARD.encode(sig))]), None, body));
         assert!(!check(&b64_auth, &HeaderMap::new(), None, body));
+    }
+
+    #[test]
+    fn only_the_body_schemes_wait_for_the_body() {
+        let none = HeaderMap::new();
+        assert_eq!(before_body(&Auth::None, &none, None), Precheck::Unverified);
+        let bearer = Auth::Bearer { token: Secret::new("tok") };
+        assert_eq!(before_body(&bearer, &headers(&[("authorization", "Bearer tok")]), None), Precheck::Pass);
+        assert_eq!(before_body(&bearer, &none, None), Precheck::Fail);
+        let query = Auth::Query { name: "s".into(), value: Secret::new("v") };
+        assert_eq!(before_body(&query, &none, Some("s=v")), Precheck::Pass);
+        assert_eq!(before_body(&query, &none, Some("s=w")), Precheck::Fail);
+        let hmac = Auth::Hmac { header: "X-Signature".into(), secret: Secret::new("key"), encoding: HmacEncoding::Hex };
+        assert_eq!(before_body(&hmac, &headers(&[("x-signature", "00ff")]), None), Precheck::Unverified);
+        assert_eq!(before_body(&hmac, &headers(&[("x-signature", "not hex")]), None), Precheck::Fail);
+        assert_eq!(before_body(&hmac, &none, None), Precheck::Fail);
     }
 }

@@ -88,8 +88,15 @@ pub struct ServerConfig {
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Requests handled at once; more are shed with 503 rather than queued without bound.
+    /// A request takes its slot only once its credentials passed (before its body is read).
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_requests: usize,
+    /// Slots one source may hold for requests whose body is read before their sender is
+    /// known to be genuine (`none` and `hmac` sources), so that one source's slow or hostile
+    /// senders cannot starve another. Default: `max_concurrent_requests / (n + 1)`, at least 1,
+    /// where n is the number of such sources.
+    #[serde(default)]
+    pub max_unverified_per_source: Option<usize>,
     /// A client must send its request line and headers within this time (slowloris).
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -126,6 +133,10 @@ pub struct StorageConfig {
     /// How often pruning runs.
     #[serde(default = "default_prune_interval", with = "humantime_serde")]
     pub prune_interval: Duration,
+    /// `/readyz` fails while the file system holding the store has less free space than this
+    /// (bytes), before writes start failing.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
 }
 
 /// `[admin]`: where the operational endpoints listen.
@@ -456,6 +467,12 @@ impl Config {
                 message: "must be greater than 0".into(),
             });
         }
+        if server.max_unverified_per_source == Some(0) {
+            errors.push(ConfigError {
+                key: "server.max_unverified_per_source".into(),
+                message: "must be greater than 0".into(),
+            });
+        }
         if storage.prune_interval.is_zero() {
             errors.push(ConfigError { key: "storage.prune_interval".into(), message: "must be greater than 0".into() });
         }
@@ -470,7 +487,15 @@ impl Config {
             });
         }
         if let Some(token) = &admin.token {
-            admin.token = Some(Secret(substitute(token.expose(), "admin.token", env, &mut errors)));
+            let token = substitute(token.expose(), "admin.token", env, &mut errors);
+            if token.trim().is_empty() {
+                // An empty token would make `Authorization: Bearer ` the admin password.
+                errors.push(ConfigError {
+                    key: "admin.token".into(),
+                    message: "the token is empty (remove the key to turn the admin API off)".into(),
+                });
+            }
+            admin.token = Some(Secret(token));
         }
 
         let mut sources = BTreeMap::new();
@@ -501,6 +526,15 @@ impl Config {
             errors.dedup();
             Err(fail(errors))
         }
+    }
+
+    /// Slots a source may hold for bodies read before their sender is authenticated
+    /// (`server.max_unverified_per_source`, or its default).
+    pub fn unverified_share(&self) -> usize {
+        let unverified = self.sources.values().filter(|s| matches!(s.auth, Auth::None | Auth::Hmac { .. })).count();
+        self.server
+            .max_unverified_per_source
+            .unwrap_or_else(|| (self.server.max_concurrent_requests / (unverified + 1)).max(1))
     }
 
     /// The SQLite file path of `storage.url`.
@@ -818,6 +852,7 @@ impl ServerConfig {
             max_body_bytes: default_max_body(),
             request_timeout: default_request_timeout(),
             max_concurrent_requests: default_max_concurrent(),
+            max_unverified_per_source: None,
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_connections: default_max_connections(),
@@ -834,6 +869,7 @@ impl StorageConfig {
             retention: default_retention(),
             dedup_window: default_dedup_window(),
             prune_interval: default_prune_interval(),
+            min_free_bytes: default_min_free_bytes(),
         }
     }
 }
@@ -885,6 +921,9 @@ fn default_dedup_window() -> Duration {
 }
 fn default_prune_interval() -> Duration {
     Duration::from_secs(10 * 60)
+}
+fn default_min_free_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_busy_timeout() -> Duration {
     Duration::from_secs(5)

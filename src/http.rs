@@ -1,15 +1,25 @@
 //! The HTTP/1 accept loop, with the limits axum's `serve` does not expose: a deadline for
-//! request headers (slow senders), a cap on header bytes, and a cap on open connections.
+//! request headers (slow senders), a cap on header bytes, and a cap on open connections; and
+//! the one JSON error body every endpoint answers with.
 
-use std::{future::Future, pin::pin, sync::Arc, time::Duration};
+use std::{any::Any, future::Future, pin::pin, sync::Arc, time::Duration};
 
-use axum::Router;
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::Request,
+    http::{StatusCode, header::CONTENT_TYPE},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
 use hyper::server::conn::http1;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
+use serde::Serialize;
+use serde_json::json;
 use tokio::{net::TcpListener, sync::Semaphore};
 
 /// Connection-level limits of one listener.
@@ -63,4 +73,99 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The JSON error body every endpoint uses (`gateway.md` §3):
+/// `{"error": {"code", "message", "details": [...]}}`.
+pub fn error_response<D: Serialize>(status: StatusCode, code: &str, message: &str, details: &[D]) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message, "details": details}}))).into_response()
+}
+
+/// The error code of a status that a handler did not answer itself (axum's rejections,
+/// 405, a panic), for [`json_errors`].
+fn status_code_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal_error",
+        _ => "request_error",
+    }
+}
+
+/// Longest text of a non-JSON error answer carried into the JSON message (axum's rejection
+/// texts are short; this only bounds a surprise).
+const MAX_PLAIN_MESSAGE: usize = 200;
+
+/// Middleware: an error answer that is not JSON yet (an extractor's plain-text rejection,
+/// axum's empty 405) gets the JSON error body, so every endpoint speaks one error shape.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4 * MAX_PLAIN_MESSAGE).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let text = text.trim();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_ascii_lowercase()
+    } else {
+        cut(text, MAX_PLAIN_MESSAGE)
+    };
+    let mut answer = error_response::<()>(status, status_code_name(status), &message, &[]);
+    // Keep what the original answer said beyond its body (`Allow` on a 405, for instance).
+    for (name, value) in &parts.headers {
+        if name != CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary, with `…` when cut.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The answer to a handler that panicked (`tower_http::catch_panic`): a JSON 500 instead of
+/// a reset connection. The panic message is logged, never sent.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = %cut(what, 500), "A request handler panicked.");
+    error_response::<()>(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error", &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_respects_character_boundaries() {
+        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("ééé", 3), "é…");
+        assert_eq!(cut(&"x".repeat(1000), 4), "xxxx…");
+    }
 }

@@ -1,23 +1,36 @@
-//! `POST /v1/ingest/{source}`: authenticate, read, normalise, store, answer.
+//! `POST /v1/ingest/{source}`: authenticate, admit, read, normalise, store, answer.
 //!
 //! **Invariant:** only this module knows ingress HTTP status codes ([`IngressError`]).
 //! **Invariant:** a 200 is sent only after [`Store::ingest`] has committed.
+//! **Invariant:** a request holds a concurrency slot only once the request head has passed
+//! every check it can pass (source, size, credentials); a body read before its sender is
+//! known (`none` and `hmac` sources) also holds one of its source's bounded share.
+//! **Invariant:** nothing a vendor sent is answered with a 4xx unless it was quarantined;
+//! when the quarantine cannot commit, the answer is 503 and the vendor retries.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
-    Json,
     body::{Body, Bytes},
-    extract::{Path, RawQuery, State},
+    extract::{Path, RawQuery, Request, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode, header::CONTENT_LENGTH},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
-    auth,
+    auth::{self, Precheck},
     canonical::{self, CloudEvent},
+    config::Config,
+    http::error_response,
     server::App,
     store::{Ingest, IngestOutcome, NewEvent, Quarantined, Store},
     telemetry::{self, IngressOutcome},
@@ -42,12 +55,18 @@ pub enum IngressError {
     /// 400 (not JSON) or 422 (schema, unknown event).
     #[error(transparent)]
     Rejected(#[from] Rejection),
-    /// 503: the store could not commit; nothing was accepted.
+    /// 503: the store could not commit (the payload, or its quarantine); nothing was accepted.
     #[error("the event store is unavailable; nothing was accepted, retry later")]
     Unavailable,
-    /// 503: more requests in flight than `server.max_concurrent_requests`.
+    /// 503: every slot this request may take is held by other requests.
     #[error("the gateway is overloaded; retry later")]
     Overloaded,
+    /// 408: the request (body upload included) took longer than `server.request_timeout`.
+    #[error("the request took too long")]
+    Timeout,
+    /// 500: a defect in the gateway, not in the request (logged, never detailed).
+    #[error("internal error")]
+    Internal(String),
 }
 
 impl IngressError {
@@ -59,6 +78,8 @@ impl IngressError {
             IngressError::Unreadable(_) | IngressError::Rejected(Rejection::NotJson { .. }) => StatusCode::BAD_REQUEST,
             IngressError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             IngressError::Unavailable | IngressError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            IngressError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -73,6 +94,8 @@ impl IngressError {
             IngressError::Rejected(Rejection::Invalid { .. }) => "schema_violation",
             IngressError::Unavailable => "store_unavailable",
             IngressError::Overloaded => "overloaded",
+            IngressError::Timeout => "request_timeout",
+            IngressError::Internal(_) => "internal_error",
         }
     }
 
@@ -82,11 +105,14 @@ impl IngressError {
             IngressError::Unauthorized => IngressOutcome::Unauthorized,
             IngressError::TooLarge { .. } => IngressOutcome::TooLarge,
             IngressError::Unreadable(_) | IngressError::Rejected(_) => IngressOutcome::Invalid,
-            IngressError::Unavailable | IngressError::Overloaded => IngressOutcome::Unavailable,
+            IngressError::Unavailable | IngressError::Overloaded | IngressError::Internal(_) => {
+                IngressOutcome::Unavailable
+            }
+            IngressError::Timeout => IngressOutcome::Timeout,
         }
     }
 
-    fn details(&self) -> Vec<Violation> {
+    pub fn details(&self) -> Vec<Violation> {
         match self {
             IngressError::Rejected(r) => r.violations(),
             _ => Vec::new(),
@@ -96,42 +122,173 @@ impl IngressError {
 
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
+        if let IngressError::Internal(why) = &self {
+            tracing::error!(error = %why, "Ingress failed inside the gateway.");
+        }
         error_response(self.status(), self.code(), &self.to_string(), &self.details())
     }
 }
 
-/// The JSON error body every endpoint uses: `{"error": {code, message, details}}`.
-pub fn error_response(status: StatusCode, code: &str, message: &str, details: &[Violation]) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message, "details": details}}))).into_response()
+/// The concurrency slots of the ingress, taken only by requests that passed every check the
+/// request head allows.
+pub struct Admission {
+    /// `server.max_concurrent_requests`: requests reading a body or being processed.
+    slots: Arc<Semaphore>,
+    /// Per `none`/`hmac` source: the most of those slots its not-yet-verified bodies may hold.
+    unverified: BTreeMap<String, Arc<Semaphore>>,
+}
+
+impl Admission {
+    pub fn new(config: &Config) -> Admission {
+        let share = config.unverified_share();
+        let unverified = config
+            .sources
+            .iter()
+            .filter(|(_, s)| matches!(s.auth, crate::config::Auth::None | crate::config::Auth::Hmac { .. }))
+            .map(|(name, _)| (name.clone(), Arc::new(Semaphore::new(share))))
+            .collect();
+        Admission { slots: Arc::new(Semaphore::new(config.server.max_concurrent_requests)), unverified }
+    }
+
+    fn slot(&self) -> Result<OwnedSemaphorePermit, IngressError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| IngressError::Overloaded)
+    }
+
+    fn unverified(&self, source: &str) -> Result<Option<OwnedSemaphorePermit>, IngressError> {
+        match self.unverified.get(source) {
+            Some(share) => share.clone().try_acquire_owned().map(Some).map_err(|_| IngressError::Overloaded),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Bodies at least this large are validated and mapped on the [`Offload`] pool; smaller ones
+/// take less time than handing them over would cost.
+pub const OFFLOAD_BYTES: usize = 16 * 1024;
+
+/// A bounded pool for CPU-heavy work (parsing, validating and mapping a large body) off the
+/// runtime's worker threads, so health checks, metrics and small requests stay responsive.
+pub struct Offload {
+    permits: Arc<Semaphore>,
+}
+
+impl Offload {
+    /// A pool running at most `threads` jobs at once.
+    pub fn new(threads: usize) -> Offload {
+        Offload { permits: Arc::new(Semaphore::new(threads.max(1))) }
+    }
+
+    /// One worker per core.
+    pub fn per_core() -> Offload {
+        Offload::new(std::thread::available_parallelism().map_or(2, usize::from))
+    }
+
+    /// Runs `work` for an input of `size` bytes: inline when small, else on the pool (waiting,
+    /// without blocking the runtime, for a free worker).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        size: usize,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, IngressError> {
+        if size < OFFLOAD_BYTES {
+            return Ok(work());
+        }
+        let permit = self.permits.clone().acquire_owned().await.map_err(|_| IngressError::Unavailable)?;
+        // The permit travels with the job: an abandoned request (timeout) does not free its
+        // worker before the job is done, so the bound holds.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| IngressError::Internal(format!("offloaded work failed: {e}")))
+    }
+}
+
+/// The labels an ingress request is counted with, attached to its response by the handler;
+/// [`count`] counts requests that never reached it (405, 408, an unreadable path).
+#[derive(Debug, Clone)]
+struct Counted {
+    source: String,
+    vendor: &'static str,
+    outcome: IngressOutcome,
+}
+
+/// The configured source named by an ingress path, if any: (source, vendor) labels.
+fn labels<'a>(app: &'a App, name: Option<&str>) -> (&'a str, &'static str) {
+    match name.and_then(|n| app.config.sources.get_key_value(n)) {
+        Some((name, s)) => (name.as_str(), s.vendor.as_str()),
+        None => ("unknown", "unknown"),
+    }
+}
+
+/// Middleware around every `/v1/ingest/…` request: counts it in
+/// `callgate_ingress_requests_total` and times it, whatever answered it.
+pub async fn count(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let Some(rest) = path.strip_prefix("/v1/ingest").filter(|r| r.is_empty() || r.starts_with('/')) else {
+        return next.run(request).await;
+    };
+    let segment = rest.trim_start_matches('/').to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let seconds = started.elapsed().as_secs_f64();
+    match response.extensions().get::<Counted>() {
+        Some(c) => telemetry::ingress(&c.source, c.vendor, c.outcome, seconds),
+        None => {
+            let (source, vendor) = labels(&app, Some(segment.as_str()));
+            let status = response.status();
+            let outcome = match status {
+                s if s.is_success() => IngressOutcome::Accepted,
+                StatusCode::NOT_FOUND => IngressOutcome::UnknownSource,
+                StatusCode::UNAUTHORIZED => IngressOutcome::Unauthorized,
+                StatusCode::PAYLOAD_TOO_LARGE => IngressOutcome::TooLarge,
+                StatusCode::REQUEST_TIMEOUT => IngressOutcome::Timeout,
+                s if s.is_server_error() => IngressOutcome::Unavailable,
+                _ => IngressOutcome::Invalid,
+            };
+            tracing::warn!(source = %source, vendor = %vendor, status = status.as_u16(), "Ingress rejected.");
+            telemetry::ingress(source, vendor, outcome, seconds);
+        }
+    }
+    response
+}
+
+/// Middleware: answers 408 to a request (body upload included) that takes longer than
+/// `server.request_timeout`. A commit already under way still completes; the vendor's retry
+/// is then recognised as a duplicate.
+pub async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => IngressError::Timeout.into_response(),
+    }
 }
 
 pub async fn ingest(
     State(app): State<Arc<App>>,
-    Path(source): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
     let received_at = Utc::now();
-    let (label_source, vendor) = match app.config.sources.get_key_value(&source) {
-        Some((name, s)) => (name.as_str(), s.vendor.as_str()),
-        None => ("unknown", "unknown"),
+    // A segment that is not UTF-8 names no source (source names are ASCII).
+    let source = path.ok().map(|Path(source)| source);
+    let (label_source, vendor) = labels(&app, source.as_deref());
+    let result = match source.as_deref() {
+        Some(source) => handle(&app, source, query.as_deref(), &headers, body, received_at).await,
+        None => Err(IngressError::UnknownSource),
     };
-    let result = handle(&app, &source, query.as_deref(), &headers, body, received_at).await;
-    let seconds = started.elapsed().as_secs_f64();
-    match result {
+    let (outcome, mut response) = match result {
         Ok((outcome, ids)) => {
-            telemetry::ingress(label_source, vendor, outcome, seconds);
             let body = if outcome == IngressOutcome::Duplicate {
                 json!({"accepted": 0, "duplicate": true, "ids": ids})
             } else {
                 json!({"accepted": ids.len(), "ids": ids})
             };
-            (StatusCode::OK, Json(body)).into_response()
+            (outcome, (StatusCode::OK, axum::Json(body)).into_response())
         }
         Err(e) => {
-            telemetry::ingress(label_source, vendor, e.outcome(), seconds);
             let details = e.details();
             tracing::warn!(
                 source = %label_source,
@@ -139,12 +296,15 @@ pub async fn ingest(
                 status = e.status().as_u16(),
                 code = e.code(),
                 reason = %e,
+                problems = details.len(),
                 first_problem = ?details.first().map(|v| format!("{}: {}", v.path, v.message)),
                 "Ingress rejected."
             );
-            e.into_response()
+            (e.outcome(), e.into_response())
         }
-    }
+    };
+    response.extensions_mut().insert(Counted { source: label_source.to_owned(), vendor, outcome });
+    response
 }
 
 async fn handle(
@@ -153,7 +313,7 @@ async fn handle(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-    received_at: chrono::DateTime<Utc>,
+    received_at: DateTime<Utc>,
 ) -> Result<(IngressOutcome, Vec<String>), IngressError> {
     let config = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?;
     let limit = app.config.server.max_body_bytes;
@@ -161,53 +321,59 @@ async fn handle(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngressError::TooLarge { limit });
     }
+    // Credentials first: a request that can be turned away on its head never takes a slot.
+    let precheck = auth::before_body(&config.auth, headers, query);
+    if precheck == Precheck::Fail {
+        return Err(IngressError::Unauthorized);
+    }
+    let unverified = if precheck == Precheck::Unverified { app.admission.unverified(source)? } else { None };
+    let _slot = app.admission.slot()?;
     let body = read_body(body, limit).await?;
-    // HMAC needs the body; the other schemes could answer before reading it, but one order
-    // for all keeps the code simple and the body is bounded anyway.
     if !auth::check(&config.auth, headers, query, &body) {
         return Err(IngressError::Unauthorized);
     }
-    accept(app, source, &body, received_at, true).await
+    drop(unverified); // authenticated now (or open to anyone): only the shared slot remains
+    accept(app, source, body, received_at, OnReject::Quarantine).await
+}
+
+/// What [`accept`] does with a payload the vendor adapter rejects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReject {
+    /// Keep it in the quarantine (a vendor's delivery): nothing is lost.
+    Quarantine,
+    /// Only report it (a replay from the quarantine, which keeps it anyway).
+    Report,
 }
 
 /// Normalises and stores one authenticated body from `source`: the part of ingress that a
-/// quarantine replay runs again. A rejected body is quarantined when `quarantine_rejects`.
+/// quarantine replay runs again.
 pub async fn accept(
     app: &App,
     source: &str,
-    body: &[u8],
-    received_at: chrono::DateTime<Utc>,
-    quarantine_rejects: bool,
+    body: Bytes,
+    received_at: DateTime<Utc>,
+    on_reject: OnReject,
 ) -> Result<(IngressOutcome, Vec<String>), IngressError> {
-    let config = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?;
-    let origin = Origin { source, vendor: config.vendor, phone_region: config.phone_region };
-    let digest = canonical::body_digest(body);
-    let events = match vendors::normalize_digested(&origin, body, &digest, received_at) {
-        Ok(events) => events,
-        Err(rejection) => {
-            if quarantine_rejects {
-                quarantine(app.store.as_ref(), source, config.vendor.as_str(), &rejection, body, received_at).await;
+    let vendor = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?.vendor;
+    let prepared = {
+        let (config, source, body) = (app.config.clone(), source.to_owned(), body.clone());
+        app.offload.run(body.len(), move || prepare(&config, &source, &body, received_at)).await?
+    };
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(IngressError::Rejected(rejection)) => {
+            if on_reject == OnReject::Quarantine {
+                quarantine(app.store.as_ref(), source, vendor.as_str(), &rejection, &body, received_at).await?;
             }
             return Err(rejection.into());
         }
+        Err(e) => return Err(e),
     };
-    let ingest = Ingest {
-        source: source.to_owned(),
-        digest,
-        body: body.to_vec(),
-        received_at: received_at.timestamp_millis(),
-        events: events.iter().map(|e| new_event(app, e)).collect::<Result<_, _>>()?,
-    };
-    let routes: Vec<String> = {
-        let mut r: Vec<String> = ingest.events.iter().flat_map(|e| e.routes.iter().cloned()).collect();
-        r.sort();
-        r.dedup();
-        r
-    };
+    let Prepared { ingest, kinds, routes } = prepared;
     match app.store.ingest(ingest).await {
         Ok(IngestOutcome::Accepted(ids)) => {
-            for event in &events {
-                telemetry::event(source, event.kind.as_str());
+            for kind in kinds {
+                telemetry::event(source, kind);
             }
             for route in &routes {
                 app.dispatcher.wake(route);
@@ -222,53 +388,137 @@ pub async fn accept(
     }
 }
 
-fn new_event(app: &App, event: &CloudEvent) -> Result<NewEvent, IngressError> {
+/// A normalised payload ready for the store.
+struct Prepared {
+    ingest: Ingest,
+    /// Canonical type of each event, for `callgate_events_total` once committed.
+    kinds: Vec<&'static str>,
+    /// Routes that get a delivery (to wake after the commit).
+    routes: Vec<String>,
+}
+
+/// The CPU-bound part of ingress, run inline or on the [`Offload`] pool: digest, validate,
+/// map, and render every event once for the store.
+fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc>) -> Result<Prepared, IngressError> {
+    let source_config = config.sources.get(source).ok_or(IngressError::UnknownSource)?;
+    let origin = Origin { source, vendor: source_config.vendor, phone_region: source_config.phone_region };
+    let digest = canonical::body_digest(body);
+    let events = vendors::normalize_digested(&origin, body, &digest, received_at)?;
+    let kinds = events.iter().map(|e| e.kind.as_str()).collect();
+    let events: Vec<NewEvent> = events.iter().map(|e| new_event(config, e)).collect::<Result<_, _>>()?;
+    let mut routes: Vec<String> = events.iter().flat_map(|e| e.routes.iter().cloned()).collect();
+    routes.sort();
+    routes.dedup();
+    let ingest = Ingest {
+        source: source.to_owned(),
+        digest,
+        body: body.to_vec(),
+        received_at: received_at.timestamp_millis(),
+        events,
+    };
+    Ok(Prepared { ingest, kinds, routes })
+}
+
+fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressError> {
     let kind = event.kind.as_str();
     let source = &event.data.common.source;
-    let routes = app
-        .config
+    let routes = config
         .routes
         .iter()
         .filter(|(_, r)| r.matches(kind, source, event.data.common.test))
         .map(|(name, _)| name.clone())
         .collect();
-    let json = serde_json::to_string(event).map_err(|e| IngressError::Unreadable(e.to_string()))?;
+    // A canonical event that does not serialise is our defect, not the vendor's.
+    let json =
+        serde_json::to_string(event).map_err(|e| IngressError::Internal(format!("serialising an event: {e}")))?;
     Ok(NewEvent { id: event.id.clone(), kind: kind.to_owned(), subject: event.subject.clone(), json, routes })
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, IngressError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if too_large { IngressError::TooLarge { limit } } else { IngressError::Unreadable(e.to_string()) }
-    })
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(IngressError::TooLarge { limit }),
+        Err(e) => Err(IngressError::Unreadable(crate::http::cut(&e.to_string(), 200))),
+    }
 }
 
 /// Keeps a rejected body so an operator can inspect and replay it. Never records auth
 /// material: only the body, which the source authenticated or which failed before auth.
+/// When the quarantine cannot commit, the payload is answered 503 rather than lost.
 async fn quarantine(
     store: &dyn Store,
     source: &str,
     vendor: &str,
     rejection: &Rejection,
     body: &[u8],
-    received_at: chrono::DateTime<Utc>,
-) {
-    let (status, reason) = match rejection {
-        Rejection::NotJson { .. } => (400, "invalid_json"),
-        Rejection::UnknownEvent { .. } => (422, "unknown_event"),
-        Rejection::Invalid { .. } => (422, "schema_violation"),
-    };
+    received_at: DateTime<Utc>,
+) -> Result<(), IngressError> {
+    let error = IngressError::Rejected(rejection.clone());
     let item = Quarantined {
         source: source.to_owned(),
         vendor: vendor.to_owned(),
         received_at: received_at.timestamp_millis(),
-        status,
-        reason: reason.to_owned(),
+        status: error.status().as_u16(),
+        reason: error.code().to_owned(),
         details: serde_json::to_string(&rejection.violations()).unwrap_or_else(|_| "[]".into()),
         body: body.to_vec(),
     };
-    if let Err(e) = store.quarantine(item).await {
-        tracing::error!(source = %source, error = %e, "Could not quarantine a rejected payload.");
+    store.quarantine(item).await.map_err(|e| {
+        tracing::error!(source = %source, error = %e, "Could not quarantine a rejected payload; answering 503 so the vendor retries.");
+        IngressError::Unavailable
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// The heavy job waits for a message that only another task on the same one-thread
+    /// runtime sends: had it run on the runtime's thread, that task could never run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn large_work_runs_off_the_runtime_thread_and_small_work_inline() {
+        let offload = Offload::new(1);
+        let runtime_thread = std::thread::current().id();
+        let small = offload.run(10, move || std::thread::current().id()).await.unwrap();
+        assert_eq!(small, runtime_thread);
+
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let heavy = offload.run(OFFLOAD_BYTES, move || {
+            let heard = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+            (heard, std::thread::current().id())
+        });
+        let other = async move {
+            tokio::task::yield_now().await;
+            tx.send(()).unwrap();
+        };
+        let ((heard, thread), ()) = tokio::join!(async { heavy.await.unwrap() }, other);
+        assert!(heard, "the runtime kept running while the heavy job ran");
+        assert_ne!(thread, runtime_thread);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_runs_at_most_its_size_at_once() {
+        let offload = Arc::new(Offload::new(1));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut jobs = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (offload, running, most) = (offload.clone(), running.clone(), most.clone());
+            jobs.spawn(async move {
+                offload
+                    .run(OFFLOAD_BYTES, move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(5));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                    .unwrap()
+            });
+        }
+        while jobs.join_next().await.is_some() {}
+        assert_eq!(most.load(Ordering::SeqCst), 1, "jobs of a one-worker pool ran side by side");
     }
 }

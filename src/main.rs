@@ -274,7 +274,16 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
                 if all {
                     query.push(("all", "true".to_owned()));
                 }
-                client.call(Method::POST, &format!("{path}/replay"), &query).await.map(pretty)
+                let mut answer = client.call(Method::POST, &format!("{path}/replay"), &query).await?;
+                // A quarantine replay answers in parts when very many match: go on until done.
+                while answer["more"] == true {
+                    let Some(after) = answer["next_after_id"].as_i64() else { break };
+                    let mut next_query = query.clone();
+                    next_query.push(("after_id", after.to_string()));
+                    let next = client.call(Method::POST, &format!("{path}/replay"), &next_query).await?;
+                    answer = admin_client::merge_replays(answer, next);
+                }
+                Ok(pretty(answer))
             }
         },
         Target::Routes(RouteAction::List) => {

@@ -4,20 +4,22 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::{Request, State},
+    extract::State,
     http::StatusCode,
-    middleware::{self, Next},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::{
     admin,
     config::Config,
     delivery::Dispatcher,
-    ingress::{self, IngressError, error_response},
+    http::{error_response, json_errors, panic_response},
+    ingress::{self, Admission, Offload},
     store::{Store, sqlite::SqliteStore},
     telemetry, vendors,
 };
@@ -32,8 +34,10 @@ pub struct App {
     pub dispatcher: Dispatcher,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// Bounds requests in flight; a request that finds no permit is shed with 503.
-    pub permits: Arc<Semaphore>,
+    /// Bounds ingress requests in flight; a request that finds no slot is shed with 503.
+    pub admission: Admission,
+    /// Where large bodies are validated and mapped, off the runtime's worker threads.
+    pub offload: Offload,
 }
 
 /// The listeners a gateway serves on.
@@ -60,7 +64,8 @@ impl Listeners {
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let path = config.sqlite_path();
     let store = SqliteStore::open(&path, config.storage.busy_timeout)
-        .map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?
+        .with_min_free_bytes(config.storage.min_free_bytes);
     Ok(Arc::new(store))
 }
 
@@ -81,7 +86,8 @@ pub async fn run(
         store: store.clone(),
         dispatcher,
         metrics: metrics.clone(),
-        permits: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
+        admission: Admission::new(&config),
+        offload: Offload::per_core(),
     });
 
     let upkeep = tokio::spawn(async move {
@@ -101,19 +107,23 @@ pub async fn run(
     };
     let ops = ops_router(app.clone());
     let ingress_router = ingress_router(app.clone());
+    // Outermost on every listener: a panic answers 500, and every error is the JSON body.
+    let finish =
+        |router: Router| router.layer(middleware::from_fn(json_errors)).layer(CatchPanicLayer::custom(panic_response));
     let mut servers = tokio::task::JoinSet::new();
     let ingress_addr = listeners.ingress.local_addr()?;
     let (public, admin_addr) = match listeners.admin {
         Some(admin) => {
             let addr = admin.local_addr()?;
             let mut stop = stop_tx.subscribe();
-            let ops = ops.fallback(not_found);
+            let ops = finish(ops.fallback(not_found));
             servers.spawn(crate::http::serve(admin, ops, limits, async move { drop(stop.recv().await) }));
             (ingress_router, Some(addr))
         }
         None => (ingress_router.merge(ops), None),
     };
-    let public = public.fallback(not_found);
+    // Counted outside the time limit, so a 408 is counted too.
+    let public = finish(public.fallback(not_found).layer(middleware::from_fn_with_state(app.clone(), ingress::count)));
     let mut stop = stop_tx.subscribe();
     servers.spawn(crate::http::serve(listeners.ingress, public, limits, async move { drop(stop.recv().await) }));
     // A machine-readable line on stdout: tests and scripts read the bound addresses here.
@@ -186,8 +196,7 @@ fn ingress_router(app: Arc<App>) -> Router {
     let timeout = app.config.server.request_timeout;
     Router::new()
         .route("/v1/ingest/{source}", post(ingress::ingest))
-        .layer(middleware::from_fn_with_state(app.clone(), shed_load))
-        .layer(middleware::from_fn_with_state(timeout, time_limit))
+        .layer(middleware::from_fn_with_state(timeout, ingress::time_limit))
         .with_state(app)
 }
 
@@ -200,35 +209,14 @@ fn ops_router(app: Arc<App>) -> Router {
         .merge(admin::router(app))
 }
 
-/// Answers 408 to a request (body upload included) that takes longer than
-/// `server.request_timeout`. A commit already under way still completes; the vendor's retry
-/// is then recognised as a duplicate.
-async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => error_response(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took too long", &[]),
-    }
-}
-
-/// Sheds requests beyond `server.max_concurrent_requests` with 503 instead of queueing them.
-async fn shed_load(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    match app.permits.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => {
-            telemetry::ingress("unknown", "unknown", telemetry::IngressOutcome::Unavailable, 0.0);
-            IngressError::Overloaded.into_response()
-        }
-    }
-}
-
 async fn not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint", &[])
+    error_response::<()>(StatusCode::NOT_FOUND, "not_found", "no such endpoint", &[])
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     match app.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &format!("store: {e}"), &[]),
+        Err(e) => error_response::<()>(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &format!("store: {e}"), &[]),
     }
 }
 

@@ -35,6 +35,8 @@ pub enum IngressOutcome {
     TooLarge,
     Unavailable,
     UnknownSource,
+    /// 408: the request did not finish within `server.request_timeout`.
+    Timeout,
 }
 
 impl IngressOutcome {
@@ -47,6 +49,7 @@ impl IngressOutcome {
             IngressOutcome::TooLarge => "too_large",
             IngressOutcome::Unavailable => "unavailable",
             IngressOutcome::UnknownSource => "unknown_source",
+            IngressOutcome::Timeout => "timeout",
         }
     }
 }

@@ -124,3 +124,28 @@ fn glob_patterns_match_canonical_types() {
     assert!(r.matches("transcript.final", "a", false) && !r.matches("transcript.partial", "a", false));
     assert!(!r.matches("sms.received", "a", false));
 }
+
+#[test]
+fn an_empty_admin_token_is_rejected_like_an_empty_source_secret() {
+    assert_eq!(
+        errors("[admin]\ntoken = \"\"\n"),
+        ["admin.token: the token is empty (remove the key to turn the admin API off)"]
+    );
+    let e = Config::from_toml("[admin]\ntoken = \"${EMPTY}\"\n", &Vars(&[("EMPTY", " ")])).unwrap_err();
+    assert_eq!(e.errors[0].key, "admin.token");
+}
+
+#[test]
+fn sources_that_read_bodies_unauthenticated_share_a_bounded_part_of_the_slots() {
+    let two_open = "[server]\nmax_concurrent_requests = 300\n[sources.a]\nvendor = \"vox\"\n[sources.b]\nvendor = \"vox\"\n\
+                    [sources.c]\nvendor = \"vox\"\nauth = { type = \"bearer\", token = \"${TOKEN}\" }\n";
+    assert_eq!(load(two_open).unverified_share(), 100, "300 slots / (2 unverified sources + 1)");
+    let fixed = two_open
+        .replace("max_concurrent_requests = 300", "max_concurrent_requests = 300\nmax_unverified_per_source = 7");
+    assert_eq!(load(&fixed).unverified_share(), 7);
+    assert_eq!(load("[server]\nmax_concurrent_requests = 1\n[sources.a]\nvendor = \"vox\"\n").unverified_share(), 1);
+    assert_eq!(
+        errors("[server]\nmax_unverified_per_source = 0\n"),
+        ["server.max_unverified_per_source: must be greater than 0"]
+    );
+}

@@ -171,6 +171,8 @@ pub struct Filter {
     pub since: Option<Millis>,
     /// Only ids below this (pagination, newest first).
     pub before_id: Option<i64>,
+    /// Only ids above this (pagination, oldest first).
+    pub after_id: Option<i64>,
     pub limit: Option<usize>,
 }
 
@@ -235,7 +237,7 @@ pub trait Store: Send + Sync + 'static {
     /// Backlog and dead letters per route, straight from the store.
     async fn counts(&self) -> Result<Counts, StoreError>;
 
-    /// Whether the store can commit now.
+    /// Whether the store can commit a real write now (and has room for more).
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Routes paused (by a 410 or an operator), with since when and why.

@@ -120,6 +120,15 @@ DROP TABLE events;
 ALTER TABLE events_v2 RENAME TO events;
 CREATE INDEX events_payload ON events (payload_id);
 "#,
+    // 3: readiness writes a real row (with a page of padding) instead of an empty transaction,
+    // so a full disk or a read-only file makes `/readyz` fail, not only a held lock.
+    r#"
+CREATE TABLE health (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    at    INTEGER NOT NULL,
+    probe BLOB    NOT NULL
+);
+"#,
 ];
 
 /// Most jobs one transaction takes: bounds the latency a batch adds to its first member.
@@ -183,6 +192,8 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     /// Backlog and dead letters per route, kept equal to the tables by the writer.
     counts: Arc<Mutex<Counts>>,
+    /// Readiness fails below this much free space where the database lives.
+    min_free_bytes: u64,
 }
 
 impl SqliteStore {
@@ -208,7 +219,37 @@ impl SqliteStore {
             writer: tx,
             readers: Arc::new(Mutex::new(readers)),
             counts,
+            min_free_bytes: 0,
         })
+    }
+
+    /// Makes readiness ([`Store::ping`]) fail while the file system holding the database has
+    /// less than `bytes` free.
+    pub fn with_min_free_bytes(mut self, bytes: u64) -> SqliteStore {
+        self.min_free_bytes = bytes;
+        self
+    }
+
+    /// Fails when the database's file system is read-only or short of free space.
+    fn check_disk(&self) -> Result<(), StoreError> {
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let stats = rustix::fs::statvfs(dir)
+            .map_err(|e| StoreError::Backend(format!("cannot read the free space of {}: {e}", dir.display())))?;
+        if stats.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            return Err(StoreError::Backend(format!("{} is on a read-only file system", self.path.display())));
+        }
+        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        if free < self.min_free_bytes {
+            return Err(StoreError::Backend(format!(
+                "only {free} bytes free for {} (storage.min_free_bytes is {})",
+                self.path.display(),
+                self.min_free_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Runs `work` in the writer's next transaction and returns its result once committed
@@ -558,6 +599,10 @@ fn filter_sql(filter: &Filter, name_col: &str, time_col: &str) -> (String, Vec<r
         values.push(V::Integer(before));
         clauses.push(format!("id < ?{}", values.len()));
     }
+    if let Some(after) = filter.after_id {
+        values.push(V::Integer(after));
+        clauses.push(format!("id > ?{}", values.len()));
+    }
     (clauses.join(" AND "), values)
 }
 
@@ -636,7 +681,17 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.write(|_, _| Ok(())).await
+        self.check_disk()?;
+        // A real, durable write: an empty transaction commits even on a full disk.
+        self.write(|tx, _| {
+            tx.prepare_cached(
+                "INSERT INTO health (id, at, probe) VALUES (1, ?1, zeroblob(4096))
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at, probe = excluded.probe",
+            )?
+            .execute([now_ms()])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn paused(&self) -> Result<Vec<Pause>, StoreError> {
@@ -657,7 +712,7 @@ impl Store for SqliteStore {
 
     async fn dead_letters(&self, filter: &Filter) -> Result<Vec<DeadLetter>, StoreError> {
         let (clause, mut values) = filter_sql(filter, "d.route", "d.dead_at");
-        let clause = clause.replace("id = ", "d.id = ").replace("id < ", "d.id < ");
+        let clause = clause.replace("id = ", "d.id = ").replace("id < ", "d.id < ").replace("id > ", "d.id > ");
         values.push(rusqlite::types::Value::Integer(limit(filter)));
         let sql = format!(
             "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error

@@ -2,6 +2,7 @@
 
 mod cli;
 mod e2e;
+mod edges;
 mod fuzz_regressions;
 mod golden;
 mod reliability;

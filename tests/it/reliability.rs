@@ -330,8 +330,11 @@ async fn quarantined_payloads_are_listed_and_replayed_after_a_fix() {
     assert_eq!(replay["results"][0]["outcome"], "accepted", "{replay}");
     let (code, out, err) = cli(&gateway, &["quarantine", "replay", "--source", "calls"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.matches("\"accepted\"").count(), 2, "{out}");
-    assert_eq!(out.matches("\"rejected\"").count(), 1, "the non-JSON body still fails: {out}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    let outcomes: Vec<&str> =
+        answer["results"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["accepted", "accepted", "rejected"], "the non-JSON body still fails: {out}");
+    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(2), Some(1)));
     let requests = receiver.wait_for("/crm", 3).await;
     let mut types: Vec<String> = requests.iter().map(|r| r.json()["type"].as_str().unwrap().to_owned()).collect();
     types.sort();
