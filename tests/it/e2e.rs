@@ -497,3 +497,43 @@ async fn environment_variables_override_the_file() {
     assert_ne!(gateway.addr, taken);
     assert_eq!(gateway.http.get(gateway.url("/healthz")).send().await.unwrap().status(), 200);
 }
+
+/// Two accounts of one vendor reuse call ids (Salpre's are small integers): their subjects
+/// differ, so one account's failing call never holds back the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sources_of_one_vendor_with_one_call_id_do_not_block_each_other() {
+    let receiver = Receiver::start().await;
+    receiver.fail_bodies_containing(r#""subject":"salpre_east:1""#, 500);
+    let dir = temp_dir();
+    let config = base_config(dir.path())
+        + "\n[sources.salpre_east]\nvendor = \"salpre\"\n\n[sources.salpre_west]\nvendor = \"salpre\"\n"
+        + &route(
+            "crm",
+            &receiver.url("/crm"),
+            "include_test = true\n[routes.crm.retry]\nschedule = [\"20ms\", \"1h\"]",
+        );
+    let gateway = Gateway::start(dir.path(), &config).await;
+
+    // East's call 1 fails twice and then waits an hour, holding its follower behind it.
+    let (status, east) = gateway.post("salpre_east", fixture("salpre/doc-call_ended.json")).await;
+    assert_eq!((status, east["accepted"].as_u64()), (200, Some(2)));
+    gateway.wait_metric("callgate_deliveries_total{route=\"crm\",outcome=\"retry\"}", 2.0).await;
+
+    // West's call 1 flows all the same, in its own order.
+    let mut west_ids = Vec::new();
+    for path in ["salpre/doc-call_initiated.json", "salpre/doc-call_ended.json"] {
+        let (status, body) = gateway.post("salpre_west", fixture(path)).await;
+        assert_eq!(status, 200, "{body}");
+        west_ids.extend(body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()));
+    }
+    gateway.wait_metric("callgate_deliveries_total{route=\"crm\",outcome=\"success\"}", west_ids.len() as f64).await;
+    let requests = receiver.at("/crm");
+    let (east_requests, west_requests): (Vec<&Received>, Vec<&Received>) =
+        requests.iter().partition(|r| r.json()["data"]["source"] == "salpre_east");
+    let west_arrived: Vec<String> = west_requests.iter().map(|r| r.json()["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(west_arrived, west_ids, "west's events, each once, in accepted order");
+    assert!(west_requests.iter().all(|r| r.json()["subject"] == "salpre_west:1"));
+    assert_eq!(east_requests.len(), 2, "only east's head, twice");
+    assert!(east_requests.iter().all(|r| r.json()["subject"] == "salpre_east:1" && r.json()["id"] == east["ids"][0]));
+    assert_eq!(gateway.metric("callgate_delivery_backlog{route=\"crm\"}").await, 2.0, "east's call waits");
+}
