@@ -537,3 +537,40 @@ async fn two_sources_of_one_vendor_with_one_call_id_do_not_block_each_other() {
     assert!(east_requests.iter().all(|r| r.json()["subject"] == "salpre_east:1" && r.json()["id"] == east["ids"][0]));
     assert_eq!(gateway.metric("callgate_delivery_backlog{route=\"crm\"}").await, 2.0, "east's call waits");
 }
+
+/// A 20 KB vendor value in a templated header is cut to the documented limit, so the
+/// delivery still reaches a receiver that refuses request heads over 16 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_vendor_value_in_a_templated_header_is_cut_and_still_delivered() {
+    let receiver = Receiver::start_with_head_limit(16 * 1024).await;
+    let huge = "x".repeat(20_000);
+    // The receiver really refuses a 20 KB header: without the cap the delivery would fail.
+    let direct = reqwest::Client::new().post(receiver.url("/crm")).header("x-campaign", &huge).body("{}").send().await;
+    assert!(direct.is_err() || direct.unwrap().status() == 431, "a 20 KB head is refused");
+    assert!(receiver.at("/crm").is_empty());
+
+    let dir = temp_dir();
+    let headers = r#"headers = { X-Campaign = "{{data.metadata.campaign}}", X-Call-Id = "{{data.call_id}}" }"#;
+    let config = base_config(dir.path()) + &route("crm", &receiver.url("/crm"), headers);
+    let gateway = Gateway::start(dir.path(), &config).await;
+    let mut body: Value = serde_json::from_slice(&fixture("vox/doc-call_ended.json")).unwrap();
+    body["call"]["metadata"]["campaign"] = Value::String(huge.clone());
+    let (status, answer) = gateway.post("vox", serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(status, 200, "{answer}");
+    let events = answer["ids"].as_array().unwrap().len();
+    let requests = receiver.wait_for("/crm", events).await;
+    for request in &requests {
+        let campaign = request.header("x-campaign").unwrap();
+        assert_eq!(campaign, huge[..1024], "cut to 1 KiB");
+        assert_eq!(request.header("x-call-id").as_deref(), Some("6b0f1f08-1c2b-4f0e-9c3a-0c1d9e6f5a82"));
+        assert_eq!(request.json()["data"]["metadata"]["campaign"], huge.as_str(), "the body keeps the whole value");
+    }
+    gateway.wait_metric("callgate_deliveries_total{route=\"crm\",outcome=\"success\"}", events as f64).await;
+    assert_eq!(gateway.metric("callgate_header_values_truncated_total{route=\"crm\"}").await, events as f64);
+    // A later log line is the barrier: every line logged before it has been read.
+    assert_eq!(gateway.post("vox", "not json").await.0, 400);
+    gateway.wait_log("Ingress rejected.").await;
+    let logs = gateway.logs();
+    assert_eq!(logs.matches("Templated header values were cut").count(), 1, "logged once per route:\n{logs}");
+    assert!(!logs.contains(&huge[..100]), "the value is never logged");
+}
