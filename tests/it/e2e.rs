@@ -149,9 +149,10 @@ async fn exhausted_deliveries_become_dead_letters() {
 
     let (status, _) = gateway.post("oneinbox", fixture("oneinbox/doc-call.analyzed.json")).await;
     assert_eq!(status, 200);
-    gateway.wait_metric("callgate_dead_letters{route=\"down\"}", 1.0).await;
+    // The counter moves just after the commit that moves the gauges: wait for the later one.
+    gateway.wait_metric("callgate_deliveries_total{route=\"down\",outcome=\"dead_letter\"}", 1.0).await;
+    assert_eq!(gateway.metric("callgate_dead_letters{route=\"down\"}").await, 1.0);
     assert_eq!(gateway.metric("callgate_delivery_backlog{route=\"down\"}").await, 0.0);
-    assert_eq!(gateway.metric("callgate_deliveries_total{route=\"down\",outcome=\"dead_letter\"}").await, 1.0);
     assert_eq!(gateway.metric("callgate_deliveries_total{route=\"down\",outcome=\"retry\"}").await, 1.0);
     assert_eq!(receiver.at("/down").len(), 2, "one attempt plus one retry");
     gateway.wait_log("Delivery dead-lettered.").await;
@@ -418,7 +419,8 @@ async fn health_readiness_and_the_metric_series_contract() {
 
     assert_eq!(gateway.post("vox", fixture("vox/doc-call_started.json")).await.0, 200);
     receiver.wait_for("/crm", 1).await;
-    gateway.wait_metric("callgate_delivery_backlog{route=\"crm\"}", 0.0).await;
+    // Counters move just after the commit that empties the backlog: wait for them.
+    gateway.wait_metric("callgate_deliveries_total{route=\"crm\",outcome=\"success\"}", 1.0).await;
     let m = gateway.metrics().await;
     for series in [
         "callgate_ingress_requests_total{source=\"vox\",vendor=\"vox\",outcome=\"accepted\"} 1",
@@ -476,12 +478,21 @@ async fn delivery_resumes_from_the_store_after_a_restart_and_sigterm_exits_clean
     receiver.wait_for("/crm", 1).await; // the failed first attempt
     let exit = gateway.terminate().await;
     assert!(exit.success(), "SIGTERM exits 0: {exit:?}");
+    let db = rusqlite::Connection::open(dir.path().join("callgate.db")).unwrap();
+    let waiting: i64 = db.query_row("SELECT COUNT(*) FROM outbox WHERE attempts = 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(waiting, 1, "the failed delivery is in the store, its attempt recorded");
+    drop(db);
 
+    // The retry is held at the receiver, so it is in flight (still in the backlog) whenever
+    // the restarted gateway is scraped, however long the restart took.
+    receiver.hold("/crm");
     let gateway = Gateway::start(dir.path(), &config).await;
-    assert_eq!(gateway.metric("callgate_delivery_backlog{route=\"crm\"}").await, 1.0, "backlog survives the restart");
     let requests = receiver.wait_for("/crm", 2).await;
     assert_eq!(requests[1].json()["id"], body["ids"][0]);
+    assert_eq!(gateway.metric("callgate_delivery_backlog{route=\"crm\"}").await, 1.0, "backlog survives the restart");
+    receiver.release();
     gateway.wait_metric("callgate_delivery_backlog{route=\"crm\"}", 0.0).await;
+    assert_eq!(receiver.at("/crm").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
