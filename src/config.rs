@@ -282,6 +282,14 @@ impl RouteConfig {
     }
 }
 
+/// Longest value, in bytes, that one header with a `{{path}}` placeholder renders to.
+pub const HEADER_VALUE_MAX: usize = 1024;
+/// Most bytes all of a route's templated header values take in one request together; a header
+/// that would go past it is left out. With the fixed headers (content type, user agent,
+/// signature: well under 1 KiB) the request head stays far below the 8 KiB that common
+/// receivers accept.
+pub const TEMPLATED_HEADERS_MAX: usize = 4096;
+
 /// A header value with `{{path}}` placeholders, filled from the canonical event being sent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HeaderTemplate(Vec<Part>);
@@ -332,8 +340,11 @@ impl HeaderTemplate {
     }
 
     /// Renders against an event; a missing field is the empty string. Control characters
-    /// that a header cannot carry are dropped.
-    pub fn render(&self, event: &serde_json::Value) -> HeaderValue {
+    /// that a header cannot carry (CR, LF, NUL, DEL…) are dropped. A value with a `{{path}}`
+    /// is cut to [`HEADER_VALUE_MAX`] bytes (at a character boundary): vendor data can be
+    /// arbitrarily long, and a receiver refuses a request head over its limit. The flag says
+    /// whether the value was cut.
+    pub fn render_capped(&self, event: &serde_json::Value) -> (HeaderValue, bool) {
         let mut out = String::new();
         for part in &self.0 {
             match part {
@@ -349,7 +360,17 @@ impl HeaderTemplate {
             }
         }
         out.retain(|c| c == '\t' || !c.is_control());
-        HeaderValue::from_bytes(out.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
+        let cut = self.has_fields() && out.len() > HEADER_VALUE_MAX;
+        if cut {
+            let end = (0..=HEADER_VALUE_MAX).rev().find(|&i| out.is_char_boundary(i)).unwrap_or(0);
+            out.truncate(end);
+        }
+        (HeaderValue::from_bytes(out.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("")), cut)
+    }
+
+    /// [`HeaderTemplate::render_capped`] without the flag.
+    pub fn render(&self, event: &serde_json::Value) -> HeaderValue {
+        self.render_capped(event).0
     }
 
     /// Whether rendering needs the event (any `{{path}}`).

@@ -21,6 +21,7 @@ pub const DELIVERY_DURATION: &str = "callgate_delivery_duration_seconds";
 pub const BACKLOG: &str = "callgate_delivery_backlog";
 pub const DEAD_LETTERS: &str = "callgate_dead_letters";
 pub const ROUTE_PAUSED: &str = "callgate_route_paused";
+pub const HEADER_VALUES_TRUNCATED: &str = "callgate_header_values_truncated_total";
 
 /// Histogram buckets (seconds) for both latency series.
 const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -100,6 +101,10 @@ fn describe() {
     describe_histogram!(DELIVERY_DURATION, metrics::Unit::Seconds, "Time of one delivery attempt.");
     describe_gauge!(BACKLOG, "Deliveries waiting or retrying, by route.");
     describe_gauge!(DEAD_LETTERS, "Dead-lettered deliveries kept in the store, by route.");
+    describe_counter!(
+        HEADER_VALUES_TRUNCATED,
+        "Templated header values cut or left out to bound the request head, by route (once per delivery)."
+    );
     describe_gauge!(ROUTE_PAUSED, "1 while a route is paused (410 Gone, or an operator), else 0.");
 }
 
@@ -116,6 +121,10 @@ pub fn event(source: &str, kind: &'static str) {
 pub fn delivery(route: &str, outcome: DeliveryOutcome, seconds: f64) {
     counter!(DELIVERIES, "route" => route.to_owned(), "outcome" => outcome.as_str()).increment(1);
     histogram!(DELIVERY_DURATION, "route" => route.to_owned()).record(seconds);
+}
+
+pub fn header_values_truncated(route: &str, values: u64) {
+    counter!(HEADER_VALUES_TRUNCATED, "route" => route.to_owned()).increment(values);
 }
 
 pub fn route_paused(route: &str, paused: bool) {

@@ -335,7 +335,9 @@ impl Mapped {
     pub fn finish(self, body_digest: &[u8; 32], vendor_extra: Map<String, Value>) -> Vec<CloudEvent> {
         let Mapped { common, metadata, variables, events } = self;
         let (metadata, variables, vendor_extra) = (Arc::new(metadata), Arc::new(variables), Arc::new(vendor_extra));
-        let subject = format!("{}:{}", common.vendor, common.call_id);
+        // Per source, not per vendor: two accounts of one vendor may reuse call ids
+        // (canonical.md §2), and a call's delivery order is kept per (route, subject).
+        let subject = format!("{}:{}", common.source, common.call_id);
         let time = common.occurred_at.clone().unwrap_or_else(|| common.received_at.clone());
         let source = format!("/callgate/sources/{}", common.source);
         let ids = EventIds::new(&common.source, body_digest);

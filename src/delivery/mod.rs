@@ -26,7 +26,7 @@ use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Config, RouteConfig},
+    config::{Config, HEADER_VALUE_MAX, HeaderTemplate, RouteConfig, TEMPLATED_HEADERS_MAX},
     store::{Attempt, Delivery, Millis, Outcome, Store, now_ms},
     telemetry::{self, DeliveryOutcome},
 };
@@ -91,7 +91,7 @@ impl Dispatcher {
             routes.insert(name.clone(), handle.clone());
             let worker = Worker {
                 name: name.clone(),
-                route: Arc::new(RouteRuntime::new(route)),
+                route: Arc::new(RouteRuntime::new(name, route)),
                 handle,
                 store: store.clone(),
                 client: client.clone(),
@@ -134,19 +134,55 @@ impl Dispatcher {
     }
 }
 
+/// Renders a route's headers into `headers`, in their configured order, and returns the names
+/// of the templated ones that were cut to [`HEADER_VALUE_MAX`] or left out because all
+/// templated values together would pass [`TEMPLATED_HEADERS_MAX`].
+fn render_headers(
+    templates: &[(HeaderName, HeaderTemplate)],
+    event: &serde_json::Value,
+    headers: &mut HeaderMap,
+) -> Vec<HeaderName> {
+    let mut cut = Vec::new();
+    let mut templated = 0;
+    for (name, template) in templates {
+        let (value, was_cut) = template.render_capped(event);
+        if template.has_fields() {
+            if templated + value.len() > TEMPLATED_HEADERS_MAX {
+                cut.push(name.clone());
+                continue;
+            }
+            templated += value.len();
+        }
+        if was_cut {
+            cut.push(name.clone());
+        }
+        headers.insert(name.clone(), value);
+    }
+    cut
+}
+
 /// A route prepared for sending: parsed headers and signing keys.
 struct RouteRuntime {
+    name: String,
     config: RouteConfig,
+    /// Whether a cut header value was logged already (once per route, not per attempt).
+    header_cut_logged: AtomicBool,
     signing_keys: Vec<Vec<u8>>,
     /// Whether any header needs the event parsed to render.
     templated: bool,
 }
 
 impl RouteRuntime {
-    fn new(config: &RouteConfig) -> Self {
+    fn new(name: &str, config: &RouteConfig) -> Self {
         let signing_keys = config.signing_secrets.iter().filter_map(|s| signing::decode_secret(s.expose())).collect();
         let templated = config.headers.iter().any(|(_, t)| t.has_fields());
-        RouteRuntime { config: config.clone(), signing_keys, templated }
+        RouteRuntime {
+            name: name.to_owned(),
+            config: config.clone(),
+            header_cut_logged: AtomicBool::new(false),
+            signing_keys,
+            templated,
+        }
     }
 
     fn headers(&self, delivery: &Delivery) -> HeaderMap {
@@ -158,8 +194,19 @@ impl RouteRuntime {
             } else {
                 serde_json::Value::Null
             };
-            for (name, template) in &self.config.headers {
-                headers.insert(name.clone(), template.render(&event));
+            let cut = render_headers(&self.config.headers, &event, &mut headers);
+            if !cut.is_empty() {
+                // Counted per delivery (its first attempt), logged once per route: a retry
+                // renders the same values again. The value itself is never logged.
+                if delivery.attempts == 0 {
+                    telemetry::header_values_truncated(&self.name, cut.len() as u64);
+                }
+                if !self.header_cut_logged.swap(true, Ordering::Relaxed) {
+                    let names: Vec<&str> = cut.iter().map(|n| n.as_str()).collect();
+                    tracing::warn!(route = %self.name, headers = ?names, max_value = HEADER_VALUE_MAX, max_total = TEMPLATED_HEADERS_MAX,
+                        "Templated header values were cut or left out to keep the request head small (logged once per route; counted in {}).",
+                        telemetry::HEADER_VALUES_TRUNCATED);
+                }
             }
         }
         if !self.signing_keys.is_empty() {
@@ -399,6 +446,44 @@ mod tests {
             let d = jitter(Duration::from_secs(100));
             assert!(d >= Duration::from_secs(80) && d <= Duration::from_secs(120), "{d:?}");
         }
+    }
+
+    #[test]
+    fn templated_headers_are_capped_each_and_together_and_never_carry_control_bytes() {
+        let template = |t: &str| HeaderTemplate::parse(t).unwrap();
+        let big = "é".repeat(10_000); // two bytes each: the cut must fall between characters
+        let event = serde_json::json!({"data": {"big": big, "nasty": "a\r\nX-Injected: 1\u{0}\u{7f}b\tc", "n": 5}});
+        let templates: Vec<(HeaderName, HeaderTemplate)> = vec![
+            (HeaderName::from_static("x-big"), template("c={{data.big}}")),
+            (HeaderName::from_static("x-nasty"), template("{{data.nasty}}")),
+            (HeaderName::from_static("x-static"), template("fixed")),
+            (HeaderName::from_static("x-b2"), template("{{data.big}}")),
+            (HeaderName::from_static("x-b3"), template("{{data.big}}")),
+            (HeaderName::from_static("x-b4"), template("{{data.big}}")),
+            (HeaderName::from_static("x-n"), template("{{data.n}}")),
+        ];
+        let mut headers = HeaderMap::new();
+        let cut = render_headers(&templates, &event, &mut headers);
+        let big = headers["x-big"].len();
+        assert!(big <= HEADER_VALUE_MAX && big > HEADER_VALUE_MAX - 2, "{big}");
+        assert!(std::str::from_utf8(headers["x-big"].as_bytes()).is_ok(), "cut at a character boundary");
+        assert!(headers["x-big"].as_bytes().starts_with(b"c="));
+        assert_eq!(headers["x-nasty"].as_bytes(), b"aX-Injected: 1b\tc", "no CR, LF, NUL or DEL reaches the wire");
+        assert_eq!(headers["x-static"], "fixed");
+        // x-big (1 KiB), x-nasty, x-b2 and x-b3 fit in 4 KiB; x-b4 would not and is left out,
+        // the small x-n after it still fits.
+        assert!(headers.contains_key("x-b3") && !headers.contains_key("x-b4"));
+        assert_eq!(headers["x-n"], "5");
+        let templated: usize = headers.iter().filter(|(n, _)| *n != "x-static").map(|(_, v)| v.len()).sum();
+        assert!(templated <= TEMPLATED_HEADERS_MAX, "{templated}");
+        let cut: Vec<&str> = cut.iter().map(HeaderName::as_str).collect();
+        assert_eq!(cut, ["x-big", "x-b2", "x-b3", "x-b4"]);
+        // Literal headers are the operator's and are never cut.
+        let long_literal = "k".repeat(2 * HEADER_VALUE_MAX);
+        assert_eq!(
+            template(&long_literal).render_capped(&event),
+            (HeaderValue::from_str(&long_literal).unwrap(), false)
+        );
     }
 
     #[test]

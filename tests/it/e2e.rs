@@ -149,9 +149,10 @@ async fn exhausted_deliveries_become_dead_letters() {
 
     let (status, _) = gateway.post("oneinbox", fixture("oneinbox/doc-call.analyzed.json")).await;
     assert_eq!(status, 200);
-    gateway.wait_metric("callgate_dead_letters{route=\"down\"}", 1.0).await;
+    // The counter moves just after the commit that moves the gauges: wait for the later one.
+    gateway.wait_metric("callgate_deliveries_total{route=\"down\",outcome=\"dead_letter\"}", 1.0).await;
+    assert_eq!(gateway.metric("callgate_dead_letters{route=\"down\"}").await, 1.0);
     assert_eq!(gateway.metric("callgate_delivery_backlog{route=\"down\"}").await, 0.0);
-    assert_eq!(gateway.metric("callgate_deliveries_total{route=\"down\",outcome=\"dead_letter\"}").await, 1.0);
     assert_eq!(gateway.metric("callgate_deliveries_total{route=\"down\",outcome=\"retry\"}").await, 1.0);
     assert_eq!(receiver.at("/down").len(), 2, "one attempt plus one retry");
     gateway.wait_log("Delivery dead-lettered.").await;
@@ -418,7 +419,8 @@ async fn health_readiness_and_the_metric_series_contract() {
 
     assert_eq!(gateway.post("vox", fixture("vox/doc-call_started.json")).await.0, 200);
     receiver.wait_for("/crm", 1).await;
-    gateway.wait_metric("callgate_delivery_backlog{route=\"crm\"}", 0.0).await;
+    // Counters move just after the commit that empties the backlog: wait for them.
+    gateway.wait_metric("callgate_deliveries_total{route=\"crm\",outcome=\"success\"}", 1.0).await;
     let m = gateway.metrics().await;
     for series in [
         "callgate_ingress_requests_total{source=\"vox\",vendor=\"vox\",outcome=\"accepted\"} 1",
@@ -476,12 +478,21 @@ async fn delivery_resumes_from_the_store_after_a_restart_and_sigterm_exits_clean
     receiver.wait_for("/crm", 1).await; // the failed first attempt
     let exit = gateway.terminate().await;
     assert!(exit.success(), "SIGTERM exits 0: {exit:?}");
+    let db = rusqlite::Connection::open(dir.path().join("callgate.db")).unwrap();
+    let waiting: i64 = db.query_row("SELECT COUNT(*) FROM outbox WHERE attempts = 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(waiting, 1, "the failed delivery is in the store, its attempt recorded");
+    drop(db);
 
+    // The retry is held at the receiver, so it is in flight (still in the backlog) whenever
+    // the restarted gateway is scraped, however long the restart took.
+    receiver.hold("/crm");
     let gateway = Gateway::start(dir.path(), &config).await;
-    assert_eq!(gateway.metric("callgate_delivery_backlog{route=\"crm\"}").await, 1.0, "backlog survives the restart");
     let requests = receiver.wait_for("/crm", 2).await;
     assert_eq!(requests[1].json()["id"], body["ids"][0]);
+    assert_eq!(gateway.metric("callgate_delivery_backlog{route=\"crm\"}").await, 1.0, "backlog survives the restart");
+    receiver.release();
     gateway.wait_metric("callgate_delivery_backlog{route=\"crm\"}", 0.0).await;
+    assert_eq!(receiver.at("/crm").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,4 +507,81 @@ async fn environment_variables_override_the_file() {
     let gateway = Gateway::start_with_env(dir.path(), &config, &env).await;
     assert_ne!(gateway.addr, taken);
     assert_eq!(gateway.http.get(gateway.url("/healthz")).send().await.unwrap().status(), 200);
+}
+
+/// Two accounts of one vendor reuse call ids (Salpre's are small integers): their subjects
+/// differ, so one account's failing call never holds back the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sources_of_one_vendor_with_one_call_id_do_not_block_each_other() {
+    let receiver = Receiver::start().await;
+    receiver.fail_bodies_containing(r#""subject":"salpre_east:1""#, 500);
+    let dir = temp_dir();
+    let config = base_config(dir.path())
+        + "\n[sources.salpre_east]\nvendor = \"salpre\"\n\n[sources.salpre_west]\nvendor = \"salpre\"\n"
+        + &route(
+            "crm",
+            &receiver.url("/crm"),
+            "include_test = true\n[routes.crm.retry]\nschedule = [\"20ms\", \"1h\"]",
+        );
+    let gateway = Gateway::start(dir.path(), &config).await;
+
+    // East's call 1 fails twice and then waits an hour, holding its follower behind it.
+    let (status, east) = gateway.post("salpre_east", fixture("salpre/doc-call_ended.json")).await;
+    assert_eq!((status, east["accepted"].as_u64()), (200, Some(2)));
+    gateway.wait_metric("callgate_deliveries_total{route=\"crm\",outcome=\"retry\"}", 2.0).await;
+
+    // West's call 1 flows all the same, in its own order.
+    let mut west_ids = Vec::new();
+    for path in ["salpre/doc-call_initiated.json", "salpre/doc-call_ended.json"] {
+        let (status, body) = gateway.post("salpre_west", fixture(path)).await;
+        assert_eq!(status, 200, "{body}");
+        west_ids.extend(body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()));
+    }
+    gateway.wait_metric("callgate_deliveries_total{route=\"crm\",outcome=\"success\"}", west_ids.len() as f64).await;
+    let requests = receiver.at("/crm");
+    let (east_requests, west_requests): (Vec<&Received>, Vec<&Received>) =
+        requests.iter().partition(|r| r.json()["data"]["source"] == "salpre_east");
+    let west_arrived: Vec<String> = west_requests.iter().map(|r| r.json()["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(west_arrived, west_ids, "west's events, each once, in accepted order");
+    assert!(west_requests.iter().all(|r| r.json()["subject"] == "salpre_west:1"));
+    assert_eq!(east_requests.len(), 2, "only east's head, twice");
+    assert!(east_requests.iter().all(|r| r.json()["subject"] == "salpre_east:1" && r.json()["id"] == east["ids"][0]));
+    assert_eq!(gateway.metric("callgate_delivery_backlog{route=\"crm\"}").await, 2.0, "east's call waits");
+}
+
+/// A 20 KB vendor value in a templated header is cut to the documented limit, so the
+/// delivery still reaches a receiver that refuses request heads over 16 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_vendor_value_in_a_templated_header_is_cut_and_still_delivered() {
+    let receiver = Receiver::start_with_head_limit(16 * 1024).await;
+    let huge = "x".repeat(20_000);
+    // The receiver really refuses a 20 KB header: without the cap the delivery would fail.
+    let direct = reqwest::Client::new().post(receiver.url("/crm")).header("x-campaign", &huge).body("{}").send().await;
+    assert!(direct.is_err() || direct.unwrap().status() == 431, "a 20 KB head is refused");
+    assert!(receiver.at("/crm").is_empty());
+
+    let dir = temp_dir();
+    let headers = r#"headers = { X-Campaign = "{{data.metadata.campaign}}", X-Call-Id = "{{data.call_id}}" }"#;
+    let config = base_config(dir.path()) + &route("crm", &receiver.url("/crm"), headers);
+    let gateway = Gateway::start(dir.path(), &config).await;
+    let mut body: Value = serde_json::from_slice(&fixture("vox/doc-call_ended.json")).unwrap();
+    body["call"]["metadata"]["campaign"] = Value::String(huge.clone());
+    let (status, answer) = gateway.post("vox", serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(status, 200, "{answer}");
+    let events = answer["ids"].as_array().unwrap().len();
+    let requests = receiver.wait_for("/crm", events).await;
+    for request in &requests {
+        let campaign = request.header("x-campaign").unwrap();
+        assert_eq!(campaign, huge[..1024], "cut to 1 KiB");
+        assert_eq!(request.header("x-call-id").as_deref(), Some("6b0f1f08-1c2b-4f0e-9c3a-0c1d9e6f5a82"));
+        assert_eq!(request.json()["data"]["metadata"]["campaign"], huge.as_str(), "the body keeps the whole value");
+    }
+    gateway.wait_metric("callgate_deliveries_total{route=\"crm\",outcome=\"success\"}", events as f64).await;
+    assert_eq!(gateway.metric("callgate_header_values_truncated_total{route=\"crm\"}").await, events as f64);
+    // A later log line is the barrier: every line logged before it has been read.
+    assert_eq!(gateway.post("vox", "not json").await.0, 400);
+    gateway.wait_log("Ingress rejected.").await;
+    let logs = gateway.logs();
+    assert_eq!(logs.matches("Templated header values were cut").count(), 1, "logged once per route:\n{logs}");
+    assert!(!logs.contains(&huge[..100]), "the value is never logged");
 }

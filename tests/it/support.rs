@@ -79,6 +79,34 @@ impl Receiver {
 
     /// Serves on a given listener (to come back on the same port after `stop`).
     pub fn serve(listener: tokio::net::TcpListener) -> Receiver {
+        let (receiver, app) = Self::app(&listener);
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        receiver
+    }
+
+    /// A receiver whose HTTP server refuses a request head (request line and headers) over
+    /// `limit` bytes, as common servers do at 8–16 KiB: hyper's `max_buf_size`, which
+    /// `axum::serve` does not expose. hyper answers such a request 431 without recording it.
+    pub async fn start_with_head_limit(limit: usize) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (receiver, app) = Self::app(&listener);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                tokio::spawn(async move {
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder.max_buf_size(limit);
+                    let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        receiver
+    }
+
+    fn app(listener: &tokio::net::TcpListener) -> (Receiver, Router) {
         let addr = listener.local_addr().unwrap();
         let shared = Shared {
             log: Arc::default(),
@@ -87,10 +115,7 @@ impl Receiver {
             release: Arc::new(Notify::new()),
         };
         let app = Router::new().fallback(any(record)).with_state(shared.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Receiver { addr, shared }
+        (Receiver { addr, shared }, app)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -240,3 +240,144 @@ async fn a_database_from_an_older_version_is_migrated_with_its_pending_work() {
     let again = store.ingest(ingest("vox", "new", &[("n1", "call-b", &["r"])])).await.unwrap();
     assert_eq!(again, IngestOutcome::Duplicate(vec!["n1".into()]));
 }
+
+/// Events of `fixture` as this version emits them for `source`: (id, subject, json).
+fn emitted(source: &str, fixture: &str) -> Vec<(String, String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vox").join(fixture);
+    let body = std::fs::read(&path).unwrap();
+    let origin = crate::vendors::Origin { source, vendor: crate::canonical::Vendor::Vox, phone_region: None };
+    let received = chrono::DateTime::from_timestamp_millis(1_000).unwrap();
+    crate::vendors::normalize(&origin, &body, received)
+        .unwrap()
+        .iter()
+        .map(|e| (e.id.clone(), e.subject.clone(), serde_json::to_string(e).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn schema_2_subjects_move_to_the_source_keeping_bodies_order_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let far = now_ms() + 3_600_000;
+    // Two accounts of vox whose payloads share a call id, and one source named after the
+    // vendor, whose subjects do not change.
+    let a = emitted("vox-a", "doc-call_ended.json");
+    let b = emitted("vox-b", "doc-call_ended.json");
+    let plain = emitted("vox", "doc-call_started.json");
+    assert!(a.len() >= 2 && b.len() >= 2 && a[0].1.starts_with("vox-a:") && a[0].1[6..] == b[0].1[6..]);
+    // What schema 2 stored: `vox:{call_id}` in the column and in the body.
+    let old = |(id, subject, json): &(String, String, String)| {
+        let call_id = &subject[subject.find(':').unwrap() + 1..];
+        let old_subject = format!("vox:{call_id}");
+        let old_json = json.replace(&format!("\"subject\":\"{subject}\""), &format!("\"subject\":\"{old_subject}\""));
+        assert!(old_subject == *subject || old_json != *json, "the body carries its subject");
+        (id.clone(), old_subject, old_json)
+    };
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[0]).unwrap();
+        tx.execute_batch(MIGRATIONS[1]).unwrap();
+        tx.pragma_update(None, "user_version", 2).unwrap();
+        let mut seq = 0;
+        for (payload, (source, events)) in [("vox-a", &a), ("vox-b", &b), ("vox", &plain)].into_iter().enumerate() {
+            tx.execute(
+                "INSERT INTO payloads (id, source, digest, received_at, body, event_ids) VALUES (?1, ?2, ?3, 1000, x'7b7d', '[]')",
+                params![payload as i64 + 1, source, vec![payload as u8]],
+            )
+            .unwrap();
+            for event in events.iter() {
+                seq += 1;
+                let (id, subject, json) = old(event);
+                tx.execute(
+                    "INSERT INTO events (seq, id, payload_id, type, subject, body) VALUES (?1, ?2, ?3, 'call.ended', ?4, ?5)",
+                    params![seq, id, payload as i64 + 1, subject, json],
+                )
+                .unwrap();
+            }
+        }
+        // A call id with a `:` of its own: only the vendor prefix is replaced.
+        tx.execute(
+            "INSERT INTO events (seq, id, payload_id, type, subject, body)
+             VALUES (100, 'colon', 2, 'call.ended', 'vox:x:y', '{\"id\":\"colon\",\"subject\":\"vox:x:y\",\"data\":{\"n\":1.50,\"s\":\"\\u00e9\"}}')",
+            [],
+        )
+        .unwrap();
+        // Route r: vox-a's first event is being retried an hour from now; under the shared
+        // subject that pushed back vox-a's next event and every event of vox-b too.
+        let seq_a = (1..=a.len() as i64).collect::<Vec<_>>();
+        let seq_b = (a.len() as i64 + 1..=(a.len() + b.len()) as i64).collect::<Vec<_>>();
+        let outbox = [
+            (1, seq_a[0], 2, far),
+            (2, seq_a[1], 0, far),
+            (3, seq_b[0], 0, far),
+            (4, seq_b[1], 0, far),
+            (5, 100, 0, far),
+            (6, (a.len() + b.len() + 1) as i64, 0, 1000),
+        ];
+        for (id, seq, attempts, next_at) in outbox {
+            let subject: String =
+                tx.query_row("SELECT subject FROM events WHERE seq = ?1", [seq], |r| r.get(0)).unwrap();
+            tx.execute(
+                "INSERT INTO outbox (id, event_seq, route, subject, attempts, next_at) VALUES (?1, ?2, 'r', ?3, ?4, ?5)",
+                params![id, seq, subject, attempts, next_at],
+            )
+            .unwrap();
+        }
+        // Route d: one dead letter of each account for the same call.
+        for (id, seq) in [(7, seq_a[0]), (8, seq_b[0])] {
+            tx.execute(
+                "INSERT INTO dead_letters (id, event_seq, route, subject, attempts, dead_at, last_error)
+                 VALUES (?1, ?2, 'd', (SELECT subject FROM events WHERE seq = ?2), 5, 2000, 'HTTP 500')",
+                params![id, seq],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    let store = open(&dir);
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    // Subjects and bodies are exactly what this version emits, byte for byte.
+    for (id, subject, json) in a.iter().chain(&b).chain(&plain) {
+        let (s, body): (String, String) = conn
+            .query_row("SELECT subject, body FROM events WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!((&s, &body), (subject, json), "event {id}");
+    }
+    assert!(plain[0].1.starts_with("vox:"), "a source named after its vendor keeps its subjects");
+    let (s, body): (String, String) =
+        conn.query_row("SELECT subject, body FROM events WHERE seq = 100", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(s, "vox-b:x:y");
+    assert_eq!(body, r#"{"id":"colon","subject":"vox-b:x:y","data":{"n":1.50,"s":"\u00e9"}}"#);
+    // The outbox keeps its rows, ids and subjects follow their events.
+    let rows: Vec<(i64, String, i64, i64)> = conn
+        .prepare("SELECT o.id, o.subject, o.attempts, o.next_at FROM outbox o ORDER BY o.id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let subjects: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(subjects, [a[0].1.as_str(), &a[1].1, &b[0].1, &b[1].1, "vox-b:x:y", &plain[0].1]);
+    assert_eq!((rows[0].2, rows[0].3), (2, far), "the retry keeps its schedule");
+    assert_eq!(rows[1].3, far, "vox-a's next event still waits behind its own retry");
+    assert_eq!((rows[2].3, rows[3].3, rows[4].3), (1000, 1000, 1000), "vox-b no longer waits for vox-a");
+    // Order per (route, subject): vox-b's first event is due, its second waits behind it,
+    // vox-a's call waits for its retry.
+    let due: Vec<i64> = store.due("r", now_ms(), 10, &[]).await.unwrap().iter().map(|d| d.id).collect();
+    assert_eq!(due, [3, 5, 6]);
+    let due_later: Vec<i64> = store.due("r", far, 10, &[]).await.unwrap().iter().map(|d| d.id).collect();
+    assert_eq!(due_later, [3, 5, 6, 1]);
+    // Dead letters keep their ids (their place on replay) and take the new subjects.
+    let dead = store.dead_letters(&Filter::default()).await.unwrap();
+    let dead: Vec<(i64, &str)> = dead.iter().map(|d| (d.id, d.subject.as_str())).collect();
+    assert_eq!(dead, [(8, b[0].1.as_str()), (7, a[0].1.as_str())]);
+    assert_eq!(store.counts().await.unwrap(), table_counts(&path));
+    store.replay_dead_letters(&Filter { name: Some("d".into()), ..Filter::default() }).await.unwrap();
+    let replayed: Vec<(i64, String)> =
+        store.due("d", now_ms(), 10, &[]).await.unwrap().into_iter().map(|d| (d.id, d.subject)).collect();
+    assert_eq!(replayed, [(7, a[0].1.clone()), (8, b[0].1.clone())], "both accounts' calls flow side by side");
+}
