@@ -149,12 +149,21 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub enum OutcomeKind {
     /// 2xx. `recovered`: the route had been failing; its waiting retries fall due now.
-    Delivered { recovered: bool },
-    Retry { next_at: Millis, attempt: Attempt },
-    Dead { attempt: Attempt },
+    Delivered {
+        recovered: bool,
+    },
+    Retry {
+        next_at: Millis,
+        attempt: Attempt,
+    },
+    Dead {
+        attempt: Attempt,
+    },
     /// 410 Gone: the route asked us to stop. The delivery stays queued and the route is
     /// paused until an operator resumes it.
-    Gone { attempt: Attempt },
+    Gone {
+        attempt: Attempt,
+    },
 }
 
 /// What [`Store::complete`] did.

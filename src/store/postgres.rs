@@ -1,0 +1,1214 @@
+//! PostgreSQL backend: several gateway replicas share one database.
+//!
+//! Ingest goes through W writer tasks (default 2): each takes every job waiting and commits
+//! them in one transaction (`synchronous_commit = on`), so under load many payloads share one
+//! commit; PostgreSQL's own group commit merges the writers' and the other replicas' flushes.
+//! Duplicates are caught by the unique `(source, digest)` key across replicas: `ON CONFLICT DO
+//! NOTHING` and a read-back of the first acceptance's ids. Keys are inserted sorted, so two
+//! replicas inserting the same keys lock them in the same order. There is no savepoint per job
+//! (more than 64 subtransactions slow every backend down); a failed batch is re-run one job
+//! per transaction instead.
+//!
+//! Claims lease the head of each (route, subject) queue with `FOR UPDATE SKIP LOCKED`; a row is
+//! a head only if no older row of its call is still in the outbox and no row of its call holds
+//! a live lease, so no two replicas ever have two events of one call in flight to one route.
+//! Every outcome is fenced by its lease token; claims and outcomes commit with
+//! `synchronous_commit = off` (a lost one only repeats a delivery).
+//!
+//! Wake-ups: an in-process broadcast for this replica, and after the commit (never inside the
+//! ingest transaction: a pending NOTIFY takes a database-wide lock at commit)
+//! `pg_notify('callgate_due', ..)`, at most once per route per [`PgOptions::notify_interval`].
+//! Pause and resume travel on `callgate_control`, inside their transaction. One dedicated
+//! listening connection reconnects by itself and reports [`Notice::Lost`] after a reconnect,
+//! since notifications may have been missed meanwhile.
+//!
+//! **Invariant:** outbox ids follow acceptance order (identity sequences with `CACHE 1`), and a
+//! delivery leaves the outbox only when its outcome commits, so "the oldest row of a call still
+//! in the outbox" is the call's head whichever replica accepted its events.
+
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use sqlx::{
+    Row,
+    migrate::{MigrateError, Migration, MigrationType, Migrator},
+    postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions},
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    Attempt, AttemptRecord, Claimed, Completed, Counts, DeadLetter, DeadLetterDetail, Delivery, Filter, Ingest,
+    IngestOutcome, Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store,
+    StoreError, now_ms, rfc3339,
+};
+
+/// The migrations, embedded (sqlx's `migrate!` needs its `macros` feature, which we leave out).
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../../migrations/postgres/0001_initial.sql"))];
+
+/// Most jobs one ingest transaction takes: bounds the latency a batch adds to its first member.
+const MAX_BATCH: usize = 256;
+/// Ingest jobs waiting for a writer; callers wait (backpressure) when it is full.
+const QUEUE: usize = 4096;
+/// Rows one prune deletes per table, so pruning never holds locks for long.
+const PRUNE_CHUNK: i64 = 5000;
+/// `pg_try_advisory_xact_lock` key of the pruner ("callgate" in ASCII, plus one).
+const PRUNE_LOCK: i64 = 0x6361_6c6c_6761_7465 + 1;
+const DUE_CHANNEL: &str = "callgate_due";
+const CONTROL_CHANNEL: &str = "callgate_control";
+/// Notices buffered per subscriber before it lags (and must treat the lag as `Lost`).
+const NOTICES: usize = 1024;
+
+/// Tuning of the PostgreSQL backend; every field has a sane default.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Connections in this replica's pool (writers, claims, outcomes, admin); the listening
+    /// connection comes on top.
+    pub pool_size: u32,
+    /// Ingest writer tasks (1–8).
+    pub writers: usize,
+    /// `statement_timeout` of every connection: a statement stuck longer fails as unavailable.
+    pub statement_timeout: Duration,
+    /// How long a caller waits for a pooled connection before the store reports unavailable.
+    pub acquire_timeout: Duration,
+    /// Least time between two `callgate_due` notifications of one route from this replica.
+    pub notify_interval: Duration,
+    /// How long [`Store::counts`] reuses a database count (scrapes of several replicas).
+    pub counts_ttl: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            pool_size: 16,
+            writers: 2,
+            statement_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(5),
+            notify_interval: Duration::from_millis(50),
+            counts_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        use sqlx::Error as E;
+        match &e {
+            E::PoolClosed => StoreError::Closed,
+            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::WorkerCrashed | E::Protocol(_) | E::BeginFailed => {
+                StoreError::Unavailable(e.to_string())
+            }
+            E::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // 08: connection, 53: resources (disk full, too many connections), 57: operator
+                // intervention (shutdown, statement timeout), 40: serialization or deadlock,
+                // 55P03: lock timeout, 25006: read-only (a standby after failover).
+                if ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c)) || code == "55P03" || code == "25006" {
+                    StoreError::Unavailable(e.to_string())
+                } else {
+                    StoreError::Backend(e.to_string())
+                }
+            }
+            E::ColumnDecode { .. } | E::Decode(_) | E::ColumnNotFound(_) | E::TypeNotFound { .. } => {
+                StoreError::Corrupt(e.to_string())
+            }
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+/// A copy of an error for every job of a failed batch.
+fn copy(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        StoreError::Backend(m) => StoreError::Backend(m.clone()),
+        StoreError::Closed => StoreError::Closed,
+    }
+}
+
+/// The URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparsable storage.url>".to_owned(),
+    }
+}
+
+struct IngestJob {
+    ingest: Ingest,
+    reply: oneshot::Sender<Result<IngestOutcome, StoreError>>,
+}
+
+/// What the writers, the notifier and the store share.
+#[derive(Clone)]
+struct Shared {
+    pool: PgPool,
+    notices: broadcast::Sender<Notice>,
+    /// Routes to announce on `callgate_due` (rate-limited by the notifier task).
+    remote: mpsc::UnboundedSender<String>,
+    counts: Arc<Mutex<Option<(Instant, Counts)>>>,
+}
+
+impl Shared {
+    /// Tells this replica's workers and (rate-limited) the other replicas that `routes` may
+    /// have claimable deliveries. Call only after the commit.
+    fn due<'a>(&self, routes: impl IntoIterator<Item = &'a String>) {
+        for route in routes {
+            let _ = self.notices.send(Notice::Due(route.clone()));
+            let _ = self.remote.send(route.clone());
+        }
+    }
+
+    fn counts_changed(&self) {
+        if let Ok(mut cached) = self.counts.lock() {
+            *cached = None;
+        }
+    }
+}
+
+pub struct PostgresStore {
+    shared: Shared,
+    jobs: mpsc::Sender<IngestJob>,
+    options: PgOptions,
+    /// Marks this replica's notifications, so its listener skips what it already told itself.
+    replica: u64,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Connects, migrates (under sqlx's advisory lock: replicas starting together migrate
+    /// once), starts listening and starts the writers.
+    pub async fn open(url: &str, options: PgOptions) -> Result<PostgresStore, StoreError> {
+        let shown = redact(url);
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("storage.url {shown}: {e}")))?
+            .application_name("callgate")
+            .options([("statement_timeout", options.statement_timeout.as_millis().to_string())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size.max(2))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to {shown}: {e}")))?;
+        let autovacuum: String = sqlx::query_scalar("SHOW autovacuum").fetch_one(&pool).await?;
+        if autovacuum == "off" {
+            tracing::warn!(
+                database = %shown,
+                "autovacuum is off on this PostgreSQL server: the outbox will bloat and claims slow down unless it is vacuumed"
+            );
+        }
+        migrate(&pool).await?;
+
+        let replica = fastrand::u64(..);
+        let (notices, _) = broadcast::channel(NOTICES);
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen_all([DUE_CHANNEL, CONTROL_CHANNEL]).await?;
+        let listener = tokio::spawn(listen(listener, notices.clone(), replica));
+
+        let (remote, remote_rx) = mpsc::unbounded_channel();
+        tokio::spawn(notifier(pool.clone(), remote_rx, options.notify_interval, replica));
+        let shared = Shared { pool, notices, remote, counts: Arc::new(Mutex::new(None)) };
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..options.writers.clamp(1, 8) {
+            tokio::spawn(writer(shared.clone(), rx.clone()));
+        }
+        Ok(PostgresStore { shared, jobs, options, replica, listener })
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    fn control(&self, route: &str, paused: bool) -> String {
+        format!("{:x} {} {route}", self.replica, u8::from(paused))
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, name, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(*name),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(*sql),
+                false,
+            )
+        })
+        .collect();
+    let migrator = Migrator::with_migrations(migrations);
+    migrator.run(pool).await.map_err(|e| match e {
+        MigrateError::VersionMissing(v) => StoreError::Backend(format!(
+            "the database has migration {v} applied, which this callgate does not know (it is newer); upgrade callgate"
+        )),
+        MigrateError::Execute(e) => match StoreError::from(e) {
+            StoreError::Backend(m) => StoreError::Backend(format!("migrating: {m}")),
+            other => other,
+        },
+        other => StoreError::Backend(format!("migrating: {other}")),
+    })
+}
+
+/// Parses a notification from another replica.
+fn parse_notice(channel: &str, payload: &str, replica: u64) -> Option<Notice> {
+    let (from, rest) = payload.split_once(' ')?;
+    if u64::from_str_radix(from, 16).ok()? == replica {
+        return None;
+    }
+    match channel {
+        DUE_CHANNEL => Some(Notice::Due(rest.to_owned())),
+        CONTROL_CHANNEL => {
+            let (flag, route) = rest.split_once(' ')?;
+            Some(Notice::Paused { route: route.to_owned(), paused: flag == "1" })
+        }
+        _ => None,
+    }
+}
+
+/// The dedicated listening connection: forwards the other replicas' notifications, and after
+/// every reconnect says [`Notice::Lost`].
+async fn listen(mut listener: PgListener, notices: broadcast::Sender<Notice>, replica: u64) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                if let Some(notice) = parse_notice(n.channel(), n.payload(), replica) {
+                    let _ = notices.send(notice);
+                }
+                continue;
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            Ok(None) => tracing::warn!("lost the PostgreSQL listening connection; reconnecting"),
+            Err(e) => tracing::warn!(error = %e, "the PostgreSQL listening connection failed; reconnecting"),
+        }
+        // Re-LISTEN (it reconnects if needed) before saying Lost, so a worker that looks
+        // again after the notice cannot miss a notification sent before it looked.
+        loop {
+            match listener.listen_all([DUE_CHANNEL, CONTROL_CHANNEL]).await {
+                Ok(()) => break,
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconnecting the PostgreSQL listener");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        backoff = Duration::from_millis(100);
+        let _ = notices.send(Notice::Lost);
+    }
+}
+
+/// Sends `callgate_due` for routes, at most once per `interval` per route: a route asked for
+/// again within the interval is sent when it ends (never dropped).
+async fn notifier(pool: PgPool, mut rx: mpsc::UnboundedReceiver<String>, interval: Duration, replica: u64) {
+    let mut last: HashMap<String, Instant> = HashMap::new();
+    let mut pending: HashMap<String, Instant> = HashMap::new();
+    loop {
+        let wake = pending.values().min().copied();
+        let received = match wake {
+            Some(at) => tokio::select! {
+                r = rx.recv() => Some(r),
+                () = tokio::time::sleep_until(at.into()) => None,
+            },
+            None => Some(rx.recv().await),
+        };
+        let now = Instant::now();
+        let mut ask = |route: String| {
+            let at = last.get(&route).map_or(now, |t| (*t + interval).max(now));
+            pending.entry(route).or_insert(at);
+        };
+        match received {
+            Some(None) => return,
+            Some(Some(route)) => ask(route),
+            None => {}
+        }
+        while let Ok(route) = rx.try_recv() {
+            ask(route);
+        }
+        let ready: Vec<String> = pending.iter().filter(|(_, at)| **at <= now).map(|(r, _)| r.clone()).collect();
+        if !ready.is_empty() {
+            let payloads: Vec<String> = ready.iter().map(|r| format!("{replica:x} {r}")).collect();
+            for route in ready {
+                pending.remove(&route);
+                last.insert(route, now);
+            }
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) p")
+                .bind(DUE_CHANNEL)
+                .bind(&payloads)
+                .execute(&pool)
+                .await
+            {
+                // The others still poll; their next claim finds the work.
+                tracing::debug!(error = %e, "could not notify the other replicas");
+            }
+        }
+        last.retain(|_, t| now.duration_since(*t) < interval);
+    }
+}
+
+/// An ingest writer: one transaction per batch of waiting jobs.
+async fn writer(shared: Shared, rx: Arc<tokio::sync::Mutex<mpsc::Receiver<IngestJob>>>) {
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let ingests: Vec<&Ingest> = batch.iter().map(|j| &j.ingest).collect();
+        let mut routes = BTreeSet::new();
+        let results = match ingest_batch(&shared.pool, &ingests, &mut routes).await {
+            Ok(results) => results,
+            Err(e) if batch.len() > 1 && matches!(e, StoreError::Backend(_) | StoreError::Corrupt(_)) => {
+                // Only the bad job should fail: run each on its own.
+                tracing::warn!(error = %e, jobs = batch.len(), "an ingest batch failed; retrying its jobs one by one");
+                let mut results = Vec::with_capacity(batch.len());
+                for ingest in &ingests {
+                    results.push(match ingest_batch(&shared.pool, &[ingest], &mut routes).await {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| Err(StoreError::Backend("no result".into()))),
+                        Err(e) => Err(e),
+                    });
+                }
+                results
+            }
+            Err(e) => batch.iter().map(|_| Err(copy(&e))).collect(),
+        };
+        if !routes.is_empty() {
+            shared.counts_changed();
+            shared.due(&routes);
+        }
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Commits a batch of payloads in one transaction; one result per job, in order. `routes`
+/// gains the routes that got deliveries.
+async fn ingest_batch(
+    pool: &PgPool,
+    jobs: &[&Ingest],
+    routes: &mut BTreeSet<String>,
+) -> Result<Vec<Result<IngestOutcome, StoreError>>, StoreError> {
+    // The first job of each key leads; a later one with the same key is its duplicate.
+    let mut leader_of: HashMap<(&str, &[u8; 32]), usize> = HashMap::new();
+    let mut leads_of: Vec<usize> = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        leads_of.push(*leader_of.entry((job.source.as_str(), &job.digest)).or_insert(i));
+    }
+    let mut leaders: Vec<usize> = leader_of.values().copied().collect();
+    leaders.sort_by(|a, b| (&jobs[*a].source, &jobs[*a].digest).cmp(&(&jobs[*b].source, &jobs[*b].digest)));
+
+    let mut ids_json = Vec::with_capacity(leaders.len());
+    for &i in &leaders {
+        let ids: Vec<&str> = jobs[i].events.iter().map(|e| e.id.as_str()).collect();
+        ids_json.push(serde_json::to_string(&ids).map_err(|e| StoreError::Backend(e.to_string()))?);
+    }
+    let sources: Vec<&str> = leaders.iter().map(|&i| jobs[i].source.as_str()).collect();
+    let digests: Vec<&[u8]> = leaders.iter().map(|&i| &jobs[i].digest[..]).collect();
+    let received: Vec<i64> = leaders.iter().map(|&i| jobs[i].received_at).collect();
+    let bodies: Vec<&[u8]> = leaders.iter().map(|&i| jobs[i].body.as_slice()).collect();
+
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO payloads (source, digest, received_at, body, event_ids)
+         SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::bytea[], $5::text[])
+                    AS u (source, digest, received_at, body, event_ids)
+          ORDER BY source, digest
+         ON CONFLICT (source, digest) DO NOTHING
+         RETURNING id, source, digest",
+    )
+    .bind(&sources)
+    .bind(&digests)
+    .bind(&received)
+    .bind(&bodies)
+    .bind(&ids_json)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut payload_id: HashMap<(String, Vec<u8>), i64> = HashMap::new();
+    for row in inserted {
+        payload_id.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+    }
+
+    // Keys accepted before (by any replica, or by a transaction this one waited for).
+    let known: Vec<usize> = leaders
+        .iter()
+        .copied()
+        .filter(|&i| !payload_id.contains_key(&(jobs[i].source.clone(), jobs[i].digest.to_vec())))
+        .collect();
+    let mut earlier: HashMap<(String, Vec<u8>), Vec<String>> = HashMap::new();
+    if !known.is_empty() {
+        let sources: Vec<&str> = known.iter().map(|&i| jobs[i].source.as_str()).collect();
+        let digests: Vec<&[u8]> = known.iter().map(|&i| &jobs[i].digest[..]).collect();
+        let rows = sqlx::query(
+            "SELECT source, digest, event_ids FROM payloads
+              WHERE (source, digest) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+        )
+        .bind(&sources)
+        .bind(&digests)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            let ids: String = row.try_get(2)?;
+            let ids: Vec<String> =
+                serde_json::from_str(&ids).map_err(|e| StoreError::Corrupt(format!("stored event ids: {e}")))?;
+            earlier.insert((row.try_get(0)?, row.try_get(1)?), ids);
+        }
+    }
+
+    // Events of the accepted payloads, in arrival order (and each payload's own order).
+    let accepted: Vec<(usize, i64)> = (0..jobs.len())
+        .filter(|&i| leads_of[i] == i)
+        .filter_map(|i| payload_id.get(&(jobs[i].source.clone(), jobs[i].digest.to_vec())).map(|&p| (i, p)))
+        .collect();
+    let mut ev_ids = Vec::new();
+    let mut ev_payload = Vec::new();
+    let mut ev_kind = Vec::new();
+    let mut ev_subject = Vec::new();
+    let mut ev_body = Vec::new();
+    for &(i, pid) in &accepted {
+        for event in &jobs[i].events {
+            ev_ids.push(event.id.as_str());
+            ev_payload.push(pid);
+            ev_kind.push(event.kind.as_str());
+            ev_subject.push(event.subject.as_str());
+            ev_body.push(event.json.as_str());
+        }
+    }
+    if !ev_ids.is_empty() {
+        let rows = sqlx::query(
+            "INSERT INTO events (id, payload_id, type, subject, body)
+             SELECT id, payload_id, type, subject, body
+               FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[])
+                    WITH ORDINALITY AS u (id, payload_id, type, subject, body, n)
+              ORDER BY n
+             RETURNING seq",
+        )
+        .bind(&ev_ids)
+        .bind(&ev_payload)
+        .bind(&ev_kind)
+        .bind(&ev_subject)
+        .bind(&ev_body)
+        .fetch_all(&mut *tx)
+        .await?;
+        // The sequence hands out increasing values in insertion order, which is `n`'s order.
+        let mut seqs: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        seqs.sort_unstable();
+        if seqs.len() != ev_ids.len() {
+            return Err(StoreError::Backend(format!("inserted {} events of {}", seqs.len(), ev_ids.len())));
+        }
+
+        let mut ob_seq = Vec::new();
+        let mut ob_route = Vec::new();
+        let mut ob_subject = Vec::new();
+        let mut ob_floor = Vec::new();
+        // Never due before an earlier event of the call on this route, within the batch too
+        // (the statement's subquery sees only rows committed before it).
+        let mut floor: HashMap<(&str, &str), i64> = HashMap::new();
+        let mut k = 0;
+        for &(i, _) in &accepted {
+            for event in &jobs[i].events {
+                for route in &event.routes {
+                    let f = floor.entry((route.as_str(), event.subject.as_str())).or_insert(i64::MIN);
+                    *f = (*f).max(jobs[i].received_at);
+                    ob_seq.push(seqs[k]);
+                    ob_route.push(route.as_str());
+                    ob_subject.push(event.subject.as_str());
+                    ob_floor.push(*f);
+                    routes.insert(route.clone());
+                }
+                k += 1;
+            }
+        }
+        if !ob_seq.is_empty() {
+            sqlx::query(
+                "INSERT INTO outbox (event_seq, route, subject, next_at)
+                 SELECT t.seq, t.route, t.subject,
+                        GREATEST(t.floor, COALESCE((SELECT max(o.next_at) FROM outbox o
+                                                     WHERE o.route = t.route AND o.subject = t.subject), 0))
+                   FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[])
+                        WITH ORDINALITY AS t (seq, route, subject, floor, n)
+                  ORDER BY t.n",
+            )
+            .bind(&ob_seq)
+            .bind(&ob_route)
+            .bind(&ob_subject)
+            .bind(&ob_floor)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+
+    let own = |i: usize| -> Result<IngestOutcome, StoreError> {
+        let key = (jobs[i].source.clone(), jobs[i].digest.to_vec());
+        if payload_id.contains_key(&key) {
+            Ok(IngestOutcome::Accepted(jobs[i].events.iter().map(|e| e.id.clone()).collect()))
+        } else if let Some(ids) = earlier.get(&key) {
+            Ok(IngestOutcome::Duplicate(ids.clone()))
+        } else {
+            // Accepted elsewhere and pruned before this batch could read it back.
+            Err(StoreError::Unavailable("a concurrent duplicate vanished; try again".into()))
+        }
+    };
+    Ok((0..jobs.len())
+        .map(|i| {
+            if leads_of[i] == i {
+                own(i)
+            } else {
+                own(leads_of[i]).map(|o| match o {
+                    IngestOutcome::Accepted(ids) | IngestOutcome::Duplicate(ids) => IngestOutcome::Duplicate(ids),
+                })
+            }
+        })
+        .collect())
+}
+
+/// Leases heads of line: due, not leased (or the lease expired), no older row of the call in
+/// the outbox and no row of the call under a live lease, the route not paused. The CTE is
+/// `MATERIALIZED` so exactly the rows chosen are locked.
+const CLAIM: &str = "
+WITH c AS MATERIALIZED (
+  SELECT o.id FROM outbox o
+   WHERE o.route = $1 AND o.next_at <= $2
+     AND (o.lease_until IS NULL OR o.lease_until <= $2)
+     AND NOT EXISTS (SELECT 1 FROM paused_routes pr WHERE pr.route = $1)
+     AND NOT EXISTS (SELECT 1 FROM outbox p
+                      WHERE p.route = o.route AND p.subject = o.subject
+                        AND (p.id < o.id OR p.lease_until > $2))
+   ORDER BY o.next_at, o.id
+   LIMIT $3
+   FOR UPDATE OF o SKIP LOCKED),
+l AS (UPDATE outbox o SET lease_until = $4, lease_token = $5
+        FROM c WHERE o.id = c.id
+      RETURNING o.id, o.event_seq, o.subject, o.attempts, o.next_at)
+SELECT l.id, l.subject, l.attempts, e.id, e.body
+  FROM l JOIN events e ON e.seq = l.event_seq
+ ORDER BY l.next_at, l.id";
+
+/// The earliest future time a head of `route` falls due or its lease expires. Heads are the
+/// oldest row of each call; a follower waits for its head's outcome (a notice), not a time.
+const NEXT_DUE: &str = "
+SELECT min(t) FROM (
+  SELECT CASE WHEN o.lease_until > $2 THEN o.lease_until ELSE o.next_at END AS t
+    FROM outbox o
+   WHERE o.route = $1
+     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.route = o.route AND p.subject = o.subject AND p.id < o.id)
+) h
+ WHERE t > $2";
+
+/// After the head of a call left the outbox, its next events no longer wait for its retries.
+const RELEASE_FOLLOWERS: &str = "
+UPDATE outbox o SET next_at = $3
+  FROM unnest($1::text[], $2::text[]) AS r (route, subject)
+ WHERE o.route = r.route AND o.subject = r.subject
+   AND o.next_at > $3 AND o.attempts = 0 AND o.lease_until IS NULL";
+
+async fn record_attempt(tx: &mut sqlx::PgConnection, id: i64, n: i32, a: &Attempt) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(n)
+    .bind(a.at)
+    .bind(a.status.map(i32::from))
+    .bind(&a.error)
+    .bind(&a.response)
+    .bind(a.duration_ms)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn pause_in(
+    tx: &mut sqlx::PgConnection,
+    route: &str,
+    reason: Option<&str>,
+    now: Millis,
+    control: String,
+) -> Result<(), StoreError> {
+    match reason {
+        Some(reason) => {
+            sqlx::query(
+                "INSERT INTO paused_routes (route, since, reason) VALUES ($1, $2, $3) ON CONFLICT (route) DO NOTHING",
+            )
+            .bind(route)
+            .bind(now)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?
+        }
+        None => sqlx::query("DELETE FROM paused_routes WHERE route = $1").bind(route).execute(&mut *tx).await?,
+    };
+    // Inside the transaction: the other replicas hear it exactly when it commits.
+    sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(control).execute(&mut *tx).await?;
+    Ok(())
+}
+
+fn limit(filter: &Filter) -> i64 {
+    filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64
+}
+
+fn status(v: Option<i32>) -> Option<u16> {
+    v.and_then(|s| u16::try_from(s).ok())
+}
+
+fn dead_letter_row(r: &sqlx::postgres::PgRow) -> Result<DeadLetter, sqlx::Error> {
+    Ok(DeadLetter {
+        id: r.try_get(0)?,
+        route: r.try_get(1)?,
+        event_id: r.try_get(2)?,
+        kind: r.try_get(3)?,
+        subject: r.try_get(4)?,
+        attempts: i64::from(r.try_get::<i32, _>(5)?),
+        dead_at: rfc3339(r.try_get(6)?),
+        last_error: r.try_get(7)?,
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ingest(&self, ingest: Ingest) -> Result<IngestOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs.send(IngestJob { ingest, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn quarantine(&self, q: Quarantined) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO quarantine (source, vendor, received_at, status, reason, details, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&q.source)
+        .bind(&q.vendor)
+        .bind(q.received_at)
+        .bind(i32::from(q.status))
+        .bind(&q.reason)
+        .bind(&q.details)
+        .bind(&q.body)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn claim(&self, route: &str, now: Millis, limit: usize, lease_until: Millis) -> Result<Claimed, StoreError> {
+        let paused: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM paused_routes WHERE route = $1)")
+            .bind(route)
+            .fetch_one(self.pool())
+            .await?;
+        if paused {
+            return Ok(Claimed { deliveries: Vec::new(), paused: true });
+        }
+        let lease = Lease::new();
+        let mut tx = self.pool().begin().await?;
+        // A lost lease only repeats a delivery: no need to wait for the flush.
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+        let rows = sqlx::query(CLAIM)
+            .bind(route)
+            .bind(now)
+            .bind(limit as i64)
+            .bind(lease_until)
+            .bind(lease.0)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let deliveries = rows
+            .iter()
+            .map(|r| {
+                Ok(Delivery {
+                    id: r.try_get(0)?,
+                    route: route.to_owned(),
+                    subject: r.try_get(1)?,
+                    attempts: u32::try_from(r.try_get::<i32, _>(2)?).unwrap_or(0),
+                    event_id: r.try_get(3)?,
+                    json: r.try_get(4)?,
+                    lease,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Claimed { deliveries, paused: false })
+    }
+
+    async fn next_due(&self, route: &str, after: Millis) -> Result<Option<Millis>, StoreError> {
+        Ok(sqlx::query_scalar(NEXT_DUE).bind(route).bind(after).fetch_one(self.pool()).await?)
+    }
+
+    async fn complete(&self, outcomes: Vec<Outcome>, now: Millis) -> Result<Completed, StoreError> {
+        let mut stale = 0;
+        let mut due: BTreeSet<String> = BTreeSet::new();
+        let mut paused: Vec<String> = Vec::new();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+
+        // Deliveries, the common case, in one statement.
+        let delivered: Vec<(i64, i64, bool)> = outcomes
+            .iter()
+            .filter_map(|o| match o.kind {
+                OutcomeKind::Delivered { recovered } => Some((o.id, o.lease.0, recovered)),
+                _ => None,
+            })
+            .collect();
+        let mut released: BTreeSet<(String, String)> = BTreeSet::new();
+        if !delivered.is_empty() {
+            let ids: Vec<i64> = delivered.iter().map(|d| d.0).collect();
+            let tokens: Vec<i64> = delivered.iter().map(|d| d.1).collect();
+            let rows = sqlx::query(
+                "DELETE FROM outbox o USING unnest($1::int8[], $2::int8[]) AS d (id, tok)
+                  WHERE o.id = d.id AND o.lease_token = d.tok
+              RETURNING o.id, o.route, o.subject",
+            )
+            .bind(&ids)
+            .bind(&tokens)
+            .fetch_all(&mut *tx)
+            .await?;
+            stale += delivered.len() - rows.len();
+            let mut recovered: BTreeSet<String> = BTreeSet::new();
+            for row in rows {
+                let id: i64 = row.try_get(0)?;
+                let route: String = row.try_get(1)?;
+                if delivered.iter().any(|d| d.0 == id && d.2) {
+                    recovered.insert(route.clone());
+                }
+                released.insert((route, row.try_get(2)?));
+            }
+            if !recovered.is_empty() {
+                let routes: Vec<String> = recovered.into_iter().collect();
+                sqlx::query(
+                    "UPDATE outbox SET next_at = $2
+                      WHERE route = ANY($1) AND next_at > $2 AND (lease_until IS NULL OR lease_until <= $2)",
+                )
+                .bind(&routes)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+
+        for outcome in &outcomes {
+            let (id, token) = (outcome.id, outcome.lease.0);
+            match &outcome.kind {
+                OutcomeKind::Delivered { .. } => {}
+                OutcomeKind::Retry { next_at, attempt } => {
+                    let row = sqlx::query(
+                        "UPDATE outbox SET attempts = attempts + 1, next_at = $3, lease_until = NULL, lease_token = NULL
+                          WHERE id = $1 AND lease_token = $2
+                      RETURNING attempts, route, subject",
+                    )
+                    .bind(id)
+                    .bind(token)
+                    .bind(next_at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(row) = row else {
+                        stale += 1;
+                        continue;
+                    };
+                    let (n, route, subject): (i32, String, String) =
+                        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                    // Keep the call's later events behind this one.
+                    sqlx::query(
+                        "UPDATE outbox SET next_at = $4 WHERE route = $1 AND subject = $2 AND id > $3 AND next_at < $4",
+                    )
+                    .bind(&route)
+                    .bind(&subject)
+                    .bind(id)
+                    .bind(next_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    record_attempt(&mut tx, id, n, attempt).await?;
+                }
+                OutcomeKind::Gone { attempt } => {
+                    let row = sqlx::query(
+                        "UPDATE outbox SET attempts = attempts + 1, lease_until = NULL, lease_token = NULL
+                          WHERE id = $1 AND lease_token = $2
+                      RETURNING attempts, route",
+                    )
+                    .bind(id)
+                    .bind(token)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(row) = row else {
+                        stale += 1;
+                        continue;
+                    };
+                    let (n, route): (i32, String) = (row.try_get(0)?, row.try_get(1)?);
+                    record_attempt(&mut tx, id, n, attempt).await?;
+                    let control = self.control(&route, true);
+                    pause_in(&mut tx, &route, Some("the route answered 410 Gone"), now, control).await?;
+                    paused.push(route);
+                }
+                OutcomeKind::Dead { attempt } => {
+                    let row = sqlx::query(
+                        "DELETE FROM outbox WHERE id = $1 AND lease_token = $2
+                      RETURNING event_seq, route, subject, attempts + 1",
+                    )
+                    .bind(id)
+                    .bind(token)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(row) = row else {
+                        stale += 1;
+                        continue;
+                    };
+                    let (seq, route, subject, n): (i64, String, String, i32) =
+                        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                    let last_error = attempt.error.clone().or_else(|| attempt.status.map(|s| format!("HTTP {s}")));
+                    sqlx::query(
+                        "INSERT INTO dead_letters (id, event_seq, route, subject, attempts, dead_at, last_error)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(id)
+                    .bind(seq)
+                    .bind(&route)
+                    .bind(&subject)
+                    .bind(n)
+                    .bind(attempt.at)
+                    .bind(&last_error)
+                    .execute(&mut *tx)
+                    .await?;
+                    record_attempt(&mut tx, id, n, attempt).await?;
+                    released.insert((route, subject));
+                }
+            }
+        }
+        if !released.is_empty() {
+            let (routes, subjects): (Vec<String>, Vec<String>) = released.into_iter().unzip();
+            sqlx::query(RELEASE_FOLLOWERS).bind(&routes).bind(&subjects).bind(now).execute(&mut *tx).await?;
+            due.extend(routes);
+        }
+        tx.commit().await?;
+        if stale > 0 {
+            tracing::warn!(stale, "dropped outcomes whose lease had expired and been taken over");
+        }
+        self.shared.counts_changed();
+        self.shared.due(&due);
+        for route in paused {
+            let _ = self.shared.notices.send(Notice::Paused { route, paused: true });
+        }
+        Ok(Completed { stale })
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        if let Ok(cached) = self.shared.counts.lock()
+            && let Some((at, counts)) = cached.as_ref()
+            && at.elapsed() < self.options.counts_ttl
+        {
+            return Ok(counts.clone());
+        }
+        let group = |sql: &'static str| async move {
+            let rows = sqlx::query(sql).fetch_all(self.pool()).await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<BTreeMap<String, i64>, sqlx::Error>>()
+        };
+        let counts = Counts {
+            backlog: group("SELECT route, count(*) FROM outbox GROUP BY route").await?,
+            dead: group("SELECT route, count(*) FROM dead_letters GROUP BY route").await?,
+        };
+        if let Ok(mut cached) = self.shared.counts.lock() {
+            *cached = Some((Instant::now(), counts.clone()));
+        }
+        Ok(counts)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.jobs.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        // A real, durable write: it fails on a full disk or a read-only standby.
+        sqlx::query(
+            "INSERT INTO health (id, at, probe) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at, probe = excluded.probe",
+        )
+        .bind(now_ms())
+        .bind(vec![0u8; 4096])
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<Vec<Pause>, StoreError> {
+        let rows =
+            sqlx::query("SELECT route, since, reason FROM paused_routes ORDER BY route").fetch_all(self.pool()).await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok(Pause { route: r.try_get(0)?, since: rfc3339(r.try_get(1)?), reason: r.try_get(2)? }))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn set_paused(&self, route: &str, reason: Option<&str>, now: Millis) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        pause_in(&mut tx, route, reason, now, self.control(route, reason.is_some())).await?;
+        tx.commit().await?;
+        let _ = self.shared.notices.send(Notice::Paused { route: route.to_owned(), paused: reason.is_some() });
+        if reason.is_none() {
+            self.shared.due([&route.to_owned()]);
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, filter: &Filter) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error
+               FROM dead_letters d JOIN events e ON e.seq = d.event_seq
+              WHERE ($1::int8 IS NULL OR d.id = $1) AND ($2::text IS NULL OR d.route = $2)
+                AND ($3::int8 IS NULL OR d.dead_at >= $3)
+                AND ($4::int8 IS NULL OR d.id < $4) AND ($5::int8 IS NULL OR d.id > $5)
+              ORDER BY d.id DESC LIMIT $6",
+        )
+        .bind(filter.id)
+        .bind(&filter.name)
+        .bind(filter.since)
+        .bind(filter.before_id)
+        .bind(filter.after_id)
+        .bind(limit(filter))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(dead_letter_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterDetail>, StoreError> {
+        let row = sqlx::query(
+            "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body
+               FROM dead_letters d JOIN events e ON e.seq = d.event_seq WHERE d.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let summary = dead_letter_row(&row)?;
+        let body: String = row.try_get(8)?;
+        let rows = sqlx::query(
+            "SELECT attempt, at, status, error, response, duration_ms FROM attempts WHERE delivery_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        let attempts_log = rows
+            .iter()
+            .map(|r| {
+                Ok(AttemptRecord {
+                    attempt: i64::from(r.try_get::<i32, _>(0)?),
+                    at: rfc3339(r.try_get(1)?),
+                    status: status(r.try_get(2)?),
+                    error: r.try_get(3)?,
+                    response: r.try_get(4)?,
+                    duration_ms: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let event = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+        Ok(Some(DeadLetterDetail { summary, event, attempts_log }))
+    }
+
+    async fn replay_dead_letters(&self, filter: &Filter, now: Millis) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let rows = sqlx::query(
+            "DELETE FROM dead_letters
+              WHERE ($1::int8 IS NULL OR id = $1) AND ($2::text IS NULL OR route = $2)
+                AND ($3::int8 IS NULL OR dead_at >= $3)
+                AND ($4::int8 IS NULL OR id < $4) AND ($5::int8 IS NULL OR id > $5)
+          RETURNING id, event_seq, route, subject",
+        )
+        .bind(filter.id)
+        .bind(&filter.name)
+        .bind(filter.since)
+        .bind(filter.before_id)
+        .bind(filter.after_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut routes = Vec::with_capacity(rows.len());
+        let mut subjects = Vec::with_capacity(rows.len());
+        for r in &rows {
+            ids.push(r.try_get::<i64, _>(0)?);
+            seqs.push(r.try_get::<i64, _>(1)?);
+            routes.push(r.try_get::<String, _>(2)?);
+            subjects.push(r.try_get::<String, _>(3)?);
+        }
+        if !ids.is_empty() {
+            // The original id puts it back at its place in the call's queue.
+            sqlx::query(
+                "INSERT INTO outbox (id, event_seq, route, subject, attempts, next_at)
+                 SELECT id, seq, route, subject, 0, $5 FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[])
+                        AS t (id, seq, route, subject)",
+            )
+            .bind(&ids)
+            .bind(&seqs)
+            .bind(&routes)
+            .bind(&subjects)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let touched: BTreeSet<String> = routes.iter().cloned().collect();
+        if !touched.is_empty() {
+            self.shared.counts_changed();
+            self.shared.due(&touched);
+        }
+        Ok(ids.into_iter().zip(routes).collect())
+    }
+
+    async fn quarantined(&self, filter: &Filter, with_body: bool) -> Result<Vec<QuarantineItem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, source, vendor, received_at, status, reason, details, body FROM quarantine
+              WHERE ($1::int8 IS NULL OR id = $1) AND ($2::text IS NULL OR source = $2)
+                AND ($3::int8 IS NULL OR received_at >= $3)
+                AND ($4::int8 IS NULL OR id < $4) AND ($5::int8 IS NULL OR id > $5)
+              ORDER BY id DESC LIMIT $6",
+        )
+        .bind(filter.id)
+        .bind(&filter.name)
+        .bind(filter.since)
+        .bind(filter.before_id)
+        .bind(filter.after_id)
+        .bind(limit(filter))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let details: String = r.try_get(6)?;
+                let body: Vec<u8> = r.try_get(7)?;
+                Ok(QuarantineItem {
+                    id: r.try_get(0)?,
+                    source: r.try_get(1)?,
+                    vendor: r.try_get(2)?,
+                    received_at: rfc3339(r.try_get(3)?),
+                    status: status(r.try_get(4)?).unwrap_or_default(),
+                    reason: r.try_get(5)?,
+                    details: serde_json::from_str(&details).unwrap_or_default(),
+                    body: with_body.then(|| String::from_utf8_lossy(&body).into_owned()),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn quarantined_raw(&self, filter: &Filter) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, source, body FROM quarantine
+              WHERE ($1::int8 IS NULL OR id = $1) AND ($2::text IS NULL OR source = $2)
+                AND ($3::int8 IS NULL OR received_at >= $3)
+                AND ($4::int8 IS NULL OR id < $4) AND ($5::int8 IS NULL OR id > $5)
+              ORDER BY id LIMIT $6",
+        )
+        .bind(filter.id)
+        .bind(&filter.name)
+        .bind(filter.since)
+        .bind(filter.before_id)
+        .bind(filter.after_id)
+        .bind(filter.limit.map_or(10_000, |l| l as i64))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn release_quarantined(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM quarantine WHERE id = $1").bind(id).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        // One pruner at a time across replicas; the lock ends with the transaction (or crash).
+        let ours: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(PRUNE_LOCK).fetch_one(&mut *tx).await?;
+        if !ours {
+            return Ok(Pruned::default());
+        }
+        let events = sqlx::query(
+            "DELETE FROM events WHERE seq IN (
+                SELECT e.seq FROM events e JOIN payloads p ON p.id = e.payload_id
+                 WHERE p.received_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)
+                   AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
+                 LIMIT $2)",
+        )
+        .bind(retention_before)
+        .bind(PRUNE_CHUNK)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let payloads = sqlx::query(
+            "DELETE FROM payloads WHERE id IN (
+                SELECT p.id FROM payloads p
+                 WHERE p.received_at < $1 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.payload_id = p.id)
+                 LIMIT $2)",
+        )
+        .bind(dedup_before)
+        .bind(PRUNE_CHUNK)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let attempts = sqlx::query(
+            "DELETE FROM attempts WHERE id IN (
+                SELECT a.id FROM attempts a
+                 WHERE a.at < $1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
+                   AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
+                 LIMIT $2)",
+        )
+        .bind(retention_before)
+        .bind(PRUNE_CHUNK)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let quarantine = sqlx::query(
+            "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < $1 LIMIT $2)",
+        )
+        .bind(retention_before)
+        .bind(PRUNE_CHUNK)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(Pruned {
+            events: events as usize,
+            payloads: payloads as usize,
+            attempts: attempts as usize,
+            quarantine: quarantine as usize,
+        })
+    }
+
+    fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.shared.notices.subscribe()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testdb;
+
+#[cfg(test)]
+mod tests;

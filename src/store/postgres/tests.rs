@@ -1,0 +1,241 @@
+//! What only a shared database shows: two `PostgresStore`s on one database act as two
+//! replicas. The backend-neutral checks live in the shared conformance suite.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use super::*;
+use crate::store::{NewEvent, Store};
+
+fn ingest(source: &str, body: &str, events: &[(&str, &str, &[&str])]) -> Ingest {
+    Ingest {
+        source: source.into(),
+        digest: crate::canonical::body_digest(body.as_bytes()),
+        body: body.as_bytes().to_vec(),
+        received_at: 1_000,
+        events: events
+            .iter()
+            .map(|(id, subject, routes)| NewEvent {
+                id: (*id).into(),
+                kind: "call.ended".into(),
+                subject: (*subject).into(),
+                json: format!("{{\"id\":\"{id}\"}}"),
+                routes: routes.iter().map(|r| (*r).to_owned()).collect(),
+            })
+            .collect(),
+    }
+}
+
+async fn replicas() -> Option<(testdb::TestDb, PostgresStore, PostgresStore)> {
+    let db = testdb::create().await?;
+    // Both start at once on an empty database: the migrations race and run once.
+    let (a, b) = tokio::join!(
+        PostgresStore::open(&db.url, PgOptions::default()),
+        PostgresStore::open(&db.url, PgOptions::default())
+    );
+    Some((db, a.expect("replica a opens"), b.expect("replica b opens")))
+}
+
+/// Waits for a notice matching `want`, up to a generous deadline (a signal, not a timing).
+async fn expect_notice(rx: &mut broadcast::Receiver<Notice>, want: impl Fn(&Notice) -> bool) {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match rx.recv().await {
+                Ok(n) if want(&n) => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("notices closed"),
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "the expected notice never came");
+}
+
+#[test]
+fn the_password_never_shows() {
+    assert_eq!(redact("postgres://cg:s3cret@db:5432/cg"), "postgres://cg:***@db:5432/cg");
+    assert_eq!(redact("postgres://cg@db/cg"), "postgres://cg@db/cg");
+    assert!(!redact("not a url s3cret").contains("s3cret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_lease_two_deliveries_of_one_call_at_once() {
+    let Some((_db, a, b)) = replicas().await else { return };
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    const CALLS: usize = 12;
+    const EVENTS: usize = 6;
+    // The events of each call are accepted alternately by the two replicas, one after the
+    // other, so acceptance order is known.
+    for k in 0..EVENTS {
+        for c in 0..CALLS {
+            let store = if (c + k) % 2 == 0 { &a } else { &b };
+            let id = format!("c{c}-e{k}");
+            let outcome = store.ingest(ingest("vox", &id, &[(&id, &format!("vox:c{c}"), &["r"])])).await.unwrap();
+            assert_eq!(outcome, IngestOutcome::Accepted(vec![id]));
+        }
+    }
+    let now = now_ms();
+    let in_flight = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let delivered = Arc::new(Mutex::new(BTreeMap::<String, Vec<usize>>::new()));
+    let total = CALLS * EVENTS;
+    let worker = |store: Arc<PostgresStore>| {
+        let (in_flight, delivered) = (in_flight.clone(), delivered.clone());
+        tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let done: usize = delivered.lock().unwrap().values().map(Vec::len).sum();
+                if done == total {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "deliveries stalled at {done} of {total}");
+                let claimed = store.claim("r", now, 4, now + 600_000).await.unwrap();
+                if claimed.deliveries.is_empty() {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                for d in &claimed.deliveries {
+                    assert!(in_flight.lock().unwrap().insert(d.subject.clone()), "two of {} in flight", d.subject);
+                }
+                tokio::task::yield_now().await;
+                let mut outcomes = Vec::new();
+                for d in &claimed.deliveries {
+                    // Recorded (and released) before the outcome commits: the other replica
+                    // may lease the next event only after that commit.
+                    let k: usize = d.event_id.rsplit('e').next().unwrap().parse().unwrap();
+                    delivered.lock().unwrap().entry(d.subject.clone()).or_default().push(k);
+                    in_flight.lock().unwrap().remove(&d.subject);
+                    outcomes.push(Outcome {
+                        id: d.id,
+                        lease: d.lease,
+                        kind: OutcomeKind::Delivered { recovered: false },
+                    });
+                }
+                assert_eq!(store.complete(outcomes, now).await.unwrap(), Completed { stale: 0 });
+            }
+        })
+    };
+    let (x, y) = tokio::join!(worker(a.clone()), worker(b.clone()));
+    x.unwrap();
+    y.unwrap();
+    let delivered = delivered.lock().unwrap();
+    for (subject, ks) in delivered.iter() {
+        assert_eq!(*ks, (0..EVENTS).collect::<Vec<_>>(), "{subject} out of order or repeated");
+    }
+    assert_eq!(delivered.len(), CALLS);
+    assert!(a.counts().await.unwrap().backlog.is_empty());
+    // No foreign keys: the store keeps the references whole.
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = o.event_seq)",
+    )
+    .fetch_one(a.pool())
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_the_old_holders_outcome_is_stale() {
+    let Some((_db, a, b)) = replicas().await else { return };
+    a.ingest(ingest("vox", "1", &[("e1", "vox:c", &["r"]), ("e2", "vox:c", &["r"])])).await.unwrap();
+    let now = 10_000;
+    let first = a.claim("r", now, 10, now + 1_000).await.unwrap().deliveries;
+    assert_eq!(first.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["e1"]);
+    assert!(b.claim("r", now + 500, 10, now + 1_500).await.unwrap().deliveries.is_empty(), "the lease is live");
+    assert_eq!(b.next_due("r", now + 500).await.unwrap(), Some(now + 1_000), "the lease expiry is the next time");
+    let taken = b.claim("r", now + 1_000, 10, now + 2_000).await.unwrap().deliveries;
+    assert_eq!(taken.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["e1"], "taken over, e2 still waits");
+    assert_ne!(taken[0].lease, first[0].lease);
+    let delivered =
+        |d: &Delivery| Outcome { id: d.id, lease: d.lease, kind: OutcomeKind::Delivered { recovered: false } };
+    assert_eq!(a.complete(vec![delivered(&first[0])], now + 1_100).await.unwrap(), Completed { stale: 1 });
+    assert_eq!(a.counts().await.unwrap().backlog.get("r"), Some(&2), "the stale outcome changed nothing");
+    assert_eq!(b.complete(vec![delivered(&taken[0])], now + 1_200).await.unwrap(), Completed { stale: 0 });
+    let next = a.claim("r", now + 1_200, 10, now + 3_000).await.unwrap().deliveries;
+    assert_eq!(next.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["e2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_body_through_both_replicas_at_once_is_accepted_once() {
+    let Some((_db, a, b)) = replicas().await else { return };
+    for n in 0..20 {
+        let body = format!("body-{n}");
+        let id = format!("e{n}");
+        let make = || ingest("vox", &body, &[(&id, "vox:c", &["r"])]);
+        let (x, y) = tokio::join!(a.ingest(make()), b.ingest(make()));
+        let mut outcomes = [x.unwrap(), y.unwrap()];
+        outcomes.sort_by_key(|o| matches!(o, IngestOutcome::Duplicate(_)));
+        assert_eq!(outcomes, [IngestOutcome::Accepted(vec![id.clone()]), IngestOutcome::Duplicate(vec![id.clone()])]);
+    }
+    assert_eq!(b.counts().await.unwrap().backlog.get("r"), Some(&20));
+}
+
+#[tokio::test]
+async fn a_pause_through_one_replica_stops_the_other_and_a_resume_through_it_restarts_both() {
+    let Some((_db, a, b)) = replicas().await else { return };
+    let mut a_notices = a.notices();
+    let mut b_notices = b.notices();
+    a.ingest(ingest("vox", "1", &[("e1", "vox:c", &["r"])])).await.unwrap();
+    expect_notice(&mut b_notices, |n| *n == Notice::Due("r".into())).await;
+
+    a.set_paused("r", Some("operator"), 5_000).await.unwrap();
+    expect_notice(&mut b_notices, |n| *n == Notice::Paused { route: "r".into(), paused: true }).await;
+    let claimed = b.claim("r", 10_000, 10, 20_000).await.unwrap();
+    assert!(claimed.paused && claimed.deliveries.is_empty());
+    assert_eq!(b.paused().await.unwrap().iter().map(|p| p.route.as_str()).collect::<Vec<_>>(), ["r"]);
+
+    b.set_paused("r", None, 6_000).await.unwrap();
+    expect_notice(&mut a_notices, |n| *n == Notice::Paused { route: "r".into(), paused: false }).await;
+    let claimed = a.claim("r", 10_000, 10, 20_000).await.unwrap();
+    assert!(!claimed.paused);
+    assert_eq!(claimed.deliveries.len(), 1);
+}
+
+#[tokio::test]
+async fn a_410_through_one_replica_pauses_the_route_for_the_other() {
+    let Some((_db, a, b)) = replicas().await else { return };
+    let mut b_notices = b.notices();
+    a.ingest(ingest("vox", "1", &[("e1", "vox:c", &["r"])])).await.unwrap();
+    let d = a.claim("r", 10_000, 10, 20_000).await.unwrap().deliveries.remove(0);
+    let gone = Outcome { id: d.id, lease: d.lease, kind: OutcomeKind::Gone { attempt: Attempt::default() } };
+    a.complete(vec![gone], 10_500).await.unwrap();
+    expect_notice(&mut b_notices, |n| *n == Notice::Paused { route: "r".into(), paused: true }).await;
+    assert!(b.claim("r", 11_000, 10, 21_000).await.unwrap().paused);
+}
+
+#[tokio::test]
+async fn a_lost_listening_connection_reconnects_and_says_lost() {
+    let Some((_db, a, b)) = replicas().await else { return };
+    let mut a_notices = a.notices();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(b.pool())
+    .await
+    .unwrap();
+    assert_eq!(killed.len(), 2, "one listener per replica");
+    expect_notice(&mut a_notices, |n| *n == Notice::Lost).await;
+    // Listening again: a pause through the other replica still arrives.
+    b.set_paused("r", Some("operator"), 1).await.unwrap();
+    expect_notice(&mut a_notices, |n| *n == Notice::Paused { route: "r".into(), paused: true }).await;
+}
+
+#[tokio::test]
+async fn prune_runs_on_one_replica_at_a_time() {
+    let Some((_db, a, b)) = replicas().await else { return };
+    a.ingest(ingest("vox", "1", &[("e1", "vox:c", &[])])).await.unwrap();
+    let mut holder = b.pool().begin().await.unwrap();
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(PRUNE_LOCK)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    assert!(held);
+    assert_eq!(a.prune(i64::MAX, i64::MAX).await.unwrap(), Pruned::default(), "another replica is pruning");
+    holder.rollback().await.unwrap();
+    let pruned = a.prune(i64::MAX, i64::MAX).await.unwrap();
+    assert_eq!((pruned.events, pruned.payloads), (1, 1));
+}
