@@ -369,14 +369,12 @@ pub async fn accept(
         }
         Err(e) => return Err(e),
     };
-    let Prepared { ingest, kinds, routes } = prepared;
+    let Prepared { ingest, kinds } = prepared;
+    // The store wakes the routes' workers (its notices) once it has committed.
     match app.store.ingest(ingest).await {
         Ok(IngestOutcome::Accepted(ids)) => {
             for kind in kinds {
                 telemetry::event(source, kind);
-            }
-            for route in &routes {
-                app.dispatcher.wake(route);
             }
             Ok((IngressOutcome::Accepted, ids))
         }
@@ -393,8 +391,6 @@ struct Prepared {
     ingest: Ingest,
     /// Canonical type of each event, for `callgate_events_total` once committed.
     kinds: Vec<&'static str>,
-    /// Routes that get a delivery (to wake after the commit).
-    routes: Vec<String>,
 }
 
 /// The CPU-bound part of ingress, run inline or on the [`Offload`] pool: digest, validate,
@@ -406,9 +402,6 @@ fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc
     let events = vendors::normalize_digested(&origin, body, &digest, received_at)?;
     let kinds = events.iter().map(|e| e.kind.as_str()).collect();
     let events: Vec<NewEvent> = events.iter().map(|e| new_event(config, e)).collect::<Result<_, _>>()?;
-    let mut routes: Vec<String> = events.iter().flat_map(|e| e.routes.iter().cloned()).collect();
-    routes.sort();
-    routes.dedup();
     let ingest = Ingest {
         source: source.to_owned(),
         digest,
@@ -416,7 +409,7 @@ fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc
         received_at: received_at.timestamp_millis(),
         events,
     };
-    Ok(Prepared { ingest, kinds, routes })
+    Ok(Prepared { ingest, kinds })
 }
 
 fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressError> {

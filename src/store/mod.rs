@@ -2,10 +2,16 @@
 //! letters and the quarantine of rejected payloads.
 //!
 //! Ingress and delivery see only the [`Store`] trait; SQLite ([`sqlite::SqliteStore`]) is the
-//! embedded backend, and a PostgreSQL backend can be added beside it without touching either.
+//! embedded backend. The contract holds for several gateway processes sharing one database:
+//! deliveries are *claimed* with a [`Lease`] that every [`Outcome`] presents (an expired lease
+//! is taken over by the next claim, and an outcome whose lease was taken over is dropped),
+//! wake-ups travel as [`Notice`]s from the store, pause state lives in the store, and every
+//! time is passed in.
 //!
 //! **Invariant:** [`Store::ingest`] returns only after the payload, its events and their
 //! deliveries are committed and synced to disk — the ingress answers 200 on that promise.
+//! **Invariant:** for one (route, subject), at most one delivery is leased at a time, and it is
+//! the oldest one still in the outbox: a call's events go out in acceptance order.
 
 pub mod sqlite;
 
@@ -65,7 +71,26 @@ pub struct Quarantined {
     pub body: Vec<u8>,
 }
 
-/// A delivery due now: one event for one route.
+/// The proof that a claim handed a delivery to this worker; its outcome presents it. A lease
+/// that expired (its holder died or hung) is taken over by a later claim with a new token,
+/// and the old holder's outcome is then dropped (the delivery may go out twice: at least once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease(pub i64);
+
+impl Lease {
+    /// A fresh random token.
+    pub fn new() -> Lease {
+        Lease(fastrand::i64(1..i64::MAX))
+    }
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease::new()
+    }
+}
+
+/// A claimed delivery: one event for one route, leased to the claimer.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: i64,
@@ -75,6 +100,29 @@ pub struct Delivery {
     /// Attempts made before this one.
     pub attempts: u32,
     pub json: String,
+    pub lease: Lease,
+}
+
+/// What [`Store::claim`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    pub deliveries: Vec<Delivery>,
+    /// The route is paused (by a 410 or an operator, on any replica): nothing was claimed.
+    pub paused: bool,
+}
+
+/// What the store tells every delivery worker, in this process and (for a shared database)
+/// in the other replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Deliveries of this route may have become claimable: new events, a replay, a resume,
+    /// or the head of a call finished so its followers may go.
+    Due(String),
+    /// The route was paused (`true`) or resumed (`false`).
+    Paused { route: String, paused: bool },
+    /// Notices may have been missed (a lagging subscriber, a lost connection): look at every
+    /// route again.
+    Lost,
 }
 
 /// What one attempt found, kept for failed attempts and dead letters.
@@ -88,29 +136,41 @@ pub struct Attempt {
     pub duration_ms: i64,
 }
 
-/// How an attempt ended, as the store records it.
+/// How an attempt of a claimed delivery ended, as the store records it.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub struct Outcome {
+    /// The delivery (outbox id).
+    pub id: i64,
+    /// The lease its claim handed out.
+    pub lease: Lease,
+    pub kind: OutcomeKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum OutcomeKind {
     /// 2xx. `recovered`: the route had been failing; its waiting retries fall due now.
     Delivered {
-        id: i64,
         recovered: bool,
     },
     Retry {
-        id: i64,
         next_at: Millis,
         attempt: Attempt,
     },
     Dead {
-        id: i64,
         attempt: Attempt,
     },
     /// 410 Gone: the route asked us to stop. The delivery stays queued and the route is
     /// paused until an operator resumes it.
     Gone {
-        id: i64,
         attempt: Attempt,
     },
+}
+
+/// What [`Store::complete`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Completed {
+    /// Outcomes dropped because their lease had expired and been taken over.
+    pub stale: usize,
 }
 
 /// A dead-lettered delivery, as listed.
@@ -200,41 +260,50 @@ pub struct Counts {
     pub dead: BTreeMap<String, i64>,
 }
 
+/// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database cannot be reached or cannot commit right now (connection lost, lock held,
+    /// disk full, read-only file): nothing was changed; try again later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record cannot be read back as written.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// Any other failure of the backend.
     #[error("storage error: {0}")]
     Backend(String),
     #[error("the store is shut down")]
     Closed,
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Backend(e.to_string())
-    }
-}
-
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Commits a payload, its events and their deliveries durably, or reports a duplicate.
+    /// Commits a payload, its events and their deliveries durably, or reports a duplicate
+    /// (the same `(source, digest)` within the dedup window, accepted by any replica). Sends
+    /// [`Notice::Due`] for the routes that got deliveries, after the commit.
     async fn ingest(&self, ingest: Ingest) -> Result<IngestOutcome, StoreError>;
 
-    /// Keeps a rejected payload.
+    /// Keeps a rejected payload (durably: the vendor is answered only after it).
     async fn quarantine(&self, item: Quarantined) -> Result<(), StoreError>;
 
-    /// Deliveries of `route` due at `now`, oldest first, at most one per subject (the oldest
-    /// undelivered one, so a call's events go out in order), skipping `in_flight`.
-    async fn due(&self, route: &str, now: Millis, limit: usize, in_flight: &[i64])
-    -> Result<Vec<Delivery>, StoreError>;
+    /// Leases up to `limit` deliveries of `route` due at `now`, oldest first, until
+    /// `lease_until`. Only the head of each (route, subject) queue is claimable (the oldest
+    /// delivery still in the outbox), and only while no delivery of that subject holds a live
+    /// lease; an expired lease is taken over. Nothing is claimed while the route is paused.
+    async fn claim(&self, route: &str, now: Millis, limit: usize, lease_until: Millis) -> Result<Claimed, StoreError>;
 
-    /// The earliest `next_at` of `route`'s deliveries (possibly already past: due now, or in
-    /// flight), if any is waiting.
-    async fn next_due(&self, route: &str) -> Result<Option<Millis>, StoreError>;
+    /// The earliest time after `after` at which a delivery of `route` falls due or a lease
+    /// expires, if any. Heads that are due but blocked behind a live lease are not counted:
+    /// their release comes as a [`Notice::Due`].
+    async fn next_due(&self, route: &str, after: Millis) -> Result<Option<Millis>, StoreError>;
 
-    /// Records attempt outcomes.
-    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError>;
+    /// Records attempt outcomes at `now`. Each is applied only if its lease is still the
+    /// delivery's; the others are counted in [`Completed::stale`] and dropped. Sends
+    /// [`Notice::Due`] when a call's next event may go, and [`Notice::Paused`] on a 410.
+    async fn complete(&self, outcomes: Vec<Outcome>, now: Millis) -> Result<Completed, StoreError>;
 
-    /// Backlog and dead letters per route, straight from the store.
+    /// Backlog and dead letters per route, straight from the store (every replica agrees).
     async fn counts(&self) -> Result<Counts, StoreError>;
 
     /// Whether the store can commit a real write now (and has room for more).
@@ -243,7 +312,9 @@ pub trait Store: Send + Sync + 'static {
     /// Routes paused (by a 410 or an operator), with since when and why.
     async fn paused(&self) -> Result<Vec<Pause>, StoreError>;
 
-    async fn set_paused(&self, route: &str, reason: Option<&str>) -> Result<(), StoreError>;
+    /// Pauses (`Some(reason)`) or resumes (`None`) a route for every replica, and sends
+    /// [`Notice::Paused`].
+    async fn set_paused(&self, route: &str, reason: Option<&str>, now: Millis) -> Result<(), StoreError>;
 
     /// Dead letters matching `filter`, newest first.
     async fn dead_letters(&self, filter: &Filter) -> Result<Vec<DeadLetter>, StoreError>;
@@ -251,8 +322,9 @@ pub trait Store: Send + Sync + 'static {
     async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterDetail>, StoreError>;
 
     /// Puts matching dead letters back in the outbox (same delivery id, so a call's order is
-    /// kept), due now with a fresh retry schedule; returns (id, route) of each.
-    async fn replay_dead_letters(&self, filter: &Filter) -> Result<Vec<(i64, String)>, StoreError>;
+    /// kept), due at `now` with a fresh retry schedule; returns (id, route) of each and sends
+    /// [`Notice::Due`] for their routes.
+    async fn replay_dead_letters(&self, filter: &Filter, now: Millis) -> Result<Vec<(i64, String)>, StoreError>;
 
     /// Quarantined payloads matching `filter`, newest first; `with_body` includes bodies.
     async fn quarantined(&self, filter: &Filter, with_body: bool) -> Result<Vec<QuarantineItem>, StoreError>;
@@ -263,8 +335,13 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a quarantined payload (after a replay accepted it).
     async fn release_quarantined(&self, id: i64) -> Result<(), StoreError>;
 
-    /// Deletes what is older than the retention and the redelivery window.
+    /// Deletes what is older than the retention and the redelivery window (one replica at a
+    /// time; another replica's call returns nothing pruned).
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError>;
+
+    /// Subscribes to this store's [`Notice`]s (a lagging subscriber should treat the lag as
+    /// [`Notice::Lost`]).
+    fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice>;
 }
 
 /// RFC 3339 text of a store time.
