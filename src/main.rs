@@ -38,8 +38,7 @@ enum Command {
     },
     /// Validate one vendor payload and print its canonical events as JSON lines.
     Normalize {
-        /// oneinbox | vox | salpre | utel
-        #[arg(long)]
+        #[arg(long, help = format!("The vendor: {}", Vendor::NAMES))]
         vendor: String,
         /// Source name to map with (defaults to the vendor name).
         #[arg(long)]
@@ -401,7 +400,7 @@ fn check(path: PathBuf) -> ExitCode {
 
 fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file: &str) -> ExitCode {
     let Some(vendor) = Vendor::parse(vendor) else {
-        eprintln!("callgate: unknown vendor `{vendor}` (oneinbox, vox, salpre, utel)");
+        eprintln!("callgate: unknown vendor `{vendor}` ({})", Vendor::NAMES);
         return ExitCode::from(2);
     };
     let phone_region = match region.as_deref().map(str::parse) {

@@ -48,6 +48,24 @@ impl<'a> Payload<'a> {
         self.peek(pointer).and_then(Value::as_array).map_or(&[], Vec::as_slice)
     }
 
+    /// The value at `pointer` converted by `convert`, consumed only when it converted (or is
+    /// `null`, which says "none" as leaving the canonical field out does): a value the adapter
+    /// cannot represent stays in `vendor_extra`.
+    pub fn take_with<T>(&self, pointer: &str, convert: impl FnOnce(&'a Value) -> Option<T>) -> Option<T> {
+        let value = self.peek(pointer)?;
+        let converted = convert(value);
+        if converted.is_some() || value.is_null() {
+            self.mark(value);
+        }
+        converted
+    }
+
+    /// The call id at `pointer` (a string or an integer): it decides the event, so without
+    /// one the payload is rejected.
+    pub fn required_id(&self, pointer: &str) -> Result<String, Violation> {
+        self.id(pointer).ok_or_else(|| Violation::new(pointer, "call id is missing"))
+    }
+
     pub fn str(&self, pointer: &str) -> Option<String> {
         self.str_at(self.peek(pointer)?)
     }
@@ -68,35 +86,15 @@ impl<'a> Payload<'a> {
 
     /// A string or integer id, as a string.
     pub fn id(&self, pointer: &str) -> Option<String> {
-        let value = self.peek(pointer)?;
-        let id = convert::id_string(value);
-        if id.is_some() || value.is_null() {
-            self.mark(value);
-        }
-        id
+        self.take_with(pointer, convert::id_string)
     }
 
     pub fn i64(&self, pointer: &str) -> Option<i64> {
-        let value = self.peek(pointer)?;
-        match value.as_i64() {
-            Some(n) => {
-                self.mark(value);
-                Some(n)
-            }
-            None => {
-                if value.is_null() {
-                    self.mark(value);
-                }
-                None
-            }
-        }
+        self.take_with(pointer, Value::as_i64)
     }
 
     pub fn bool(&self, pointer: &str) -> Option<bool> {
-        let value = self.peek(pointer)?;
-        let b = value.as_bool()?;
-        self.mark(value);
-        Some(b)
+        self.take_with(pointer, Value::as_bool)
     }
 
     /// An object copied whole (vox `metadata`, `dynamic_variables`); absent or null is `{}`.

@@ -11,52 +11,136 @@ use crate::canonical::{
     Status, Utterance, Vendor, convert,
 };
 
-pub const SCHEMAS: &[(&str, &str)] = &[
-    ("v1/call_started", include_str!("../../schemas/vox/v1/call_started.json")),
-    ("v1/call_ended", include_str!("../../schemas/vox/v1/call_ended.json")),
-    ("v1/mid_call.flow_transition", include_str!("../../schemas/vox/v1/mid_call.flow_transition.json")),
-    ("v1/mid_call.call_message", include_str!("../../schemas/vox/v1/mid_call.call_message.json")),
-    ("v2/call_started", include_str!("../../schemas/vox/v2/call_started.json")),
-    ("v2/call_ended", include_str!("../../schemas/vox/v2/call_ended.json")),
-    ("v2/call_analyzed", include_str!("../../schemas/vox/v2/call_analyzed.json")),
-    ("v2/sms_received", include_str!("../../schemas/vox/v2/sms_received.json")),
-    ("v2/mid_call.flow_transition", include_str!("../../schemas/vox/v2/mid_call.flow_transition.json")),
-    ("v2/mid_call.call_message", include_str!("../../schemas/vox/v2/mid_call.call_message.json")),
-];
+events! {
+    "vox" {
+        V1CallStarted = "v1/call_started",
+        V1CallEnded = "v1/call_ended",
+        V1FlowTransition = "v1/mid_call.flow_transition",
+        V1CallMessage = "v1/mid_call.call_message",
+        V2CallStarted = "v2/call_started",
+        V2CallEnded = "v2/call_ended",
+        V2CallAnalyzed = "v2/call_analyzed",
+        V2SmsReceived = "v2/sms_received",
+        V2FlowTransition = "v2/mid_call.flow_transition",
+        V2CallMessage = "v2/mid_call.call_message",
+    }
+}
 
-const V1_EVENTS: &[(&str, &str)] =
-    &[("call_started", "v1/call_started"), ("call_ended", "v1/call_ended"), ("mid_call", "mid_call")];
-const V2_EVENTS: &[(&str, &str)] = &[
-    ("call_started", "v2/call_started"),
-    ("call_ended", "v2/call_ended"),
-    ("call_analyzed", "v2/call_analyzed"),
-    ("sms_received", "v2/sms_received"),
-    ("mid_call", "mid_call"),
-];
+/// The webhook format: v1 has no `webhook_version`, v2 says `"v2"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
 
-pub fn event_key(body: &Value) -> Result<&'static str, Violation> {
-    let (v2, events) = match body.get("webhook_version") {
-        None => (false, V1_EVENTS),
-        Some(Value::String(v)) if v == "v2" => (true, V2_EVENTS),
+/// What a vox event is, whatever its format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Call(Call),
+    SmsReceived,
+    MidCall(MidCall),
+}
+
+/// The events about a `call` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Started,
+    Ended,
+    Analyzed,
+}
+
+/// The `mid_call` event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MidCall {
+    FlowTransition,
+    CallMessage,
+}
+
+impl Event {
+    fn parts(self) -> (Version, Kind) {
+        use Version::*;
+        match self {
+            Event::V1CallStarted => (V1, Kind::Call(Call::Started)),
+            Event::V1CallEnded => (V1, Kind::Call(Call::Ended)),
+            Event::V1FlowTransition => (V1, Kind::MidCall(MidCall::FlowTransition)),
+            Event::V1CallMessage => (V1, Kind::MidCall(MidCall::CallMessage)),
+            Event::V2CallStarted => (V2, Kind::Call(Call::Started)),
+            Event::V2CallEnded => (V2, Kind::Call(Call::Ended)),
+            Event::V2CallAnalyzed => (V2, Kind::Call(Call::Analyzed)),
+            Event::V2SmsReceived => (V2, Kind::SmsReceived),
+            Event::V2FlowTransition => (V2, Kind::MidCall(MidCall::FlowTransition)),
+            Event::V2CallMessage => (V2, Kind::MidCall(MidCall::CallMessage)),
+        }
+    }
+
+    /// The event a (format, kind) pair names, if that format has it (v1 has no
+    /// `call_analyzed` and no `sms_received`).
+    fn from_parts(version: Version, kind: Kind) -> Option<Event> {
+        Event::ALL.iter().copied().find(|e| e.parts() == (version, kind))
+    }
+}
+
+impl Version {
+    fn as_str(self) -> &'static str {
+        match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        }
+    }
+
+    fn fields(self) -> &'static Fields {
+        match self {
+            Version::V1 => &V1,
+            Version::V2 => &V2,
+        }
+    }
+}
+
+impl Kind {
+    /// `vendor_event`: the `event` name, with the `mid_call` type after a dot.
+    fn vendor_event(self) -> &'static str {
+        match self {
+            Kind::Call(Call::Started) => "call_started",
+            Kind::Call(Call::Ended) => "call_ended",
+            Kind::Call(Call::Analyzed) => "call_analyzed",
+            Kind::SmsReceived => "sms_received",
+            Kind::MidCall(MidCall::FlowTransition) => "mid_call.flow_transition",
+            Kind::MidCall(MidCall::CallMessage) => "mid_call.call_message",
+        }
+    }
+}
+
+pub fn event(body: &Value) -> Result<Event, Violation> {
+    let version = match body.get("webhook_version") {
+        None => Version::V1,
+        Some(Value::String(v)) if v == "v2" => Version::V2,
         Some(other) => {
-            return Err(Violation::new("/webhook_version", format!("unsupported vox webhook_version {other}")));
+            let shown = super::cut(&other.to_string(), super::MAX_ECHO_CHARS).into_owned();
+            return Err(Violation::new("/webhook_version", format!("unsupported vox webhook_version {shown}")));
         }
     };
-    let key = super::discriminate(body, "/event", events, Vendor::Vox)?;
-    if key != "mid_call" {
-        return Ok(key);
+    let in_version = |kind| Event::from_parts(version, kind);
+    let kind = super::discriminate(body, "/event", Vendor::Vox, |name| match name {
+        "call_started" => in_version(Kind::Call(Call::Started)).map(Some),
+        "call_ended" => in_version(Kind::Call(Call::Ended)).map(Some),
+        "call_analyzed" => in_version(Kind::Call(Call::Analyzed)).map(Some),
+        "sms_received" => in_version(Kind::SmsReceived).map(Some),
+        "mid_call" => Some(None),
+        _ => None,
+    })?;
+    match kind {
+        Some(event) => Ok(event),
+        None => super::discriminate(body, "/mid_call/event_type", Vendor::Vox, |name| match name {
+            "flow_transition" => in_version(Kind::MidCall(MidCall::FlowTransition)),
+            "call_message" => in_version(Kind::MidCall(MidCall::CallMessage)),
+            _ => None,
+        }),
     }
-    let kinds: &[(&str, &'static str)] = if v2 {
-        &[("flow_transition", "v2/mid_call.flow_transition"), ("call_message", "v2/mid_call.call_message")]
-    } else {
-        &[("flow_transition", "v1/mid_call.flow_transition"), ("call_message", "v1/mid_call.call_message")]
-    };
-    super::discriminate(body, "/mid_call/event_type", kinds, Vendor::Vox)
 }
 
 /// How a `disconnection_reason` bears on whether the call connected.
 #[derive(Clone, Copy)]
-enum Kind {
+enum Connection {
     /// Only a connected call ends this way.
     Connected,
     /// The call never connected; the status it ended in.
@@ -65,9 +149,9 @@ enum Kind {
     Either,
 }
 
-fn reason(raw: &str) -> Option<(EndReason, EndedBy, Kind)> {
+fn reason(raw: &str) -> Option<(EndReason, EndedBy, Connection)> {
     use EndReason as R;
-    use Kind::*;
+    use Connection::*;
     Some(match raw {
         "user_hangup" => (R::CustomerHangup, EndedBy::Customer, Connected),
         "agent_hangup" => (R::AgentHangup, EndedBy::Agent, Connected),
@@ -89,8 +173,7 @@ fn reason(raw: &str) -> Option<(EndReason, EndedBy, Kind)> {
 }
 
 /// The field names that differ between the two formats.
-struct Format {
-    name: &'static str,
+struct Fields {
     agent_id: &'static str,
     from: &'static str,
     to: &'static str,
@@ -98,16 +181,14 @@ struct Format {
     end: &'static str,
 }
 
-const V1: Format = Format {
-    name: "v1",
+const V1: Fields = Fields {
     agent_id: "agent_id",
     from: "call_from",
     to: "call_to",
     start: "start_timestamp",
     end: "end_timestamp",
 };
-const V2: Format = Format {
-    name: "v2",
+const V2: Fields = Fields {
     agent_id: "agent/agent_id",
     from: "from_number",
     to: "to_number",
@@ -115,47 +196,48 @@ const V2: Format = Format {
     end: "end_at",
 };
 
-pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
-    let (fmt, event) = match key.split_once('/') {
-        Some(("v2", event)) => (&V2, event),
-        Some((_, event)) => (&V1, event),
-        None => (&V1, key),
-    };
+pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+    let (version, kind) = event.parts();
     p.consume("/event");
     p.consume("/webhook_version");
-    match event {
-        "sms_received" => return sms(p, cx),
-        "mid_call.flow_transition" | "mid_call.call_message" => return mid_call(fmt, event, p, cx),
-        _ => {}
+    match kind {
+        Kind::SmsReceived => sms(p, cx),
+        Kind::MidCall(mid) => mid_call(version, mid, p, cx),
+        Kind::Call(call) => call_event(version, call, p, cx),
     }
+}
 
-    let mut common = call_common(fmt, event, "/call", p, cx)?;
+/// The `call` events: `call_started`, `call_ended`, `call_analyzed`.
+fn call_event(version: Version, call: Call, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+    let fields = version.fields();
+    let mut common = call_common(version, Kind::Call(call), "/call", p, cx)?;
     let ms = |field: &str| p.i64(&format!("/call/{field}")).and_then(convert::from_epoch_ms);
     let occurred_at = ms("occurred_at");
     // call_analyzed repeats the call's times; they are not its facts and stay in vendor_extra.
-    let (started_at, ended_at) = if event == "call_analyzed" { (None, None) } else { (ms(fmt.start), ms(fmt.end)) };
+    let (started_at, ended_at) =
+        if call == Call::Analyzed { (None, None) } else { (ms(fields.start), ms(fields.end)) };
 
-    let events = match event {
-        "call_started" => {
+    let events = match call {
+        Call::Started => {
             common.occurred_at = occurred_at.or_else(|| started_at.clone());
             let details = Details { started_at: started_at.clone(), connected_at: started_at, ..Details::default() };
             vec![Draft::new(EventType::CallConnected, details)]
         }
-        "call_ended" => {
+        Call::Ended => {
             common.occurred_at = occurred_at.or_else(|| ended_at.clone());
             let transcript = transcript(p, "/call/transcript")?;
             let duration_ms = p.i64("/call/duration_ms");
             let evidence = duration_ms.is_some_and(|d| d > 0) || transcript.as_ref().is_some_and(|t| !t.is_empty());
             let call_status = p.peek("/call/call_status").and_then(Value::as_str);
             let reason_raw = p.str("/call/disconnection_reason");
-            let (kind, status, end) = outcome(reason_raw, call_status, evidence);
+            let (status, end) = outcome(reason_raw, call_status, evidence);
             if call_status.is_some() {
                 p.consume("/call/call_status"); // fully represented by `status` + `end`
             }
             let connected = status == Status::Completed;
             let mut events = Vec::with_capacity(4);
             events.push(Draft::new(
-                kind,
+                EventType::for_end(status),
                 Details {
                     status: Some(status),
                     end: Some(end),
@@ -179,7 +261,7 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                 ));
             }
             // v1 packs cost and analysis into call_ended; v2 sends them as call_analyzed.
-            if fmt.name == "v1" {
+            if version == Version::V1 {
                 let (analysis, cost) = (analysis(p), cost(p));
                 if analysis.is_some() || cost.is_some() {
                     events.push(Draft::new(EventType::CallAnalyzed, Details { analysis, cost, ..Details::default() }));
@@ -187,13 +269,10 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
             }
             events
         }
-        "call_analyzed" => {
+        Call::Analyzed => {
             common.occurred_at = occurred_at;
             let details = Details { analysis: analysis(p), cost: cost(p), ..Details::default() };
             vec![Draft::new(EventType::CallAnalyzed, details)]
-        }
-        other => {
-            return Err(Violation::new("/event", format!("no mapping for vox {other}")));
         }
     };
     let metadata = p.object("/call/metadata");
@@ -202,19 +281,17 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
 }
 
 /// Call id, agent, direction and numbers of a `call` (or `mid_call`) object at `root`.
-fn call_common(fmt: &Format, event: &str, root: &str, p: &Payload<'_>, cx: &Context<'_>) -> Result<Common, Violation> {
-    let call_id = p
-        .id(&format!("{root}/call_id"))
-        .ok_or_else(|| Violation::new(format!("{root}/call_id"), "call id is missing"))?;
-    let mut common = cx.common(event, call_id);
-    common.vendor_format = Some(fmt.name);
+fn call_common(version: Version, kind: Kind, root: &str, p: &Payload<'_>, cx: &Context<'_>) -> Result<Common, Violation> {
+    let fmt = version.fields();
+    let mut common = cx.common(kind.vendor_event(), p.required_id(&format!("{root}/call_id"))?);
+    common.vendor_format = Some(version.as_str());
     common.agent_id = p.id(&format!("{root}/{}", fmt.agent_id)).or_else(|| p.id(&format!("{root}/agent_id")));
     common.direction = p.direction(&format!("{root}/call_type")); // "web", "api"… stay in vendor_extra
     cx.numbers(&mut common, p.str(&format!("{root}/{}", fmt.from)), p.str(&format!("{root}/{}", fmt.to)));
     Ok(common)
 }
 
-fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool) -> (EventType, Status, End) {
+fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool) -> (Status, End) {
     let connected = match call_status {
         Some("ended") => true,
         Some("not_connected" | "canceled") => false,
@@ -222,9 +299,9 @@ fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool
     };
     let known = reason_raw.as_deref().and_then(reason);
     let (reason, by, status) = match known {
-        Some((reason, by, Kind::Connected)) => (reason, by, Status::Completed),
-        Some((reason, by, Kind::NotConnected(status))) => (reason, by, status),
-        Some((reason, by, Kind::Either)) => (reason, by, if connected { Status::Completed } else { Status::Failed }),
+        Some((reason, by, Connection::Connected)) => (reason, by, Status::Completed),
+        Some((reason, by, Connection::NotConnected(status))) => (reason, by, status),
+        Some((reason, by, Connection::Either)) => (reason, by, if connected { Status::Completed } else { Status::Failed }),
         None => {
             let status = match (connected, call_status) {
                 (true, _) => Status::Completed,
@@ -234,8 +311,7 @@ fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool
             (EndReason::Unknown, EndedBy::Unknown, status)
         }
     };
-    let kind = if status == Status::Completed { EventType::CallEnded } else { EventType::CallFailed };
-    (kind, status, End { reason, reason_raw, by })
+    (status, End { reason, reason_raw, by })
 }
 
 /// `[{role, content}]`; `None` when absent or null.
@@ -310,22 +386,25 @@ fn cost(p: &Payload<'_>) -> Option<Cost> {
     Some(Cost { amount, unit, billed_seconds })
 }
 
-fn mid_call(fmt: &Format, event: &str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
-    let mut common = call_common(fmt, event, "/mid_call", p, cx)?;
+fn mid_call(version: Version, mid: MidCall, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+    let mut common = call_common(version, Kind::MidCall(mid), "/mid_call", p, cx)?;
     p.consume("/mid_call/event_type");
     let occurred_at =
         p.i64("/mid_call/occurred_at").or_else(|| p.i64("/mid_call/timestamp")).and_then(convert::from_epoch_ms);
     common.occurred_at = occurred_at.clone();
-    let draft = if event == "mid_call.call_message" {
-        let utterance = p.utterance("/mid_call/event_data", "role", "content", occurred_at)?;
-        Draft::new(EventType::TranscriptSegment, Details { transcript: Some(vec![utterance]), ..Details::default() })
-    } else {
+    let draft = match mid {
+        MidCall::CallMessage => {
+            let utterance = p.utterance("/mid_call/event_data", "role", "content", occurred_at)?;
+            Draft::new(EventType::TranscriptSegment, Details { transcript: Some(vec![utterance]), ..Details::default() })
+        }
+        MidCall::FlowTransition => {
         let node = |side: &str| FlowNode {
             id: p.id(&format!("/mid_call/event_data/{side}_node_id")),
             name: p.str(&format!("/mid_call/event_data/{side}_node_name")),
         };
         let flow = Flow { from_node: node("from"), to_node: node("to") };
         Draft::new(EventType::CallFlowTransition, Details { flow: Some(flow), ..Details::default() })
+        }
     };
     let metadata = p.object("/mid_call/metadata");
     let variables = p.object("/mid_call/dynamic_variables");
@@ -342,16 +421,11 @@ fn sms(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         .iter()
         .find_map(|field| p.str(&format!("/sms/{field}")))
         .ok_or_else(|| Violation::new("/sms/content", "message text is missing"))?;
-    let mut common = cx.common("sms_received", id);
-    common.vendor_format = Some(V2.name);
+    let mut common = cx.common(Kind::SmsReceived.vendor_event(), id);
+    common.vendor_format = Some(Version::V2.as_str());
     let (from, to) = (p.str("/sms/from_number"), p.str("/sms/to_number"));
     cx.numbers(&mut common, from.clone(), to.clone());
     common.occurred_at = p.i64("/sms/occurred_at").and_then(convert::from_epoch_ms);
     let details = Details { sms: Some(Sms { from, to, text }), ..Details::default() };
-    Ok(Mapped {
-        common,
-        metadata: Default::default(),
-        variables: Default::default(),
-        events: vec![Draft::new(EventType::SmsReceived, details)],
-    })
+    Ok(Mapped::new(common, vec![Draft::new(EventType::SmsReceived, details)]))
 }
