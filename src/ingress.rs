@@ -182,15 +182,16 @@ pub async fn accept(
     let config = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?;
     let origin = Origin { source, vendor: config.vendor, phone_region: config.phone_region };
     let digest = canonical::body_digest(body);
-    let events = match vendors::normalize_digested(&origin, body, &digest, received_at) {
-        Ok(events) => events,
-        Err(rejection) => {
-            if quarantine_rejects {
-                quarantine(app.store.as_ref(), source, config.vendor.as_str(), &rejection, body, received_at).await;
+    let vendors::Normalized { events, degraded } =
+        match vendors::normalize_digested(&origin, body, &digest, received_at) {
+            Ok(normalized) => normalized,
+            Err(rejection) => {
+                if quarantine_rejects {
+                    quarantine(app.store.as_ref(), source, config.vendor.as_str(), &rejection, body, received_at).await;
+                }
+                return Err(rejection.into());
             }
-            return Err(rejection.into());
-        }
-    };
+        };
     let ingest = Ingest {
         source: source.to_owned(),
         digest,
@@ -211,6 +212,11 @@ pub async fn accept(
             }
             for route in &routes {
                 app.dispatcher.wake(route);
+            }
+            if !degraded.is_empty() {
+                let fields: Vec<&str> = degraded.iter().map(|d| d.field).collect();
+                fields.iter().for_each(|field| telemetry::degraded(source, config.vendor.as_str(), field));
+                tracing::warn!(source = %source, fields = ?fields, "Accepted a payload with descriptive fields callgate cannot read; their values are in vendor_extra.");
             }
             Ok((IngressOutcome::Accepted, ids))
         }

@@ -424,10 +424,14 @@ fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file:
     let source = source.unwrap_or_else(|| vendor.as_str().to_owned());
     let origin = Origin { source: &source, vendor, phone_region };
     match vendors::normalize(&origin, &body, chrono::Utc::now()) {
-        Ok(events) => {
+        Ok(normalized) => {
             let mut out = std::io::stdout().lock();
-            for event in events {
+            for event in normalized.events {
                 let _ = writeln!(out, "{}", serde_json::to_string(&event).unwrap_or_default());
+            }
+            // Accepted all the same: the unread values are in vendor_extra.
+            for d in normalized.degraded {
+                eprintln!("callgate: degraded {} at {}: {}", d.field, d.pointer, d.problem);
             }
             ExitCode::SUCCESS
         }

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use serde_json::{Map, Value};
 
 use super::{Direction, Utterance, convert};
-use crate::vendors::Violation;
+use crate::vendors::{Degraded, Violation};
 
 pub struct Payload<'a> {
     root: &'a Value,
@@ -19,11 +19,62 @@ pub struct Payload<'a> {
     /// it contains). `root` is borrowed, unchanged, for the view's whole life, so an address
     /// names one value; that makes marking a value one push, with no path string to build.
     used: RefCell<Vec<*const Value>>,
+    /// Descriptive fields the adapter could not read (their values stay in `vendor_extra`).
+    degraded: RefCell<Vec<Degraded>>,
 }
 
 impl<'a> Payload<'a> {
     pub fn new(root: &'a Value) -> Self {
-        Payload { root, used: RefCell::default() }
+        Payload { root, used: RefCell::default(), degraded: RefCell::default() }
+    }
+
+    /// Reports a descriptive field whose shape the adapter does not know: the event goes out
+    /// without that fact, and the value (not consumed) stays in `vendor_extra` as sent.
+    pub fn degrade(&self, field: &'static str, pointer: &str, problem: impl Into<String>) {
+        self.degraded.borrow_mut().push(Degraded::new(field, pointer, problem));
+    }
+
+    /// The degradations reported so far.
+    pub fn degradations(&self) -> Vec<Degraded> {
+        self.degraded.borrow().clone()
+    }
+
+    /// A descriptive value at `pointer`, converted by `convert` ([`Payload::take_with`]); a
+    /// value that does not convert is reported as degraded `field`, expected to be `expected`.
+    pub fn describe<T>(
+        &self,
+        field: &'static str,
+        pointer: &str,
+        expected: &str,
+        convert: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Option<T> {
+        let value = self.peek(pointer)?;
+        let converted = self.take_with(pointer, convert);
+        if converted.is_none() && !value.is_null() {
+            self.degrade(field, pointer, format!("expected {expected}, got {}", kind_of(value)));
+        }
+        converted
+    }
+
+    /// A descriptive string ([`Payload::describe`]).
+    pub fn describe_str(&self, field: &'static str, pointer: &str) -> Option<String> {
+        self.describe(field, pointer, "a string", |v| v.as_str().map(str::to_owned))
+    }
+
+    /// A descriptive object copied whole (vox `metadata`, `dynamic_variables`); absent, null or
+    /// degraded is `{}`.
+    pub fn describe_object(&self, field: &'static str, pointer: &str) -> Map<String, Value> {
+        self.describe(field, pointer, "an object", |v| v.as_object().cloned()).unwrap_or_default()
+    }
+
+    /// The pointers of every consumed value, in document order (for tracing and tests).
+    pub fn consumed(&self) -> Vec<String> {
+        let mut used = self.used.borrow().clone();
+        used.sort_unstable();
+        used.dedup();
+        let mut out = Vec::new();
+        consumed_under(self.root, &mut String::new(), &used, &mut out);
+        out
     }
 
     /// Looks a value up without consuming it.
@@ -171,6 +222,45 @@ impl<'a> Payload<'a> {
             Rest::Part(Value::Object(map)) => map,
             Rest::Part(_) | Rest::Gone => Map::new(),
         }
+    }
+}
+
+/// The JSON type of a value, for messages.
+pub fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn consumed_under(value: &Value, at: &mut String, used: &[*const Value], out: &mut Vec<String>) {
+    if used.binary_search(&(value as *const Value)).is_ok() {
+        out.push(at.clone());
+        return;
+    }
+    let len = at.len();
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                at.push('/');
+                at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                consumed_under(child, at, used, out);
+                at.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                at.push('/');
+                at.push_str(&i.to_string());
+                consumed_under(child, at, used, out);
+                at.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 

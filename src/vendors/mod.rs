@@ -172,6 +172,42 @@ impl Violation {
     }
 }
 
+/// A descriptive field in a shape the adapter does not know (canonical.md §1.4): the event
+/// went out without that fact and the value is in `vendor_extra`, exactly as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Degraded {
+    /// Which fact was lost, from a fixed set per adapter ("transcript", "call_analysis"…):
+    /// bounded, so it can label a metric.
+    pub field: &'static str,
+    /// Where the value is in the payload.
+    pub pointer: String,
+    /// What was wrong, without the value (bounded).
+    pub problem: String,
+}
+
+impl Degraded {
+    pub fn new(field: &'static str, pointer: &str, problem: impl Into<String>) -> Self {
+        let bounded = |text: &str| cut(text, MAX_MESSAGE_CHARS).into_owned();
+        Degraded { field, pointer: bounded(pointer), problem: bounded(&problem.into()) }
+    }
+}
+
+/// What a payload became: its canonical events, in emission order, and the descriptive
+/// fields that could not be read.
+#[derive(Debug, Clone)]
+pub struct Normalized {
+    pub events: Vec<CloudEvent>,
+    pub degraded: Vec<Degraded>,
+}
+
+/// [`Normalized`] plus the pointers of every value the adapter consumed: what the exact
+/// "nothing is lost" test checks (consumed ∪ `vendor_extra` = the payload).
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub normalized: Normalized,
+    pub consumed: Vec<String>,
+}
+
 /// How many violations a payload has, counted up to [`MAX_COUNTED`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
@@ -305,7 +341,7 @@ pub fn init() -> Result<(), String> {
 }
 
 /// Parses, validates and maps one raw vendor body into canonical events, in emission order.
-pub fn normalize(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<CloudEvent>, Rejection> {
+pub fn normalize(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -> Result<Normalized, Rejection> {
     normalize_digested(origin, body, &canonical::body_digest(body), received_at)
 }
 
@@ -315,7 +351,24 @@ pub fn normalize_digested(
     body: &[u8],
     digest: &[u8; 32],
     received_at: DateTime<Utc>,
-) -> Result<Vec<CloudEvent>, Rejection> {
+) -> Result<Normalized, Rejection> {
+    run(origin, body, digest, received_at, |_| ())
+}
+
+/// [`normalize`], also returning what the adapter consumed (for tests and tracing tools).
+pub fn trace(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -> Result<Trace, Rejection> {
+    let mut consumed = Vec::new();
+    let normalized = run(origin, body, &canonical::body_digest(body), received_at, |p| consumed = p.consumed())?;
+    Ok(Trace { normalized, consumed })
+}
+
+fn run(
+    origin: &Origin<'_>,
+    body: &[u8],
+    digest: &[u8; 32],
+    received_at: DateTime<Utc>,
+    inspect: impl FnOnce(&Payload<'_>),
+) -> Result<Normalized, Rejection> {
     let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson {
         message: json_error_message(&e),
         line: e.line(),
@@ -327,7 +380,9 @@ pub fn normalize_digested(
     let payload = Payload::new(&value);
     let cx = Context { origin, received_at: convert::rfc3339(received_at) };
     let mapped = event.map(&payload, &cx).map_err(|violation| Rejection::invalid(event, violation))?;
-    Ok(mapped.finish(digest, payload.residual()))
+    inspect(&payload);
+    let events = mapped.finish(digest, payload.residual());
+    Ok(Normalized { events, degraded: payload.degradations() })
 }
 
 /// Checks `value` against the schema of `event`; the violations reported are bounded in

@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use super::{Context, MapResult, Violation};
 use crate::canonical::{
-    Analysis, Common, Cost, Details, Draft, End, EndReason, EndedBy, EventType, Flow, FlowNode, Mapped, Payload, Sms,
-    Status, Utterance, Vendor, convert,
+    Analysis, Common, Cost, Details, Direction, Draft, End, EndReason, EndedBy, EventType, Flow, FlowNode, Mapped,
+    Payload, Role, Sms, Status, Utterance, Vendor, convert, payload::kind_of,
 };
 
 events! {
@@ -213,19 +213,20 @@ fn call_event(version: Version, call: Call, p: &Payload<'_>, cx: &Context<'_>) -
     let mut common = call_common(version, Kind::Call(call), "/call", p, cx)?;
     let ms = |field: &str| p.i64(&format!("/call/{field}")).and_then(convert::from_epoch_ms);
     let occurred_at = ms("occurred_at");
-    // call_analyzed repeats the call's times; they are not its facts and stay in vendor_extra.
-    let (started_at, ended_at) =
-        if call == Call::Analyzed { (None, None) } else { (ms(fields.start), ms(fields.end)) };
 
+    // Each event reads only its own facts; what it does not read (call_analyzed repeats the
+    // call's times and transcript) stays in vendor_extra.
     let events = match call {
         Call::Started => {
+            let started_at = ms(fields.start);
             common.occurred_at = occurred_at.or_else(|| started_at.clone());
             let details = Details { started_at: started_at.clone(), connected_at: started_at, ..Details::default() };
             vec![Draft::new(EventType::CallConnected, details)]
         }
         Call::Ended => {
+            let (started_at, ended_at) = (ms(fields.start), ms(fields.end));
             common.occurred_at = occurred_at.or_else(|| ended_at.clone());
-            let transcript = transcript(p, "/call/transcript")?;
+            let transcript = transcript(p);
             let duration_ms = p.i64("/call/duration_ms");
             let evidence = duration_ms.is_some_and(|d| d > 0) || transcript.as_ref().is_some_and(|t| !t.is_empty());
             let call_status = p.peek("/call/call_status").and_then(Value::as_str);
@@ -254,18 +255,22 @@ fn call_event(version: Version, call: Call, p: &Payload<'_>, cx: &Context<'_>) -
                     Details { transcript: Some(transcript), ..Details::default() },
                 ));
             }
-            if let Some(url) = p.str("/call/recording_url") {
+            if let Some(url) = p.describe_str("recording_url", "/call/recording_url") {
                 events.push(Draft::new(
                     EventType::CallRecordingReady,
                     Details { recording_url: Some(url), ..Details::default() },
                 ));
             }
             // v1 packs cost and analysis into call_ended; v2 sends them as call_analyzed.
-            if version == Version::V1 {
-                let (analysis, cost) = (analysis(p), cost(p));
-                if analysis.is_some() || cost.is_some() {
-                    events.push(Draft::new(EventType::CallAnalyzed, Details { analysis, cost, ..Details::default() }));
+            match version {
+                Version::V1 => {
+                    let (analysis, cost) = (analysis(p), cost(p));
+                    if analysis.is_some() || cost.is_some() {
+                        events
+                            .push(Draft::new(EventType::CallAnalyzed, Details { analysis, cost, ..Details::default() }));
+                    }
                 }
+                Version::V2 => {}
             }
             events
         }
@@ -275,19 +280,28 @@ fn call_event(version: Version, call: Call, p: &Payload<'_>, cx: &Context<'_>) -
             vec![Draft::new(EventType::CallAnalyzed, details)]
         }
     };
-    let metadata = p.object("/call/metadata");
-    let variables = p.object("/call/dynamic_variables");
+    let metadata = p.describe_object("metadata", "/call/metadata");
+    let variables = p.describe_object("dynamic_variables", "/call/dynamic_variables");
     Ok(Mapped { common, metadata, variables, events })
 }
 
 /// Call id, agent, direction and numbers of a `call` (or `mid_call`) object at `root`.
 fn call_common(version: Version, kind: Kind, root: &str, p: &Payload<'_>, cx: &Context<'_>) -> Result<Common, Violation> {
-    let fmt = version.fields();
+    let fields = version.fields();
     let mut common = cx.common(kind.vendor_event(), p.required_id(&format!("{root}/call_id"))?);
     common.vendor_format = Some(version.as_str());
-    common.agent_id = p.id(&format!("{root}/{}", fmt.agent_id)).or_else(|| p.id(&format!("{root}/agent_id")));
-    common.direction = p.direction(&format!("{root}/call_type")); // "web", "api"… stay in vendor_extra
-    cx.numbers(&mut common, p.str(&format!("{root}/{}", fmt.from)), p.str(&format!("{root}/{}", fmt.to)));
+    let agent = |field: &str| p.describe("agent", &format!("{root}/{field}"), "a string or an integer", convert::id_string);
+    common.agent_id = agent(fields.agent_id).or_else(|| agent("agent_id"));
+    // An explicit `direction` (Retell) wins; `call_type` is one only when it says inbound or
+    // outbound ("phone", "web", "api"… are not directions and stay in vendor_extra).
+    common.direction = match p.direction(&format!("{root}/direction")) {
+        Direction::Unknown => p.direction(&format!("{root}/call_type")),
+        known => known,
+    };
+    let number = |field: &str| p.describe_str("numbers", &format!("{root}/{field}"));
+    let from = number(fields.from).or_else(|| number("from_number"));
+    let to = number(fields.to).or_else(|| number("to_number"));
+    cx.numbers(&mut common, from, to);
     Ok(common)
 }
 
@@ -301,7 +315,9 @@ fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool
     let (reason, by, status) = match known {
         Some((reason, by, Connection::Connected)) => (reason, by, Status::Completed),
         Some((reason, by, Connection::NotConnected(status))) => (reason, by, status),
-        Some((reason, by, Connection::Either)) => (reason, by, if connected { Status::Completed } else { Status::Failed }),
+        Some((reason, by, Connection::Either)) => {
+            (reason, by, if connected { Status::Completed } else { Status::Failed })
+        }
         None => {
             let status = match (connected, call_status) {
                 (true, _) => Status::Completed,
@@ -314,72 +330,181 @@ fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool
     (status, End { reason, reason_raw, by })
 }
 
-/// `[{role, content}]`; `None` when absent or null.
-fn transcript(p: &Payload<'_>, at: &str) -> Result<Option<Vec<Utterance>>, Violation> {
-    match p.peek(at) {
-        None | Some(Value::Null) => {
-            p.consume(at);
-            return Ok(None);
+/// The transcript of a `call_ended`: Retell's `transcript_object` when it is readable, else
+/// `transcript` (an array of `{role, content}`, or Retell's string). `None` when absent, null
+/// or unreadable (then reported as degraded); what was not read stays in vendor_extra.
+fn transcript(p: &Payload<'_>) -> Option<Vec<Utterance>> {
+    if let Some(utterances) = utterances(p, "transcript_object", "/call/transcript_object") {
+        return Some(utterances);
+    }
+    let at = "/call/transcript";
+    match p.peek(at)? {
+        value @ Value::String(text) => {
+            p.mark(value);
+            Some(transcript_lines(text))
         }
-        _ => {}
+        Value::Array(_) => utterances(p, "transcript", at),
+        value => {
+            p.take_with(at, |_| None::<()>); // consumes a null
+            if !value.is_null() {
+                p.degrade("transcript", at, format!("expected an array or a string, got {}", kind_of(value)));
+            }
+            None
+        }
     }
-    let items = (0..p.len(at))
-        .map(|i| p.utterance(&format!("{at}/{i}"), "role", "content", None))
-        .collect::<Result<Vec<_>, _>>()?;
-    if items.is_empty() {
-        p.consume(at);
-    }
-    Ok(Some(items))
 }
 
-/// `call_analysis {summary, user_sentiment, custom_analysis_data: [{name, value}]}`.
-fn analysis(p: &Payload<'_>) -> Option<Analysis> {
-    let root = "/call/call_analysis";
-    if !p.has_object(root) {
-        return None;
-    }
-    let summary = p.str(&format!("{root}/summary"));
-    let sentiment_raw = p.str(&format!("{root}/user_sentiment"));
-    let mut extracted = Map::new();
-    let items = "/call/call_analysis/custom_analysis_data";
-    let mut winner: Vec<(&str, &Value)> = Vec::new();
-    for item in p.items(items) {
-        if let (Some(Value::String(name)), Some(value)) = (item.get("name"), item.get("value")) {
-            extracted.insert(name.clone(), value.clone());
-            winner.retain(|(n, _)| n != name);
-            winner.push((name, item));
+/// An array of `{role, content}` at `at` (other keys, such as Retell's `words`, stay in
+/// vendor_extra); degraded when it is anything else, or when one item is not of that shape.
+fn utterances(p: &Payload<'_>, field: &'static str, at: &str) -> Option<Vec<Utterance>> {
+    let value = p.peek(at)?;
+    let readable = |item: &Value| ["role", "content"].iter().all(|key| item.get(key).is_some_and(Value::is_string));
+    match value {
+        Value::Null => {
+            p.mark(value);
+            None
+        }
+        Value::Array(items) if items.iter().all(readable) => {
+            if items.is_empty() {
+                p.mark(value);
+            }
+            (0..items.len()).map(|i| p.utterance(&format!("{at}/{i}"), "role", "content", None).ok()).collect()
+        }
+        Value::Array(_) => {
+            p.degrade(field, at, "expected items with a string role and content");
+            None
+        }
+        other => {
+            p.degrade(field, at, format!("expected an array, got {}", kind_of(other)));
+            None
         }
     }
-    // On a repeated name the last value wins; earlier ones stay in vendor_extra.
-    for (_, item) in winner {
-        p.mark(item);
+}
+
+/// Retell's transcript string, `"Agent: …\nUser: …"`: one utterance per line with a known
+/// speaker prefix (`Agent:`, `User:`, any case; the raw role is the prefix as written). A line
+/// without one continues the previous utterance (vendors wrap long turns); before the first
+/// speaker it starts an utterance of role `unknown`. Trailing blank lines are dropped.
+fn transcript_lines(text: &str) -> Vec<Utterance> {
+    const SPEAKERS: &[&str] = &["agent", "user"];
+    let mut out: Vec<Utterance> = Vec::new();
+    for line in text.lines() {
+        let speaker = SPEAKERS.iter().find_map(|speaker| {
+            let head = line.get(..speaker.len()).filter(|head| head.eq_ignore_ascii_case(speaker))?;
+            let rest = line[speaker.len()..].strip_prefix(':')?;
+            Some((head, rest.strip_prefix(' ').unwrap_or(rest)))
+        });
+        match (speaker, out.last_mut()) {
+            (Some((role_raw, said)), _) => out.push(Utterance {
+                role: convert::role(role_raw),
+                role_raw: role_raw.to_owned(),
+                text: said.to_owned(),
+                at: None,
+            }),
+            (None, Some(last)) => {
+                last.text.push('\n');
+                last.text.push_str(line);
+            }
+            (None, None) if line.trim().is_empty() => {}
+            (None, None) => out.push(Utterance {
+                role: Role::Unknown,
+                role_raw: String::new(),
+                text: line.to_owned(),
+                at: None,
+            }),
+        }
     }
-    if p.peek(items).is_some_and(Value::is_null) {
-        p.consume(items);
+    for utterance in &mut out {
+        let kept = utterance.text.trim_end_matches(['\n', '\r']).len();
+        utterance.text.truncate(kept);
     }
+    out
+}
+
+/// `call_analysis {summary | call_summary, user_sentiment, custom_analysis_data}`, where
+/// `custom_analysis_data` is an array of `{name, value}` or an object (name → value).
+fn analysis(p: &Payload<'_>) -> Option<Analysis> {
+    let root = "/call/call_analysis";
+    match p.peek(root)? {
+        Value::Object(_) => {}
+        value => {
+            p.take_with(root, |_| None::<()>); // consumes a null
+            if !value.is_null() {
+                p.degrade("call_analysis", root, format!("expected an object, got {}", kind_of(value)));
+            }
+            return None;
+        }
+    }
+    let text = |field: &str| p.describe_str("call_analysis", &format!("{root}/{field}"));
+    let summary = text("summary").or_else(|| text("call_summary"));
+    let sentiment_raw = text("user_sentiment");
     Some(Analysis {
         summary,
         outcome: None,
         sentiment: sentiment_raw.as_deref().map(convert::sentiment),
         sentiment_raw,
-        extracted,
+        extracted: extracted(p, "/call/call_analysis/custom_analysis_data"),
     })
+}
+
+/// `custom_analysis_data`: an object is taken whole; in an array of `{name, value}` only
+/// `name` and `value` are read (other item keys, such as `type`, stay in vendor_extra), and on
+/// a repeated name the last value wins (earlier ones stay in vendor_extra).
+fn extracted(p: &Payload<'_>, at: &str) -> Map<String, Value> {
+    let Some(value) = p.peek(at) else { return Map::new() };
+    match value {
+        Value::Object(map) => {
+            p.mark(value);
+            map.clone()
+        }
+        Value::Array(items) => {
+            let mut extracted = Map::new();
+            let mut winners: Vec<(&str, &Value, &Value)> = Vec::new();
+            let mut unreadable = false;
+            for item in items {
+                match (item.get("name"), item.get("value")) {
+                    (Some(name_value @ Value::String(name)), Some(value)) => {
+                        winners.retain(|(n, _, _)| n != name);
+                        winners.push((name, name_value, value));
+                    }
+                    _ => unreadable = true,
+                }
+            }
+            for (name, name_value, value) in winners {
+                extracted.insert(name.to_owned(), value.clone());
+                p.mark(name_value);
+                p.mark(value);
+            }
+            if unreadable {
+                p.degrade("custom_analysis_data", at, "expected items with a string name and a value");
+            }
+            extracted
+        }
+        Value::Null => {
+            p.mark(value);
+            Map::new()
+        }
+        other => {
+            p.degrade("custom_analysis_data", at, format!("expected an array or an object, got {}", kind_of(other)));
+            Map::new()
+        }
+    }
 }
 
 /// `call_cost {total_credits_used, duration_seconds}` → `{amount, unit: "credits", billed_seconds}`.
 fn cost(p: &Payload<'_>) -> Option<Cost> {
     let root = "/call/call_cost";
-    if !p.has_object(root) {
-        return None;
-    }
-    let number = |field: &str| {
-        let at = format!("{root}/{field}");
-        let n = p.peek(&at).and_then(|v| v.as_number().cloned());
-        if n.is_some() || p.peek(&at).is_some_and(Value::is_null) {
-            p.consume(&at);
+    match p.peek(root)? {
+        Value::Object(_) => {}
+        value => {
+            p.take_with(root, |_| None::<()>); // consumes a null
+            if !value.is_null() {
+                p.degrade("call_cost", root, format!("expected an object, got {}", kind_of(value)));
+            }
+            return None;
         }
-        n
-    };
+    }
+    let number = |field: &str| p.describe("call_cost", &format!("{root}/{field}"), "a number", |v| v.as_number().cloned());
     let amount = number("total_credits_used");
     let billed_seconds = number("duration_seconds");
     let unit = amount.as_ref().map(|_| "credits".to_owned());
@@ -406,8 +531,8 @@ fn mid_call(version: Version, mid: MidCall, p: &Payload<'_>, cx: &Context<'_>) -
         Draft::new(EventType::CallFlowTransition, Details { flow: Some(flow), ..Details::default() })
         }
     };
-    let metadata = p.object("/mid_call/metadata");
-    let variables = p.object("/mid_call/dynamic_variables");
+    let metadata = p.describe_object("metadata", "/mid_call/metadata");
+    let variables = p.describe_object("dynamic_variables", "/mid_call/dynamic_variables");
     Ok(Mapped { common, metadata, variables, events: vec![draft] })
 }
 

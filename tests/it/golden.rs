@@ -49,9 +49,9 @@ pub fn normalize_fixture(vendor: Vendor, path: &PathBuf) -> Value {
     let body = fs::read(path).unwrap();
     let origin = Origin { source: vendor.as_str(), vendor, phone_region: region(vendor) };
     let received_at: DateTime<Utc> = RECEIVED_AT.parse().unwrap();
-    let events = vendors::normalize(&origin, &body, received_at)
+    let normalized = vendors::normalize(&origin, &body, received_at)
         .unwrap_or_else(|e| panic!("{} was rejected: {e}: {:?}", path.display(), e.violations()));
-    serde_json::to_value(events).unwrap()
+    serde_json::to_value(normalized.events).unwrap()
 }
 
 #[test]
