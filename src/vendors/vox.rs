@@ -554,3 +554,59 @@ fn sms(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     let details = Details { sms: Some(Sms { from, to, text }), ..Details::default() };
     Ok(Mapped::new(common, vec![Draft::new(EventType::SmsReceived, details)]))
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::vendors::{Origin, normalize};
+
+    #[test]
+    fn a_transcript_string_becomes_utterances() {
+        let said = |u: &Utterance| (u.role, u.role_raw.clone(), u.text.clone());
+        let lines = transcript_lines("Agent: Hi.\nUSER:yes\nand more\n\nAgent: Bye.\n\n");
+        assert_eq!(
+            lines.iter().map(said).collect::<Vec<_>>(),
+            [
+                (Role::Agent, "Agent".to_owned(), "Hi.".to_owned()),
+                (Role::Customer, "USER".to_owned(), "yes\nand more".to_owned()),
+                (Role::Agent, "Agent".to_owned(), "Bye.".to_owned()),
+            ]
+        );
+        let orphan = transcript_lines("(ringing)\nAgent: Hello");
+        assert_eq!(said(&orphan[0]), (Role::Unknown, String::new(), "(ringing)".to_owned()));
+        assert!(transcript_lines("").is_empty());
+    }
+
+    #[test]
+    fn descriptive_fields_in_unknown_shapes_are_reported_not_rejected() {
+        let body = json!({"event": "call_ended", "call": {
+            "call_id": "c1", "disconnection_reason": "user_hangup", "transcript": 42,
+            "call_analysis": "pending", "call_cost": {"total_credits_used": "12"},
+            "metadata": [1], "call_from": false, "recording_url": 7
+        }});
+        let origin = Origin { source: "vox", vendor: Vendor::Vox, phone_region: None };
+        let normalized = normalize(&origin, &serde_json::to_vec(&body).unwrap(), Utc::now()).unwrap();
+        assert_eq!(normalized.events[0].kind, EventType::CallEnded);
+        let fields: Vec<(&str, &str)> =
+            normalized.degraded.iter().map(|d| (d.field, d.pointer.as_str())).collect();
+        assert_eq!(
+            fields,
+            [
+                ("numbers", "/call/call_from"),
+                ("transcript", "/call/transcript"),
+                ("recording_url", "/call/recording_url"),
+                ("call_analysis", "/call/call_analysis"),
+                ("call_cost", "/call/call_cost/total_credits_used"),
+                ("metadata", "/call/metadata"),
+            ]
+        );
+        assert_eq!(normalized.degraded[1].problem, "expected an array or a string, got a number");
+        let extra = &normalized.events[0].data.vendor_extra;
+        assert_eq!(extra["call"]["transcript"], 42);
+        assert_eq!(extra["call"]["call_analysis"], "pending");
+        assert_eq!(extra["call"]["metadata"], json!([1]));
+    }
+}
