@@ -297,6 +297,7 @@ fn emitted(source: &str, fixture: &str) -> Vec<(String, String, String)> {
     let received = chrono::DateTime::from_timestamp_millis(1_000).unwrap();
     crate::vendors::normalize(&origin, &body, received)
         .unwrap()
+        .events
         .iter()
         .map(|e| (e.id.clone(), e.subject.clone(), serde_json::to_string(e).unwrap()))
         .collect()
