@@ -367,7 +367,7 @@ fn check(path: PathBuf) -> ExitCode {
             let _ = writeln!(out, "admin    on the ingress listener (/metrics, /healthz, /readyz)");
         }
     }
-    let _ = writeln!(out, "storage  {}", config.storage.url);
+    let _ = writeln!(out, "storage  {}", config.storage_url.redacted());
     let _ = writeln!(out, "sources ({}):", config.sources.len());
     for (name, source) in &config.sources {
         let auth = match &source.auth {
