@@ -456,7 +456,9 @@ fn events_per_payload(corpus: &Corpus) -> f64 {
     let total: usize = corpus
         .templates
         .iter()
-        .map(|(source, body)| callgate::vendors::normalize(&origin(source), body, chrono::Utc::now()).unwrap().len())
+        .map(|(source, body)| {
+            callgate::vendors::normalize(&origin(source), body, chrono::Utc::now()).unwrap().events.len()
+        })
         .sum();
     total as f64 / corpus.templates.len() as f64
 }

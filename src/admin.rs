@@ -233,8 +233,8 @@ async fn set_paused(app: &App, name: &str, paused: bool) -> Result<Response, Adm
     if !app.config.routes.contains_key(name) {
         return Err(AdminError::NotFound(format!("no route named `{}`", cut(name, ECHO))));
     }
-    app.store.set_paused(name, paused.then_some("paused by an operator")).await?;
-    app.dispatcher.set_paused(name, paused);
+    // The store tells every worker (of every replica) through its notices.
+    app.store.set_paused(name, paused.then_some("paused by an operator"), now_ms()).await?;
     tracing::info!(route = %name, paused, "Route pause changed by an operator.");
     Ok(Json(json!({ "route": name, "paused": paused })).into_response())
 }
@@ -276,11 +276,7 @@ async fn replay_dead_letters(
 }
 
 async fn replay(app: &App, filter: &Filter) -> Result<usize, AdminError> {
-    let replayed = app.store.replay_dead_letters(filter).await?;
-    let routes: BTreeSet<&String> = replayed.iter().map(|(_, route)| route).collect();
-    for route in routes {
-        app.dispatcher.wake(route);
-    }
+    let replayed = app.store.replay_dead_letters(filter, now_ms()).await?;
     tracing::info!(count = replayed.len(), "Dead letters replayed by an operator.");
     Ok(replayed.len())
 }

@@ -64,6 +64,8 @@ pub struct Config {
     pub path: PathBuf,
     pub server: ServerConfig,
     pub storage: StorageConfig,
+    /// `storage.url`, parsed: which backend, and where.
+    pub storage_url: StorageUrl,
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub delivery: DeliveryConfig,
@@ -111,13 +113,61 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
 }
 
+/// Where the store lives, from `storage.url`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// The embedded default: one SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by every replica (the whole URL, which may hold a
+    /// password).
+    Postgres(Secret),
+}
+
+impl StorageUrl {
+    pub fn parse(url: &str) -> Result<StorageUrl, String> {
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                return Err("sqlite: needs a file path, e.g. sqlite://data/callgate.db".into());
+            }
+            return Ok(StorageUrl::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let parsed = url::Url::parse(url).map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err("a PostgreSQL URL needs a host, e.g. postgres://user@127.0.0.1:5432/callgate".into());
+            }
+            return Ok(StorageUrl::Postgres(Secret::new(url)));
+        }
+        Err("must be sqlite://PATH or postgres://user:password@host:port/database".into())
+    }
+
+    /// For display: the SQLite path, or the PostgreSQL URL without credentials or query.
+    pub fn redacted(&self) -> String {
+        match self {
+            StorageUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            StorageUrl::Postgres(url) => match url::Url::parse(url.expose()) {
+                Ok(url) => redact_url(&url),
+                Err(_) => "postgres://<redacted>".into(),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
 /// `[storage]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `sqlite://path/to/file.db` (created on first start).
+    /// `sqlite://path/to/file.db` (created on first start) or
+    /// `postgres://user:password@host:5432/db` (several replicas on one database). Kept as a
+    /// secret: a PostgreSQL URL may carry a password. Parsed into [`Config::storage_url`].
     #[serde(default = "default_storage_url")]
-    pub url: String,
+    pub url: Secret,
     /// How long a write waits for a database lock held by another process before the
     /// ingress answers 503.
     #[serde(default = "default_busy_timeout", with = "humantime_serde")]
@@ -500,13 +550,12 @@ impl Config {
         if delivery.concurrency == 0 {
             errors.push(ConfigError { key: "delivery.concurrency".into(), message: "must be greater than 0".into() });
         }
-        let storage = StorageConfig { url: substitute(&storage.url, "storage.url", env, &mut errors), ..storage };
-        if !storage.url.starts_with("sqlite:") {
-            errors.push(ConfigError {
-                key: "storage.url".into(),
-                message: "only sqlite://PATH is supported (PostgreSQL is planned)".into(),
-            });
-        }
+        let storage =
+            StorageConfig { url: Secret(substitute(storage.url.expose(), "storage.url", env, &mut errors)), ..storage };
+        let storage_url = StorageUrl::parse(storage.url.expose()).unwrap_or_else(|message| {
+            errors.push(ConfigError { key: "storage.url".into(), message });
+            StorageUrl::Sqlite(PathBuf::new())
+        });
         if let Some(token) = &admin.token {
             let token = substitute(token.expose(), "admin.token", env, &mut errors);
             if token.trim().is_empty() {
@@ -541,7 +590,7 @@ impl Config {
         }
 
         if errors.is_empty() {
-            Ok(Config { path: path.to_owned(), server, storage, admin, log, delivery, sources, routes })
+            Ok(Config { path: path.to_owned(), server, storage, storage_url, admin, log, delivery, sources, routes })
         } else {
             errors.sort_by(|a, b| a.key.cmp(&b.key));
             errors.dedup();
@@ -556,13 +605,6 @@ impl Config {
         self.server
             .max_unverified_per_source
             .unwrap_or_else(|| (self.server.max_concurrent_requests / (unverified + 1)).max(1))
-    }
-
-    /// The SQLite file path of `storage.url`.
-    pub fn sqlite_path(&self) -> PathBuf {
-        let url = &self.storage.url;
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
-        PathBuf::from(path)
     }
 }
 
@@ -931,8 +973,8 @@ fn default_max_connections() -> usize {
 fn default_grace() -> Duration {
     Duration::from_secs(10)
 }
-fn default_storage_url() -> String {
-    "sqlite://data/callgate.db".into()
+fn default_storage_url() -> Secret {
+    Secret::new("sqlite://data/callgate.db")
 }
 fn default_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)

@@ -369,14 +369,17 @@ pub async fn accept(
         }
         Err(e) => return Err(e),
     };
-    let Prepared { ingest, kinds, routes } = prepared;
+    let Prepared { ingest, kinds, degraded } = prepared;
+    // The store wakes the routes' workers (its notices) once it has committed.
     match app.store.ingest(ingest).await {
         Ok(IngestOutcome::Accepted(ids)) => {
             for kind in kinds {
                 telemetry::event(source, kind);
             }
-            for route in &routes {
-                app.dispatcher.wake(route);
+            if !degraded.is_empty() {
+                let fields: Vec<&str> = degraded.iter().map(|d| d.field).collect();
+                fields.iter().for_each(|field| telemetry::degraded(source, vendor.as_str(), field));
+                tracing::warn!(source = %source, fields = ?fields, "Accepted a payload with descriptive fields callgate cannot read; their values are in vendor_extra.");
             }
             Ok((IngressOutcome::Accepted, ids))
         }
@@ -393,8 +396,8 @@ struct Prepared {
     ingest: Ingest,
     /// Canonical type of each event, for `callgate_events_total` once committed.
     kinds: Vec<&'static str>,
-    /// Routes that get a delivery (to wake after the commit).
-    routes: Vec<String>,
+    /// Descriptive fields the adapter could not read (counted once committed).
+    degraded: Vec<vendors::Degraded>,
 }
 
 /// The CPU-bound part of ingress, run inline or on the [`Offload`] pool: digest, validate,
@@ -403,12 +406,9 @@ fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc
     let source_config = config.sources.get(source).ok_or(IngressError::UnknownSource)?;
     let origin = Origin { source, vendor: source_config.vendor, phone_region: source_config.phone_region };
     let digest = canonical::body_digest(body);
-    let events = vendors::normalize_digested(&origin, body, &digest, received_at)?;
+    let vendors::Normalized { events, degraded } = vendors::normalize_digested(&origin, body, &digest, received_at)?;
     let kinds = events.iter().map(|e| e.kind.as_str()).collect();
     let events: Vec<NewEvent> = events.iter().map(|e| new_event(config, e)).collect::<Result<_, _>>()?;
-    let mut routes: Vec<String> = events.iter().flat_map(|e| e.routes.iter().cloned()).collect();
-    routes.sort();
-    routes.dedup();
     let ingest = Ingest {
         source: source.to_owned(),
         digest,
@@ -416,7 +416,7 @@ fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc
         received_at: received_at.timestamp_millis(),
         events,
     };
-    Ok(Prepared { ingest, kinds, routes })
+    Ok(Prepared { ingest, kinds, degraded })
 }
 
 fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressError> {

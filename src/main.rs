@@ -38,8 +38,7 @@ enum Command {
     },
     /// Validate one vendor payload and print its canonical events as JSON lines.
     Normalize {
-        /// oneinbox | vox | salpre | utel
-        #[arg(long)]
+        #[arg(long, help = format!("The vendor: {}", Vendor::NAMES))]
         vendor: String,
         /// Source name to map with (defaults to the vendor name).
         #[arg(long)]
@@ -368,7 +367,7 @@ fn check(path: PathBuf) -> ExitCode {
             let _ = writeln!(out, "admin    on the ingress listener (/metrics, /healthz, /readyz)");
         }
     }
-    let _ = writeln!(out, "storage  {}", config.storage.url);
+    let _ = writeln!(out, "storage  {}", config.storage_url.redacted());
     let _ = writeln!(out, "sources ({}):", config.sources.len());
     for (name, source) in &config.sources {
         let auth = match &source.auth {
@@ -410,7 +409,7 @@ fn check(path: PathBuf) -> ExitCode {
 
 fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file: &str) -> ExitCode {
     let Some(vendor) = Vendor::parse(vendor) else {
-        eprintln!("callgate: unknown vendor `{vendor}` (oneinbox, vox, salpre, utel)");
+        eprintln!("callgate: unknown vendor `{vendor}` ({})", Vendor::NAMES);
         return ExitCode::from(2);
     };
     let phone_region = match region.as_deref().map(str::parse) {
@@ -434,10 +433,14 @@ fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file:
     let source = source.unwrap_or_else(|| vendor.as_str().to_owned());
     let origin = Origin { source: &source, vendor, phone_region };
     match vendors::normalize(&origin, &body, chrono::Utc::now()) {
-        Ok(events) => {
+        Ok(normalized) => {
             let mut out = std::io::stdout().lock();
-            for event in events {
+            for event in normalized.events {
                 let _ = writeln!(out, "{}", serde_json::to_string(&event).unwrap_or_default());
+            }
+            // Accepted all the same: the unread values are in vendor_extra.
+            for d in normalized.degraded {
+                eprintln!("callgate: degraded {} at {}: {}", d.field, d.pointer, d.problem);
             }
             ExitCode::SUCCESS
         }

@@ -16,7 +16,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::{
     admin,
-    config::Config,
+    config::{Config, StorageUrl},
     delivery::Dispatcher,
     http::{error_response, json_errors, panic_response},
     ingress::{self, Admission, Offload},
@@ -61,12 +61,18 @@ impl Listeners {
 }
 
 /// Opens the store from the configuration.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let path = config.sqlite_path();
-    let store = SqliteStore::open(&path, config.storage.busy_timeout)
-        .map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?
-        .with_min_free_bytes(config.storage.min_free_bytes);
-    Ok(Arc::new(store))
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match &config.storage_url {
+        StorageUrl::Sqlite(path) => {
+            let store = SqliteStore::open(path, config.storage.busy_timeout)
+                .map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", path.display()))?
+                .with_min_free_bytes(config.storage.min_free_bytes);
+            Ok(Arc::new(store))
+        }
+        StorageUrl::Postgres(_) => {
+            anyhow::bail!("storage.url {}: the PostgreSQL backend is not in this build", config.storage_url.redacted())
+        }
+    }
 }
 
 /// Runs the gateway until `shutdown` resolves, then stops accepting, lets in-flight requests
@@ -78,7 +84,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     vendors::init().map_err(|e| anyhow::anyhow!(e))?;
     let config = Arc::new(config);
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let metrics = telemetry::metrics_handle();
     let dispatcher = Dispatcher::start(&config, store.clone()).await?;
     let app = Arc::new(App {

@@ -22,6 +22,7 @@ pub const BACKLOG: &str = "callgate_delivery_backlog";
 pub const DEAD_LETTERS: &str = "callgate_dead_letters";
 pub const ROUTE_PAUSED: &str = "callgate_route_paused";
 pub const HEADER_VALUES_TRUNCATED: &str = "callgate_header_values_truncated_total";
+pub const DEGRADED_FIELDS: &str = "callgate_degraded_fields_total";
 
 /// Histogram buckets (seconds) for both latency series.
 const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -105,6 +106,10 @@ fn describe() {
         HEADER_VALUES_TRUNCATED,
         "Templated header values cut or left out to bound the request head, by route (once per delivery)."
     );
+    describe_counter!(
+        DEGRADED_FIELDS,
+        "Descriptive fields of accepted payloads in a shape callgate cannot read (kept in vendor_extra), by source, vendor and field."
+    );
     describe_gauge!(ROUTE_PAUSED, "1 while a route is paused (410 Gone, or an operator), else 0.");
 }
 
@@ -116,6 +121,12 @@ pub fn ingress(source: &str, vendor: &str, outcome: IngressOutcome, seconds: f64
 
 pub fn event(source: &str, kind: &'static str) {
     counter!(EVENTS, "source" => source.to_owned(), "type" => kind).increment(1);
+}
+
+/// `field` comes from the adapter's fixed set (`vendors::Degraded::field`), never from the payload.
+pub fn degraded(source: &str, vendor: &str, field: &'static str) {
+    counter!(DEGRADED_FIELDS, "source" => source.to_owned(), "vendor" => vendor.to_owned(), "field" => field)
+        .increment(1);
 }
 
 pub fn delivery(route: &str, outcome: DeliveryOutcome, seconds: f64) {

@@ -19,7 +19,7 @@ pub fn check(vendor: Vendor, data: &[u8]) {
     };
     let origin = Origin { source: "fuzz", vendor, phone_region: region };
     let received_at = chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap();
-    let Ok(events) = vendors::normalize(&origin, data, received_at) else { return };
+    let Ok(vendors::Normalized { events, .. }) = vendors::normalize(&origin, data, received_at) else { return };
     assert!(!events.is_empty(), "an accepted payload makes at least one event");
     let validator = CANONICAL.get_or_init(|| {
         vendors::compile(include_str!("../../schemas/canonical/event.json")).expect("canonical schema")

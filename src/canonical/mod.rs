@@ -14,44 +14,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+/// Defined, with its dispatch, by the one vendor list in `vendors`.
+pub use crate::vendors::Vendor;
 pub use payload::Payload;
 
 /// Version of the `data` shape; bumped only on a breaking change.
 pub const SCHEMA_VERSION: u8 = 1;
-
-/// The vendors callgate understands. Adding one means a new module under `vendors/`, its
-/// schemas and fixtures, and a variant here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Vendor {
-    Oneinbox,
-    Vox,
-    Salpre,
-    Utel,
-}
-
-impl Vendor {
-    pub const ALL: [Vendor; 4] = [Vendor::Oneinbox, Vendor::Vox, Vendor::Salpre, Vendor::Utel];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Vendor::Oneinbox => "oneinbox",
-            Vendor::Vox => "vox",
-            Vendor::Salpre => "salpre",
-            Vendor::Utel => "utel",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Vendor> {
-        Vendor::ALL.into_iter().find(|v| v.as_str() == name)
-    }
-}
-
-impl fmt::Display for Vendor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
@@ -148,6 +116,16 @@ string_enum! {
 
 string_enum! {
     TransferType { Blind = "blind", Attended = "attended", Unknown = "unknown" }
+}
+
+impl EventType {
+    /// The terminal event for a status: `call.ended` ⇔ `completed`, else `call.failed`.
+    pub fn for_end(status: Status) -> EventType {
+        match status {
+            Status::Completed => EventType::CallEnded,
+            Status::NoAnswer | Status::Busy | Status::Canceled | Status::Failed => EventType::CallFailed,
+        }
+    }
 }
 
 /// A canonical event as CloudEvents 1.0 structured-mode JSON.
@@ -330,6 +308,11 @@ pub struct Mapped {
 }
 
 impl Mapped {
+    /// A payload's events with no metadata or variables (only vox sends those).
+    pub fn new(common: Common, events: Vec<Draft>) -> Self {
+        Mapped { common, metadata: Map::new(), variables: Map::new(), events }
+    }
+
     /// Wraps every draft in its CloudEvents envelope. `body_digest` is the SHA-256 of the raw
     /// body, so ids are a pure function of (source, body, position) and survive redelivery.
     pub fn finish(self, body_digest: &[u8; 32], vendor_extra: Map<String, Value>) -> Vec<CloudEvent> {

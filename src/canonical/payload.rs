@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use serde_json::{Map, Value};
 
 use super::{Direction, Utterance, convert};
-use crate::vendors::Violation;
+use crate::vendors::{Degraded, Violation};
 
 pub struct Payload<'a> {
     root: &'a Value,
@@ -19,11 +19,62 @@ pub struct Payload<'a> {
     /// it contains). `root` is borrowed, unchanged, for the view's whole life, so an address
     /// names one value; that makes marking a value one push, with no path string to build.
     used: RefCell<Vec<*const Value>>,
+    /// Descriptive fields the adapter could not read (their values stay in `vendor_extra`).
+    degraded: RefCell<Vec<Degraded>>,
 }
 
 impl<'a> Payload<'a> {
     pub fn new(root: &'a Value) -> Self {
-        Payload { root, used: RefCell::default() }
+        Payload { root, used: RefCell::default(), degraded: RefCell::default() }
+    }
+
+    /// Reports a descriptive field whose shape the adapter does not know: the event goes out
+    /// without that fact, and the value (not consumed) stays in `vendor_extra` as sent.
+    pub fn degrade(&self, field: &'static str, pointer: &str, problem: impl Into<String>) {
+        self.degraded.borrow_mut().push(Degraded::new(field, pointer, problem));
+    }
+
+    /// The degradations reported so far.
+    pub fn degradations(&self) -> Vec<Degraded> {
+        self.degraded.borrow().clone()
+    }
+
+    /// A descriptive value at `pointer`, converted by `convert` ([`Payload::take_with`]); a
+    /// value that does not convert is reported as degraded `field`, expected to be `expected`.
+    pub fn describe<T>(
+        &self,
+        field: &'static str,
+        pointer: &str,
+        expected: &str,
+        convert: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Option<T> {
+        let value = self.peek(pointer)?;
+        let converted = self.take_with(pointer, convert);
+        if converted.is_none() && !value.is_null() {
+            self.degrade(field, pointer, format!("expected {expected}, got {}", kind_of(value)));
+        }
+        converted
+    }
+
+    /// A descriptive string ([`Payload::describe`]).
+    pub fn describe_str(&self, field: &'static str, pointer: &str) -> Option<String> {
+        self.describe(field, pointer, "a string", |v| v.as_str().map(str::to_owned))
+    }
+
+    /// A descriptive object copied whole (vox `metadata`, `dynamic_variables`); absent, null or
+    /// degraded is `{}`.
+    pub fn describe_object(&self, field: &'static str, pointer: &str) -> Map<String, Value> {
+        self.describe(field, pointer, "an object", |v| v.as_object().cloned()).unwrap_or_default()
+    }
+
+    /// The pointers of every consumed value, in document order (for tracing and tests).
+    pub fn consumed(&self) -> Vec<String> {
+        let mut used = self.used.borrow().clone();
+        used.sort_unstable();
+        used.dedup();
+        let mut out = Vec::new();
+        consumed_under(self.root, &mut String::new(), &used, &mut out);
+        out
     }
 
     /// Looks a value up without consuming it.
@@ -48,6 +99,24 @@ impl<'a> Payload<'a> {
         self.peek(pointer).and_then(Value::as_array).map_or(&[], Vec::as_slice)
     }
 
+    /// The value at `pointer` converted by `convert`, consumed only when it converted (or is
+    /// `null`, which says "none" as leaving the canonical field out does): a value the adapter
+    /// cannot represent stays in `vendor_extra`.
+    pub fn take_with<T>(&self, pointer: &str, convert: impl FnOnce(&'a Value) -> Option<T>) -> Option<T> {
+        let value = self.peek(pointer)?;
+        let converted = convert(value);
+        if converted.is_some() || value.is_null() {
+            self.mark(value);
+        }
+        converted
+    }
+
+    /// The call id at `pointer` (a string or an integer): it decides the event, so without
+    /// one the payload is rejected.
+    pub fn required_id(&self, pointer: &str) -> Result<String, Violation> {
+        self.id(pointer).ok_or_else(|| Violation::new(pointer, "call id is missing"))
+    }
+
     pub fn str(&self, pointer: &str) -> Option<String> {
         self.str_at(self.peek(pointer)?)
     }
@@ -68,35 +137,15 @@ impl<'a> Payload<'a> {
 
     /// A string or integer id, as a string.
     pub fn id(&self, pointer: &str) -> Option<String> {
-        let value = self.peek(pointer)?;
-        let id = convert::id_string(value);
-        if id.is_some() || value.is_null() {
-            self.mark(value);
-        }
-        id
+        self.take_with(pointer, convert::id_string)
     }
 
     pub fn i64(&self, pointer: &str) -> Option<i64> {
-        let value = self.peek(pointer)?;
-        match value.as_i64() {
-            Some(n) => {
-                self.mark(value);
-                Some(n)
-            }
-            None => {
-                if value.is_null() {
-                    self.mark(value);
-                }
-                None
-            }
-        }
+        self.take_with(pointer, Value::as_i64)
     }
 
     pub fn bool(&self, pointer: &str) -> Option<bool> {
-        let value = self.peek(pointer)?;
-        let b = value.as_bool()?;
-        self.mark(value);
-        Some(b)
+        self.take_with(pointer, Value::as_bool)
     }
 
     /// An object copied whole (vox `metadata`, `dynamic_variables`); absent or null is `{}`.
@@ -173,6 +222,45 @@ impl<'a> Payload<'a> {
             Rest::Part(Value::Object(map)) => map,
             Rest::Part(_) | Rest::Gone => Map::new(),
         }
+    }
+}
+
+/// The JSON type of a value, for messages.
+pub fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn consumed_under(value: &Value, at: &mut String, used: &[*const Value], out: &mut Vec<String>) {
+    if used.binary_search(&(value as *const Value)).is_ok() {
+        out.push(at.clone());
+        return;
+    }
+    let len = at.len();
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                at.push('/');
+                at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                consumed_under(child, at, used, out);
+                at.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                at.push('/');
+                at.push_str(&i.to_string());
+                consumed_under(child, at, used, out);
+                at.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 

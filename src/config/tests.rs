@@ -21,8 +21,8 @@ fn an_empty_file_gives_the_documented_defaults() {
     let config = load("");
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(config.server.max_body_bytes, 1_048_576);
-    assert_eq!(config.storage.url, "sqlite://data/callgate.db");
-    assert_eq!(config.sqlite_path(), PathBuf::from("data/callgate.db"));
+    assert_eq!(config.storage.url.expose(), "sqlite://data/callgate.db");
+    assert_eq!(config.storage_url, StorageUrl::Sqlite(PathBuf::from("data/callgate.db")));
     assert_eq!(config.log.format, LogFormat::Text);
     assert!(config.admin.listen.is_none());
     assert!(config.sources.is_empty() && config.routes.is_empty());
@@ -148,4 +148,17 @@ fn sources_that_read_bodies_unauthenticated_share_a_bounded_part_of_the_slots() 
         errors("[server]\nmax_unverified_per_source = 0\n"),
         ["server.max_unverified_per_source: must be greater than 0"]
     );
+}
+
+#[test]
+fn the_storage_url_names_a_backend_and_never_shows_its_password() {
+    let pg = load("[storage]\nurl = \"postgres://gw:${TOKEN}@db.internal:5432/callgate\"\n");
+    assert!(matches!(&pg.storage_url, StorageUrl::Postgres(url) if url.expose().contains(":t0k@")));
+    let shown = format!("{:?} {:?} {}", pg.storage, pg.storage_url, pg.storage_url.redacted());
+    assert!(!shown.contains("t0k"), "{shown}");
+    assert!(shown.contains("db.internal"), "{shown}");
+    for bad in ["mysql://x/y", "sqlite://", "postgres://"] {
+        let e = errors(&format!("[storage]\nurl = \"{bad}\"\n"));
+        assert!(e.len() == 1 && e[0].starts_with("storage.url: "), "{bad}: {e:?}");
+    }
 }

@@ -10,7 +10,7 @@
 pub mod signing;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -22,40 +22,76 @@ use reqwest::{
     StatusCode,
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::{
+    sync::{Notify, broadcast},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Config, HEADER_VALUE_MAX, HeaderTemplate, RouteConfig, TEMPLATED_HEADERS_MAX},
-    store::{Attempt, Delivery, Millis, Outcome, Store, now_ms},
+    store::{Attempt, Claimed, Delivery, Millis, Notice, Outcome, OutcomeKind, Store, now_ms},
     telemetry::{self, DeliveryOutcome},
 };
 
 /// Bytes of a failed response kept with the attempt.
 const SNIPPET_BYTES: usize = 1024;
-/// Longest idle sleep of a worker; it is woken earlier by new events and finished attempts.
-const MAX_IDLE: Duration = Duration::from_secs(30);
-/// Sleep when the earliest delivery is already due but was not handed out (it became due a
-/// moment ago, or its call's head is in flight).
-const RECHECK: Duration = Duration::from_millis(50);
+/// Longest idle sleep of a worker: it is woken earlier by the store's notices and by its own
+/// finished attempts; this is the fallback for a notice that never arrived (another replica's).
+const MAX_IDLE: Duration = Duration::from_secs(2);
+/// How long a claim's lease outlives the attempt's own time limit: the attempt always ends
+/// (reqwest's total timeout) before another replica may take the delivery over.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Bounds applied to a `Retry-After` answer.
 const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(6 * 3600);
 
-/// The delivery side of a running gateway.
+/// The delivery side of a running gateway: a worker per enabled route, woken by the store's
+/// notices (ingress and the admin API only talk to the store).
 pub struct Dispatcher {
-    /// Per enabled route: its wake-up and pause switch.
-    routes: BTreeMap<String, Arc<RouteHandle>>,
     tasks: JoinSet<()>,
     stop: CancellationToken,
 }
 
-/// What ingress and the admin API can tell a route's worker.
+/// Passes the store's notices on to the route workers until `stop`.
+async fn relay(
+    mut notices: broadcast::Receiver<Notice>,
+    routes: Arc<BTreeMap<String, Arc<RouteHandle>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let notice = tokio::select! {
+            notice = notices.recv() => notice,
+            () = stop.cancelled() => return,
+        };
+        match notice {
+            Ok(Notice::Due(route)) => {
+                if let Some(handle) = routes.get(&route) {
+                    handle.notify.notify_one();
+                }
+            }
+            Ok(Notice::Paused { route, paused }) => {
+                telemetry::route_paused(&route, paused);
+                if let Some(handle) = routes.get(&route) {
+                    if !paused {
+                        handle.failing.store(0, Ordering::Relaxed);
+                    }
+                    handle.notify.notify_one();
+                }
+            }
+            // Something may have been missed: every worker looks again.
+            Ok(Notice::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                routes.values().for_each(|handle| handle.notify.notify_one());
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// What the store's notices tell a route's worker.
 struct RouteHandle {
-    /// Signalled after a commit added deliveries, a replay, or a resume.
+    /// Signalled when deliveries may have become claimable, or the route was resumed.
     notify: Notify,
-    /// Paused routes send nothing (410 Gone, or an operator); persisted in the store.
-    paused: AtomicBool,
     /// Consecutive failed attempts; from [`PROBE_AFTER`] on, the route is probed with one
     /// request at a time instead of its full concurrency.
     failing: AtomicU32,
@@ -74,20 +110,18 @@ impl Dispatcher {
             .no_proxy()
             .pool_idle_timeout(Duration::from_secs(90))
             .build()?;
+        // Subscribed before anything is read, so no notice falls between the two.
+        let notices = store.notices();
         let paused: Vec<String> = store.paused().await?.into_iter().map(|p| p.route).collect();
         let stop = CancellationToken::new();
         let mut routes = BTreeMap::new();
         let mut tasks = JoinSet::new();
         for (name, route) in config.routes.iter().filter(|(_, r)| r.enabled) {
-            let handle = Arc::new(RouteHandle {
-                notify: Notify::new(),
-                paused: AtomicBool::new(paused.contains(name)),
-                failing: AtomicU32::new(0),
-            });
+            let handle = Arc::new(RouteHandle { notify: Notify::new(), failing: AtomicU32::new(0) });
             if paused.contains(name) {
                 tracing::warn!(route = %name, "Route is paused; resume it with `callgate routes resume {name}`.");
             }
-            telemetry::route_paused(name, handle.paused.load(Ordering::Relaxed));
+            telemetry::route_paused(name, paused.contains(name));
             routes.insert(name.clone(), handle.clone());
             let worker = Worker {
                 name: name.clone(),
@@ -100,26 +134,9 @@ impl Dispatcher {
             };
             tasks.spawn(worker.run());
         }
-        Ok(Dispatcher { routes, tasks, stop })
-    }
-
-    /// Tells a route's worker that new deliveries are waiting.
-    pub fn wake(&self, route: &str) {
-        if let Some(handle) = self.routes.get(route) {
-            handle.notify.notify_one();
-        }
-    }
-
-    /// Pauses or resumes a route's worker (the caller records it in the store).
-    pub fn set_paused(&self, route: &str, paused: bool) {
-        if let Some(handle) = self.routes.get(route) {
-            handle.paused.store(paused, Ordering::Relaxed);
-            if !paused {
-                handle.failing.store(0, Ordering::Relaxed);
-            }
-            telemetry::route_paused(route, paused);
-            handle.notify.notify_one();
-        }
+        let routes = Arc::new(routes);
+        tasks.spawn(relay(notices, routes.clone(), stop.clone()));
+        Ok(Dispatcher { tasks, stop })
     }
 
     /// Stops taking new deliveries and waits up to `grace` for in-flight attempts; whatever
@@ -239,38 +256,37 @@ struct Worker {
 
 impl Worker {
     async fn run(self) {
-        let mut in_flight: HashSet<i64> = HashSet::new();
-        let mut attempts: JoinSet<(i64, Verdict)> = JoinSet::new();
+        let mut attempts: JoinSet<Verdict> = JoinSet::new();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let paused = self.handle.paused.load(Ordering::Relaxed);
             let limit = if self.handle.failing.load(Ordering::Relaxed) >= PROBE_AFTER { 1 } else { self.concurrency };
-            let free = limit.saturating_sub(in_flight.len());
+            let free = limit.saturating_sub(attempts.len());
             let mut idle_for = MAX_IDLE;
             // Refill in batches: asking the store for one delivery per completion would cost a
             // query per delivery under load.
-            let worth_asking = free > 0 && (in_flight.is_empty() || free >= limit.div_ceil(4));
-            if worth_asking && !paused && !self.stop.is_cancelled() {
-                let skip: Vec<i64> = in_flight.iter().copied().collect();
-                match self.store.due(&self.name, now_ms(), free, &skip).await {
-                    Ok(due) => {
+            let worth_asking = free > 0 && (attempts.is_empty() || free >= limit.div_ceil(4));
+            if worth_asking && !self.stop.is_cancelled() {
+                let now = now_ms();
+                let lease_until = now + (self.route.config.timeout + LEASE_MARGIN).as_millis() as Millis;
+                match self.store.claim(&self.name, now, free, lease_until).await {
+                    // Paused (on any replica): the resume notice wakes us; MAX_IDLE otherwise.
+                    Ok(Claimed { paused: true, .. }) => backoff = Duration::from_millis(100),
+                    Ok(Claimed { deliveries, .. }) => {
                         backoff = Duration::from_millis(100);
-                        let exhausted = due.len() < free;
-                        for delivery in due {
-                            in_flight.insert(delivery.id);
+                        let exhausted = deliveries.len() < free;
+                        for delivery in deliveries {
                             attempts.spawn(attempt(
                                 self.client.clone(),
                                 self.route.clone(),
                                 self.handle.clone(),
-                                self.name.clone(),
                                 self.store.clone(),
                                 delivery,
                             ));
                         }
-                        idle_for = if exhausted { self.idle_time().await } else { Duration::ZERO };
+                        idle_for = if exhausted { self.idle_time(now).await } else { Duration::ZERO };
                     }
                     Err(e) => {
-                        tracing::error!(route = %self.name, error = %e, "Could not read due deliveries.");
+                        tracing::error!(route = %self.name, error = %e, "Could not claim due deliveries.");
                         idle_for = backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
@@ -279,35 +295,32 @@ impl Worker {
             if self.stop.is_cancelled() && attempts.is_empty() {
                 return;
             }
-            if idle_for.is_zero() && worth_asking && in_flight.len() < limit {
+            if idle_for.is_zero() && worth_asking && attempts.len() < limit {
                 continue;
             }
             tokio::select! {
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    for (id, verdict) in std::iter::once(done).chain(std::iter::from_fn(|| attempts.try_join_next())).flatten() {
-                        in_flight.remove(&id);
-                        if verdict == Verdict::Gone && !self.handle.paused.swap(true, Ordering::Relaxed) {
-                            telemetry::route_paused(&self.name, true);
-                            tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name);
+                    for done in std::iter::once(done).chain(std::iter::from_fn(|| attempts.try_join_next())) {
+                        match done {
+                            Ok(Verdict::Gone) => tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name),
+                            Ok(_) => {}
+                            // Its lease expires and the delivery is claimed again: nothing is lost.
+                            Err(e) => tracing::error!(route = %self.name, error = %e, "A delivery attempt failed inside the gateway."),
                         }
                     }
                 }
                 _ = self.handle.notify.notified(), if !self.stop.is_cancelled() => {}
-                _ = tokio::time::sleep(idle_for), if !self.stop.is_cancelled() && !paused => {}
+                _ = tokio::time::sleep(idle_for), if !self.stop.is_cancelled() => {}
                 _ = self.stop.cancelled(), if !self.stop.is_cancelled() => {}
             }
         }
     }
 
-    /// How long to sleep when nothing more is due: until the next retry falls due. A time
-    /// already past means a delivery became due since the last look, or is in flight (its
-    /// completion wakes us anyway): look again shortly rather than sleeping long.
-    async fn idle_time(&self) -> Duration {
-        match self.store.next_due(&self.name).await {
-            Ok(Some(at)) => {
-                let wait = at - now_ms();
-                if wait > 0 { Duration::from_millis(wait as u64).min(MAX_IDLE) } else { RECHECK }
-            }
+    /// How long to sleep when nothing more is claimable: until the next delivery falls due or
+    /// a lease expires. Heads blocked behind an attempt in flight are released by a notice.
+    async fn idle_time(&self, claimed_at: Millis) -> Duration {
+        match self.store.next_due(&self.name, claimed_at).await {
+            Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64).min(MAX_IDLE),
             Ok(None) => MAX_IDLE,
             Err(_) => Duration::from_secs(1),
         }
@@ -328,10 +341,10 @@ async fn attempt(
     client: reqwest::Client,
     route: Arc<RouteRuntime>,
     handle: Arc<RouteHandle>,
-    name: String,
     store: Arc<dyn Store>,
     mut d: Delivery,
-) -> (i64, Verdict) {
+) -> Verdict {
+    let name = &route.name;
     let started = Instant::now();
     let at = now_ms();
     let headers = route.headers(&d);
@@ -359,36 +372,47 @@ async fn attempt(
         duration_ms: started.elapsed().as_millis() as i64,
     };
     let done = d.attempts as usize + 1;
-    let (outcome, counted, verdict) = if status.is_some_and(|s| s.is_success()) {
+    let (kind, counted, verdict) = if status.is_some_and(|s| s.is_success()) {
         let recovered = handle.failing.swap(0, Ordering::Relaxed) >= PROBE_AFTER;
         if recovered {
             tracing::info!(route = %name, "Route recovered; its waiting retries are due now.");
         }
-        (Outcome::Delivered { id: d.id, recovered }, DeliveryOutcome::Success, Verdict::Delivered)
+        (OutcomeKind::Delivered { recovered }, DeliveryOutcome::Success, Verdict::Delivered)
     } else if status == Some(StatusCode::GONE) {
         handle.failing.fetch_add(1, Ordering::Relaxed);
-        (Outcome::Gone { id: d.id, attempt: record }, DeliveryOutcome::Retry, Verdict::Gone)
+        (OutcomeKind::Gone { attempt: record }, DeliveryOutcome::Retry, Verdict::Gone)
     } else if let Some(delay) = route.config.retry_schedule.get(done - 1) {
         handle.failing.fetch_add(1, Ordering::Relaxed);
         let delay = retry_after.unwrap_or_else(|| jitter(*delay));
         tracing::debug!(route = %name, event_id = %d.event_id, attempt = done, status = ?record.status, error = ?record.error, "Delivery failed; will retry.");
         let next_at = at + delay.as_millis() as Millis;
-        (Outcome::Retry { id: d.id, next_at, attempt: record }, DeliveryOutcome::Retry, Verdict::Failed)
+        (OutcomeKind::Retry { next_at, attempt: record }, DeliveryOutcome::Retry, Verdict::Failed)
     } else {
         handle.failing.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(route = %name, event_id = %d.event_id, subject = %d.subject, attempts = done, status = ?record.status, error = ?record.error, "Delivery dead-lettered.");
-        (Outcome::Dead { id: d.id, attempt: record }, DeliveryOutcome::DeadLetter, Verdict::Failed)
+        (OutcomeKind::Dead { attempt: record }, DeliveryOutcome::DeadLetter, Verdict::Failed)
     };
-    // The outcome must be stored before the worker may pick this delivery's successor.
+    let outcome = Outcome { id: d.id, lease: d.lease, kind };
+    // The outcome is stored before the call's next event may be claimed (the lease holds it
+    // back until then).
     let mut wait = Duration::from_millis(50);
-    while let Err(e) = store.complete(vec![outcome.clone()]).await {
-        tracing::error!(route = %name, error = %e, "Could not record a delivery outcome; retrying.");
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(5));
+    let completed = loop {
+        match store.complete(vec![outcome.clone()], now_ms()).await {
+            Ok(completed) => break completed,
+            Err(e) => {
+                tracing::error!(route = %name, error = %e, "Could not record a delivery outcome; retrying.");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if completed.stale > 0 {
+        // The lease ran out and another claim took the delivery over: it may go out twice.
+        tracing::warn!(route = %name, event_id = %d.event_id, "A delivery's lease expired before its outcome was recorded; the outcome was dropped and the delivery is retried.");
     }
     // Counted once the store agrees, so the counters never run ahead of the gauges.
-    telemetry::delivery(&name, counted, seconds);
-    (d.id, verdict)
+    telemetry::delivery(name, counted, seconds);
+    verdict
 }
 
 /// ±20 % jitter, so that retries of many deliveries spread out.

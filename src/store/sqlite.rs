@@ -6,159 +6,85 @@
 //! Each job runs in its own savepoint, so one failure does not undo the others. Reads use a
 //! small pool of read connections, which WAL lets run beside the writer.
 //!
+//! One process owns the file, so leases of claimed deliveries live in memory ([`Leases`]): a
+//! crash frees them all, which is what the next start needs. Claims read on a reader
+//! connection; a lease whose outcome committed after the claim's snapshot began keeps its row
+//! out of that claim (the snapshot may still show the row as it was).
+//!
 //! **Invariant:** along one (route, subject) queue, `next_at` never decreases, so a later
 //! event of a call is never due before an earlier one; the due query can then walk the
 //! `(route, next_at)` index and stop at the first row not yet due, whatever the backlog.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::Duration,
 };
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Savepoint, params};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Savepoint, params};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    AttemptRecord, Counts, DeadLetter, DeadLetterDetail, Delivery, Filter, Ingest, IngestOutcome, Millis, Outcome,
-    Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, now_ms, rfc3339,
+    AttemptRecord, Claimed, Completed, Counts, DeadLetter, DeadLetterDetail, Delivery, Filter, Ingest, IngestOutcome,
+    Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, now_ms,
+    rfc3339,
 };
 
-/// Migrations, applied in order; `PRAGMA user_version` records how many have run.
+/// Errors that say "not now" (busy, full, read-only, I/O) rather than "never".
+fn is_unavailable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::ReadOnly
+                | ErrorCode::CannotOpen
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::OutOfMemory
+        )
+    )
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else if matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)) {
+            StoreError::Corrupt(e.to_string())
+        } else {
+            StoreError::Backend(e.to_string())
+        }
+    }
+}
+
+/// Why a batch did not commit (cloned to every job of the batch).
+#[derive(Debug, Clone)]
+struct CommitError {
+    /// Busy, full, read-only…: retrying later may work.
+    unavailable: bool,
+    message: String,
+}
+
+impl From<rusqlite::Error> for CommitError {
+    fn from(e: rusqlite::Error) -> Self {
+        CommitError { unavailable: is_unavailable(&e), message: e.to_string() }
+    }
+}
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many have run. Each file
+/// says why it exists.
 const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE payloads (
-    id          INTEGER PRIMARY KEY,
-    source      TEXT    NOT NULL,
-    digest      BLOB    NOT NULL,
-    received_at INTEGER NOT NULL,
-    body        BLOB    NOT NULL,
-    event_ids   TEXT    NOT NULL,
-    UNIQUE (source, digest)
-);
-CREATE INDEX payloads_received ON payloads (received_at);
-CREATE TABLE events (
-    seq        INTEGER PRIMARY KEY,
-    id         TEXT    NOT NULL UNIQUE,
-    payload_id INTEGER NOT NULL REFERENCES payloads (id),
-    type       TEXT    NOT NULL,
-    subject    TEXT    NOT NULL,
-    body       TEXT    NOT NULL
-);
-CREATE INDEX events_payload ON events (payload_id);
-CREATE TABLE outbox (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused: attempts and dead letters keep it
-    event_seq INTEGER NOT NULL REFERENCES events (seq),
-    route     TEXT    NOT NULL,
-    subject   TEXT    NOT NULL,
-    attempts  INTEGER NOT NULL DEFAULT 0,
-    next_at   INTEGER NOT NULL
-);
-CREATE INDEX outbox_due ON outbox (route, next_at, id);
--- Per-call lookups go through this index: the planner, left alone, answers
--- MAX(next_at) for one call by walking `outbox_due`, i.e. the whole route's backlog.
-CREATE INDEX outbox_subject ON outbox (route, subject, id);
-CREATE INDEX outbox_event ON outbox (event_seq);
-CREATE TABLE dead_letters (
-    id         INTEGER PRIMARY KEY,
-    event_seq  INTEGER NOT NULL REFERENCES events (seq),
-    route      TEXT    NOT NULL,
-    subject    TEXT    NOT NULL,
-    attempts   INTEGER NOT NULL,
-    dead_at    INTEGER NOT NULL,
-    last_error TEXT
-);
-CREATE INDEX dead_letters_route ON dead_letters (route, id);
-CREATE INDEX dead_letters_event ON dead_letters (event_seq);
-CREATE TABLE attempts (
-    id          INTEGER PRIMARY KEY,
-    delivery_id INTEGER NOT NULL,
-    attempt     INTEGER NOT NULL,
-    at          INTEGER NOT NULL,
-    status      INTEGER,
-    error       TEXT,
-    response    TEXT,
-    duration_ms INTEGER NOT NULL
-);
-CREATE INDEX attempts_delivery ON attempts (delivery_id, id);
-CREATE INDEX attempts_at ON attempts (at);
-CREATE TABLE quarantine (
-    id          INTEGER PRIMARY KEY,
-    source      TEXT    NOT NULL,
-    vendor      TEXT    NOT NULL,
-    received_at INTEGER NOT NULL,
-    status      INTEGER NOT NULL,
-    reason      TEXT    NOT NULL,
-    details     TEXT    NOT NULL,
-    body        BLOB    NOT NULL
-);
-CREATE INDEX quarantine_received ON quarantine (received_at);
-CREATE TABLE paused_routes (
-    route  TEXT    PRIMARY KEY,
-    since  INTEGER NOT NULL,
-    reason TEXT    NOT NULL
-);
-"#,
-    // 2: event ids lose their UNIQUE index. An id is derived from (source, body digest, index),
-    // so `payloads (source, digest)` already makes it unique; the index only added a random-page
-    // write per event to every commit, and nothing looks events up by id.
-    r#"
-CREATE TABLE events_v2 (
-    seq        INTEGER PRIMARY KEY,
-    id         TEXT    NOT NULL,
-    payload_id INTEGER NOT NULL REFERENCES payloads (id),
-    type       TEXT    NOT NULL,
-    subject    TEXT    NOT NULL,
-    body       TEXT    NOT NULL
-);
-INSERT INTO events_v2 (seq, id, payload_id, type, subject, body)
-    SELECT seq, id, payload_id, type, subject, body FROM events;
-DROP TABLE events;
-ALTER TABLE events_v2 RENAME TO events;
-CREATE INDEX events_payload ON events (payload_id);
-"#,
-    // 3: subjects are `{source}:{call_id}` instead of `{vendor}:{call_id}` (canonical.md §2), so
-    // two sources of one vendor never share a call's queue. The old prefix is the vendor name,
-    // which has no `:` (call ids may), so the call id is everything after the first `:`. Only
-    // rows whose subject changes are touched: with sources named after their vendor, none.
-    // `json_replace` edits the stored event's `subject` in place, keeping key order and every
-    // other byte (a test checks the result against what this version emits).
-    r#"
-UPDATE events
-   SET subject = p.source || substr(events.subject, instr(events.subject, ':')),
-       body = CASE WHEN json_valid(events.body)
-                   THEN json_replace(events.body, '$.subject', p.source || substr(events.subject, instr(events.subject, ':')))
-                   ELSE events.body END
-  FROM payloads p
- WHERE p.id = events.payload_id
-   AND instr(events.subject, ':') > 0
-   AND p.source || substr(events.subject, instr(events.subject, ':')) <> events.subject;
-UPDATE outbox SET subject = e.subject FROM events e WHERE e.seq = outbox.event_seq AND e.subject <> outbox.subject;
-UPDATE dead_letters SET subject = e.subject FROM events e WHERE e.seq = dead_letters.event_seq AND e.subject <> dead_letters.subject;
--- A retry of one source's event pushed back the waiting events of the other sources that
--- shared its old subject. An event not yet attempted now waits only for the retries ahead of
--- it in its own queue (never later than before; its arrival time is the floor, as at ingest).
--- Only rows not yet attempted change and only attempted rows are read, so the result does not
--- depend on the order SQLite updates in.
-UPDATE outbox
-   SET next_at = MIN(next_at, MAX(
-           COALESCE((SELECT p.received_at FROM events e JOIN payloads p ON p.id = e.payload_id WHERE e.seq = outbox.event_seq), next_at),
-           COALESCE((SELECT MAX(a.next_at) FROM outbox a INDEXED BY outbox_subject
-                      WHERE a.route = outbox.route AND a.subject = outbox.subject AND a.id < outbox.id AND a.attempts > 0), 0)))
- WHERE attempts = 0;
-"#,
-    // 4: readiness writes a real row (with a page of padding) instead of an empty transaction,
-    // so a full disk or a read-only file makes `/readyz` fail, not only a held lock.
-    r#"
-CREATE TABLE health (
-    id    INTEGER PRIMARY KEY CHECK (id = 1),
-    at    INTEGER NOT NULL,
-    probe BLOB    NOT NULL
-);
-"#,
+    include_str!("../../migrations/sqlite/0001_initial.sql"),
+    include_str!("../../migrations/sqlite/0002_events_without_unique_id.sql"),
+    include_str!("../../migrations/sqlite/0003_subject_per_source.sql"),
+    include_str!("../../migrations/sqlite/0004_health.sql"),
 ];
 
 /// Most jobs one transaction takes: bounds the latency a batch adds to its first member.
@@ -174,7 +100,7 @@ trait Job: Send {
     /// Runs inside the batch transaction (in a savepoint); `true` when it succeeded.
     fn run(&mut self, tx: &Savepoint<'_>, delta: &mut Delta) -> bool;
     /// Reports the result once the batch committed (or failed to).
-    fn finish(self: Box<Self>, commit: &Result<(), String>);
+    fn finish(self: Box<Self>, commit: &Result<(), CommitError>);
     /// Whether the commit must reach the disk before `finish` (an acknowledged payload),
     /// or may ride on the next fsync (delivery bookkeeping: losing it repeats a delivery).
     fn durable(&self) -> bool;
@@ -206,10 +132,11 @@ where
         self.durable
     }
 
-    fn finish(self: Box<Self>, commit: &Result<(), String>) {
+    fn finish(self: Box<Self>, commit: &Result<(), CommitError>) {
         let result = match commit {
             Ok(()) => self.result.unwrap_or_else(|| Err(StoreError::Backend("job did not run".into()))),
-            Err(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+            Err(e) if e.unavailable => Err(StoreError::Unavailable(format!("commit failed: {}", e.message))),
+            Err(e) => Err(StoreError::Backend(format!("commit failed: {}", e.message))),
         };
         let _ = self.reply.send(result);
     }
@@ -224,7 +151,50 @@ pub struct SqliteStore {
     counts: Arc<Mutex<Counts>>,
     /// Readiness fails below this much free space where the database lives.
     min_free_bytes: u64,
+    /// Leases of claimed deliveries.
+    leases: Arc<Mutex<Leases>>,
+    /// Batches the writer has committed: a claim's snapshot sees every commit counted before
+    /// it began.
+    commits: Arc<AtomicU64>,
+    notices: broadcast::Sender<Notice>,
 }
+
+/// Leases of claimed deliveries, by outbox id.
+#[derive(Default)]
+struct Leases {
+    held: HashMap<i64, Held>,
+    /// Claims reading now, by the commit count they began at (with how many began there).
+    reading: BTreeMap<u64, usize>,
+}
+
+struct Held {
+    route: String,
+    lease: Lease,
+    until: Millis,
+    /// The commit count once its outcome committed: claims whose snapshot began before it
+    /// still leave the row alone; later ones see the outcome itself.
+    done: Option<u64>,
+}
+
+impl Leases {
+    /// Whether a claim whose snapshot began at commit count `began` may lease row `id` at `now`.
+    fn claimable(&self, id: i64, now: Millis, began: u64) -> bool {
+        match self.held.get(&id) {
+            None => true,
+            Some(Held { done: Some(done), .. }) => *done <= began,
+            Some(Held { until, .. }) => *until <= now, // expired: taken over
+        }
+    }
+
+    /// Forgets finished leases that no running claim can still need.
+    fn forget_finished(&mut self) {
+        let oldest = self.reading.keys().next().copied().unwrap_or(u64::MAX);
+        self.held.retain(|_, held| held.done.is_none_or(|done| done > oldest));
+    }
+}
+
+/// Notices a subscriber may fall behind by before it is told it lost some.
+const NOTICES: usize = 1024;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, migrates it and starts the writer.
@@ -239,9 +209,11 @@ impl SqliteStore {
         let readers = (0..READERS).map(|_| open_connection(path, true, busy_timeout)).collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_counts = counts.clone();
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer_commits = commits.clone();
         thread::Builder::new()
             .name("callgate-sqlite-writer".into())
-            .spawn(move || writer(conn, rx, writer_counts))
+            .spawn(move || writer(conn, rx, writer_counts, writer_commits))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         Ok(SqliteStore {
             path: path.to_owned(),
@@ -250,7 +222,21 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(readers)),
             counts,
             min_free_bytes: 0,
+            leases: Arc::default(),
+            commits,
+            notices: broadcast::channel(NOTICES).0,
         })
+    }
+
+    fn notify(&self, notice: Notice) {
+        let _ = self.notices.send(notice); // no subscriber: nobody to tell
+    }
+
+    fn notify_due<'a>(&self, routes: impl IntoIterator<Item = &'a String>) {
+        let routes: BTreeSet<&String> = routes.into_iter().collect();
+        for route in routes {
+            self.notify(Notice::Due(route.clone()));
+        }
     }
 
     /// Makes readiness ([`Store::ping`]) fail while the file system holding the database has
@@ -417,7 +403,12 @@ impl Delta {
 }
 
 /// The writer thread: one transaction per batch of queued jobs.
-fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, counts: Arc<Mutex<Counts>>) {
+fn writer(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    counts: Arc<Mutex<Counts>>,
+    commits: Arc<AtomicU64>,
+) {
     let mut synchronous_full = true;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -438,9 +429,8 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, counts: Ar
             }
         }
         let mut delta = Delta::default();
-        let commit = (|| -> Result<(), String> {
-            let mut tx =
-                conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
+        let commit = (|| -> Result<(), CommitError> {
+            let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for job in batch.iter_mut() {
                 let mut step = Delta::default();
                 match tx.savepoint() {
@@ -449,13 +439,14 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Box<dyn Job>>, counts: Ar
                             delta.0.extend(step.0);
                         } // otherwise the dropped savepoint rolls back
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
-            tx.commit().map_err(|e| e.to_string())
+            Ok(tx.commit()?)
         })();
         if commit.is_ok() {
             delta.apply(&counts);
+            commits.fetch_add(1, Ordering::SeqCst);
         }
         for job in batch {
             job.finish(&commit);
@@ -496,11 +487,17 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
     Ok(IngestOutcome::Accepted(ids))
 }
 
-fn complete_all(tx: &Savepoint<'_>, outcomes: &[Outcome], delta: &mut Delta) -> Result<(), StoreError> {
-    let now = now_ms();
-    for outcome in outcomes {
-        match outcome {
-            Outcome::Delivered { id, recovered } => {
+/// Applies outcomes whose leases were checked; returns what the workers must be told.
+fn complete_all(
+    tx: &Savepoint<'_>,
+    outcomes: &[Outcome],
+    delta: &mut Delta,
+    now: Millis,
+) -> Result<Vec<Notice>, StoreError> {
+    let mut notices = Vec::new();
+    for Outcome { id, kind, .. } in outcomes {
+        match kind {
+            OutcomeKind::Delivered { recovered } => {
                 let row: Option<(String, String)> = tx
                     .prepare_cached("DELETE FROM outbox WHERE id = ?1 RETURNING route, subject")?
                     .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -512,9 +509,10 @@ fn complete_all(tx: &Savepoint<'_>, outcomes: &[Outcome], delta: &mut Delta) -> 
                         tx.prepare_cached("UPDATE outbox SET next_at = ?2 WHERE route = ?1 AND next_at > ?2")?
                             .execute(params![route, now])?;
                     }
+                    notices.push(Notice::Due(route));
                 }
             }
-            Outcome::Retry { id, next_at, attempt } => {
+            OutcomeKind::Retry { next_at, attempt } => {
                 let row: Option<(i64, String, String)> = tx
                     .prepare_cached(
                         "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 RETURNING attempts, route, subject",
@@ -530,7 +528,7 @@ fn complete_all(tx: &Savepoint<'_>, outcomes: &[Outcome], delta: &mut Delta) -> 
                     record_attempt(tx, *id, n, attempt)?;
                 }
             }
-            Outcome::Gone { id, attempt } => {
+            OutcomeKind::Gone { attempt } => {
                 let row: Option<(i64, String)> = tx
                     .prepare_cached(
                         "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts, route",
@@ -540,9 +538,10 @@ fn complete_all(tx: &Savepoint<'_>, outcomes: &[Outcome], delta: &mut Delta) -> 
                 if let Some((n, route)) = row {
                     record_attempt(tx, *id, n, attempt)?;
                     set_paused(tx, &route, Some("the route answered 410 Gone"), now)?;
+                    notices.push(Notice::Paused { route, paused: true });
                 }
             }
-            Outcome::Dead { id, attempt } => {
+            OutcomeKind::Dead { attempt } => {
                 let row: Option<(i64, String, String, i64)> = tx
                     .prepare_cached(
                         "DELETE FROM outbox WHERE id = ?1 RETURNING event_seq, route, subject, attempts + 1",
@@ -560,11 +559,12 @@ fn complete_all(tx: &Savepoint<'_>, outcomes: &[Outcome], delta: &mut Delta) -> 
                     delta.backlog(&route, -1);
                     delta.dead(&route, 1);
                     release_followers(tx, &route, &subject, now)?;
+                    notices.push(Notice::Due(route));
                 }
             }
         }
     }
-    Ok(())
+    Ok(notices)
 }
 
 /// After the head of a call's queue left it, the next events no longer wait for its retries.
@@ -598,7 +598,7 @@ fn set_paused(tx: &Savepoint<'_>, route: &str, reason: Option<&str>, now: Millis
 
 /// Heads of line due now: walks the `(route, next_at)` index in due order and keeps the
 /// oldest undelivered delivery of each subject. Bodies are fetched separately, only for the
-/// rows handed out (the in-flight rows this query also meets are skipped cheaply).
+/// rows handed out (the leased rows this query also meets are skipped cheaply).
 const DUE: &str = "
 SELECT o.id, o.event_seq, o.subject, o.attempts
   FROM outbox o
@@ -643,7 +643,12 @@ fn limit(filter: &Filter) -> i64 {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ingest(&self, ingest: Ingest) -> Result<IngestOutcome, StoreError> {
-        self.write(move |tx, delta| ingest_one(tx, &ingest, delta)).await
+        let routes: BTreeSet<String> = ingest.events.iter().flat_map(|e| e.routes.iter().cloned()).collect();
+        let outcome = self.write(move |tx, delta| ingest_one(tx, &ingest, delta)).await?;
+        if matches!(outcome, IngestOutcome::Accepted(_)) {
+            self.notify_due(&routes);
+        }
+        Ok(outcome)
     }
 
     async fn quarantine(&self, q: Quarantined) -> Result<(), StoreError> {
@@ -658,52 +663,128 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn due(
-        &self,
-        route: &str,
-        now: Millis,
-        limit: usize,
-        in_flight: &[i64],
-    ) -> Result<Vec<Delivery>, StoreError> {
+    async fn claim(&self, route: &str, now: Millis, limit: usize, lease_until: Millis) -> Result<Claimed, StoreError> {
+        let began = {
+            let mut leases = self.leases.lock().map_err(|_| StoreError::Closed)?;
+            let began = self.commits.load(Ordering::SeqCst);
+            *leases.reading.entry(began).or_default() += 1;
+            began
+        };
+        let leases = self.leases.clone();
         let route = route.to_owned();
-        let skip: Vec<i64> = in_flight.to_vec();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(DUE)?;
-            let rows = stmt.query_map(params![route, now, (limit + skip.len()) as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
-            })?;
-            let mut chosen = Vec::new();
-            for row in rows {
-                let row = row?;
-                if !skip.contains(&row.0) {
-                    chosen.push(row);
-                    if chosen.len() == limit {
-                        break;
+        // One token for the whole claim: it fences each outcome, and undoes a failed claim.
+        let lease = Lease::new();
+        let result = self
+            .read(move |conn| {
+                let paused: Option<i64> = conn
+                    .prepare_cached("SELECT 1 FROM paused_routes WHERE route = ?1")?
+                    .query_row([&route], |r| r.get(0))
+                    .optional()?;
+                if paused.is_some() {
+                    return Ok(Claimed { deliveries: Vec::new(), paused: true });
+                }
+                // Every row the walk skips is leased, so `limit` more than the leases held bounds it.
+                let held = leases.lock().map(|l| l.held.len()).unwrap_or(0);
+                let mut stmt = conn.prepare_cached(DUE)?;
+                let rows = stmt.query_map(params![route, now, (limit + held) as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                })?;
+                let mut chosen = Vec::new();
+                {
+                    let Ok(mut leases) = leases.lock() else { return Ok(Claimed::default()) };
+                    for row in rows {
+                        let row = row?;
+                        if leases.claimable(row.0, now, began) {
+                            leases
+                                .held
+                                .insert(row.0, Held { route: route.clone(), lease, until: lease_until, done: None });
+                            chosen.push((row, lease));
+                            if chosen.len() == limit {
+                                break;
+                            }
+                        }
                     }
                 }
+                let mut body = conn.prepare_cached("SELECT id, body FROM events WHERE seq = ?1")?;
+                let deliveries = chosen
+                    .into_iter()
+                    .map(|((id, seq, subject, attempts), lease)| {
+                        let (event_id, json) = body.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        Ok(Delivery {
+                            id,
+                            route: route.clone(),
+                            event_id,
+                            subject,
+                            attempts: attempts as u32,
+                            json,
+                            lease,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+                Ok(Claimed { deliveries, paused: false })
+            })
+            .await;
+        if let Ok(mut leases) = self.leases.lock() {
+            if let Some(n) = leases.reading.get_mut(&began) {
+                *n -= 1;
+                if *n == 0 {
+                    leases.reading.remove(&began);
+                }
             }
-            let mut body = conn.prepare_cached("SELECT id, body FROM events WHERE seq = ?1")?;
-            chosen
-                .into_iter()
-                .map(|(id, seq, subject, attempts)| {
-                    let (event_id, json) = body.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                    Ok(Delivery { id, route: route.clone(), event_id, subject, attempts: attempts as u32, json })
-                })
-                .collect()
-        })
-        .await
+            // A claim that failed after leasing rows hands none of them out: release them.
+            if result.is_err() {
+                leases.held.retain(|_, held| held.lease != lease);
+            }
+            leases.forget_finished();
+        }
+        result
     }
 
-    async fn next_due(&self, route: &str) -> Result<Option<Millis>, StoreError> {
+    async fn next_due(&self, route: &str, after: Millis) -> Result<Option<Millis>, StoreError> {
+        let lease_expiry = self
+            .leases
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .held
+            .values()
+            .filter(|held| held.route == route && held.done.is_none() && held.until > after)
+            .map(|held| held.until)
+            .min();
         let route = route.to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached("SELECT MIN(next_at) FROM outbox WHERE route = ?1")?.query_row([route], |r| r.get(0))
+        let due: Option<Millis> = self
+            .read(move |conn| {
+                conn.prepare_cached("SELECT MIN(next_at) FROM outbox WHERE route = ?1 AND next_at > ?2")?
+                    .query_row(params![route, after], |r| r.get(0))
+            })
+            .await?;
+        Ok(match (due, lease_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         })
-        .await
     }
 
-    async fn complete(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
-        self.submit(false, move |tx, delta| complete_all(tx, &outcomes, delta)).await
+    async fn complete(&self, outcomes: Vec<Outcome>, now: Millis) -> Result<Completed, StoreError> {
+        let (current, stale): (Vec<Outcome>, Vec<Outcome>) = {
+            let leases = self.leases.lock().map_err(|_| StoreError::Closed)?;
+            outcomes
+                .into_iter()
+                .partition(|o| leases.held.get(&o.id).is_some_and(|held| held.lease == o.lease && held.done.is_none()))
+        };
+        let ids: Vec<i64> = current.iter().map(|o| o.id).collect();
+        let notices = self.submit(false, move |tx, delta| complete_all(tx, &current, delta, now)).await?;
+        let done = self.commits.load(Ordering::SeqCst);
+        if let Ok(mut leases) = self.leases.lock() {
+            for id in ids {
+                if let Some(held) = leases.held.get_mut(&id) {
+                    held.done = Some(done);
+                }
+            }
+            leases.forget_finished();
+        }
+        for notice in notices {
+            self.notify(notice);
+        }
+        Ok(Completed { stale: stale.len() })
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -734,10 +815,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_paused(&self, route: &str, reason: Option<&str>) -> Result<(), StoreError> {
-        let route = route.to_owned();
+    async fn set_paused(&self, route: &str, reason: Option<&str>, now: Millis) -> Result<(), StoreError> {
+        let paused = reason.is_some();
+        let name = route.to_owned();
         let reason = reason.map(str::to_owned);
-        self.write(move |tx, _| set_paused(tx, &route, reason.as_deref(), now_ms())).await
+        self.write(move |tx, _| set_paused(tx, &name, reason.as_deref(), now)).await?;
+        self.notify(Notice::Paused { route: route.to_owned(), paused });
+        if !paused {
+            self.notify(Notice::Due(route.to_owned()));
+        }
+        Ok(())
     }
 
     async fn dead_letters(&self, filter: &Filter) -> Result<Vec<DeadLetter>, StoreError> {
@@ -790,11 +877,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn replay_dead_letters(&self, filter: &Filter) -> Result<Vec<(i64, String)>, StoreError> {
+    async fn replay_dead_letters(&self, filter: &Filter, now: Millis) -> Result<Vec<(i64, String)>, StoreError> {
         let filter = filter.clone();
-        self.write(move |tx, delta| {
+        let replayed: Vec<(i64, String)> = self.write(move |tx, delta| {
             let (clause, values) = filter_sql(&filter, "route", "dead_at");
-            let now = now_ms();
             let mut stmt = tx.prepare(&format!("DELETE FROM dead_letters WHERE {clause} RETURNING id, event_seq, route, subject"))?;
             let rows: Vec<(i64, i64, String, String)> = stmt
                 .query_map(rusqlite::params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
@@ -808,7 +894,9 @@ impl Store for SqliteStore {
             }
             Ok(rows.into_iter().map(|(id, _, route, _)| (id, route)).collect())
         })
-        .await
+        .await?;
+        self.notify_due(replayed.iter().map(|(_, route)| route));
+        Ok(replayed)
     }
 
     async fn quarantined(&self, filter: &Filter, with_body: bool) -> Result<Vec<QuarantineItem>, StoreError> {
@@ -858,6 +946,10 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    fn notices(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
     }
 
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError> {

@@ -5,22 +5,150 @@
 //! **Invariant:** adapters are pure. They never touch the network, the store or the clock
 //! (`received_at` is handed in), so they are trivially testable and fuzzable.
 
-mod oneinbox;
-mod salpre;
-mod utel;
-mod vox;
-
-use std::{collections::HashMap, sync::LazyLock};
+use std::{borrow::Cow, collections::HashMap, fmt, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use jsonschema::Validator;
 use phonenumber::country;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::canonical::{self, CloudEvent, Common, Direction, Mapped, Payload, SCHEMA_VERSION, Vendor, convert};
+use crate::canonical::{self, CloudEvent, Common, Direction, Mapped, Payload, SCHEMA_VERSION, convert};
 
-/// One schema violation, located by a JSON pointer into the payload.
+/// The closed list of a vendor module's events, each naming its schema: `Variant = "name"`
+/// embeds `schemas/<vendor>/<name>.json`, so a variant without a schema does not compile.
+/// The name is what messages and `vendor_event` show.
+macro_rules! events {
+    ($vendor:literal { $($(#[$doc:meta])* $variant:ident = $name:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Event { $($(#[$doc])* $variant),+ }
+
+        impl Event {
+            pub const ALL: &'static [Event] = &[$(Event::$variant),+];
+
+            pub fn name(self) -> &'static str {
+                match self { $(Event::$variant => $name),+ }
+            }
+
+            pub fn schema(self) -> &'static str {
+                match self {
+                    $(Event::$variant => include_str!(concat!(
+                        env!("CARGO_MANIFEST_DIR"), "/schemas/", $vendor, "/", $name, ".json"
+                    ))),+
+                }
+            }
+        }
+    };
+}
+
+/// The one list of vendors. It generates [`Vendor`] (with `ALL`, `as_str`, `parse` and serde
+/// names) and the dispatch to each vendor module (`Event`, `event`, `map`), so a vendor missing
+/// from any table is a compile error.
+macro_rules! vendors {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal => $module:ident),+ $(,)?) => {
+        $(mod $module;)+
+
+        /// The vendors callgate understands. Adding one is a line in `vendors!` plus its module,
+        /// schemas and fixtures.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum Vendor { $($(#[$doc])* #[serde(rename = $name)] $variant),+ }
+
+        impl Vendor {
+            pub const ALL: [Vendor; [$($name),+].len()] = [$(Vendor::$variant),+];
+            /// Every vendor name, for help texts and errors.
+            pub const NAMES: &'static str = join_names!($($name),+);
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Vendor::$variant => $name),+ }
+            }
+
+            pub fn parse(name: &str) -> Option<Vendor> {
+                match name { $($name => Some(Vendor::$variant),)+ _ => None }
+            }
+
+            /// The event of a payload, from the vendor's discriminator.
+            fn event(self, body: &Value) -> Result<VendorEvent, Violation> {
+                match self { $(Vendor::$variant => $module::event(body).map(VendorEvent::$variant)),+ }
+            }
+        }
+
+        /// One vendor's event: what selects the schema and the mapping.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        enum VendorEvent { $($variant($module::Event)),+ }
+
+        impl VendorEvent {
+            fn all() -> impl Iterator<Item = VendorEvent> {
+                std::iter::empty()
+                    $(.chain($module::Event::ALL.iter().map(|e| VendorEvent::$variant(*e))))+
+            }
+
+            fn vendor(self) -> Vendor {
+                match self { $(VendorEvent::$variant(_) => Vendor::$variant),+ }
+            }
+
+            fn name(self) -> &'static str {
+                match self { $(VendorEvent::$variant(e) => e.name()),+ }
+            }
+
+            fn schema(self) -> &'static str {
+                match self { $(VendorEvent::$variant(e) => e.schema()),+ }
+            }
+
+            fn map(self, payload: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+                match self { $(VendorEvent::$variant(e) => $module::map(e, payload, cx)),+ }
+            }
+        }
+    };
+}
+
+macro_rules! join_names {
+    ($first:literal $(, $rest:literal)*) => { concat!($first $(, ", ", $rest)*) };
+}
+
+vendors! {
+    Oneinbox = "oneinbox" => oneinbox,
+    Vox = "vox" => vox,
+    Salpre = "salpre" => salpre,
+    Utel = "utel" => utel,
+}
+
+impl fmt::Display for Vendor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Longest vendor-derived text (a value, a key, a path) a message repeats, in characters:
+/// enough to recognise it, bounded for hostile input.
+pub const MAX_ECHO_CHARS: usize = 80;
+/// Longest violation message or path, in characters.
+const MAX_MESSAGE_CHARS: usize = 200;
+/// Most violations listed for one payload: enough to fix it, bounded for hostile input.
+pub const MAX_VIOLATIONS: usize = 20;
+/// Violations are counted up to this many; beyond it the count says "more than".
+pub const MAX_COUNTED: usize = 1000;
+
+/// `text` cut to at most `max` characters (on a char boundary), with `…` when cut.
+pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
+    }
+}
+
+/// A short description of a vendor value for a message: a string's first characters, a
+/// scalar as written, a container by its kind (its content is never serialised).
+fn preview(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("\"{}\"", cut(s, MAX_ECHO_CHARS / 2)),
+        Value::Array(items) => format!("an array of {} item(s)", items.len()),
+        Value::Object(map) => format!("an object with {} key(s)", map.len()),
+        scalar => cut(&scalar.to_string(), MAX_ECHO_CHARS / 2).into_owned(),
+    }
+}
+
+/// One schema violation, located by a JSON pointer into the payload. Both parts are bounded
+/// ([`Violation::new`] cuts them), so a violation never repeats a large vendor value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
     pub path: String,
@@ -29,7 +157,71 @@ pub struct Violation {
 
 impl Violation {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Violation { path: path.into(), message: message.into() }
+        let bounded = |text: String| match cut(&text, MAX_MESSAGE_CHARS) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(short) => short,
+        };
+        Violation { path: bounded(path.into()), message: bounded(message.into()) }
+    }
+
+    /// A violation from the schema validator, described without the instance value (the
+    /// validator's own message embeds it whole).
+    fn from_schema(error: &jsonschema::ValidationError<'_>) -> Self {
+        let message = error.masked_with(preview(error.instance())).to_string();
+        Violation::new(error.instance_path().to_string(), message)
+    }
+}
+
+/// A descriptive field in a shape the adapter does not know (canonical.md §1.4): the event
+/// went out without that fact and the value is in `vendor_extra`, exactly as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Degraded {
+    /// Which fact was lost, from a fixed set per adapter ("transcript", "call_analysis"…):
+    /// bounded, so it can label a metric.
+    pub field: &'static str,
+    /// Where the value is in the payload.
+    pub pointer: String,
+    /// What was wrong, without the value (bounded).
+    pub problem: String,
+}
+
+impl Degraded {
+    pub fn new(field: &'static str, pointer: &str, problem: impl Into<String>) -> Self {
+        let bounded = |text: &str| cut(text, MAX_MESSAGE_CHARS).into_owned();
+        Degraded { field, pointer: bounded(pointer), problem: bounded(&problem.into()) }
+    }
+}
+
+/// What a payload became: its canonical events, in emission order, and the descriptive
+/// fields that could not be read.
+#[derive(Debug, Clone)]
+pub struct Normalized {
+    pub events: Vec<CloudEvent>,
+    pub degraded: Vec<Degraded>,
+}
+
+/// [`Normalized`] plus the pointers of every value the adapter consumed: what the exact
+/// "nothing is lost" test checks (consumed ∪ `vendor_extra` = the payload).
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub normalized: Normalized,
+    pub consumed: Vec<String>,
+}
+
+/// How many violations a payload has, counted up to [`MAX_COUNTED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Exactly(usize),
+    MoreThan(usize),
+}
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Count::Exactly(1) => f.write_str("1 problem"),
+            Count::Exactly(n) => write!(f, "{n} problems"),
+            Count::MoreThan(n) => write!(f, "more than {n} problems"),
+        }
     }
 }
 
@@ -40,8 +232,17 @@ pub enum Rejection {
     NotJson { message: String, line: usize, column: usize },
     #[error("unknown event for vendor {vendor}: {}", .violation.message)]
     UnknownEvent { vendor: Vendor, violation: Violation },
-    #[error("payload violates the {vendor} `{event}` schema ({} problem(s))", .violations.len())]
-    Invalid { vendor: Vendor, event: String, violations: Vec<Violation> },
+    /// `violations` lists at most [`MAX_VIOLATIONS`]; `count` says how many there are.
+    #[error("payload violates the {vendor} `{event}` schema ({count}{})", listed(.violations.len(), *.count))]
+    Invalid { vendor: Vendor, event: &'static str, violations: Vec<Violation>, count: Count },
+}
+
+/// ", first N listed" when the list is shorter than the count.
+fn listed(shown: usize, count: Count) -> String {
+    match count {
+        Count::Exactly(n) if n <= shown => String::new(),
+        _ => format!(", first {shown} listed"),
+    }
 }
 
 impl Rejection {
@@ -52,6 +253,15 @@ impl Rejection {
             }
             Rejection::UnknownEvent { violation, .. } => vec![violation.clone()],
             Rejection::Invalid { violations, .. } => violations.clone(),
+        }
+    }
+
+    fn invalid(event: VendorEvent, violation: Violation) -> Self {
+        Rejection::Invalid {
+            vendor: event.vendor(),
+            event: event.name(),
+            violations: vec![violation],
+            count: Count::Exactly(1),
         }
     }
 }
@@ -106,48 +316,16 @@ impl Context<'_> {
 /// A mapping failure after the schema passed: a value the schema cannot express a rule for.
 pub type MapResult = Result<Mapped, Violation>;
 
-impl Vendor {
-    fn schemas(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Vendor::Oneinbox => oneinbox::SCHEMAS,
-            Vendor::Vox => vox::SCHEMAS,
-            Vendor::Salpre => salpre::SCHEMAS,
-            Vendor::Utel => utel::SCHEMAS,
-        }
-    }
-
-    /// The schema key of a payload, from the vendor's discriminator.
-    fn event_key(self, body: &Value) -> Result<&'static str, Violation> {
-        match self {
-            Vendor::Oneinbox => oneinbox::event_key(body),
-            Vendor::Vox => vox::event_key(body),
-            Vendor::Salpre => salpre::event_key(body),
-            Vendor::Utel => utel::event_key(body),
-        }
-    }
-
-    fn map(self, key: &'static str, payload: &Payload<'_>, cx: &Context<'_>) -> MapResult {
-        match self {
-            Vendor::Oneinbox => oneinbox::map(key, payload, cx),
-            Vendor::Vox => vox::map(key, payload, cx),
-            Vendor::Salpre => salpre::map(key, payload, cx),
-            Vendor::Utel => utel::map(key, payload, cx),
-        }
-    }
-}
-
-type Validators = HashMap<(Vendor, &'static str), Validator>;
-
 /// Every vendor schema, compiled once per process. Schemas are embedded, so a failure here is
 /// a build defect; [`init`] surfaces it at start-up instead of at the first request.
-static VALIDATORS: LazyLock<Result<Validators, String>> = LazyLock::new(|| {
-    let mut validators = HashMap::new();
-    for vendor in Vendor::ALL {
-        for (key, text) in vendor.schemas() {
-            validators.insert((vendor, *key), compile(text).map_err(|e| format!("schema {vendor}/{key}: {e}"))?);
-        }
-    }
-    Ok(validators)
+static VALIDATORS: LazyLock<Result<HashMap<VendorEvent, Validator>, String>> = LazyLock::new(|| {
+    VendorEvent::all()
+        .map(|event| {
+            let validator =
+                compile(event.schema()).map_err(|e| format!("schema {}/{}: {e}", event.vendor(), event.name()))?;
+            Ok((event, validator))
+        })
+        .collect()
 });
 
 /// Compiles a JSON Schema with format assertions on and no network access (the `jsonschema`
@@ -162,11 +340,8 @@ pub fn init() -> Result<(), String> {
     VALIDATORS.as_ref().map(|_| ()).map_err(Clone::clone)
 }
 
-/// Most violations listed for one payload: enough to fix it, bounded for hostile input.
-const MAX_VIOLATIONS: usize = 50;
-
 /// Parses, validates and maps one raw vendor body into canonical events, in emission order.
-pub fn normalize(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<CloudEvent>, Rejection> {
+pub fn normalize(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -> Result<Normalized, Rejection> {
     normalize_digested(origin, body, &canonical::body_digest(body), received_at)
 }
 
@@ -176,36 +351,70 @@ pub fn normalize_digested(
     body: &[u8],
     digest: &[u8; 32],
     received_at: DateTime<Utc>,
-) -> Result<Vec<CloudEvent>, Rejection> {
+) -> Result<Normalized, Rejection> {
+    run(origin, body, digest, received_at, |_| ())
+}
+
+/// [`normalize`], also returning what the adapter consumed (for tests and tracing tools).
+pub fn trace(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -> Result<Trace, Rejection> {
+    let mut consumed = Vec::new();
+    let normalized = run(origin, body, &canonical::body_digest(body), received_at, |p| consumed = p.consumed())?;
+    Ok(Trace { normalized, consumed })
+}
+
+fn run(
+    origin: &Origin<'_>,
+    body: &[u8],
+    digest: &[u8; 32],
+    received_at: DateTime<Utc>,
+    inspect: impl FnOnce(&Payload<'_>),
+) -> Result<Normalized, Rejection> {
     let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson {
         message: json_error_message(&e),
         line: e.line(),
         column: e.column(),
     })?;
     let vendor = origin.vendor;
-    let key = vendor.event_key(&value).map_err(|violation| Rejection::UnknownEvent { vendor, violation })?;
-    let validators = VALIDATORS.as_ref().map_err(|e| Rejection::Invalid {
-        vendor,
-        event: key.to_owned(),
-        violations: vec![Violation::new("", e.clone())],
-    })?;
-    let validator = &validators[&(vendor, key)];
-    if !validator.is_valid(&value) {
-        let violations = validator
-            .iter_errors(&value)
-            .take(MAX_VIOLATIONS)
-            .map(|e| Violation::new(e.instance_path().to_string(), e.to_string()))
-            .collect();
-        return Err(Rejection::Invalid { vendor, event: key.to_owned(), violations });
-    }
+    let event = vendor.event(&value).map_err(|violation| Rejection::UnknownEvent { vendor, violation })?;
+    validate(event, &value)?;
     let payload = Payload::new(&value);
     let cx = Context { origin, received_at: convert::rfc3339(received_at) };
-    let mapped = vendor.map(key, &payload, &cx).map_err(|violation| Rejection::Invalid {
-        vendor,
-        event: key.to_owned(),
-        violations: vec![violation],
-    })?;
-    Ok(mapped.finish(digest, payload.residual()))
+    let mapped = event.map(&payload, &cx).map_err(|violation| Rejection::invalid(event, violation))?;
+    inspect(&payload);
+    let events = mapped.finish(digest, payload.residual());
+    Ok(Normalized { events, degraded: payload.degradations() })
+}
+
+/// Checks `value` against the schema of `event`; the violations reported are bounded in
+/// number ([`MAX_VIOLATIONS`]), in count ([`MAX_COUNTED`]) and in length ([`Violation`]).
+fn validate(event: VendorEvent, value: &Value) -> Result<(), Rejection> {
+    let validator = match VALIDATORS.as_ref() {
+        Ok(validators) => validators.get(&event),
+        Err(e) => return Err(Rejection::invalid(event, Violation::new("", e.clone()))),
+    };
+    let Some(validator) = validator else {
+        return Err(Rejection::invalid(event, Violation::new("", "no schema compiled for this event")));
+    };
+    if validator.is_valid(value) {
+        return Ok(());
+    }
+    let (violations, count) = violations(validator, value);
+    Err(Rejection::Invalid { vendor: event.vendor(), event: event.name(), violations, count })
+}
+
+/// The first [`MAX_VIOLATIONS`] violations of `value`, and how many there are (counting stops
+/// after [`MAX_COUNTED`], so hostile input cannot make counting itself expensive).
+fn violations(validator: &Validator, value: &Value) -> (Vec<Violation>, Count) {
+    let mut violations = Vec::new();
+    let mut seen = 0;
+    for error in validator.iter_errors(value).take(MAX_COUNTED + 1) {
+        seen += 1;
+        if violations.len() < MAX_VIOLATIONS {
+            violations.push(Violation::from_schema(&error));
+        }
+    }
+    let count = if seen > MAX_COUNTED { Count::MoreThan(MAX_COUNTED) } else { Count::Exactly(seen) };
+    (violations, count)
 }
 
 /// serde_json's message without its trailing " at line L column C" (reported separately).
@@ -217,13 +426,13 @@ fn json_error_message(e: &serde_json::Error) -> String {
     }
 }
 
-/// The discriminator of a payload: a string at `pointer`, looked up in `known`.
-fn discriminate(
+/// The discriminator of a payload: the string at `pointer`, looked up with `find`.
+fn discriminate<E>(
     body: &Value,
     pointer: &str,
-    known: &[(&str, &'static str)],
     vendor: Vendor,
-) -> Result<&'static str, Violation> {
+    find: impl Fn(&str) -> Option<E>,
+) -> Result<E, Violation> {
     let name = match body.pointer(pointer) {
         Some(Value::String(name)) => name,
         Some(_) => return Err(Violation::new(pointer, "event name must be a string")),
@@ -232,32 +441,111 @@ fn discriminate(
         }
         None => return Err(Violation::new(pointer, "event name is missing")),
     };
-    known
-        .iter()
-        .find(|(candidate, _)| candidate == name)
-        .map(|(_, key)| *key)
-        .ok_or_else(|| Violation::new(pointer, format!("unknown {vendor} event \"{name}\"")))
+    find(name)
+        .ok_or_else(|| Violation::new(pointer, format!("unknown {vendor} event \"{}\"", cut(name, MAX_ECHO_CHARS))))
+}
+
+/// [`discriminate`] over the names of an `events!` list.
+fn discriminate_named<E: Copy>(
+    body: &Value,
+    pointer: &str,
+    vendor: Vendor,
+    all: &[E],
+    name: impl Fn(E) -> &'static str,
+) -> Result<E, Violation> {
+    discriminate(body, pointer, vendor, |found| all.iter().copied().find(|e| name(*e) == found))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn origin(vendor: Vendor) -> Origin<'static> {
+        Origin { source: vendor.as_str(), vendor, phone_region: None }
+    }
+
     #[test]
     fn every_vendor_schema_compiles() {
         init().unwrap();
         for vendor in Vendor::ALL {
-            assert!(!vendor.schemas().is_empty(), "{vendor} has no schema");
+            assert!(VendorEvent::all().any(|e| e.vendor() == vendor), "{vendor} has no schema");
+            assert_eq!(Vendor::parse(vendor.as_str()), Some(vendor));
+            let json = serde_json::to_value(vendor).unwrap();
+            assert_eq!(json, vendor.as_str(), "serde name");
+            assert_eq!(serde_json::from_value::<Vendor>(json).unwrap(), vendor);
+            assert!(Vendor::NAMES.contains(vendor.as_str()));
         }
+        assert_eq!(VALIDATORS.as_ref().unwrap().len(), VendorEvent::all().count());
     }
 
     #[test]
     fn not_json_reports_position() {
-        let origin = Origin { source: "vox", vendor: Vendor::Vox, phone_region: None };
-        let err = normalize(&origin, b"{\n  \"event\": ", Utc::now()).unwrap_err();
+        let err = normalize(&origin(Vendor::Vox), b"{\n  \"event\": ", Utc::now()).unwrap_err();
         match err {
             Rejection::NotJson { line, column, .. } => assert_eq!((line, column), (2, 11)),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn cut_keeps_a_short_prefix_on_a_char_boundary() {
+        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("héllo wörld", 4), "héll…");
+        assert_eq!(cut(&"한".repeat(100), 3), "한한한…");
+    }
+
+    fn rejection(body: Value) -> Rejection {
+        normalize(&origin(Vendor::Vox), &serde_json::to_vec(&body).unwrap(), Utc::now()).unwrap_err()
+    }
+
+    /// A 900 KB value where a time belongs, and as the event name: neither the violations nor
+    /// the rejection's message repeat it.
+    #[test]
+    fn rejections_never_echo_a_large_vendor_value() {
+        let huge = "x".repeat(900 * 1024);
+        let wrong_type = serde_json::json!({"event": "call_ended", "call": {"call_id": "c1", "end_timestamp": huge}});
+        let unknown_event = serde_json::json!({"event": huge, "call": {"call_id": "c1"}});
+        for body in [wrong_type, unknown_event] {
+            let rejection = rejection(body);
+            let echoed = serde_json::to_string(&rejection.violations()).unwrap().len() + rejection.to_string().len();
+            assert!(echoed < 1024, "{echoed} bytes echoed: {rejection}");
+        }
+    }
+
+    /// Many violations, each about a large value or a large key: the list is capped, its
+    /// items are short, and the count stops at MAX_COUNTED.
+    #[test]
+    fn the_violations_reported_are_bounded_in_number_count_and_length() {
+        let validator =
+            compile(r#"{"type": "array", "items": {"type": "object", "additionalProperties": false}}"#).unwrap();
+        let long = "y".repeat(10_000);
+        let mut items: Vec<Value> = (0..3000).map(|_| Value::from(long.as_str())).collect();
+        items[0] = serde_json::json!({ long.as_str(): 1 });
+        let (violations, count) = violations(&validator, &Value::Array(items));
+        assert_eq!(count, Count::MoreThan(MAX_COUNTED));
+        assert_eq!(violations.len(), MAX_VIOLATIONS);
+        assert!(violations.iter().all(|v| v.message.chars().count() <= MAX_MESSAGE_CHARS + 1), "{violations:?}");
+        assert_eq!(violations[1].path, "/1");
+        assert_eq!(violations[1].message, format!(r#""{}…" is not of type "object""#, "y".repeat(40)));
+        let rejection = Rejection::Invalid { vendor: Vendor::Vox, event: "x", violations, count };
+        assert!(rejection.to_string().ends_with("(more than 1000 problems, first 20 listed)"), "{rejection}");
+        let (few, count) = super::violations(&validator, &serde_json::json!([1, {}]));
+        assert_eq!((few.len(), count), (1, Count::Exactly(1)));
+        assert_eq!(few[0].message, r#"1 is not of type "object""#);
+    }
+
+    #[test]
+    fn a_wrong_typed_string_is_previewed_not_repeated() {
+        let rejection = rejection(
+            serde_json::json!({"event": "call_ended", "call": {"call_id": "c1", "end_timestamp": "y".repeat(5000)}}),
+        );
+        let violations = rejection.violations();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].path, "/call/end_timestamp");
+        assert!(
+            violations[0].message.starts_with(&format!(r#""{}…" is not of type"#, "y".repeat(40))),
+            "{violations:?}"
+        );
+        assert!(rejection.to_string().ends_with("(1 problem)"), "{rejection}");
     }
 }

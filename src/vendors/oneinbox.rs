@@ -2,24 +2,25 @@
 
 use serde_json::Value;
 
-use super::{Context, MapResult, Violation, discriminate};
+use super::{Context, MapResult, Vendor, Violation, discriminate_named};
 use crate::canonical::{
     Analysis, Details, Draft, End, EndReason, EndedBy, EventType, Mapped, Payload, Status, convert,
 };
 
-pub const SCHEMAS: &[(&str, &str)] = &[
-    ("call.started", include_str!("../../schemas/oneinbox/call.started.json")),
-    ("call.ended", include_str!("../../schemas/oneinbox/call.ended.json")),
-    ("call.analyzed", include_str!("../../schemas/oneinbox/call.analyzed.json")),
-    ("call.failed", include_str!("../../schemas/oneinbox/call.failed.json")),
-    ("call.recording.available", include_str!("../../schemas/oneinbox/call.recording.available.json")),
-    ("transcript.partial", include_str!("../../schemas/oneinbox/transcript.partial.json")),
-    ("transcript.final", include_str!("../../schemas/oneinbox/transcript.final.json")),
-];
+events! {
+    "oneinbox" {
+        CallStarted = "call.started",
+        CallEnded = "call.ended",
+        CallAnalyzed = "call.analyzed",
+        CallFailed = "call.failed",
+        CallRecordingAvailable = "call.recording.available",
+        TranscriptPartial = "transcript.partial",
+        TranscriptFinal = "transcript.final",
+    }
+}
 
-pub fn event_key(body: &Value) -> Result<&'static str, Violation> {
-    let known: Vec<(&str, &'static str)> = SCHEMAS.iter().map(|(k, _)| (*k, *k)).collect();
-    discriminate(body, "/event", &known, crate::canonical::Vendor::Oneinbox)
+pub fn event(body: &Value) -> Result<Event, Violation> {
+    discriminate_named(body, "/event", Vendor::Oneinbox, Event::ALL, Event::name)
 }
 
 /// Twilio-style `reason` / `status` values (OneInbox runs on Twilio).
@@ -34,33 +35,25 @@ fn outcome(raw: &str) -> Option<(EndReason, Status)> {
     })
 }
 
-pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     p.consume("/event");
-    let call_id = p.id("/call_id").ok_or_else(|| Violation::new("/call_id", "call id is missing"))?;
-    let mut common = cx.common(key, call_id);
+    let mut common = cx.common(event.name(), p.required_id("/call_id")?);
     common.agent_id = p.id("/agent_id");
     cx.numbers(&mut common, p.str("/from_number"), p.str("/to_number"));
 
-    let draft = match key {
-        "call.started" => {
-            let at = p.peek("/created_at").and_then(Value::as_str).and_then(convert::from_iso);
-            if at.is_some() {
-                p.consume("/created_at");
-            }
+    let draft = match event {
+        Event::CallStarted => {
+            let at = p.take_with("/created_at", |v| v.as_str().and_then(convert::from_iso));
             common.occurred_at = at.clone();
             Draft::new(EventType::CallConnected, Details { connected_at: at, ..Details::default() })
         }
-        "call.ended" => {
+        Event::CallEnded => {
             let status_raw = p.str("/status");
             let (reason, status) =
                 status_raw.as_deref().and_then(outcome).unwrap_or((EndReason::Unknown, Status::Completed));
-            let kind = if status == Status::Completed { EventType::CallEnded } else { EventType::CallFailed };
-            let duration_ms = p.peek("/duration_seconds").and_then(convert::seconds_to_ms);
-            if duration_ms.is_some() {
-                p.consume("/duration_seconds");
-            }
+            let duration_ms = p.take_with("/duration_seconds", convert::seconds_to_ms);
             Draft::new(
-                kind,
+                EventType::for_end(status),
                 Details {
                     status: Some(status),
                     end: Some(End { reason, reason_raw: status_raw, by: EndedBy::Unknown }),
@@ -70,8 +63,8 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                 },
             )
         }
-        "call.analyzed" => Draft::new(EventType::CallAnalyzed, Details { analysis: analysis(p), ..Details::default() }),
-        "call.failed" => {
+        Event::CallAnalyzed => Draft::new(EventType::CallAnalyzed, Details { analysis: analysis(p), ..Details::default() }),
+        Event::CallFailed => {
             let reason_raw = p.str("/reason");
             let (reason, status) = reason_raw
                 .as_deref()
@@ -87,22 +80,21 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                 },
             )
         }
-        "call.recording.available" => Draft::new(
+        Event::CallRecordingAvailable => Draft::new(
             EventType::CallRecordingReady,
             Details { recording_url: p.str("/recording_url"), ..Details::default() },
         ),
-        "transcript.partial" | "transcript.final" => {
+        Event::TranscriptPartial | Event::TranscriptFinal => {
             let kind =
-                if key == "transcript.partial" { EventType::TranscriptPartial } else { EventType::TranscriptFinal };
+                if event == Event::TranscriptPartial { EventType::TranscriptPartial } else { EventType::TranscriptFinal };
             let transcript = (0..p.len("/messages"))
                 .map(|i| p.utterance(&format!("/messages/{i}"), "role", "content", None))
                 .collect::<Result<Vec<_>, _>>()?;
             p.consume("/messages");
             Draft::new(kind, Details { transcript: Some(transcript), ..Details::default() })
         }
-        other => return Err(Violation::new("/event", format!("no mapping for {other}"))),
     };
-    Ok(Mapped { common, metadata: Default::default(), variables: Default::default(), events: vec![draft] })
+    Ok(Mapped::new(common, vec![draft]))
 }
 
 /// `outcome`, `ai_summary` and `analysis.summary` (the same text twice in OneInbox's

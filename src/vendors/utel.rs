@@ -15,24 +15,25 @@ use crate::canonical::{
     Vendor, convert,
 };
 
-pub const SCHEMAS: &[(&str, &str)] = &[
-    ("call_started", include_str!("../../schemas/utel/call_started.json")),
-    ("dial_started", include_str!("../../schemas/utel/dial_started.json")),
-    ("dial_answered", include_str!("../../schemas/utel/dial_answered.json")),
-    ("dial_ended", include_str!("../../schemas/utel/dial_ended.json")),
-    ("call_blind_transferred", include_str!("../../schemas/utel/call_blind_transferred.json")),
-    ("call_attended_transferred", include_str!("../../schemas/utel/call_attended_transferred.json")),
-    ("call_transferred", include_str!("../../schemas/utel/call_transferred.json")),
-    ("call_ended", include_str!("../../schemas/utel/call_ended.json")),
-    ("call_saved", include_str!("../../schemas/utel/call_saved.json")),
-];
+events! {
+    "utel" {
+        CallStarted = "call_started",
+        DialStarted = "dial_started",
+        DialAnswered = "dial_answered",
+        DialEnded = "dial_ended",
+        CallBlindTransferred = "call_blind_transferred",
+        CallAttendedTransferred = "call_attended_transferred",
+        CallTransferred = "call_transferred",
+        CallEnded = "call_ended",
+        CallSaved = "call_saved",
+    }
+}
 
 /// `call_history.date_time` is local time in Tashkent (UTC+5, no daylight saving).
 const LOCAL_UTC_OFFSET_HOURS: i32 = 5;
 
-pub fn event_key(body: &Value) -> Result<&'static str, Violation> {
-    let known: Vec<(&str, &'static str)> = SCHEMAS.iter().map(|(k, _)| (*k, *k)).collect();
-    super::discriminate(body, "/data/name", &known, Vendor::Utel)
+pub fn event(body: &Value) -> Result<Event, Violation> {
+    super::discriminate_named(body, "/data/name", Vendor::Utel, Event::ALL, Event::name)
 }
 
 /// Answered / not answered, from a history `status {number}` or a CDR-style disposition.
@@ -65,39 +66,31 @@ fn raw_text(value: &Value) -> String {
     }
 }
 
-pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     p.consume("/data/name");
-    if key == "call_saved" {
-        return call_saved(p, cx);
-    }
-    let id_at = if key == "call_attended_transferred" { "/data/call_first/id" } else { "/data/call/id" };
-    let call_id = p.id(id_at).ok_or_else(|| Violation::new(id_at, "call id is missing"))?;
-    let common = cx.common(key, call_id);
     // A scalar `to`/`target` is the transfer destination; anything richer stays raw.
     let target = |at: &str| match p.peek(at) {
         Some(Value::String(_) | Value::Number(_)) => p.id(at),
         _ => None,
     };
-    let draft = match key {
-        "call_started" => Draft::new(EventType::CallInitiated, Details::default()),
-        "dial_started" => Draft::new(EventType::CallRinging, Details::default()),
-        "dial_answered" => Draft::new(EventType::CallConnected, Details::default()),
-        "dial_ended" => Draft::new(EventType::CallLegEnded, Details::default()),
-        "call_blind_transferred" | "call_attended_transferred" | "call_transferred" => {
-            let transfer = match key {
-                "call_blind_transferred" => {
-                    Transfer { kind: TransferType::Blind, target: target("/data/to"), related_call_ids: vec![] }
-                }
-                "call_attended_transferred" => Transfer {
-                    kind: TransferType::Attended,
-                    target: target("/data/target"),
-                    related_call_ids: p.id("/data/call_second/id").into_iter().collect(),
-                },
-                _ => Transfer { kind: TransferType::Unknown, target: None, related_call_ids: vec![] },
-            };
-            Draft::new(EventType::CallTransferred, Details { transfer: Some(transfer), ..Details::default() })
+    let transferred = |transfer| Draft::new(EventType::CallTransferred, Details { transfer: Some(transfer), ..Details::default() });
+    let draft = match event {
+        Event::CallStarted => Draft::new(EventType::CallInitiated, Details::default()),
+        Event::DialStarted => Draft::new(EventType::CallRinging, Details::default()),
+        Event::DialAnswered => Draft::new(EventType::CallConnected, Details::default()),
+        Event::DialEnded => Draft::new(EventType::CallLegEnded, Details::default()),
+        Event::CallBlindTransferred => {
+            transferred(Transfer { kind: TransferType::Blind, target: target("/data/to"), related_call_ids: vec![] })
         }
-        "call_ended" => {
+        Event::CallAttendedTransferred => transferred(Transfer {
+            kind: TransferType::Attended,
+            target: target("/data/target"),
+            related_call_ids: p.id("/data/call_second/id").into_iter().collect(),
+        }),
+        Event::CallTransferred => {
+            transferred(Transfer { kind: TransferType::Unknown, target: None, related_call_ids: vec![] })
+        }
+        Event::CallEnded => {
             let raw = ["/data/call/status", "/data/call/disposition"]
                 .into_iter()
                 .find_map(|at| p.peek(at).filter(|v| !v.is_null()).map(|v| (at, v)));
@@ -106,23 +99,20 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                 p.consume(at);
             }
             let (reason, status) = known.unwrap_or((EndReason::Unknown, Status::Completed));
-            let kind = if status == Status::Completed { EventType::CallEnded } else { EventType::CallFailed };
             let end = End { reason, reason_raw: raw.map(|(_, v)| raw_text(v)), by: EndedBy::Unknown };
-            Draft::new(kind, Details { status: Some(status), end: Some(end), ..Details::default() })
+            Draft::new(EventType::for_end(status), Details { status: Some(status), end: Some(end), ..Details::default() })
         }
-        other => {
-            return Err(Violation::new("/data/name", format!("no mapping for utel {other}")));
-        }
+        Event::CallSaved => return call_saved(p, cx),
     };
-    Ok(Mapped { common, metadata: Default::default(), variables: Default::default(), events: vec![draft] })
+    let id_at = if event == Event::CallAttendedTransferred { "/data/call_first/id" } else { "/data/call/id" };
+    let common = cx.common(event.name(), p.required_id(id_at)?);
+    Ok(Mapped::new(common, vec![draft]))
 }
 
 /// `call_saved` carries the call-history record: the call's CDR, then its recording.
 fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     let h = "/data/call_history";
-    let call_id =
-        p.id(&format!("{h}/call_id")).ok_or_else(|| Violation::new(format!("{h}/call_id"), "call id is missing"))?;
-    let mut common = cx.common("call_saved", call_id);
+    let mut common = cx.common(Event::CallSaved.name(), p.required_id(&format!("{h}/call_id"))?);
     if let Some(number) = p.peek(&format!("{h}/type/number")).and_then(Value::as_i64) {
         common.direction = match number {
             1 => Direction::Inbound,
@@ -135,21 +125,10 @@ fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         }
     }
     cx.numbers(&mut common, p.str(&format!("{h}/src")), p.str(&format!("{h}/dst")));
-    let started_at = p
-        .peek(&format!("{h}/date_time"))
-        .and_then(Value::as_str)
-        .and_then(|t| convert::from_local(t, LOCAL_UTC_OFFSET_HOURS));
-    if started_at.is_some() {
-        p.consume(&format!("{h}/date_time"));
-    }
-    let seconds = |field: &str| {
-        let at = format!("{h}/{field}");
-        let ms = p.peek(&at).and_then(convert::seconds_to_ms);
-        if ms.is_some() || p.peek(&at).is_some_and(Value::is_null) {
-            p.consume(&at);
-        }
-        ms
-    };
+    let started_at = p.take_with(&format!("{h}/date_time"), |v| {
+        v.as_str().and_then(|t| convert::from_local(t, LOCAL_UTC_OFFSET_HOURS))
+    });
+    let seconds = |field: &str| p.take_with(&format!("{h}/{field}"), convert::seconds_to_ms);
     let status = p.peek(&format!("{h}/status/number")).and_then(disposition).map(|(_, status)| status);
     if status.is_some() {
         p.consume(&format!("{h}/status"));
@@ -170,5 +149,5 @@ fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
             Details { recording_url: Some(url), ..Details::default() },
         ));
     }
-    Ok(Mapped { common, metadata: Default::default(), variables: Default::default(), events })
+    Ok(Mapped::new(common, events))
 }

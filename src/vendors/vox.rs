@@ -7,56 +7,140 @@ use serde_json::{Map, Value};
 
 use super::{Context, MapResult, Violation};
 use crate::canonical::{
-    Analysis, Common, Cost, Details, Draft, End, EndReason, EndedBy, EventType, Flow, FlowNode, Mapped, Payload, Sms,
-    Status, Utterance, Vendor, convert,
+    Analysis, Common, Cost, Details, Direction, Draft, End, EndReason, EndedBy, EventType, Flow, FlowNode, Mapped,
+    Payload, Role, Sms, Status, Utterance, Vendor, convert, payload::kind_of,
 };
 
-pub const SCHEMAS: &[(&str, &str)] = &[
-    ("v1/call_started", include_str!("../../schemas/vox/v1/call_started.json")),
-    ("v1/call_ended", include_str!("../../schemas/vox/v1/call_ended.json")),
-    ("v1/mid_call.flow_transition", include_str!("../../schemas/vox/v1/mid_call.flow_transition.json")),
-    ("v1/mid_call.call_message", include_str!("../../schemas/vox/v1/mid_call.call_message.json")),
-    ("v2/call_started", include_str!("../../schemas/vox/v2/call_started.json")),
-    ("v2/call_ended", include_str!("../../schemas/vox/v2/call_ended.json")),
-    ("v2/call_analyzed", include_str!("../../schemas/vox/v2/call_analyzed.json")),
-    ("v2/sms_received", include_str!("../../schemas/vox/v2/sms_received.json")),
-    ("v2/mid_call.flow_transition", include_str!("../../schemas/vox/v2/mid_call.flow_transition.json")),
-    ("v2/mid_call.call_message", include_str!("../../schemas/vox/v2/mid_call.call_message.json")),
-];
+events! {
+    "vox" {
+        V1CallStarted = "v1/call_started",
+        V1CallEnded = "v1/call_ended",
+        V1FlowTransition = "v1/mid_call.flow_transition",
+        V1CallMessage = "v1/mid_call.call_message",
+        V2CallStarted = "v2/call_started",
+        V2CallEnded = "v2/call_ended",
+        V2CallAnalyzed = "v2/call_analyzed",
+        V2SmsReceived = "v2/sms_received",
+        V2FlowTransition = "v2/mid_call.flow_transition",
+        V2CallMessage = "v2/mid_call.call_message",
+    }
+}
 
-const V1_EVENTS: &[(&str, &str)] =
-    &[("call_started", "v1/call_started"), ("call_ended", "v1/call_ended"), ("mid_call", "mid_call")];
-const V2_EVENTS: &[(&str, &str)] = &[
-    ("call_started", "v2/call_started"),
-    ("call_ended", "v2/call_ended"),
-    ("call_analyzed", "v2/call_analyzed"),
-    ("sms_received", "v2/sms_received"),
-    ("mid_call", "mid_call"),
-];
+/// The webhook format: v1 has no `webhook_version`, v2 says `"v2"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
 
-pub fn event_key(body: &Value) -> Result<&'static str, Violation> {
-    let (v2, events) = match body.get("webhook_version") {
-        None => (false, V1_EVENTS),
-        Some(Value::String(v)) if v == "v2" => (true, V2_EVENTS),
+/// What a vox event is, whatever its format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Call(Call),
+    SmsReceived,
+    MidCall(MidCall),
+}
+
+/// The events about a `call` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Started,
+    Ended,
+    Analyzed,
+}
+
+/// The `mid_call` event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MidCall {
+    FlowTransition,
+    CallMessage,
+}
+
+impl Event {
+    fn parts(self) -> (Version, Kind) {
+        use Version::*;
+        match self {
+            Event::V1CallStarted => (V1, Kind::Call(Call::Started)),
+            Event::V1CallEnded => (V1, Kind::Call(Call::Ended)),
+            Event::V1FlowTransition => (V1, Kind::MidCall(MidCall::FlowTransition)),
+            Event::V1CallMessage => (V1, Kind::MidCall(MidCall::CallMessage)),
+            Event::V2CallStarted => (V2, Kind::Call(Call::Started)),
+            Event::V2CallEnded => (V2, Kind::Call(Call::Ended)),
+            Event::V2CallAnalyzed => (V2, Kind::Call(Call::Analyzed)),
+            Event::V2SmsReceived => (V2, Kind::SmsReceived),
+            Event::V2FlowTransition => (V2, Kind::MidCall(MidCall::FlowTransition)),
+            Event::V2CallMessage => (V2, Kind::MidCall(MidCall::CallMessage)),
+        }
+    }
+
+    /// The event a (format, kind) pair names, if that format has it (v1 has no
+    /// `call_analyzed` and no `sms_received`).
+    fn from_parts(version: Version, kind: Kind) -> Option<Event> {
+        Event::ALL.iter().copied().find(|e| e.parts() == (version, kind))
+    }
+}
+
+impl Version {
+    fn as_str(self) -> &'static str {
+        match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        }
+    }
+
+    fn fields(self) -> &'static Fields {
+        match self {
+            Version::V1 => &V1,
+            Version::V2 => &V2,
+        }
+    }
+}
+
+impl Kind {
+    /// `vendor_event`: the `event` name, with the `mid_call` type after a dot.
+    fn vendor_event(self) -> &'static str {
+        match self {
+            Kind::Call(Call::Started) => "call_started",
+            Kind::Call(Call::Ended) => "call_ended",
+            Kind::Call(Call::Analyzed) => "call_analyzed",
+            Kind::SmsReceived => "sms_received",
+            Kind::MidCall(MidCall::FlowTransition) => "mid_call.flow_transition",
+            Kind::MidCall(MidCall::CallMessage) => "mid_call.call_message",
+        }
+    }
+}
+
+pub fn event(body: &Value) -> Result<Event, Violation> {
+    let version = match body.get("webhook_version") {
+        None => Version::V1,
+        Some(Value::String(v)) if v == "v2" => Version::V2,
         Some(other) => {
-            return Err(Violation::new("/webhook_version", format!("unsupported vox webhook_version {other}")));
+            let shown = super::cut(&other.to_string(), super::MAX_ECHO_CHARS).into_owned();
+            return Err(Violation::new("/webhook_version", format!("unsupported vox webhook_version {shown}")));
         }
     };
-    let key = super::discriminate(body, "/event", events, Vendor::Vox)?;
-    if key != "mid_call" {
-        return Ok(key);
+    let in_version = |kind| Event::from_parts(version, kind);
+    let kind = super::discriminate(body, "/event", Vendor::Vox, |name| match name {
+        "call_started" => in_version(Kind::Call(Call::Started)).map(Some),
+        "call_ended" => in_version(Kind::Call(Call::Ended)).map(Some),
+        "call_analyzed" => in_version(Kind::Call(Call::Analyzed)).map(Some),
+        "sms_received" => in_version(Kind::SmsReceived).map(Some),
+        "mid_call" => Some(None),
+        _ => None,
+    })?;
+    match kind {
+        Some(event) => Ok(event),
+        None => super::discriminate(body, "/mid_call/event_type", Vendor::Vox, |name| match name {
+            "flow_transition" => in_version(Kind::MidCall(MidCall::FlowTransition)),
+            "call_message" => in_version(Kind::MidCall(MidCall::CallMessage)),
+            _ => None,
+        }),
     }
-    let kinds: &[(&str, &'static str)] = if v2 {
-        &[("flow_transition", "v2/mid_call.flow_transition"), ("call_message", "v2/mid_call.call_message")]
-    } else {
-        &[("flow_transition", "v1/mid_call.flow_transition"), ("call_message", "v1/mid_call.call_message")]
-    };
-    super::discriminate(body, "/mid_call/event_type", kinds, Vendor::Vox)
 }
 
 /// How a `disconnection_reason` bears on whether the call connected.
 #[derive(Clone, Copy)]
-enum Kind {
+enum Connection {
     /// Only a connected call ends this way.
     Connected,
     /// The call never connected; the status it ended in.
@@ -65,9 +149,9 @@ enum Kind {
     Either,
 }
 
-fn reason(raw: &str) -> Option<(EndReason, EndedBy, Kind)> {
+fn reason(raw: &str) -> Option<(EndReason, EndedBy, Connection)> {
     use EndReason as R;
-    use Kind::*;
+    use Connection::*;
     Some(match raw {
         "user_hangup" => (R::CustomerHangup, EndedBy::Customer, Connected),
         "agent_hangup" => (R::AgentHangup, EndedBy::Agent, Connected),
@@ -89,8 +173,7 @@ fn reason(raw: &str) -> Option<(EndReason, EndedBy, Kind)> {
 }
 
 /// The field names that differ between the two formats.
-struct Format {
-    name: &'static str,
+struct Fields {
     agent_id: &'static str,
     from: &'static str,
     to: &'static str,
@@ -98,16 +181,14 @@ struct Format {
     end: &'static str,
 }
 
-const V1: Format = Format {
-    name: "v1",
+const V1: Fields = Fields {
     agent_id: "agent_id",
     from: "call_from",
     to: "call_to",
     start: "start_timestamp",
     end: "end_timestamp",
 };
-const V2: Format = Format {
-    name: "v2",
+const V2: Fields = Fields {
     agent_id: "agent/agent_id",
     from: "from_number",
     to: "to_number",
@@ -115,47 +196,49 @@ const V2: Format = Format {
     end: "end_at",
 };
 
-pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
-    let (fmt, event) = match key.split_once('/') {
-        Some(("v2", event)) => (&V2, event),
-        Some((_, event)) => (&V1, event),
-        None => (&V1, key),
-    };
+pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+    let (version, kind) = event.parts();
     p.consume("/event");
     p.consume("/webhook_version");
-    match event {
-        "sms_received" => return sms(p, cx),
-        "mid_call.flow_transition" | "mid_call.call_message" => return mid_call(fmt, event, p, cx),
-        _ => {}
+    match kind {
+        Kind::SmsReceived => sms(p, cx),
+        Kind::MidCall(mid) => mid_call(version, mid, p, cx),
+        Kind::Call(call) => call_event(version, call, p, cx),
     }
+}
 
-    let mut common = call_common(fmt, event, "/call", p, cx)?;
+/// The `call` events: `call_started`, `call_ended`, `call_analyzed`.
+fn call_event(version: Version, call: Call, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+    let fields = version.fields();
+    let mut common = call_common(version, Kind::Call(call), "/call", p, cx)?;
     let ms = |field: &str| p.i64(&format!("/call/{field}")).and_then(convert::from_epoch_ms);
     let occurred_at = ms("occurred_at");
-    // call_analyzed repeats the call's times; they are not its facts and stay in vendor_extra.
-    let (started_at, ended_at) = if event == "call_analyzed" { (None, None) } else { (ms(fmt.start), ms(fmt.end)) };
 
-    let events = match event {
-        "call_started" => {
+    // Each event reads only its own facts; what it does not read (call_analyzed repeats the
+    // call's times and transcript) stays in vendor_extra.
+    let events = match call {
+        Call::Started => {
+            let started_at = ms(fields.start);
             common.occurred_at = occurred_at.or_else(|| started_at.clone());
             let details = Details { started_at: started_at.clone(), connected_at: started_at, ..Details::default() };
             vec![Draft::new(EventType::CallConnected, details)]
         }
-        "call_ended" => {
+        Call::Ended => {
+            let (started_at, ended_at) = (ms(fields.start), ms(fields.end));
             common.occurred_at = occurred_at.or_else(|| ended_at.clone());
-            let transcript = transcript(p, "/call/transcript")?;
+            let transcript = transcript(p);
             let duration_ms = p.i64("/call/duration_ms");
             let evidence = duration_ms.is_some_and(|d| d > 0) || transcript.as_ref().is_some_and(|t| !t.is_empty());
             let call_status = p.peek("/call/call_status").and_then(Value::as_str);
             let reason_raw = p.str("/call/disconnection_reason");
-            let (kind, status, end) = outcome(reason_raw, call_status, evidence);
+            let (status, end) = outcome(reason_raw, call_status, evidence);
             if call_status.is_some() {
                 p.consume("/call/call_status"); // fully represented by `status` + `end`
             }
             let connected = status == Status::Completed;
             let mut events = Vec::with_capacity(4);
             events.push(Draft::new(
-                kind,
+                EventType::for_end(status),
                 Details {
                     status: Some(status),
                     end: Some(end),
@@ -172,49 +255,57 @@ pub fn map(key: &'static str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                     Details { transcript: Some(transcript), ..Details::default() },
                 ));
             }
-            if let Some(url) = p.str("/call/recording_url") {
+            if let Some(url) = p.describe_str("recording_url", "/call/recording_url") {
                 events.push(Draft::new(
                     EventType::CallRecordingReady,
                     Details { recording_url: Some(url), ..Details::default() },
                 ));
             }
             // v1 packs cost and analysis into call_ended; v2 sends them as call_analyzed.
-            if fmt.name == "v1" {
-                let (analysis, cost) = (analysis(p), cost(p));
-                if analysis.is_some() || cost.is_some() {
-                    events.push(Draft::new(EventType::CallAnalyzed, Details { analysis, cost, ..Details::default() }));
+            match version {
+                Version::V1 => {
+                    let (analysis, cost) = (analysis(p), cost(p));
+                    if analysis.is_some() || cost.is_some() {
+                        events
+                            .push(Draft::new(EventType::CallAnalyzed, Details { analysis, cost, ..Details::default() }));
+                    }
                 }
+                Version::V2 => {}
             }
             events
         }
-        "call_analyzed" => {
+        Call::Analyzed => {
             common.occurred_at = occurred_at;
             let details = Details { analysis: analysis(p), cost: cost(p), ..Details::default() };
             vec![Draft::new(EventType::CallAnalyzed, details)]
         }
-        other => {
-            return Err(Violation::new("/event", format!("no mapping for vox {other}")));
-        }
     };
-    let metadata = p.object("/call/metadata");
-    let variables = p.object("/call/dynamic_variables");
+    let metadata = p.describe_object("metadata", "/call/metadata");
+    let variables = p.describe_object("dynamic_variables", "/call/dynamic_variables");
     Ok(Mapped { common, metadata, variables, events })
 }
 
 /// Call id, agent, direction and numbers of a `call` (or `mid_call`) object at `root`.
-fn call_common(fmt: &Format, event: &str, root: &str, p: &Payload<'_>, cx: &Context<'_>) -> Result<Common, Violation> {
-    let call_id = p
-        .id(&format!("{root}/call_id"))
-        .ok_or_else(|| Violation::new(format!("{root}/call_id"), "call id is missing"))?;
-    let mut common = cx.common(event, call_id);
-    common.vendor_format = Some(fmt.name);
-    common.agent_id = p.id(&format!("{root}/{}", fmt.agent_id)).or_else(|| p.id(&format!("{root}/agent_id")));
-    common.direction = p.direction(&format!("{root}/call_type")); // "web", "api"… stay in vendor_extra
-    cx.numbers(&mut common, p.str(&format!("{root}/{}", fmt.from)), p.str(&format!("{root}/{}", fmt.to)));
+fn call_common(version: Version, kind: Kind, root: &str, p: &Payload<'_>, cx: &Context<'_>) -> Result<Common, Violation> {
+    let fields = version.fields();
+    let mut common = cx.common(kind.vendor_event(), p.required_id(&format!("{root}/call_id"))?);
+    common.vendor_format = Some(version.as_str());
+    let agent = |field: &str| p.describe("agent", &format!("{root}/{field}"), "a string or an integer", convert::id_string);
+    common.agent_id = agent(fields.agent_id).or_else(|| agent("agent_id"));
+    // An explicit `direction` (Retell) wins; `call_type` is one only when it says inbound or
+    // outbound ("phone", "web", "api"… are not directions and stay in vendor_extra).
+    common.direction = match p.direction(&format!("{root}/direction")) {
+        Direction::Unknown => p.direction(&format!("{root}/call_type")),
+        known => known,
+    };
+    let number = |field: &str| p.describe_str("numbers", &format!("{root}/{field}"));
+    let from = number(fields.from).or_else(|| number("from_number"));
+    let to = number(fields.to).or_else(|| number("to_number"));
+    cx.numbers(&mut common, from, to);
     Ok(common)
 }
 
-fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool) -> (EventType, Status, End) {
+fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool) -> (Status, End) {
     let connected = match call_status {
         Some("ended") => true,
         Some("not_connected" | "canceled") => false,
@@ -222,9 +313,11 @@ fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool
     };
     let known = reason_raw.as_deref().and_then(reason);
     let (reason, by, status) = match known {
-        Some((reason, by, Kind::Connected)) => (reason, by, Status::Completed),
-        Some((reason, by, Kind::NotConnected(status))) => (reason, by, status),
-        Some((reason, by, Kind::Either)) => (reason, by, if connected { Status::Completed } else { Status::Failed }),
+        Some((reason, by, Connection::Connected)) => (reason, by, Status::Completed),
+        Some((reason, by, Connection::NotConnected(status))) => (reason, by, status),
+        Some((reason, by, Connection::Either)) => {
+            (reason, by, if connected { Status::Completed } else { Status::Failed })
+        }
         None => {
             let status = match (connected, call_status) {
                 (true, _) => Status::Completed,
@@ -234,101 +327,212 @@ fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool
             (EndReason::Unknown, EndedBy::Unknown, status)
         }
     };
-    let kind = if status == Status::Completed { EventType::CallEnded } else { EventType::CallFailed };
-    (kind, status, End { reason, reason_raw, by })
+    (status, End { reason, reason_raw, by })
 }
 
-/// `[{role, content}]`; `None` when absent or null.
-fn transcript(p: &Payload<'_>, at: &str) -> Result<Option<Vec<Utterance>>, Violation> {
-    match p.peek(at) {
-        None | Some(Value::Null) => {
-            p.consume(at);
-            return Ok(None);
+/// The transcript of a `call_ended`: Retell's `transcript_object` when it is readable, else
+/// `transcript` (an array of `{role, content}`, or Retell's string). `None` when absent, null
+/// or unreadable (then reported as degraded); what was not read stays in vendor_extra.
+fn transcript(p: &Payload<'_>) -> Option<Vec<Utterance>> {
+    if let Some(utterances) = utterances(p, "transcript_object", "/call/transcript_object") {
+        return Some(utterances);
+    }
+    let at = "/call/transcript";
+    match p.peek(at)? {
+        value @ Value::String(text) => {
+            p.mark(value);
+            Some(transcript_lines(text))
         }
-        _ => {}
+        Value::Array(_) => utterances(p, "transcript", at),
+        value => {
+            p.take_with(at, |_| None::<()>); // consumes a null
+            if !value.is_null() {
+                p.degrade("transcript", at, format!("expected an array or a string, got {}", kind_of(value)));
+            }
+            None
+        }
     }
-    let items = (0..p.len(at))
-        .map(|i| p.utterance(&format!("{at}/{i}"), "role", "content", None))
-        .collect::<Result<Vec<_>, _>>()?;
-    if items.is_empty() {
-        p.consume(at);
-    }
-    Ok(Some(items))
 }
 
-/// `call_analysis {summary, user_sentiment, custom_analysis_data: [{name, value}]}`.
+/// An array of `{role, content}` at `at` (other keys, such as Retell's `words`, stay in
+/// vendor_extra); degraded when it is anything else, or when one item is not of that shape.
+fn utterances(p: &Payload<'_>, field: &'static str, at: &str) -> Option<Vec<Utterance>> {
+    let value = p.peek(at)?;
+    let readable = |item: &Value| ["role", "content"].iter().all(|key| item.get(key).is_some_and(Value::is_string));
+    match value {
+        Value::Null => {
+            p.mark(value);
+            None
+        }
+        Value::Array(items) if items.iter().all(readable) => {
+            if items.is_empty() {
+                p.mark(value);
+            }
+            (0..items.len()).map(|i| p.utterance(&format!("{at}/{i}"), "role", "content", None).ok()).collect()
+        }
+        Value::Array(_) => {
+            p.degrade(field, at, "expected items with a string role and content");
+            None
+        }
+        other => {
+            p.degrade(field, at, format!("expected an array, got {}", kind_of(other)));
+            None
+        }
+    }
+}
+
+/// Retell's transcript string, `"Agent: …\nUser: …"`: one utterance per line with a known
+/// speaker prefix (`Agent:`, `User:`, any case; the raw role is the prefix as written). A line
+/// without one continues the previous utterance (vendors wrap long turns); before the first
+/// speaker it starts an utterance of role `unknown`. Trailing blank lines are dropped.
+fn transcript_lines(text: &str) -> Vec<Utterance> {
+    const SPEAKERS: &[&str] = &["agent", "user"];
+    let mut out: Vec<Utterance> = Vec::new();
+    for line in text.lines() {
+        let speaker = SPEAKERS.iter().find_map(|speaker| {
+            let head = line.get(..speaker.len()).filter(|head| head.eq_ignore_ascii_case(speaker))?;
+            let rest = line[speaker.len()..].strip_prefix(':')?;
+            Some((head, rest.strip_prefix(' ').unwrap_or(rest)))
+        });
+        match (speaker, out.last_mut()) {
+            (Some((role_raw, said)), _) => out.push(Utterance {
+                role: convert::role(role_raw),
+                role_raw: role_raw.to_owned(),
+                text: said.to_owned(),
+                at: None,
+            }),
+            (None, Some(last)) => {
+                last.text.push('\n');
+                last.text.push_str(line);
+            }
+            (None, None) if line.trim().is_empty() => {}
+            (None, None) => out.push(Utterance {
+                role: Role::Unknown,
+                role_raw: String::new(),
+                text: line.to_owned(),
+                at: None,
+            }),
+        }
+    }
+    for utterance in &mut out {
+        let kept = utterance.text.trim_end_matches(['\n', '\r']).len();
+        utterance.text.truncate(kept);
+    }
+    out
+}
+
+/// `call_analysis {summary | call_summary, user_sentiment, custom_analysis_data}`, where
+/// `custom_analysis_data` is an array of `{name, value}` or an object (name → value).
 fn analysis(p: &Payload<'_>) -> Option<Analysis> {
     let root = "/call/call_analysis";
-    if !p.has_object(root) {
-        return None;
-    }
-    let summary = p.str(&format!("{root}/summary"));
-    let sentiment_raw = p.str(&format!("{root}/user_sentiment"));
-    let mut extracted = Map::new();
-    let items = "/call/call_analysis/custom_analysis_data";
-    let mut winner: Vec<(&str, &Value)> = Vec::new();
-    for item in p.items(items) {
-        if let (Some(Value::String(name)), Some(value)) = (item.get("name"), item.get("value")) {
-            extracted.insert(name.clone(), value.clone());
-            winner.retain(|(n, _)| n != name);
-            winner.push((name, item));
+    match p.peek(root)? {
+        Value::Object(_) => {}
+        value => {
+            p.take_with(root, |_| None::<()>); // consumes a null
+            if !value.is_null() {
+                p.degrade("call_analysis", root, format!("expected an object, got {}", kind_of(value)));
+            }
+            return None;
         }
     }
-    // On a repeated name the last value wins; earlier ones stay in vendor_extra.
-    for (_, item) in winner {
-        p.mark(item);
-    }
-    if p.peek(items).is_some_and(Value::is_null) {
-        p.consume(items);
-    }
+    let text = |field: &str| p.describe_str("call_analysis", &format!("{root}/{field}"));
+    let summary = text("summary").or_else(|| text("call_summary"));
+    let sentiment_raw = text("user_sentiment");
     Some(Analysis {
         summary,
         outcome: None,
         sentiment: sentiment_raw.as_deref().map(convert::sentiment),
         sentiment_raw,
-        extracted,
+        extracted: extracted(p, "/call/call_analysis/custom_analysis_data"),
     })
+}
+
+/// `custom_analysis_data`: an object is taken whole; in an array of `{name, value}` only
+/// `name` and `value` are read (other item keys, such as `type`, stay in vendor_extra), and on
+/// a repeated name the last value wins (earlier ones stay in vendor_extra).
+fn extracted(p: &Payload<'_>, at: &str) -> Map<String, Value> {
+    let Some(value) = p.peek(at) else { return Map::new() };
+    match value {
+        Value::Object(map) => {
+            p.mark(value);
+            map.clone()
+        }
+        Value::Array(items) => {
+            let mut extracted = Map::new();
+            let mut winners: Vec<(&str, &Value, &Value)> = Vec::new();
+            let mut unreadable = false;
+            for item in items {
+                match (item.get("name"), item.get("value")) {
+                    (Some(name_value @ Value::String(name)), Some(value)) => {
+                        winners.retain(|(n, _, _)| n != name);
+                        winners.push((name, name_value, value));
+                    }
+                    _ => unreadable = true,
+                }
+            }
+            for (name, name_value, value) in winners {
+                extracted.insert(name.to_owned(), value.clone());
+                p.mark(name_value);
+                p.mark(value);
+            }
+            if unreadable {
+                p.degrade("custom_analysis_data", at, "expected items with a string name and a value");
+            }
+            extracted
+        }
+        Value::Null => {
+            p.mark(value);
+            Map::new()
+        }
+        other => {
+            p.degrade("custom_analysis_data", at, format!("expected an array or an object, got {}", kind_of(other)));
+            Map::new()
+        }
+    }
 }
 
 /// `call_cost {total_credits_used, duration_seconds}` → `{amount, unit: "credits", billed_seconds}`.
 fn cost(p: &Payload<'_>) -> Option<Cost> {
     let root = "/call/call_cost";
-    if !p.has_object(root) {
-        return None;
-    }
-    let number = |field: &str| {
-        let at = format!("{root}/{field}");
-        let n = p.peek(&at).and_then(|v| v.as_number().cloned());
-        if n.is_some() || p.peek(&at).is_some_and(Value::is_null) {
-            p.consume(&at);
+    match p.peek(root)? {
+        Value::Object(_) => {}
+        value => {
+            p.take_with(root, |_| None::<()>); // consumes a null
+            if !value.is_null() {
+                p.degrade("call_cost", root, format!("expected an object, got {}", kind_of(value)));
+            }
+            return None;
         }
-        n
-    };
+    }
+    let number = |field: &str| p.describe("call_cost", &format!("{root}/{field}"), "a number", |v| v.as_number().cloned());
     let amount = number("total_credits_used");
     let billed_seconds = number("duration_seconds");
     let unit = amount.as_ref().map(|_| "credits".to_owned());
     Some(Cost { amount, unit, billed_seconds })
 }
 
-fn mid_call(fmt: &Format, event: &str, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
-    let mut common = call_common(fmt, event, "/mid_call", p, cx)?;
+fn mid_call(version: Version, mid: MidCall, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+    let mut common = call_common(version, Kind::MidCall(mid), "/mid_call", p, cx)?;
     p.consume("/mid_call/event_type");
     let occurred_at =
         p.i64("/mid_call/occurred_at").or_else(|| p.i64("/mid_call/timestamp")).and_then(convert::from_epoch_ms);
     common.occurred_at = occurred_at.clone();
-    let draft = if event == "mid_call.call_message" {
-        let utterance = p.utterance("/mid_call/event_data", "role", "content", occurred_at)?;
-        Draft::new(EventType::TranscriptSegment, Details { transcript: Some(vec![utterance]), ..Details::default() })
-    } else {
+    let draft = match mid {
+        MidCall::CallMessage => {
+            let utterance = p.utterance("/mid_call/event_data", "role", "content", occurred_at)?;
+            Draft::new(EventType::TranscriptSegment, Details { transcript: Some(vec![utterance]), ..Details::default() })
+        }
+        MidCall::FlowTransition => {
         let node = |side: &str| FlowNode {
             id: p.id(&format!("/mid_call/event_data/{side}_node_id")),
             name: p.str(&format!("/mid_call/event_data/{side}_node_name")),
         };
         let flow = Flow { from_node: node("from"), to_node: node("to") };
         Draft::new(EventType::CallFlowTransition, Details { flow: Some(flow), ..Details::default() })
+        }
     };
-    let metadata = p.object("/mid_call/metadata");
-    let variables = p.object("/mid_call/dynamic_variables");
+    let metadata = p.describe_object("metadata", "/mid_call/metadata");
+    let variables = p.describe_object("dynamic_variables", "/mid_call/dynamic_variables");
     Ok(Mapped { common, metadata, variables, events: vec![draft] })
 }
 
@@ -342,16 +546,67 @@ fn sms(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         .iter()
         .find_map(|field| p.str(&format!("/sms/{field}")))
         .ok_or_else(|| Violation::new("/sms/content", "message text is missing"))?;
-    let mut common = cx.common("sms_received", id);
-    common.vendor_format = Some(V2.name);
+    let mut common = cx.common(Kind::SmsReceived.vendor_event(), id);
+    common.vendor_format = Some(Version::V2.as_str());
     let (from, to) = (p.str("/sms/from_number"), p.str("/sms/to_number"));
     cx.numbers(&mut common, from.clone(), to.clone());
     common.occurred_at = p.i64("/sms/occurred_at").and_then(convert::from_epoch_ms);
     let details = Details { sms: Some(Sms { from, to, text }), ..Details::default() };
-    Ok(Mapped {
-        common,
-        metadata: Default::default(),
-        variables: Default::default(),
-        events: vec![Draft::new(EventType::SmsReceived, details)],
-    })
+    Ok(Mapped::new(common, vec![Draft::new(EventType::SmsReceived, details)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::vendors::{Origin, normalize};
+
+    #[test]
+    fn a_transcript_string_becomes_utterances() {
+        let said = |u: &Utterance| (u.role, u.role_raw.clone(), u.text.clone());
+        let lines = transcript_lines("Agent: Hi.\nUSER:yes\nand more\n\nAgent: Bye.\n\n");
+        assert_eq!(
+            lines.iter().map(said).collect::<Vec<_>>(),
+            [
+                (Role::Agent, "Agent".to_owned(), "Hi.".to_owned()),
+                (Role::Customer, "USER".to_owned(), "yes\nand more".to_owned()),
+                (Role::Agent, "Agent".to_owned(), "Bye.".to_owned()),
+            ]
+        );
+        let orphan = transcript_lines("(ringing)\nAgent: Hello");
+        assert_eq!(said(&orphan[0]), (Role::Unknown, String::new(), "(ringing)".to_owned()));
+        assert!(transcript_lines("").is_empty());
+    }
+
+    #[test]
+    fn descriptive_fields_in_unknown_shapes_are_reported_not_rejected() {
+        let body = json!({"event": "call_ended", "call": {
+            "call_id": "c1", "disconnection_reason": "user_hangup", "transcript": 42,
+            "call_analysis": "pending", "call_cost": {"total_credits_used": "12"},
+            "metadata": [1], "call_from": false, "recording_url": 7
+        }});
+        let origin = Origin { source: "vox", vendor: Vendor::Vox, phone_region: None };
+        let normalized = normalize(&origin, &serde_json::to_vec(&body).unwrap(), Utc::now()).unwrap();
+        assert_eq!(normalized.events[0].kind, EventType::CallEnded);
+        let fields: Vec<(&str, &str)> =
+            normalized.degraded.iter().map(|d| (d.field, d.pointer.as_str())).collect();
+        assert_eq!(
+            fields,
+            [
+                ("numbers", "/call/call_from"),
+                ("transcript", "/call/transcript"),
+                ("recording_url", "/call/recording_url"),
+                ("call_analysis", "/call/call_analysis"),
+                ("call_cost", "/call/call_cost/total_credits_used"),
+                ("metadata", "/call/metadata"),
+            ]
+        );
+        assert_eq!(normalized.degraded[1].problem, "expected an array or a string, got a number");
+        let extra = &normalized.events[0].data.vendor_extra;
+        assert_eq!(extra["call"]["transcript"], 42);
+        assert_eq!(extra["call"]["call_analysis"], "pending");
+        assert_eq!(extra["call"]["metadata"], json!([1]));
+    }
 }

@@ -49,9 +49,9 @@ pub fn normalize_fixture(vendor: Vendor, path: &PathBuf) -> Value {
     let body = fs::read(path).unwrap();
     let origin = Origin { source: vendor.as_str(), vendor, phone_region: region(vendor) };
     let received_at: DateTime<Utc> = RECEIVED_AT.parse().unwrap();
-    let events = vendors::normalize(&origin, &body, received_at)
+    let normalized = vendors::normalize(&origin, &body, received_at)
         .unwrap_or_else(|e| panic!("{} was rejected: {e}: {:?}", path.display(), e.violations()));
-    serde_json::to_value(events).unwrap()
+    serde_json::to_value(normalized.events).unwrap()
 }
 
 #[test]
@@ -130,47 +130,119 @@ fn the_canonical_schema_rejects_broken_events() {
     assert!(!validator.is_valid(&extra), "unknown data field accepted");
 }
 
-/// Principle 3: every scalar the vendor sent reappears in the canonical event — mapped (as
-/// is, or converted), or in `vendor_extra`.
-#[test]
-fn nothing_a_vendor_sent_is_lost() {
-    fn scalars(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::Object(m) => m.values().for_each(|v| scalars(v, out)),
-            Value::Array(a) => a.iter().for_each(|v| scalars(v, out)),
-            Value::Null | Value::Bool(_) => {}
-            Value::String(s) => out.push(s.clone()),
-            other => out.push(other.to_string()),
+/// Every leaf of `value` (scalars and empty containers) with its JSON pointer.
+fn leaves<'v>(value: &'v Value, at: String, out: &mut Vec<(String, &'v Value)>) {
+    let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            map.iter().for_each(|(key, child)| leaves(child, format!("{at}/{}", escape(key)), out))
         }
+        Value::Array(items) if !items.is_empty() => {
+            items.iter().enumerate().for_each(|(i, child)| leaves(child, format!("{at}/{i}"), out))
+        }
+        leaf => out.push((at, leaf)),
     }
-    // Values that are represented by a normalised field rather than copied: call-history
-    // labels (`type.name`, `status.name`), and vox `call_status`.
+}
+
+/// Whether `pointer` is `consumed` or inside a consumed value.
+fn is_consumed(pointer: &str, consumed: &[String]) -> bool {
+    consumed.iter().any(|c| pointer == c || pointer.strip_prefix(c.as_str()).is_some_and(|rest| rest.starts_with('/')))
+}
+
+/// Whether a consumed scalar reappears in the serialised `output`: copied, or converted (a
+/// time, seconds to milliseconds, a transcript string split into utterances, a label that a
+/// normalised field represents).
+fn reappears(pointer: &str, value: &Value, output: &str) -> bool {
+    // Values represented by a normalised field rather than copied: call-history labels
+    // (`type.name`, `status.name`), and vox `call_status`.
     const REPRESENTED: &[&str] =
         &["Outgoing", "Incoming", "Internal", "Answered", "Not answered", "ended", "not_connected"];
-    let mut missing = Vec::new();
+    if let Value::Bool(b) = value {
+        // Every event carries `"test":false`: a boolean must reappear elsewhere (Salpre's
+        // `is_test` is the one that becomes `test`).
+        let elsewhere = output.replace("\"test\":false", "").replace("\"test\":true", "");
+        return elsewhere.contains(&format!(":{b}"))
+            || (pointer == "/is_test" && output.contains(&format!("\"test\":{b}")));
+    }
+    let text = match value {
+        // Null and empty containers say "none", as the missing canonical field does.
+        Value::Null => return true,
+        Value::Array(items) if items.is_empty() => return true,
+        Value::Object(map) if map.is_empty() => return true,
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let json = serde_json::to_string(value).unwrap();
+    if output.contains(&json) || output.contains(&format!(":{text}")) || REPRESENTED.contains(&text.as_str()) {
+        return true;
+    }
+    // Discriminators reappear inside `vendor_event` ("mid_call.call_message").
+    if output.contains(&format!("\"vendor_event\":\"{text}.")) || output.contains(&format!(".{text}\"")) {
+        return true;
+    }
+    // A time reappears converted (epoch ms or s, ISO, or Utel's local time).
+    let converted: Vec<Option<String>> = match text.parse::<i64>() {
+        Ok(n) if n > 1_000_000_000 => vec![convert::from_epoch_ms(n), convert::from_epoch_s(n)],
+        Ok(_) => vec![],
+        Err(_) => vec![convert::from_iso(&text), convert::from_local(&text, 5)],
+    };
+    if converted.iter().flatten().any(|t| output.contains(&format!("\"{t}\""))) {
+        return true;
+    }
+    if text.parse::<i64>().is_ok_and(|n| output.contains(&format!(":{}", n * 1000))) {
+        return true;
+    }
+    // A transcript string: every line's words are in some utterance.
+    value.is_string()
+        && text.lines().filter(|l| !l.trim().is_empty()).all(|line| {
+            let said = line.split_once(':').map_or(line, |(_, rest)| rest.strip_prefix(' ').unwrap_or(rest));
+            let escaped = serde_json::to_string(said).unwrap();
+            output.contains(escaped.trim_matches('"'))
+        })
+}
+
+/// Principle 3, exactly: every leaf of every fixture (booleans and nulls included) is either
+/// consumed by the mapper or in `vendor_extra` at the same pointer with the same value, and
+/// `vendor_extra` holds nothing else (consumed ∪ vendor_extra = the input). Every consumed
+/// scalar reappears in the output, so consuming and dropping is caught too.
+#[test]
+fn nothing_a_vendor_sent_is_lost() {
+    let mut problems = Vec::new();
+    let received_at: DateTime<Utc> = RECEIVED_AT.parse().unwrap();
     for (vendor, path) in fixtures() {
-        let input: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        let output = serde_json::to_string(&normalize_fixture(vendor, &path)).unwrap();
-        let mut values = Vec::new();
-        scalars(&input, &mut values);
-        for value in values {
-            let copied =
-                output.contains(&serde_json::to_string(&value).unwrap()) || output.contains(&format!(":{value}"));
-            // Discriminators reappear inside `vendor_event` ("mid_call.call_message").
-            let in_vendor_event =
-                output.contains(&format!("\"vendor_event\":\"{value}.")) || output.contains(&format!(".{value}\""));
-            // A time must reappear converted (epoch ms or s, ISO, or Utel's local time).
-            let converted: Vec<Option<String>> = match value.parse::<i64>() {
-                Ok(n) if n > 1_000_000_000 => vec![convert::from_epoch_ms(n), convert::from_epoch_s(n)],
-                Ok(_) => vec![],
-                Err(_) => vec![convert::from_iso(&value), convert::from_local(&value, 5)],
-            };
-            let is_time = converted.iter().flatten().any(|t| output.contains(&format!("\"{t}\"")));
-            let seconds = value.parse::<i64>().is_ok_and(|n| output.contains(&format!(":{}", n * 1000)));
-            if !(copied || in_vendor_event || is_time || seconds || REPRESENTED.contains(&value.as_str())) {
-                missing.push(format!("{}: {value}", path.display()));
+        let body = fs::read(&path).unwrap();
+        let input: Value = serde_json::from_slice(&body).unwrap();
+        let origin = Origin { source: vendor.as_str(), vendor, phone_region: region(vendor) };
+        let trace = vendors::trace(&origin, &body, received_at).unwrap();
+        let events = &trace.normalized.events;
+        let extra = Value::Object((*events[0].data.vendor_extra).clone());
+        let output = serde_json::to_string(events).unwrap();
+        let name = path.display();
+        let mut input_leaves = Vec::new();
+        leaves(&input, String::new(), &mut input_leaves);
+        for (pointer, leaf) in input_leaves {
+            if is_consumed(&pointer, &trace.consumed) {
+                if !reappears(&pointer, leaf, &output) {
+                    problems.push(format!("{name}: {pointer} = {leaf} consumed but not in the output"));
+                }
+            } else if extra.pointer(&pointer) != Some(leaf) {
+                problems.push(format!("{name}: {pointer} = {leaf} neither consumed nor in vendor_extra"));
+            }
+        }
+        let mut extra_leaves = Vec::new();
+        leaves(&extra, String::new(), &mut extra_leaves);
+        for (pointer, leaf) in extra_leaves.into_iter().filter(|(pointer, _)| !pointer.is_empty()) {
+            // A consumed array item is left as null so that later items keep their index.
+            let placeholder = leaf.is_null()
+                && input.pointer(&pointer).is_some_and(|item| {
+                    let mut inside = Vec::new();
+                    leaves(item, pointer.clone(), &mut inside);
+                    inside.iter().all(|(p, _)| is_consumed(p, &trace.consumed))
+                });
+            if input.pointer(&pointer) != Some(leaf) && !placeholder {
+                problems.push(format!("{name}: vendor_extra{pointer} = {leaf} is not what the vendor sent"));
             }
         }
     }
-    assert!(missing.is_empty(), "values missing from the canonical output:\n{}", missing.join("\n"));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

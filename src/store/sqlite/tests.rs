@@ -1,6 +1,19 @@
 use super::*;
 use crate::store::{Attempt, Filter, Ingest, NewEvent, Pruned, Quarantined, Store, now_ms};
 
+/// Claims with a lease of a minute (long enough for any test).
+async fn claim(store: &SqliteStore, route: &str, now: Millis, limit: usize) -> Vec<Delivery> {
+    store.claim(route, now, limit, now + 60_000).await.unwrap().deliveries
+}
+
+fn outcome(d: &Delivery, kind: OutcomeKind) -> Outcome {
+    Outcome { id: d.id, lease: d.lease, kind }
+}
+
+fn delivered(d: &Delivery) -> Outcome {
+    outcome(d, OutcomeKind::Delivered { recovered: false })
+}
+
 fn ingest(source: &str, body: &str, events: &[(&str, &str, &[&str])]) -> Ingest {
     Ingest {
         source: source.into(),
@@ -41,7 +54,7 @@ async fn duplicates_return_the_original_ids() {
 }
 
 #[tokio::test]
-async fn due_returns_one_head_per_subject_oldest_first_and_skips_in_flight() {
+async fn claims_lease_one_head_per_subject_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let now = now_ms();
@@ -51,21 +64,16 @@ async fn due_returns_one_head_per_subject_oldest_first_and_skips_in_flight() {
     };
     store.ingest(received(ingest("vox", "1", &[("a1", "call-a", &["r"]), ("a2", "call-a", &["r"])]))).await.unwrap();
     store.ingest(received(ingest("vox", "2", &[("b1", "call-b", &["r", "other"])]))).await.unwrap();
-    let due = store.due("r", now, 10, &[]).await.unwrap();
+    assert!(claim(&store, "other", now - 20_000, 10).await.is_empty(), "nothing is due before received_at");
+    let due = claim(&store, "r", now, 10).await;
     let ids: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
     assert_eq!(ids, ["a1", "b1"], "a2 waits behind a1");
-    let skip = [due[0].id];
-    let rest: Vec<String> = store.due("r", now, 10, &skip).await.unwrap().into_iter().map(|d| d.event_id).collect();
-    assert_eq!(rest, ["b1"]);
-    assert!(store.due("r", now - 20_000, 10, &[]).await.unwrap().is_empty(), "nothing is due before received_at");
+    assert!(claim(&store, "r", now, 10).await.is_empty(), "a leased head is not handed out again, nor its follower");
 
-    // A retry scheduled later keeps the subject's head in place, and its follower behind it;
-    // other subjects flow.
+    // A retry scheduled later keeps the subject's head in place, and its follower behind it.
     let later = now + 60_000;
     let attempt = Attempt { at: now, status: Some(500), ..Attempt::default() };
-    store.complete(vec![Outcome::Retry { id: due[0].id, next_at: later, attempt }]).await.unwrap();
-    let due_now: Vec<String> = store.due("r", now, 10, &[]).await.unwrap().into_iter().map(|d| d.event_id).collect();
-    assert_eq!(due_now, ["b1"]);
+    store.complete(vec![outcome(&due[0], OutcomeKind::Retry { next_at: later, attempt })], now).await.unwrap();
     let follower_next: i64 = Connection::open(dir.path().join("db.sqlite"))
         .unwrap()
         .query_row("SELECT o.next_at FROM outbox o JOIN events e ON e.seq = o.event_seq WHERE e.id = 'a2'", [], |r| {
@@ -73,13 +81,57 @@ async fn due_returns_one_head_per_subject_oldest_first_and_skips_in_flight() {
         })
         .unwrap();
     assert_eq!(follower_next, later, "the follower is never due before its head");
-    assert_eq!(store.next_due("r").await.unwrap(), Some(now - 10_000), "b1 is due");
-    let b1 = store.due("r", now, 1, &[]).await.unwrap()[0].id;
-    store.complete(vec![Outcome::Delivered { id: b1, recovered: false }]).await.unwrap();
-    assert_eq!(store.next_due("r").await.unwrap(), Some(later), "only the retried call waits");
-    let retried = store.due("r", later, 10, &[]).await.unwrap();
+    assert!(claim(&store, "r", now, 10).await.is_empty(), "a1 waits for its retry, b1 is still leased");
+    store.complete(vec![delivered(&due[1])], now).await.unwrap();
+    assert_eq!(store.next_due("r", now).await.unwrap(), Some(later), "only the retried call waits");
+    let retried = claim(&store, "r", later, 10).await;
     assert_eq!(retried.len(), 1);
     assert_eq!((retried[0].event_id.as_str(), retried[0].attempts), ("a1", 1));
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_its_late_outcome_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let now = now_ms();
+    store.ingest(ingest("vox", "1", &[("a", "x", &["r"]), ("b", "x", &["r"])])).await.unwrap();
+    let first = store.claim("r", now, 10, now + 100).await.unwrap().deliveries;
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        store.next_due("r", now).await.unwrap(),
+        Some(now + 100),
+        "the lease's end is the next thing to wake for"
+    );
+    assert!(store.claim("r", now + 50, 10, now + 150).await.unwrap().deliveries.is_empty());
+    let taken = store.claim("r", now + 200, 10, now + 60_000).await.unwrap().deliveries;
+    assert_eq!((taken.len(), taken[0].id), (1, first[0].id), "taken over, the head still first");
+    assert_ne!(taken[0].lease, first[0].lease);
+    let late = store.complete(vec![delivered(&first[0])], now + 300).await.unwrap();
+    assert_eq!(late.stale, 1, "the old holder's outcome is dropped");
+    assert_eq!(store.counts().await.unwrap().backlog["r"], 2);
+    assert_eq!(store.complete(vec![delivered(&taken[0])], now + 300).await.unwrap().stale, 0);
+    assert_eq!(claim(&store, "r", now + 400, 10).await[0].event_id, "b");
+}
+
+#[tokio::test]
+async fn notices_tell_workers_what_changed_and_a_paused_route_claims_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut notices = store.notices();
+    store.ingest(ingest("vox", "1", &[("a", "x", &["r1", "r2"])])).await.unwrap();
+    let mut due = vec![notices.recv().await.unwrap(), notices.recv().await.unwrap()];
+    due.sort_by_key(|n| format!("{n:?}"));
+    assert_eq!(due, [Notice::Due("r1".into()), Notice::Due("r2".into())]);
+    store.set_paused("r1", Some("maintenance"), now_ms()).await.unwrap();
+    assert_eq!(notices.recv().await.unwrap(), Notice::Paused { route: "r1".into(), paused: true });
+    let claimed = store.claim("r1", now_ms(), 10, now_ms() + 60_000).await.unwrap();
+    assert!(claimed.paused && claimed.deliveries.is_empty());
+    store.set_paused("r1", None, now_ms()).await.unwrap();
+    assert_eq!(notices.recv().await.unwrap(), Notice::Paused { route: "r1".into(), paused: false });
+    assert_eq!(notices.recv().await.unwrap(), Notice::Due("r1".into()));
+    let head = claim(&store, "r1", now_ms(), 10).await.remove(0);
+    store.complete(vec![delivered(&head)], now_ms()).await.unwrap();
+    assert_eq!(notices.recv().await.unwrap(), Notice::Due("r1".into()), "the call's next event may go");
 }
 
 #[tokio::test]
@@ -88,12 +140,14 @@ async fn a_recovered_route_makes_its_waiting_retries_due_now() {
     let store = open(&dir);
     let now = now_ms();
     store.ingest(ingest("vox", "1", &[("a", "x", &["r"]), ("b", "y", &["r"])])).await.unwrap();
-    let due = store.due("r", now, 10, &[]).await.unwrap();
+    let due = claim(&store, "r", now, 10).await;
     let attempt = Attempt { at: now, status: Some(503), ..Attempt::default() };
-    store.complete(vec![Outcome::Retry { id: due[0].id, next_at: now + 3_600_000, attempt }]).await.unwrap();
-    assert_eq!(store.due("r", now_ms(), 10, &[]).await.unwrap().len(), 1);
-    store.complete(vec![Outcome::Delivered { id: due[1].id, recovered: true }]).await.unwrap();
-    let again = store.due("r", now_ms(), 10, &[]).await.unwrap();
+    store
+        .complete(vec![outcome(&due[0], OutcomeKind::Retry { next_at: now + 3_600_000, attempt })], now)
+        .await
+        .unwrap();
+    store.complete(vec![outcome(&due[1], OutcomeKind::Delivered { recovered: true })], now_ms()).await.unwrap();
+    let again = claim(&store, "r", now_ms(), 10).await;
     assert_eq!(again.len(), 1, "the hour-long retry is due at once");
     assert_eq!(again[0].event_id, "a");
 }
@@ -103,34 +157,33 @@ async fn dead_letters_replay_at_their_place_and_gone_pauses_the_route() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     store.ingest(ingest("vox", "1", &[("a", "x", &["r"]), ("b", "x", &["r"])])).await.unwrap();
-    let head = store.due("r", now_ms(), 10, &[]).await.unwrap().remove(0);
+    let head = claim(&store, "r", now_ms(), 10).await.remove(0);
     let attempt = Attempt { at: now_ms(), status: Some(500), response: Some("nope".into()), ..Attempt::default() };
-    store.complete(vec![Outcome::Dead { id: head.id, attempt }]).await.unwrap();
+    store.complete(vec![outcome(&head, OutcomeKind::Dead { attempt })], now_ms()).await.unwrap();
     let listed = store.dead_letters(&Filter::default()).await.unwrap();
     assert_eq!((listed.len(), listed[0].event_id.as_str(), listed[0].attempts), (1, "a", 1));
     let detail = store.dead_letter(head.id).await.unwrap().unwrap();
     assert_eq!(detail.attempts_log[0].response.as_deref(), Some("nope"));
     assert_eq!(detail.event["id"], "a");
     // b is now the head; replaying a puts it in front again.
-    assert_eq!(store.due("r", now_ms(), 10, &[]).await.unwrap()[0].event_id, "b");
-    let replayed = store.replay_dead_letters(&Filter { name: Some("r".into()), ..Filter::default() }).await.unwrap();
+    let b = claim(&store, "r", now_ms(), 10).await.remove(0);
+    assert_eq!(b.event_id, "b");
+    let attempt = Attempt { at: now_ms(), status: Some(500), ..Attempt::default() };
+    store.complete(vec![outcome(&b, OutcomeKind::Retry { next_at: now_ms(), attempt })], now_ms()).await.unwrap();
+    let filter = Filter { name: Some("r".into()), ..Filter::default() };
+    let replayed = store.replay_dead_letters(&filter, now_ms()).await.unwrap();
     assert_eq!(replayed, [(head.id, "r".to_owned())]);
-    let due = store.due("r", now_ms(), 10, &[]).await.unwrap();
+    let due = claim(&store, "r", now_ms(), 10).await;
     assert_eq!((due[0].event_id.as_str(), due[0].attempts, due[0].id), ("a", 0, head.id));
     assert_eq!(store.counts().await.unwrap(), table_counts(&dir.path().join("db.sqlite")));
 
-    store
-        .complete(vec![Outcome::Gone {
-            id: due[0].id,
-            attempt: Attempt { at: now_ms(), status: Some(410), ..Attempt::default() },
-        }])
-        .await
-        .unwrap();
+    let attempt = Attempt { at: now_ms(), status: Some(410), ..Attempt::default() };
+    store.complete(vec![outcome(&due[0], OutcomeKind::Gone { attempt })], now_ms()).await.unwrap();
     let paused = store.paused().await.unwrap();
     assert_eq!(paused.len(), 1);
     assert_eq!(paused[0].route, "r");
     assert_eq!(store.counts().await.unwrap().backlog["r"], 2, "a 410 keeps the delivery");
-    store.set_paused("r", None).await.unwrap();
+    store.set_paused("r", None, now_ms()).await.unwrap();
     assert!(store.paused().await.unwrap().is_empty());
 }
 
@@ -140,9 +193,12 @@ async fn prune_removes_old_delivered_data_but_keeps_what_is_pending() {
     let store = open(&dir);
     store.ingest(ingest("vox", "old-delivered", &[("a", "x", &["r"])])).await.unwrap();
     store.ingest(ingest("vox", "old-pending", &[("b", "y", &["r"])])).await.unwrap();
-    let due = store.due("r", now_ms(), 10, &[]).await.unwrap();
-    let a = due.iter().find(|d| d.event_id == "a").unwrap().id;
-    store.complete(vec![Outcome::Delivered { id: a, recovered: false }]).await.unwrap();
+    let due = claim(&store, "r", now_ms(), 10).await;
+    let a = due.iter().find(|d| d.event_id == "a").unwrap();
+    let b = due.iter().find(|d| d.event_id == "b").unwrap();
+    store.complete(vec![delivered(a)], now_ms()).await.unwrap();
+    let attempt = Attempt { at: now_ms(), status: Some(500), ..Attempt::default() };
+    store.complete(vec![outcome(b, OutcomeKind::Retry { next_at: now_ms(), attempt })], now_ms()).await.unwrap();
     store
         .quarantine(Quarantined {
             source: "vox".into(),
@@ -158,7 +214,7 @@ async fn prune_removes_old_delivered_data_but_keeps_what_is_pending() {
     // received_at of both payloads is 1_000 (see `ingest`): everything is old.
     let pruned = store.prune(2_000, 2_000).await.unwrap();
     assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 0, quarantine: 1 });
-    assert_eq!(store.due("r", now_ms(), 10, &[]).await.unwrap()[0].event_id, "b", "pending work is kept");
+    assert_eq!(claim(&store, "r", now_ms(), 10).await[0].event_id, "b", "pending work is kept");
     // The redelivery window outlived: the old body is accepted again.
     let again = store.ingest(ingest("vox", "old-delivered", &[("a2", "x", &["r"])])).await.unwrap();
     assert_eq!(again, IngestOutcome::Accepted(vec!["a2".into()]));
@@ -173,17 +229,9 @@ async fn counts_always_equal_the_tables_including_after_reopening() {
     let store = open(&dir);
     store.ingest(ingest("vox", "1", &[("a", "x", &["r1", "r2"]), ("b", "y", &["r1"])])).await.unwrap();
     assert_eq!(store.counts().await.unwrap(), table_counts(&path));
-    let due = store.due("r1", 5_000, 10, &[]).await.unwrap();
-    store
-        .complete(vec![
-            Outcome::Delivered { id: due[0].id, recovered: false },
-            Outcome::Dead {
-                id: due[1].id,
-                attempt: Attempt { at: 5_000, error: Some("boom".into()), ..Attempt::default() },
-            },
-        ])
-        .await
-        .unwrap();
+    let due = claim(&store, "r1", 5_000, 10).await;
+    let attempt = Attempt { at: 5_000, error: Some("boom".into()), ..Attempt::default() };
+    store.complete(vec![delivered(&due[0]), outcome(&due[1], OutcomeKind::Dead { attempt })], 5_000).await.unwrap();
     let counts = store.counts().await.unwrap();
     assert_eq!(counts, table_counts(&path));
     assert_eq!(counts.backlog.get("r2"), Some(&1));
@@ -224,7 +272,7 @@ async fn a_database_from_an_older_version_is_migrated_with_its_pending_work() {
         .unwrap();
     }
     let store = open(&dir);
-    let due = store.due("r", now_ms(), 10, &[]).await.unwrap();
+    let due = claim(&store, "r", now_ms(), 10).await;
     assert_eq!(due.len(), 1, "the waiting delivery survived the migration");
     assert_eq!((due[0].event_id.as_str(), due[0].json.as_str()), ("old", "{\"id\":\"old\"}"));
     let conn = Connection::open(&path).unwrap();
@@ -249,6 +297,7 @@ fn emitted(source: &str, fixture: &str) -> Vec<(String, String, String)> {
     let received = chrono::DateTime::from_timestamp_millis(1_000).unwrap();
     crate::vendors::normalize(&origin, &body, received)
         .unwrap()
+        .events
         .iter()
         .map(|e| (e.id.clone(), e.subject.clone(), serde_json::to_string(e).unwrap()))
         .collect()
@@ -367,17 +416,19 @@ async fn schema_2_subjects_move_to_the_source_keeping_bodies_order_and_dead_lett
     assert_eq!((rows[2].3, rows[3].3, rows[4].3), (1000, 1000, 1000), "vox-b no longer waits for vox-a");
     // Order per (route, subject): vox-b's first event is due, its second waits behind it,
     // vox-a's call waits for its retry.
-    let due: Vec<i64> = store.due("r", now_ms(), 10, &[]).await.unwrap().iter().map(|d| d.id).collect();
+    // (Leases that end at once, so the second look sees the same heads again.)
+    let now = now_ms();
+    let due: Vec<i64> = store.claim("r", now, 10, now).await.unwrap().deliveries.iter().map(|d| d.id).collect();
     assert_eq!(due, [3, 5, 6]);
-    let due_later: Vec<i64> = store.due("r", far, 10, &[]).await.unwrap().iter().map(|d| d.id).collect();
+    let due_later: Vec<i64> = store.claim("r", far, 10, far).await.unwrap().deliveries.iter().map(|d| d.id).collect();
     assert_eq!(due_later, [3, 5, 6, 1]);
     // Dead letters keep their ids (their place on replay) and take the new subjects.
     let dead = store.dead_letters(&Filter::default()).await.unwrap();
     let dead: Vec<(i64, &str)> = dead.iter().map(|d| (d.id, d.subject.as_str())).collect();
     assert_eq!(dead, [(8, b[0].1.as_str()), (7, a[0].1.as_str())]);
     assert_eq!(store.counts().await.unwrap(), table_counts(&path));
-    store.replay_dead_letters(&Filter { name: Some("d".into()), ..Filter::default() }).await.unwrap();
+    store.replay_dead_letters(&Filter { name: Some("d".into()), ..Filter::default() }, now_ms()).await.unwrap();
     let replayed: Vec<(i64, String)> =
-        store.due("d", now_ms(), 10, &[]).await.unwrap().into_iter().map(|d| (d.id, d.subject)).collect();
+        claim(&store, "d", now_ms(), 10).await.into_iter().map(|d| (d.id, d.subject)).collect();
     assert_eq!(replayed, [(7, a[0].1.clone()), (8, b[0].1.clone())], "both accounts' calls flow side by side");
 }
