@@ -20,7 +20,11 @@ use crate::{
     delivery::Dispatcher,
     http::{error_response, json_errors, panic_response},
     ingress::{self, Admission, Offload},
-    store::{Store, sqlite::SqliteStore},
+    store::{
+        Store,
+        postgres::{PgOptions, PostgresStore},
+        sqlite::SqliteStore,
+    },
     telemetry, vendors,
 };
 
@@ -69,8 +73,11 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .with_min_free_bytes(config.storage.min_free_bytes);
             Ok(Arc::new(store))
         }
-        StorageUrl::Postgres(_) => {
-            anyhow::bail!("storage.url {}: the PostgreSQL backend is not in this build", config.storage_url.redacted())
+        StorageUrl::Postgres(url) => {
+            let store = PostgresStore::open(url.expose(), PgOptions::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", config.storage_url.redacted()))?;
+            Ok(Arc::new(store))
         }
     }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::store::{Attempt, Filter, Ingest, NewEvent, Pruned, Quarantined, Store, now_ms};
+use crate::store::{Attempt, Ingest, NewEvent, Store, now_ms};
 
 /// Claims with a lease of a minute (long enough for any test).
 async fn claim(store: &SqliteStore, route: &str, now: Millis, limit: usize) -> Vec<Delivery> {
@@ -42,38 +42,16 @@ fn table_counts(path: &Path) -> Counts {
 }
 
 #[tokio::test]
-async fn duplicates_return_the_original_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    let first = store.ingest(ingest("vox", "{}", &[("a", "s", &["r"])])).await.unwrap();
-    assert_eq!(first, IngestOutcome::Accepted(vec!["a".into()]));
-    let again = store.ingest(ingest("vox", "{}", &[("ignored", "s", &["r"])])).await.unwrap();
-    assert_eq!(again, IngestOutcome::Duplicate(vec!["a".into()]));
-    let other_source = store.ingest(ingest("salpre", "{}", &[("b", "s", &["r"])])).await.unwrap();
-    assert_eq!(other_source, IngestOutcome::Accepted(vec!["b".into()]));
-}
-
-#[tokio::test]
-async fn claims_lease_one_head_per_subject_oldest_first() {
+async fn a_retry_pushes_the_calls_followers_back_in_the_table() {
+    // The backend-neutral checks are in `store::conformance`; this one reads SQLite's table.
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let now = now_ms();
-    let received = |mut i: Ingest| {
-        i.received_at = now - 10_000;
-        i
-    };
-    store.ingest(received(ingest("vox", "1", &[("a1", "call-a", &["r"]), ("a2", "call-a", &["r"])]))).await.unwrap();
-    store.ingest(received(ingest("vox", "2", &[("b1", "call-b", &["r", "other"])]))).await.unwrap();
-    assert!(claim(&store, "other", now - 20_000, 10).await.is_empty(), "nothing is due before received_at");
-    let due = claim(&store, "r", now, 10).await;
-    let ids: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
-    assert_eq!(ids, ["a1", "b1"], "a2 waits behind a1");
-    assert!(claim(&store, "r", now, 10).await.is_empty(), "a leased head is not handed out again, nor its follower");
-
-    // A retry scheduled later keeps the subject's head in place, and its follower behind it.
+    store.ingest(ingest("vox", "1", &[("a1", "call-a", &["r"]), ("a2", "call-a", &["r"])])).await.unwrap();
+    let head = claim(&store, "r", now, 10).await.remove(0);
     let later = now + 60_000;
     let attempt = Attempt { at: now, status: Some(500), ..Attempt::default() };
-    store.complete(vec![outcome(&due[0], OutcomeKind::Retry { next_at: later, attempt })], now).await.unwrap();
+    store.complete(vec![outcome(&head, OutcomeKind::Retry { next_at: later, attempt })], now).await.unwrap();
     let follower_next: i64 = Connection::open(dir.path().join("db.sqlite"))
         .unwrap()
         .query_row("SELECT o.next_at FROM outbox o JOIN events e ON e.seq = o.event_seq WHERE e.id = 'a2'", [], |r| {
@@ -81,145 +59,7 @@ async fn claims_lease_one_head_per_subject_oldest_first() {
         })
         .unwrap();
     assert_eq!(follower_next, later, "the follower is never due before its head");
-    assert!(claim(&store, "r", now, 10).await.is_empty(), "a1 waits for its retry, b1 is still leased");
-    store.complete(vec![delivered(&due[1])], now).await.unwrap();
-    assert_eq!(store.next_due("r", now).await.unwrap(), Some(later), "only the retried call waits");
-    let retried = claim(&store, "r", later, 10).await;
-    assert_eq!(retried.len(), 1);
-    assert_eq!((retried[0].event_id.as_str(), retried[0].attempts), ("a1", 1));
-}
-
-#[tokio::test]
-async fn an_expired_lease_is_taken_over_and_its_late_outcome_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    let now = now_ms();
-    store.ingest(ingest("vox", "1", &[("a", "x", &["r"]), ("b", "x", &["r"])])).await.unwrap();
-    let first = store.claim("r", now, 10, now + 100).await.unwrap().deliveries;
-    assert_eq!(first.len(), 1);
-    assert_eq!(
-        store.next_due("r", now).await.unwrap(),
-        Some(now + 100),
-        "the lease's end is the next thing to wake for"
-    );
-    assert!(store.claim("r", now + 50, 10, now + 150).await.unwrap().deliveries.is_empty());
-    let taken = store.claim("r", now + 200, 10, now + 60_000).await.unwrap().deliveries;
-    assert_eq!((taken.len(), taken[0].id), (1, first[0].id), "taken over, the head still first");
-    assert_ne!(taken[0].lease, first[0].lease);
-    let late = store.complete(vec![delivered(&first[0])], now + 300).await.unwrap();
-    assert_eq!(late.stale, 1, "the old holder's outcome is dropped");
-    assert_eq!(store.counts().await.unwrap().backlog["r"], 2);
-    assert_eq!(store.complete(vec![delivered(&taken[0])], now + 300).await.unwrap().stale, 0);
-    assert_eq!(claim(&store, "r", now + 400, 10).await[0].event_id, "b");
-}
-
-#[tokio::test]
-async fn notices_tell_workers_what_changed_and_a_paused_route_claims_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    let mut notices = store.notices();
-    store.ingest(ingest("vox", "1", &[("a", "x", &["r1", "r2"])])).await.unwrap();
-    let mut due = vec![notices.recv().await.unwrap(), notices.recv().await.unwrap()];
-    due.sort_by_key(|n| format!("{n:?}"));
-    assert_eq!(due, [Notice::Due("r1".into()), Notice::Due("r2".into())]);
-    store.set_paused("r1", Some("maintenance"), now_ms()).await.unwrap();
-    assert_eq!(notices.recv().await.unwrap(), Notice::Paused { route: "r1".into(), paused: true });
-    let claimed = store.claim("r1", now_ms(), 10, now_ms() + 60_000).await.unwrap();
-    assert!(claimed.paused && claimed.deliveries.is_empty());
-    store.set_paused("r1", None, now_ms()).await.unwrap();
-    assert_eq!(notices.recv().await.unwrap(), Notice::Paused { route: "r1".into(), paused: false });
-    assert_eq!(notices.recv().await.unwrap(), Notice::Due("r1".into()));
-    let head = claim(&store, "r1", now_ms(), 10).await.remove(0);
-    store.complete(vec![delivered(&head)], now_ms()).await.unwrap();
-    assert_eq!(notices.recv().await.unwrap(), Notice::Due("r1".into()), "the call's next event may go");
-}
-
-#[tokio::test]
-async fn a_recovered_route_makes_its_waiting_retries_due_now() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    let now = now_ms();
-    store.ingest(ingest("vox", "1", &[("a", "x", &["r"]), ("b", "y", &["r"])])).await.unwrap();
-    let due = claim(&store, "r", now, 10).await;
-    let attempt = Attempt { at: now, status: Some(503), ..Attempt::default() };
-    store
-        .complete(vec![outcome(&due[0], OutcomeKind::Retry { next_at: now + 3_600_000, attempt })], now)
-        .await
-        .unwrap();
-    store.complete(vec![outcome(&due[1], OutcomeKind::Delivered { recovered: true })], now_ms()).await.unwrap();
-    let again = claim(&store, "r", now_ms(), 10).await;
-    assert_eq!(again.len(), 1, "the hour-long retry is due at once");
-    assert_eq!(again[0].event_id, "a");
-}
-
-#[tokio::test]
-async fn dead_letters_replay_at_their_place_and_gone_pauses_the_route() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    store.ingest(ingest("vox", "1", &[("a", "x", &["r"]), ("b", "x", &["r"])])).await.unwrap();
-    let head = claim(&store, "r", now_ms(), 10).await.remove(0);
-    let attempt = Attempt { at: now_ms(), status: Some(500), response: Some("nope".into()), ..Attempt::default() };
-    store.complete(vec![outcome(&head, OutcomeKind::Dead { attempt })], now_ms()).await.unwrap();
-    let listed = store.dead_letters(&Filter::default()).await.unwrap();
-    assert_eq!((listed.len(), listed[0].event_id.as_str(), listed[0].attempts), (1, "a", 1));
-    let detail = store.dead_letter(head.id).await.unwrap().unwrap();
-    assert_eq!(detail.attempts_log[0].response.as_deref(), Some("nope"));
-    assert_eq!(detail.event["id"], "a");
-    // b is now the head; replaying a puts it in front again.
-    let b = claim(&store, "r", now_ms(), 10).await.remove(0);
-    assert_eq!(b.event_id, "b");
-    let attempt = Attempt { at: now_ms(), status: Some(500), ..Attempt::default() };
-    store.complete(vec![outcome(&b, OutcomeKind::Retry { next_at: now_ms(), attempt })], now_ms()).await.unwrap();
-    let filter = Filter { name: Some("r".into()), ..Filter::default() };
-    let replayed = store.replay_dead_letters(&filter, now_ms()).await.unwrap();
-    assert_eq!(replayed, [(head.id, "r".to_owned())]);
-    let due = claim(&store, "r", now_ms(), 10).await;
-    assert_eq!((due[0].event_id.as_str(), due[0].attempts, due[0].id), ("a", 0, head.id));
     assert_eq!(store.counts().await.unwrap(), table_counts(&dir.path().join("db.sqlite")));
-
-    let attempt = Attempt { at: now_ms(), status: Some(410), ..Attempt::default() };
-    store.complete(vec![outcome(&due[0], OutcomeKind::Gone { attempt })], now_ms()).await.unwrap();
-    let paused = store.paused().await.unwrap();
-    assert_eq!(paused.len(), 1);
-    assert_eq!(paused[0].route, "r");
-    assert_eq!(store.counts().await.unwrap().backlog["r"], 2, "a 410 keeps the delivery");
-    store.set_paused("r", None, now_ms()).await.unwrap();
-    assert!(store.paused().await.unwrap().is_empty());
-}
-
-#[tokio::test]
-async fn prune_removes_old_delivered_data_but_keeps_what_is_pending() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    store.ingest(ingest("vox", "old-delivered", &[("a", "x", &["r"])])).await.unwrap();
-    store.ingest(ingest("vox", "old-pending", &[("b", "y", &["r"])])).await.unwrap();
-    let due = claim(&store, "r", now_ms(), 10).await;
-    let a = due.iter().find(|d| d.event_id == "a").unwrap();
-    let b = due.iter().find(|d| d.event_id == "b").unwrap();
-    store.complete(vec![delivered(a)], now_ms()).await.unwrap();
-    let attempt = Attempt { at: now_ms(), status: Some(500), ..Attempt::default() };
-    store.complete(vec![outcome(b, OutcomeKind::Retry { next_at: now_ms(), attempt })], now_ms()).await.unwrap();
-    store
-        .quarantine(Quarantined {
-            source: "vox".into(),
-            vendor: "vox".into(),
-            received_at: 1_000,
-            status: 400,
-            reason: "invalid_json".into(),
-            details: "[]".into(),
-            body: b"{".to_vec(),
-        })
-        .await
-        .unwrap();
-    // received_at of both payloads is 1_000 (see `ingest`): everything is old.
-    let pruned = store.prune(2_000, 2_000).await.unwrap();
-    assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 0, quarantine: 1 });
-    assert_eq!(claim(&store, "r", now_ms(), 10).await[0].event_id, "b", "pending work is kept");
-    // The redelivery window outlived: the old body is accepted again.
-    let again = store.ingest(ingest("vox", "old-delivered", &[("a2", "x", &["r"])])).await.unwrap();
-    assert_eq!(again, IngestOutcome::Accepted(vec!["a2".into()]));
-    let dup = store.ingest(ingest("vox", "old-pending", &[("b2", "y", &["r"])])).await.unwrap();
-    assert_eq!(dup, IngestOutcome::Duplicate(vec!["b".into()]), "a payload with pending events is kept");
 }
 
 #[tokio::test]
