@@ -120,7 +120,7 @@ async fn two_replicas_never_lease_two_deliveries_of_one_call_at_once() {
     let (x, y) = tokio::join!(worker(a.clone()), worker(b.clone()));
     x.unwrap();
     y.unwrap();
-    let delivered = delivered.lock().unwrap();
+    let delivered = delivered.lock().unwrap().clone();
     for (subject, ks) in delivered.iter() {
         assert_eq!(*ks, (0..EVENTS).collect::<Vec<_>>(), "{subject} out of order or repeated");
     }
