@@ -239,3 +239,20 @@ async fn prune_runs_on_one_replica_at_a_time() {
     let pruned = a.prune(i64::MAX, i64::MAX).await.unwrap();
     assert_eq!((pruned.events, pruned.payloads), (1, 1));
 }
+
+#[tokio::test]
+async fn a_statement_held_up_past_its_timeout_is_unavailable_and_accepts_nothing() {
+    let Some(db) = testdb::create().await else { return };
+    let options = PgOptions { statement_timeout: Duration::from_millis(300), ..PgOptions::default() };
+    let store = PostgresStore::open(&db.url, options).await.unwrap();
+    // Another session holds the payloads table, as a long migration or a stuck lock would.
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *holder).await.unwrap();
+    sqlx::query("LOCK TABLE payloads IN ACCESS EXCLUSIVE MODE").execute(&mut *holder).await.unwrap();
+    let held = store.ingest(ingest("vox", "1", &[("e1", "vox:c", &["r"])])).await;
+    assert!(matches!(held, Err(StoreError::Unavailable(_))), "{held:?}");
+    holder.rollback().await.unwrap();
+    // Nothing was accepted: the same body is new once the lock is gone.
+    let again = store.ingest(ingest("vox", "1", &[("e1", "vox:c", &["r"])])).await.unwrap();
+    assert_eq!(again, IngestOutcome::Accepted(vec!["e1".into()]));
+}
