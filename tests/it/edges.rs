@@ -61,6 +61,7 @@ fn guarded_config(dir: &Path, server: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_trickles_never_hold_a_slot_and_the_vendor_keeps_getting_200s() {
+    crate::require_backend!();
     let dir = temp_dir();
     let config = guarded_config(dir.path(), "max_concurrent_requests = 2\nrequest_timeout = \"60s\"");
     let gateway = Gateway::start(dir.path(), &config).await;
@@ -105,6 +106,7 @@ async fn unauthenticated_trickles_never_hold_a_slot_and_the_vendor_keeps_getting
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hmac_sources_slow_senders_hold_only_its_share_of_the_slots() {
+    crate::require_backend!();
     let dir = temp_dir();
     let config = guarded_config(
         dir.path(),
@@ -166,6 +168,7 @@ async fn one_hmac_sources_slow_senders_hold_only_its_share_of_the_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_answer_is_the_json_body_and_every_ingress_request_is_counted() {
+    crate::require_backend!();
     let dir = temp_dir();
     let config = guarded_config(dir.path(), "request_timeout = \"1s\"");
     let gateway = Gateway::start(dir.path(), &config).await;
@@ -234,6 +237,7 @@ async fn every_error_answer_is_the_json_body_and_every_ingress_request_is_counte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_wrong_value_gives_a_small_422_and_a_small_log_line() {
+    crate::require_backend!();
     let dir = temp_dir();
     let gateway = Gateway::start(dir.path(), &base_config(dir.path())).await;
     let huge = "7".repeat(900 * 1024);
@@ -247,10 +251,8 @@ async fn a_huge_wrong_value_gives_a_small_422_and_a_small_log_line() {
     assert!(line.len() < 64 * 1024, "log line of {} bytes", line.len());
     assert!(!line.contains(&"7".repeat(200)));
     // The quarantine keeps the body once, and its details are as small as the answer.
-    let db = rusqlite::Connection::open(dir.path().join("callgate.db")).unwrap();
-    let (body_len, details_len): (i64, i64) = db
-        .query_row("SELECT length(body), length(details) FROM quarantine", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap();
+    let lengths = store_rows(dir.path(), "SELECT length(body), length(details) FROM quarantine");
+    let (body_len, details_len): (i64, i64) = (lengths[0][0].parse().unwrap(), lengths[0][1].parse().unwrap());
     assert!(body_len > 900 * 1024 && details_len < 64 * 1024, "body {body_len}, details {details_len}");
 }
 
@@ -291,6 +293,8 @@ impl Drop for SmallDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_full_disk_readyz_fails_and_nothing_is_answered_4xx_without_quarantine() {
+    crate::require_backend!();
+    crate::sqlite_only!("a full disk under PostgreSQL is the database server's, not the gateway's");
     let dir = temp_dir();
     let Some(disk) = SmallDisk::mount(dir.path(), "16m") else {
         println!("skipped: cannot mount a tmpfs here (needs root); the full-disk behaviour is untested");
@@ -334,6 +338,7 @@ async fn on_a_full_disk_readyz_fails_and_nothing_is_answered_4xx_without_quarant
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_answer_while_large_bodies_are_validated() {
+    crate::require_backend!();
     let dir = temp_dir();
     let gateway = std::sync::Arc::new(Gateway::start(dir.path(), &base_config(dir.path())).await);
     // vox call_ended bodies of about 900 KB: thousands of utterances to validate and map.
@@ -376,6 +381,7 @@ async fn health_checks_answer_while_large_bodies_are_validated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_quarantine_replay_covers_every_match_or_says_how_to_go_on() {
+    crate::require_backend!();
     let dir = temp_dir();
     // Misconfigured: Salpre posts to a source set up as vox.
     let broken =

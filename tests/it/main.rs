@@ -1,4 +1,7 @@
-//! One integration-test binary (faster to link than one per file).
+//! One integration-test binary (faster to link than one per file), on the SQLite backend;
+//! `tests/postgres` runs the same store-touching modules against PostgreSQL.
+
+const BACKEND: support::Backend = support::Backend::Sqlite;
 
 mod cli;
 mod e2e;

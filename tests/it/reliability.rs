@@ -53,6 +53,7 @@ fn cli(gateway: &Gateway, args: &[&str]) -> (i32, String, String) {
 /// Repeated SIGKILL under concurrent load loses no acknowledged event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_sigkill_under_load_loses_no_acknowledged_event() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     let dir = temp_dir();
     let config = base_config(dir.path())
@@ -125,6 +126,7 @@ async fn repeated_sigkill_under_load_loses_no_acknowledged_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_outage_builds_a_backlog_on_disk_and_drains_when_the_route_returns() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     const EVENTS: usize = 3000;
     receiver.respond("/crm", &vec![503; EVENTS * 2]);
@@ -181,6 +183,7 @@ fn peak_rss_kib(gateway: &Gateway) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured_and_410_pauses_the_route_until_resumed() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     // 429 with Retry-After: 1 — the schedule's hour is replaced by one second.
     receiver.respond_with("/limited", vec![(429, vec![("retry-after".into(), "1".into())])]);
@@ -225,6 +228,7 @@ async fn retry_after_is_honoured_and_410_pauses_the_route_until_resumed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_inspected_and_replayed_through_the_api_and_the_cli() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     receiver.respond("/crm", &[500; 8]);
     let dir = temp_dir();
@@ -300,6 +304,7 @@ async fn dead_letters_are_listed_inspected_and_replayed_through_the_api_and_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quarantined_payloads_are_listed_and_replayed_after_a_fix() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     let dir = temp_dir();
     // Misconfigured: the `calls` source says vox, but Salpre posts to it.
@@ -353,6 +358,7 @@ async fn quarantined_payloads_are_listed_and_replayed_after_a_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failing_call_never_holds_back_other_calls() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     receiver.fail_bodies_containing("call_stuck", 500);
     let dir = temp_dir();
@@ -381,6 +387,7 @@ async fn one_failing_call_never_holds_back_other_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_errors_are_retried_then_dead_lettered_with_the_reason() {
+    crate::require_backend!();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/nobody", closed.local_addr().unwrap());
     drop(closed);
@@ -398,6 +405,7 @@ async fn connection_errors_are_retried_then_dead_lettered_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_always_requires_its_token() {
+    crate::require_backend!();
     let dir = temp_dir();
     let gateway = Gateway::start(dir.path(), &admin_config(dir.path())).await;
     let url = gateway.ops_url("/v1/admin/dead-letters");
@@ -414,6 +422,7 @@ async fn the_admin_api_always_requires_its_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_are_detected_within_the_window_and_old_records_are_pruned() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     let dir = temp_dir();
     // First within a window no test run can outlast, so "duplicate" never depends on speed;
@@ -453,6 +462,7 @@ async fn duplicates_are_detected_within_the_window_and_old_records_are_pruned() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_is_bounded_and_leaves_unfinished_deliveries_for_the_next_start() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     receiver.hold("/slow");
     let dir = temp_dir();

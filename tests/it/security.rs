@@ -126,6 +126,7 @@ fn standard_webhooks_verify(secret: &str, headers: &axum::http::HeaderMap, body:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_auth_type_accepts_the_right_secret_and_rejects_missing_wrong_or_tampered_ones() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     let dir = temp_dir();
     let gateway = Gateway::start_with_env(dir.path(), &secured_config(dir.path(), &receiver), &secret_env()).await;
@@ -187,6 +188,7 @@ async fn every_auth_type_accepts_the_right_secret_and_rejects_missing_wrong_or_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_egress_verifies_with_an_independent_implementation_for_every_rotating_secret() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     let dir = temp_dir();
     let gateway = Gateway::start_with_env(dir.path(), &secured_config(dir.path(), &receiver), &secret_env()).await;
@@ -209,6 +211,7 @@ async fn signed_egress_verifies_with_an_independent_implementation_for_every_rot
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_4xx_and_the_gateway_stays_healthy() {
+    crate::require_backend!();
     let dir = temp_dir();
     let config = base_config(dir.path()).replace(
         "shutdown_grace = \"5s\"",
@@ -274,6 +277,7 @@ async fn hostile_requests_get_4xx_and_the_gateway_stays_healthy() {
 /// Mutations of the golden fixtures and pure junk, fired concurrently at every source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_mutated_and_junk_bodies_never_gets_a_5xx_or_kills_the_process() {
+    crate::require_backend!();
     let dir = temp_dir();
     let gateway = std::sync::Arc::new(Gateway::start(dir.path(), &base_config(dir.path())).await);
     let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
@@ -378,6 +382,7 @@ fn mutate_json(seed: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_follows_no_redirect_and_reads_only_a_snippet_of_a_failed_response() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     receiver.respond_with("/moved", vec![(302, vec![("location".into(), receiver.url("/elsewhere"))])]);
     receiver.respond_big("/huge", 500, 5 * 1024 * 1024);
@@ -429,6 +434,7 @@ async fn egress_follows_no_redirect_and_reads_only_a_snippet_of_a_failed_respons
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_logs_metrics_errors_or_the_store() {
+    crate::require_backend!();
     let receiver = Receiver::start().await;
     receiver.respond("/signed", &[500]);
     let dir = temp_dir();
@@ -468,15 +474,8 @@ async fn no_secret_appears_in_logs_metrics_errors_or_the_store() {
     gateway.wait_log("Delivery failed; will retry.").await;
     let logs = gateway.logs();
     assert!(gateway.terminate().await.success());
-    let mut store = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.to_string_lossy().contains("callgate.db") {
-            store.extend(std::fs::read(path).unwrap());
-        }
-    }
-    let store = String::from_utf8_lossy(&store);
-    assert!(store.contains("broken"), "the quarantined body is in the store file");
+    let store = store_dump(dir.path());
+    assert!(store.contains("broken"), "the quarantined body is in the store");
     for secret in SECRETS {
         assert!(!logs.contains(secret), "`{secret}` in the logs");
         assert!(!metrics.contains(secret), "`{secret}` in the metrics");

@@ -236,9 +236,195 @@ pub struct Gateway {
     stderr: Arc<Mutex<String>>,
 }
 
+/// Which store this integration-test binary runs the suite against: `tests/it` on SQLite,
+/// `tests/postgres` (the same modules) on PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backend() -> Backend {
+    crate::BACKEND
+}
+
+/// The server PostgreSQL test databases are made on (`CALLGATE_TEST_PG_URL`).
+pub fn pg_admin_url() -> String {
+    std::env::var("CALLGATE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Whether this binary's backend can be used. PostgreSQL unreachable: a failure under
+/// `CI=true`, otherwise one clear line and the test returns (see [`require_backend!`]).
+pub fn backend_ready() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(|| {
+        if backend() == Backend::Sqlite {
+            return true;
+        }
+        match psql(&pg_admin_url(), "SELECT 1") {
+            Ok(_) => true,
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true but PostgreSQL is unreachable at {}: {e}", pg_admin_url())
+            }
+            Err(e) => {
+                eprintln!("PostgreSQL half of the integration suite skipped: {e} (set CALLGATE_TEST_PG_URL)");
+                false
+            }
+        }
+    })
+}
+
+/// First line of every integration test: returns from it when the backend is unavailable.
+#[macro_export]
+macro_rules! require_backend {
+    () => {
+        if !$crate::support::backend_ready() {
+            return;
+        }
+    };
+}
+
+/// Returns from a test that checks something only one backend has (a SQLite file's bytes).
+#[macro_export]
+macro_rules! sqlite_only {
+    ($why:literal) => {
+        if $crate::support::backend() != $crate::support::Backend::Sqlite {
+            println!("skipped on {:?}: {}", $crate::support::backend(), $why);
+            return;
+        }
+    };
+}
+
+/// Runs one statement with `psql` and returns its rows, fields split.
+pub fn psql(url: &str, sql: &str) -> Result<Vec<Vec<String>>, String> {
+    let out = Command::new("psql")
+        .args([url, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-F", "\u{1f}", "-c", sql])
+        .output()
+        .map_err(|e| format!("running psql: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\u{1f}').map(str::to_owned).collect()).collect())
+}
+
+/// The PostgreSQL database of a test directory: named after it, so a config built from the
+/// path alone finds it.
+fn pg_database(dir: &Path) -> String {
+    let name = dir.file_name().unwrap().to_string_lossy().to_ascii_lowercase();
+    let name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("cg_{}_{name}", std::process::id())
+}
+
+fn pg_url(database: &str) -> String {
+    let mut url = url::Url::parse(&pg_admin_url()).unwrap();
+    url.set_path(database);
+    url.to_string()
+}
+
+/// A temporary directory for one gateway (config, SQLite file), and for PostgreSQL its own
+/// database, dropped with the directory.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+    database: Option<String>,
+}
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if let Some(database) = &self.database {
+            // The gateways are gone (dropped first), but PostgreSQL may not have noticed yet.
+            let _ = psql(&pg_admin_url(), &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
+        }
+    }
+}
+
 /// A temporary directory for one gateway (config, database).
-pub fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("callgate-it-").tempdir().unwrap()
+pub fn temp_dir() -> TestDir {
+    let dir = tempfile::Builder::new().prefix("callgate-it-").tempdir().unwrap();
+    let database = (backend() == Backend::Postgres).then(|| {
+        let database = pg_database(dir.path());
+        psql(&pg_admin_url(), &format!("CREATE DATABASE {database}")).expect("create a test database");
+        database
+    });
+    TestDir { dir, database }
+}
+
+/// The `storage.url` of a test directory's store.
+pub fn storage_url(dir: &Path) -> String {
+    match backend() {
+        Backend::Sqlite => format!("sqlite://{}/callgate.db", dir.display()),
+        Backend::Postgres => pg_url(&pg_database(dir)),
+    }
+}
+
+/// Everything the store holds, as text: the SQLite files' bytes, or a PostgreSQL dump (with
+/// `bytea` decoded, so a body reads as sent).
+pub fn store_dump(dir: &Path) -> String {
+    match backend() {
+        Backend::Sqlite => {
+            let mut bytes = Vec::new();
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.to_string_lossy().contains("callgate.db") {
+                    bytes.extend(std::fs::read(path).unwrap());
+                }
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Backend::Postgres => {
+            let url = pg_url(&pg_database(dir));
+            let out = Command::new("pg_dump").args(["--data-only", "--no-owner", &url]).output().unwrap();
+            assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            // COPY writes bytea as \\x<hex>: decode each such value so what a body holds shows.
+            let decoded: Vec<String> = text
+                .split(|c: char| c.is_whitespace())
+                .filter_map(|word| word.strip_prefix("\\\\x"))
+                .filter_map(|hex_value| hex::decode(hex_value).ok())
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .collect();
+            for value in decoded {
+                text.push('\n');
+                text.push_str(&value);
+            }
+            text
+        }
+    }
+}
+
+/// Rows of a query against a test directory's store, every value as text (NULL is empty).
+/// The tables and columns are the same on both backends.
+pub fn store_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
+    match backend() {
+        Backend::Sqlite => {
+            let db = rusqlite::Connection::open(dir.join("callgate.db")).unwrap();
+            let mut stmt = db.prepare(sql).unwrap();
+            let columns = stmt.column_count();
+            stmt.query_map([], |row| {
+                (0..columns)
+                    .map(|i| {
+                        Ok(match row.get_ref(i)? {
+                            rusqlite::types::ValueRef::Null => String::new(),
+                            rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                            rusqlite::types::ValueRef::Real(x) => x.to_string(),
+                            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                                String::from_utf8_lossy(t).into_owned()
+                            }
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        }
+        Backend::Postgres => psql(&pg_url(&pg_database(dir)), sql).unwrap(),
+    }
 }
 
 pub fn binary() -> &'static str {
@@ -254,7 +440,7 @@ listen = "127.0.0.1:0"
 shutdown_grace = "5s"
 
 [storage]
-url = "sqlite://{}/callgate.db"
+url = "{}"
 
 [sources.oneinbox]
 vendor = "oneinbox"
@@ -270,7 +456,7 @@ vendor = "salpre"
 vendor = "utel"
 phone_region = "UZ"
 "#,
-        dir.display()
+        storage_url(dir)
     )
 }
 

@@ -1,0 +1,19 @@
+//! The integration suite of `tests/it` again, with every gateway on PostgreSQL: each test
+//! makes its own database on `CALLGATE_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and drops it after. Without a reachable
+//! server the tests say so and pass, except under `CI=true`, where they fail.
+
+const BACKEND: support::Backend = support::Backend::Postgres;
+
+#[path = "../it/e2e.rs"]
+mod e2e;
+#[path = "../it/edges.rs"]
+mod edges;
+#[path = "../it/golden.rs"]
+mod golden;
+#[path = "../it/reliability.rs"]
+mod reliability;
+#[path = "../it/security.rs"]
+mod security;
+#[path = "../it/support.rs"]
+mod support;
