@@ -187,6 +187,21 @@ pub struct StorageConfig {
     /// (bytes), before writes start failing.
     #[serde(default = "default_min_free_bytes")]
     pub min_free_bytes: u64,
+    /// PostgreSQL only: connections in this replica's pool (the listening connection comes
+    /// on top). Size it so replicas × (pool_size + 1) stays under the server's
+    /// `max_connections`.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// PostgreSQL only: ingest writer tasks, each committing a batch of payloads at a time (1–8).
+    #[serde(default = "default_writers")]
+    pub writers: usize,
+    /// PostgreSQL only: a statement that takes longer fails, and ingress answers 503.
+    #[serde(default = "default_statement_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// PostgreSQL only: how long a request waits for a pooled connection before ingress
+    /// answers 503.
+    #[serde(default = "default_acquire_timeout", with = "humantime_serde")]
+    pub acquire_timeout: Duration,
 }
 
 /// `[admin]`: where the operational endpoints listen.
@@ -542,6 +557,18 @@ impl Config {
             errors.push(ConfigError {
                 key: "server.max_unverified_per_source".into(),
                 message: "must be greater than 0".into(),
+            });
+        }
+        if !(1..=8).contains(&storage.writers) {
+            errors.push(ConfigError { key: "storage.writers".into(), message: "must be between 1 and 8".into() });
+        }
+        if storage.pool_size < 2 {
+            errors.push(ConfigError { key: "storage.pool_size".into(), message: "must be at least 2".into() });
+        }
+        if storage.statement_timeout.is_zero() || storage.acquire_timeout.is_zero() {
+            errors.push(ConfigError {
+                key: "storage.statement_timeout".into(),
+                message: "statement_timeout and acquire_timeout must be greater than 0".into(),
             });
         }
         if storage.prune_interval.is_zero() {
@@ -933,6 +960,10 @@ impl StorageConfig {
             dedup_window: default_dedup_window(),
             prune_interval: default_prune_interval(),
             min_free_bytes: default_min_free_bytes(),
+            pool_size: default_pool_size(),
+            writers: default_writers(),
+            statement_timeout: default_statement_timeout(),
+            acquire_timeout: default_acquire_timeout(),
         }
     }
 }
@@ -984,6 +1015,18 @@ fn default_dedup_window() -> Duration {
 }
 fn default_prune_interval() -> Duration {
     Duration::from_secs(10 * 60)
+}
+fn default_pool_size() -> u32 {
+    16
+}
+fn default_writers() -> usize {
+    2
+}
+fn default_statement_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_acquire_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_min_free_bytes() -> u64 {
     64 * 1024 * 1024

@@ -74,7 +74,14 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             Ok(Arc::new(store))
         }
         StorageUrl::Postgres(url) => {
-            let store = PostgresStore::open(url.expose(), PgOptions::default())
+            let options = PgOptions {
+                pool_size: config.storage.pool_size,
+                writers: config.storage.writers,
+                statement_timeout: config.storage.statement_timeout,
+                acquire_timeout: config.storage.acquire_timeout,
+                ..PgOptions::default()
+            };
+            let store = PostgresStore::open(url.expose(), options)
                 .await
                 .map_err(|e| anyhow::anyhow!("opening the store at {}: {e}", config.storage_url.redacted()))?;
             Ok(Arc::new(store))

@@ -10,7 +10,7 @@
 pub mod signing;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Config, HEADER_VALUE_MAX, HeaderTemplate, RouteConfig, TEMPLATED_HEADERS_MAX},
-    store::{Attempt, Claimed, Delivery, Millis, Notice, Outcome, OutcomeKind, Store, now_ms},
+    store::{Attempt, Claimed, Delivery, Lease, Millis, Notice, Outcome, OutcomeKind, Store, now_ms},
     telemetry::{self, DeliveryOutcome},
 };
 
@@ -39,6 +39,8 @@ const SNIPPET_BYTES: usize = 1024;
 /// Longest idle sleep of a worker: it is woken earlier by the store's notices and by its own
 /// finished attempts; this is the fallback for a notice that never arrived (another replica's).
 const MAX_IDLE: Duration = Duration::from_secs(2);
+/// How long a worker may take, after the grace period, to give its unfinished leases back.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// How long a claim's lease outlives the attempt's own time limit: the attempt always ends
 /// (reqwest's total timeout) before another replica may take the delivery over.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
@@ -130,6 +132,7 @@ impl Dispatcher {
                 store: store.clone(),
                 client: client.clone(),
                 concurrency: config.delivery.concurrency,
+                grace: config.server.shutdown_grace,
                 stop: stop.clone(),
             };
             tasks.spawn(worker.run());
@@ -139,12 +142,13 @@ impl Dispatcher {
         Ok(Dispatcher { tasks, stop })
     }
 
-    /// Stops taking new deliveries and waits up to `grace` for in-flight attempts; whatever
-    /// is not finished stays in the store for the next start.
+    /// Stops taking new deliveries and waits up to the grace period for in-flight attempts;
+    /// each worker then gives the leases of what is not finished back to the store, so it is
+    /// claimed again at once (here after a restart, or by another replica).
     pub async fn shutdown(mut self, grace: Duration) {
         self.stop.cancel();
         let all = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace, all).await.is_err() {
+        if tokio::time::timeout(grace + RELEASE_WAIT, all).await.is_err() {
             tracing::warn!(grace = ?grace, "Deliveries still in flight at the end of the grace period; they will be retried after restart.");
             self.tasks.abort_all();
         }
@@ -251,13 +255,18 @@ struct Worker {
     client: reqwest::Client,
     /// Attempts in flight at once on this route while it is healthy.
     concurrency: usize,
+    /// After `stop`, how long attempts in flight may take to finish.
+    grace: Duration,
     stop: CancellationToken,
 }
 
 impl Worker {
     async fn run(self) {
         let mut attempts: JoinSet<Verdict> = JoinSet::new();
+        // The lease of each attempt in flight, to give back if it is cut off at shutdown.
+        let mut leases: HashMap<tokio::task::Id, (i64, Lease)> = HashMap::new();
         let mut backoff = Duration::from_millis(100);
+        let mut cut_off_at: Option<tokio::time::Instant> = None;
         loop {
             let limit = if self.handle.failing.load(Ordering::Relaxed) >= PROBE_AFTER { 1 } else { self.concurrency };
             let free = limit.saturating_sub(attempts.len());
@@ -275,13 +284,15 @@ impl Worker {
                         backoff = Duration::from_millis(100);
                         let exhausted = deliveries.len() < free;
                         for delivery in deliveries {
-                            attempts.spawn(attempt(
+                            let lease = (delivery.id, delivery.lease);
+                            let handle = attempts.spawn(attempt(
                                 self.client.clone(),
                                 self.route.clone(),
                                 self.handle.clone(),
                                 self.store.clone(),
                                 delivery,
                             ));
+                            leases.insert(handle.id(), lease);
                         }
                         idle_for = if exhausted { self.idle_time(now).await } else { Duration::ZERO };
                     }
@@ -292,23 +303,55 @@ impl Worker {
                     }
                 }
             }
-            if self.stop.is_cancelled() && attempts.is_empty() {
-                return;
+            if self.stop.is_cancelled() {
+                if attempts.is_empty() {
+                    return;
+                }
+                let cut_off_at = *cut_off_at.get_or_insert_with(|| tokio::time::Instant::now() + self.grace);
+                if tokio::time::Instant::now() >= cut_off_at {
+                    attempts.abort_all();
+                    while attempts.join_next().await.is_some() {}
+                    let unfinished: Vec<(i64, Lease)> = leases.into_values().collect();
+                    let count = unfinished.len();
+                    match tokio::time::timeout(RELEASE_WAIT, self.store.release(unfinished)).await {
+                        Ok(Ok(())) => {
+                            tracing::info!(route = %self.name, count, "Attempts cut off by the shutdown; their deliveries are handed back for another try.")
+                        }
+                        _ => {
+                            tracing::warn!(route = %self.name, count, "Attempts cut off by the shutdown; their leases will expire by themselves.")
+                        }
+                    }
+                    return;
+                }
             }
             if idle_for.is_zero() && worth_asking && attempts.len() < limit {
                 continue;
             }
+            let cut_off = async {
+                match cut_off_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    for done in std::iter::once(done).chain(std::iter::from_fn(|| attempts.try_join_next())) {
+                Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => {
+                    for done in std::iter::once(done).chain(std::iter::from_fn(|| attempts.try_join_next_with_id())) {
                         match done {
-                            Ok(Verdict::Gone) => tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name),
-                            Ok(_) => {}
+                            Ok((id, verdict)) => {
+                                leases.remove(&id);
+                                if verdict == Verdict::Gone {
+                                    tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name);
+                                }
+                            }
                             // Its lease expires and the delivery is claimed again: nothing is lost.
-                            Err(e) => tracing::error!(route = %self.name, error = %e, "A delivery attempt failed inside the gateway."),
+                            Err(e) => {
+                                leases.remove(&e.id());
+                                tracing::error!(route = %self.name, error = %e, "A delivery attempt failed inside the gateway.");
+                            }
                         }
                     }
                 }
+                () = cut_off => {}
                 _ = self.handle.notify.notified(), if !self.stop.is_cancelled() => {}
                 _ = tokio::time::sleep(idle_for), if !self.stop.is_cancelled() => {}
                 _ = self.stop.cancelled(), if !self.stop.is_cancelled() => {}

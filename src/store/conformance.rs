@@ -286,6 +286,32 @@ pub(crate) async fn counts_follow_every_change_and_survive_reopening(h: &dyn Har
     reopened.ping().await.unwrap();
 }
 
+pub(crate) async fn released_leases_are_claimable_at_once_and_stale_ones_change_nothing(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = &*store;
+    let mut notices = store.notices();
+    store.ingest(ingest("vox", "1", &[("a", "x", &["r"]), ("b", "x", &["r"])])).await.unwrap();
+    let now = now_ms();
+    let first = claim(store, "r", now, 10).await;
+    assert_eq!(first.len(), 1);
+    assert!(claim(store, "r", now, 10).await.is_empty(), "leased for a minute");
+    // A token that is not the delivery's lease releases nothing.
+    store.release(vec![(first[0].id, crate::store::Lease(first[0].lease.0 ^ 1))]).await.unwrap();
+    assert!(claim(store, "r", now, 10).await.is_empty());
+    while notices.try_recv().is_ok() {}
+    store.release(vec![(first[0].id, first[0].lease)]).await.unwrap();
+    assert_eq!(notices.recv().await.unwrap(), Notice::Due("r".into()));
+    let again = claim(store, "r", now, 10).await;
+    assert_eq!(
+        (again.len(), again[0].id, again[0].attempts),
+        (1, first[0].id, 0),
+        "the head, at once, no attempt counted"
+    );
+    assert_eq!(store.complete(vec![delivered(&first[0])], now).await.unwrap().stale, 1, "the released lease is gone");
+    store.complete(vec![delivered(&again[0])], now).await.unwrap();
+    assert_eq!(claim(store, "r", now, 10).await[0].event_id, "b");
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -313,6 +339,7 @@ macro_rules! all_checks {
             quarantine_lists_pages_and_releases,
             prune_removes_old_delivered_data_but_keeps_what_is_pending,
             counts_follow_every_change_and_survive_reopening,
+            released_leases_are_claimable_at_once_and_stale_ones_change_nothing,
         );
     };
 }

@@ -307,6 +307,11 @@ pub trait Store: Send + Sync + 'static {
     /// [`Notice::Due`] when a call's next event may go, and [`Notice::Paused`] on a 410.
     async fn complete(&self, outcomes: Vec<Outcome>, now: Millis) -> Result<Completed, StoreError>;
 
+    /// Gives claimed deliveries back without an outcome (attempts abandoned at shutdown), so
+    /// this or another replica may claim them at once instead of after their lease ends. A
+    /// lease already taken over is left alone. Sends [`Notice::Due`] for their routes.
+    async fn release(&self, leases: Vec<(i64, Lease)>) -> Result<(), StoreError>;
+
     /// Backlog and dead letters per route, straight from the store (every replica agrees).
     async fn counts(&self) -> Result<Counts, StoreError>;
 

@@ -915,6 +915,26 @@ impl Store for PostgresStore {
         Ok(Completed { stale })
     }
 
+    async fn release(&self, leases: Vec<(i64, Lease)>) -> Result<(), StoreError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let (ids, tokens): (Vec<i64>, Vec<i64>) = leases.into_iter().map(|(id, lease)| (id, lease.0)).unzip();
+        let routes: Vec<String> = sqlx::query_scalar(
+            "UPDATE outbox o SET lease_until = NULL, lease_token = NULL
+               FROM unnest($1::int8[], $2::int8[]) AS d (id, tok)
+              WHERE o.id = d.id AND o.lease_token = d.tok
+          RETURNING o.route",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .fetch_all(self.pool())
+        .await?;
+        let routes: BTreeSet<String> = routes.into_iter().collect();
+        self.shared.due(&routes);
+        Ok(())
+    }
+
     async fn counts(&self) -> Result<Counts, StoreError> {
         if let Ok(cached) = self.shared.counts.lock()
             && let Some((at, counts)) = cached.as_ref()

@@ -787,6 +787,22 @@ impl Store for SqliteStore {
         Ok(Completed { stale: stale.len() })
     }
 
+    async fn release(&self, leases: Vec<(i64, Lease)>) -> Result<(), StoreError> {
+        let mut routes = BTreeSet::new();
+        {
+            let mut held = self.leases.lock().map_err(|_| StoreError::Closed)?;
+            for (id, lease) in leases {
+                if held.held.get(&id).is_some_and(|h| h.lease == lease && h.done.is_none())
+                    && let Some(h) = held.held.remove(&id)
+                {
+                    routes.insert(h.route);
+                }
+            }
+        }
+        self.notify_due(&routes);
+        Ok(())
+    }
+
     async fn counts(&self) -> Result<Counts, StoreError> {
         self.counts.lock().map(|c| c.clone()).map_err(|_| StoreError::Closed)
     }
