@@ -158,6 +158,9 @@ struct Shared {
     /// Routes to announce on `callgate_due` (rate-limited by the notifier task).
     remote: mpsc::UnboundedSender<String>,
     counts: Arc<Mutex<Option<(Instant, Counts)>>>,
+    /// Bumped by every change of this replica's counts: a count read while one happened is
+    /// returned but not cached (it may predate the change).
+    counts_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -172,6 +175,7 @@ impl Shared {
 
     fn counts_changed(&self) {
         if let Ok(mut cached) = self.counts.lock() {
+            self.counts_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             *cached = None;
         }
     }
@@ -224,7 +228,8 @@ impl PostgresStore {
 
         let (remote, remote_rx) = mpsc::unbounded_channel();
         tokio::spawn(notifier(pool.clone(), remote_rx, options.notify_interval, replica));
-        let shared = Shared { pool, notices, remote, counts: Arc::new(Mutex::new(None)) };
+        let shared =
+            Shared { pool, notices, remote, counts: Arc::new(Mutex::new(None)), counts_generation: Arc::default() };
         let (jobs, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..options.writers.clamp(1, 8) {
@@ -942,6 +947,7 @@ impl Store for PostgresStore {
         {
             return Ok(counts.clone());
         }
+        let generation = self.shared.counts_generation.load(std::sync::atomic::Ordering::SeqCst);
         let group = |sql: &'static str| async move {
             let rows = sqlx::query(sql).fetch_all(self.pool()).await?;
             rows.iter()
@@ -952,7 +958,9 @@ impl Store for PostgresStore {
             backlog: group("SELECT route, count(*) FROM outbox GROUP BY route").await?,
             dead: group("SELECT route, count(*) FROM dead_letters GROUP BY route").await?,
         };
-        if let Ok(mut cached) = self.shared.counts.lock() {
+        if let Ok(mut cached) = self.shared.counts.lock()
+            && self.shared.counts_generation.load(std::sync::atomic::Ordering::SeqCst) == generation
+        {
             *cached = Some((Instant::now(), counts.clone()));
         }
         Ok(counts)
