@@ -76,7 +76,7 @@ impl<'a> Payload<'a> {
     /// A descriptive duration in seconds, as milliseconds ([`Payload::describe`]); a negative
     /// one is degraded too (a duration cannot be).
     pub fn describe_seconds(&self, field: &'static str, pointer: &str) -> Option<i64> {
-        self.describe(field, pointer, "a number of seconds, not negative", |v| {
+        self.describe(field, pointer, "a non-negative number of seconds", |v| {
             convert::seconds_to_ms(v).filter(|ms| *ms >= 0)
         })
     }

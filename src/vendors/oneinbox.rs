@@ -149,3 +149,45 @@ fn nested_summary<'a>(p: &Payload<'a>) -> Option<&'a str> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::vendors::{Normalized, Origin, Rejection, normalize};
+
+    fn run(body: Value) -> Result<Normalized, Rejection> {
+        let origin = Origin { source: "oneinbox", vendor: Vendor::Oneinbox, phone_region: None };
+        normalize(&origin, &serde_json::to_vec(&body).unwrap(), Utc::now())
+    }
+
+    #[test]
+    fn a_negative_duration_is_degraded_and_null_summaries_say_none() {
+        let body = json!({"event": "call.ended", "call_id": "c1", "status": "completed", "duration_seconds": -3,
+            "ai_summary": "Booked.", "analysis": {"summary": null}});
+        let normalized = run(body).unwrap();
+        let event = &normalized.events[0];
+        assert_eq!(event.kind, EventType::CallEnded);
+        let degraded: Vec<_> = normalized.degraded.iter().map(|d| (d.field, d.pointer.as_str())).collect();
+        assert_eq!(degraded, [("duration", "/duration_seconds")]);
+        assert_eq!(Value::Object((*event.data.vendor_extra).clone()), json!({"duration_seconds": -3}));
+    }
+
+    /// The facts these events consist of decide them: unreadable, the payload is rejected
+    /// (and quarantined) rather than sent without its point.
+    #[test]
+    fn transcript_messages_and_recording_urls_decide_their_events() {
+        let bodies = [
+            json!({"event": "transcript.final", "call_id": "c1", "messages": [{"role": "agent", "content": 5}]}),
+            json!({"event": "transcript.partial", "call_id": "c1", "messages": "Agent: hi"}),
+            json!({"event": "call.recording.available", "call_id": "c1", "recording_url": {"url": "x"}}),
+            json!({"event": "call.ended", "call_id": "c1", "status": 1}),
+            json!({"event": "call.started", "call_id": "c1", "created_at": "noon"}),
+        ];
+        for body in bodies {
+            assert!(matches!(run(body.clone()), Err(Rejection::Invalid { .. })), "{body} accepted");
+        }
+    }
+}

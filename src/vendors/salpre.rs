@@ -84,3 +84,45 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     };
     Ok(Mapped::new(common, events))
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::vendors::{Normalized, Origin, Rejection, normalize};
+
+    fn run(body: Value) -> Result<Normalized, Rejection> {
+        let origin = Origin { source: "salpre", vendor: Vendor::Salpre, phone_region: None };
+        normalize(&origin, &serde_json::to_vec(&body).unwrap(), Utc::now())
+    }
+
+    #[test]
+    fn a_transcript_that_is_not_an_array_is_degraded() {
+        let body = json!({"event_type": "call_ended", "timestamp_utc": 1760084597,
+            "payload": {"call_id": 1, "direction": "outbound", "transcript": "ai: hello"}});
+        let normalized = run(body).unwrap();
+        assert_eq!(normalized.events.len(), 1, "no transcript.final");
+        assert_eq!(normalized.events[0].data.common.direction, crate::canonical::Direction::Outbound);
+        assert_eq!(normalized.degraded.len(), 1);
+        assert_eq!(normalized.degraded[0].problem, "expected an array, got a string");
+        assert_eq!(normalized.events[0].data.vendor_extra["payload"]["transcript"], "ai: hello");
+    }
+
+    /// `is_test` decides which routes get the event, and a segment is nothing without its
+    /// speaker and text: these reject.
+    #[test]
+    fn is_test_and_the_segment_decide() {
+        let bodies = [
+            json!({"event_type": "call_answered", "timestamp_utc": 1, "payload": {"call_id": 1}, "is_test": "yes"}),
+            json!({"event_type": "transcript", "timestamp_utc": 1,
+                "payload": {"call": {"id": 1}, "type": "ai", "transcript": ["hi"]}}),
+            json!({"event_type": "error", "timestamp_utc": 1, "payload": {"call": {"id": 1}, "error_message": 3}}),
+            json!({"event_type": "call_ringing", "timestamp_utc": "now", "payload": {"call_id": 1}}),
+        ];
+        for body in bodies {
+            assert!(matches!(run(body.clone()), Err(Rejection::Invalid { .. })), "{body} accepted");
+        }
+    }
+}

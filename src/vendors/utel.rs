@@ -166,12 +166,20 @@ fn history_direction(p: &Payload<'_>, at: &str) -> Direction {
         Some(Some(3)) => Direction::Internal,
         Some(Some(_)) => return Direction::Unknown,
         _ => {
-            p.degrade("direction", at, "expected an object with an integer number");
+            p.degrade("direction", at, shape_problem(value));
             return Direction::Unknown;
         }
     };
     p.mark(value);
     direction
+}
+
+/// Why a history `{number, name}` value cannot be read.
+fn shape_problem(value: &Value) -> String {
+    match value {
+        Value::Object(_) => "expected an integer number".to_owned(),
+        other => format!("expected an object {{number, name}}, got {}", kind_of(other)),
+    }
 }
 
 /// History `status {number, name}` (or a bare disposition, as `call_ended` may send it):
@@ -189,7 +197,51 @@ fn history_status(p: &Payload<'_>, at: &str) -> Option<Status> {
         _ => false,
     };
     if !known_shape {
-        p.degrade("status", at, "expected an object with an integer number");
+        p.degrade("status", at, shape_problem(value));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::vendors::{Normalized, Origin, Rejection, normalize};
+
+    fn run(body: Value) -> Result<Normalized, Rejection> {
+        let origin = Origin { source: "utel", vendor: Vendor::Utel, phone_region: None };
+        normalize(&origin, &serde_json::to_vec(&body).unwrap(), Utc::now())
+    }
+
+    /// A known shape with a value not in the table is not a degradation: it stays in
+    /// vendor_extra, as unknown words do. A bare disposition string is read as call_ended's is.
+    #[test]
+    fn unknown_history_numbers_stay_raw_and_bare_dispositions_are_read() {
+        let body = json!({"data": {"name": "call_saved", "call_history": {
+            "call_id": "c1", "type": {"number": 7, "name": "Robot"}, "status": "ANSWERED"}}});
+        let normalized = run(body).unwrap();
+        assert!(normalized.degraded.is_empty(), "{:?}", normalized.degraded);
+        let data = &normalized.events[0].data;
+        assert_eq!((data.common.direction, data.details.status), (Direction::Unknown, Some(Status::Completed)));
+        assert_eq!(Value::Object((*data.vendor_extra).clone()), json!({"data": {"call_history": {"type": {"number": 7, "name": "Robot"}}}}));
+    }
+
+    #[test]
+    fn an_unreadable_related_call_id_is_degraded() {
+        let body = json!({"data": {"name": "call_attended_transferred", "call_first": {"id": "c1"},
+            "call_second": {"id": {"uuid": "c2"}}, "target": 103}});
+        let normalized = run(body).unwrap();
+        let transfer = normalized.events[0].data.details.transfer.clone().unwrap();
+        assert_eq!((transfer.target.as_deref(), transfer.related_call_ids.len()), (Some("103"), 0));
+        let degraded: Vec<_> = normalized.degraded.iter().map(|d| (d.field, d.pointer.as_str())).collect();
+        assert_eq!(degraded, [("transfer", "/data/call_second/id")]);
+    }
+
+    #[test]
+    fn the_call_ended_status_decides() {
+        let body = json!({"data": {"name": "call_ended", "call": {"id": "c1", "status": true}}});
+        assert!(matches!(run(body), Err(Rejection::Invalid { .. })));
+    }
 }
