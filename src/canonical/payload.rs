@@ -67,6 +67,66 @@ impl<'a> Payload<'a> {
         self.describe(field, pointer, "an object", |v| v.as_object().cloned()).unwrap_or_default()
     }
 
+    /// A descriptive id (an agent's, a related call's): a string or an integer
+    /// ([`Payload::describe`]).
+    pub fn describe_id(&self, field: &'static str, pointer: &str) -> Option<String> {
+        self.describe(field, pointer, "a string or an integer", convert::id_string)
+    }
+
+    /// A descriptive duration in seconds, as milliseconds ([`Payload::describe`]); a negative
+    /// one is degraded too (a duration cannot be).
+    pub fn describe_seconds(&self, field: &'static str, pointer: &str) -> Option<i64> {
+        self.describe(field, pointer, "a non-negative number of seconds", |v| {
+            convert::seconds_to_ms(v).filter(|ms| *ms >= 0)
+        })
+    }
+
+    /// A descriptive direction word ([`Payload::direction`]); a value that is not a string at
+    /// all is reported as degraded `direction` (an unknown word is a known shape: it only
+    /// stays in `vendor_extra`).
+    pub fn describe_direction(&self, pointer: &str) -> Direction {
+        if let Some(value) = self.peek(pointer).filter(|v| !v.is_string() && !v.is_null()) {
+            self.degrade("direction", pointer, format!("expected a string, got {}", kind_of(value)));
+        }
+        self.direction(pointer)
+    }
+
+    /// A descriptive transcript at `at`: an array of items with a string `role_key` and
+    /// `text_key` (other item keys stay in `vendor_extra`). Absent or null is `None`; any other
+    /// shape, or one item of another shape, is reported as degraded `field` and the whole
+    /// value stays in `vendor_extra` (half a transcript would misstate the conversation).
+    pub fn describe_utterances(
+        &self,
+        field: &'static str,
+        at: &str,
+        role_key: &str,
+        text_key: &str,
+    ) -> Option<Vec<Utterance>> {
+        let value = self.peek(at)?;
+        let readable =
+            |item: &Value| [role_key, text_key].iter().all(|key| item.get(key).is_some_and(Value::is_string));
+        match value {
+            Value::Null => {
+                self.mark(value);
+                None
+            }
+            Value::Array(items) if items.iter().all(readable) => {
+                if items.is_empty() {
+                    self.mark(value);
+                }
+                (0..items.len()).map(|i| self.utterance(&format!("{at}/{i}"), role_key, text_key, None).ok()).collect()
+            }
+            Value::Array(_) => {
+                self.degrade(field, at, format!("expected items with a string {role_key} and {text_key}"));
+                None
+            }
+            other => {
+                self.degrade(field, at, format!("expected an array, got {}", kind_of(other)));
+                None
+            }
+        }
+    }
+
     /// The pointers of every consumed value, in document order (for tracing and tests).
     pub fn consumed(&self) -> Vec<String> {
         let mut used = self.used.borrow().clone();

@@ -1,4 +1,9 @@
 //! OneInbox: flat payloads discriminated by `event`; only `call.started` carries a time.
+//!
+//! Strict on what decides (canonical.md §1.4): `event`, `call_id`, `call.started`'s
+//! `created_at`, `call.ended`'s `status`, `call.failed`'s `reason`, and the facts an event is
+//! nothing without (`transcript.*` `messages`, `call.recording.available` `recording_url`).
+//! Everything else is descriptive: read when its shape is known, else degraded.
 
 use serde_json::Value;
 
@@ -38,8 +43,9 @@ fn outcome(raw: &str) -> Option<(EndReason, Status)> {
 pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     p.consume("/event");
     let mut common = cx.common(event.name(), p.required_id("/call_id")?);
-    common.agent_id = p.id("/agent_id");
-    cx.numbers(&mut common, p.str("/from_number"), p.str("/to_number"));
+    common.agent_id = p.describe_id("agent", "/agent_id");
+    let number = |field: &str| p.describe_str("numbers", field);
+    cx.numbers(&mut common, number("/from_number"), number("/to_number"));
 
     let draft = match event {
         Event::CallStarted => {
@@ -51,7 +57,7 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
             let status_raw = p.str("/status");
             let (reason, status) =
                 status_raw.as_deref().and_then(outcome).unwrap_or((EndReason::Unknown, Status::Completed));
-            let duration_ms = p.take_with("/duration_seconds", convert::seconds_to_ms);
+            let duration_ms = p.describe_seconds("duration", "/duration_seconds");
             Draft::new(
                 EventType::for_end(status),
                 Details {
@@ -80,6 +86,7 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                 },
             )
         }
+        // The URL is the event (the schema requires it): not descriptive here.
         Event::CallRecordingAvailable => Draft::new(
             EventType::CallRecordingReady,
             Details { recording_url: p.str("/recording_url"), ..Details::default() },
@@ -87,6 +94,8 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         Event::TranscriptPartial | Event::TranscriptFinal => {
             let kind =
                 if event == Event::TranscriptPartial { EventType::TranscriptPartial } else { EventType::TranscriptFinal };
+            // The messages are the event (the schema checks them): an unreadable one rejects
+            // the payload into the quarantine rather than sending a transcript that is not.
             let transcript = (0..p.len("/messages"))
                 .map(|i| p.utterance(&format!("/messages/{i}"), "role", "content", None))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -98,23 +107,24 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
 }
 
 /// `outcome`, `ai_summary` and `analysis.summary` (the same text twice in OneInbox's
-/// example); a differing `analysis.summary` is left in `vendor_extra` rather than dropped.
+/// example); a differing `analysis.summary` is left in `vendor_extra` rather than dropped. All
+/// descriptive: a value of another shape is degraded as `analysis`.
 fn analysis(p: &Payload<'_>) -> Option<Analysis> {
-    let outcome = p.str("/outcome");
-    let ai_summary = p.str("/ai_summary");
-    let nested = p.peek("/analysis/summary").and_then(Value::as_str);
+    let outcome = p.describe_str("analysis", "/outcome");
+    let ai_summary = p.describe_str("analysis", "/ai_summary");
+    let nested = nested_summary(p);
     let summary = match (ai_summary, nested) {
         (Some(s), Some(n)) if s == n => {
             p.consume("/analysis/summary");
             Some(s)
         }
         (Some(s), _) => Some(s),
-        (None, Some(_)) => p.str("/analysis/summary"),
+        (None, Some(n)) => {
+            p.consume("/analysis/summary");
+            Some(n.to_owned())
+        }
         (None, None) => None,
     };
-    if p.peek("/analysis").is_some_and(Value::is_null) {
-        p.consume("/analysis");
-    }
     (summary.is_some() || outcome.is_some()).then(|| Analysis {
         summary,
         outcome,
@@ -122,4 +132,62 @@ fn analysis(p: &Payload<'_>) -> Option<Analysis> {
         sentiment_raw: None,
         extracted: Default::default(),
     })
+}
+
+/// `analysis.summary` when it is a string, not yet consumed; a null `analysis` or `summary` is
+/// consumed (it says "none"), any other shape degraded.
+fn nested_summary<'a>(p: &Payload<'a>) -> Option<&'a str> {
+    if !p.peek("/analysis")?.is_object() {
+        p.describe("analysis", "/analysis", "an object", |_| None::<()>);
+        return None;
+    }
+    match p.peek("/analysis/summary")? {
+        Value::String(summary) => Some(summary),
+        _ => {
+            p.describe_str("analysis", "/analysis/summary");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::vendors::{Normalized, Origin, Rejection, normalize};
+
+    fn run(body: Value) -> Result<Normalized, Rejection> {
+        let origin = Origin { source: "oneinbox", vendor: Vendor::Oneinbox, phone_region: None };
+        normalize(&origin, &serde_json::to_vec(&body).unwrap(), Utc::now())
+    }
+
+    #[test]
+    fn a_negative_duration_is_degraded_and_null_summaries_say_none() {
+        let body = json!({"event": "call.ended", "call_id": "c1", "status": "completed", "duration_seconds": -3,
+            "ai_summary": "Booked.", "analysis": {"summary": null}});
+        let normalized = run(body).unwrap();
+        let event = &normalized.events[0];
+        assert_eq!(event.kind, EventType::CallEnded);
+        let degraded: Vec<_> = normalized.degraded.iter().map(|d| (d.field, d.pointer.as_str())).collect();
+        assert_eq!(degraded, [("duration", "/duration_seconds")]);
+        assert_eq!(Value::Object((*event.data.vendor_extra).clone()), json!({"duration_seconds": -3}));
+    }
+
+    /// The facts these events consist of decide them: unreadable, the payload is rejected
+    /// (and quarantined) rather than sent without its point.
+    #[test]
+    fn transcript_messages_and_recording_urls_decide_their_events() {
+        let bodies = [
+            json!({"event": "transcript.final", "call_id": "c1", "messages": [{"role": "agent", "content": 5}]}),
+            json!({"event": "transcript.partial", "call_id": "c1", "messages": "Agent: hi"}),
+            json!({"event": "call.recording.available", "call_id": "c1", "recording_url": {"url": "x"}}),
+            json!({"event": "call.ended", "call_id": "c1", "status": 1}),
+            json!({"event": "call.started", "call_id": "c1", "created_at": "noon"}),
+        ];
+        for body in bodies {
+            assert!(matches!(run(body.clone()), Err(Rejection::Invalid { .. })), "{body} accepted");
+        }
+    }
 }

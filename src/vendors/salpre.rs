@@ -1,5 +1,10 @@
 //! Salpre: `{event_type, timestamp_utc (epoch seconds), payload, is_test}`. Call ids are
 //! integers; `transcript` and `error` nest the call under `payload.call`.
+//!
+//! Strict on what decides (canonical.md §1.4): `event_type`, the call id, `timestamp_utc`
+//! (the event time), `is_test` (it decides which routes get the event), and the facts an
+//! event is nothing without (`transcript`'s `type` and `transcript`, `error`'s
+//! `error_message`). Numbers, direction and `call_ended`'s transcript are descriptive.
 
 use serde_json::Value;
 
@@ -32,8 +37,9 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     };
     let mut common = cx.common(event.name(), p.required_id(&format!("{call}/{id_field}"))?);
     common.test = p.bool("/is_test").unwrap_or(false);
-    common.direction = p.direction(&format!("{call}/direction"));
-    cx.numbers(&mut common, p.str(&format!("{call}/from")), p.str(&format!("{call}/to")));
+    common.direction = p.describe_direction(&format!("{call}/direction"));
+    let number = |field: &str| p.describe_str("numbers", &format!("{call}/{field}"));
+    cx.numbers(&mut common, number("from"), number("to"));
     let at = p.i64("/timestamp_utc").and_then(convert::from_epoch_s);
     common.occurred_at = at.clone();
 
@@ -58,12 +64,10 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
             let end = End { reason: EndReason::CompletedUnspecified, reason_raw: None, by: EndedBy::Unknown };
             let ended = Details { status: Some(Status::Completed), end: Some(end), ended_at: at, ..Details::default() };
             let mut events = vec![Draft::new(EventType::CallEnded, ended)];
-            let transcript = (0..p.len("/payload/transcript"))
-                .map(|i| p.utterance(&format!("/payload/transcript/{i}"), "type", "message", None))
-                .collect::<Result<Vec<_>, Violation>>()?;
-            if transcript.is_empty() {
-                p.consume("/payload/transcript");
-            } else {
+            // Items are `{type, message, utc_timestamp?}`; the timestamp (unit unknown) is not
+            // read and stays in vendor_extra.
+            let transcript = p.describe_utterances("transcript", "/payload/transcript", "type", "message");
+            if let Some(transcript) = transcript.filter(|t| !t.is_empty()) {
                 events.push(Draft::new(
                     EventType::TranscriptFinal,
                     Details { transcript: Some(transcript), ..Details::default() },
@@ -79,4 +83,46 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         }
     };
     Ok(Mapped::new(common, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::vendors::{Normalized, Origin, Rejection, normalize};
+
+    fn run(body: Value) -> Result<Normalized, Rejection> {
+        let origin = Origin { source: "salpre", vendor: Vendor::Salpre, phone_region: None };
+        normalize(&origin, &serde_json::to_vec(&body).unwrap(), Utc::now())
+    }
+
+    #[test]
+    fn a_transcript_that_is_not_an_array_is_degraded() {
+        let body = json!({"event_type": "call_ended", "timestamp_utc": 1760084597,
+            "payload": {"call_id": 1, "direction": "outbound", "transcript": "ai: hello"}});
+        let normalized = run(body).unwrap();
+        assert_eq!(normalized.events.len(), 1, "no transcript.final");
+        assert_eq!(normalized.events[0].data.common.direction, crate::canonical::Direction::Outbound);
+        assert_eq!(normalized.degraded.len(), 1);
+        assert_eq!(normalized.degraded[0].problem, "expected an array, got a string");
+        assert_eq!(normalized.events[0].data.vendor_extra["payload"]["transcript"], "ai: hello");
+    }
+
+    /// `is_test` decides which routes get the event, and a segment is nothing without its
+    /// speaker and text: these reject.
+    #[test]
+    fn is_test_and_the_segment_decide() {
+        let bodies = [
+            json!({"event_type": "call_answered", "timestamp_utc": 1, "payload": {"call_id": 1}, "is_test": "yes"}),
+            json!({"event_type": "transcript", "timestamp_utc": 1,
+                "payload": {"call": {"id": 1}, "type": "ai", "transcript": ["hi"]}}),
+            json!({"event_type": "error", "timestamp_utc": 1, "payload": {"call": {"id": 1}, "error_message": 3}}),
+            json!({"event_type": "call_ringing", "timestamp_utc": "now", "payload": {"call_id": 1}}),
+        ];
+        for body in bodies {
+            assert!(matches!(run(body.clone()), Err(Rejection::Invalid { .. })), "{body} accepted");
+        }
+    }
 }

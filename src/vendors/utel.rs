@@ -6,13 +6,17 @@
 //! it once a real delivery is captured is a change to this file and `schemas/utel/`.
 //! The envelope `time` has no date and no zone, so it is never interpreted (the event time
 //! is `received_at`); it travels in `vendor_extra`.
+//!
+//! Strict on what decides (canonical.md §1.4): `data.name`, the call id and `call_ended`'s
+//! status / disposition. Transfer targets, related calls and every `call_saved` history field
+//! but the call id are descriptive: read when their shape is known, else degraded.
 
 use serde_json::Value;
 
 use super::{Context, MapResult, Violation};
 use crate::canonical::{
     Details, Direction, Draft, End, EndReason, EndedBy, EventType, Mapped, Payload, Status, Transfer, TransferType,
-    Vendor, convert,
+    Vendor, convert, payload::kind_of,
 };
 
 events! {
@@ -69,10 +73,7 @@ fn raw_text(value: &Value) -> String {
 pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     p.consume("/data/name");
     // A scalar `to`/`target` is the transfer destination; anything richer stays raw.
-    let target = |at: &str| match p.peek(at) {
-        Some(Value::String(_) | Value::Number(_)) => p.id(at),
-        _ => None,
-    };
+    let target = |at: &str| p.describe_id("transfer", at);
     let transferred = |transfer| Draft::new(EventType::CallTransferred, Details { transfer: Some(transfer), ..Details::default() });
     let draft = match event {
         Event::CallStarted => Draft::new(EventType::CallInitiated, Details::default()),
@@ -85,7 +86,7 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         Event::CallAttendedTransferred => transferred(Transfer {
             kind: TransferType::Attended,
             target: target("/data/target"),
-            related_call_ids: p.id("/data/call_second/id").into_iter().collect(),
+            related_call_ids: related_call(p).into_iter().collect(),
         }),
         Event::CallTransferred => {
             transferred(Transfer { kind: TransferType::Unknown, target: None, related_call_ids: vec![] })
@@ -109,36 +110,38 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     Ok(Mapped::new(common, vec![draft]))
 }
 
-/// `call_saved` carries the call-history record: the call's CDR, then its recording.
-fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
-    let h = "/data/call_history";
-    let mut common = cx.common(Event::CallSaved.name(), p.required_id(&format!("{h}/call_id"))?);
-    if let Some(number) = p.peek(&format!("{h}/type/number")).and_then(Value::as_i64) {
-        common.direction = match number {
-            1 => Direction::Inbound,
-            2 => Direction::Outbound,
-            3 => Direction::Internal,
-            _ => Direction::Unknown,
-        };
-        if common.direction != Direction::Unknown {
-            p.consume(&format!("{h}/type"));
+/// The consultation call of an attended transfer, `call_second.id`; descriptive.
+fn related_call(p: &Payload<'_>) -> Option<String> {
+    let at = "/data/call_second";
+    match p.peek(at)? {
+        Value::Object(_) => p.describe_id("transfer", &format!("{at}/id")),
+        Value::Null => None,
+        other => {
+            p.degrade("transfer", at, format!("expected an object, got {}", kind_of(other)));
+            None
         }
     }
-    cx.numbers(&mut common, p.str(&format!("{h}/src")), p.str(&format!("{h}/dst")));
-    let started_at = p.take_with(&format!("{h}/date_time"), |v| {
+}
+
+/// `call_saved` carries the call-history record: the call's CDR, then its recording. Only
+/// the call id decides; every other field is read when its shape is known, else degraded.
+fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
+    let h = "/data/call_history";
+    let at = |field: &str| format!("{h}/{field}");
+    let mut common = cx.common(Event::CallSaved.name(), p.required_id(&at("call_id"))?);
+    common.direction = history_direction(p, &at("type"));
+    let number = |field: &str| p.describe_str("numbers", &at(field));
+    cx.numbers(&mut common, number("src"), number("dst"));
+    let started_at = p.describe("started_at", &at("date_time"), "a local time Y-m-d H:i:s", |v| {
         v.as_str().and_then(|t| convert::from_local(t, LOCAL_UTC_OFFSET_HOURS))
     });
-    let seconds = |field: &str| p.take_with(&format!("{h}/{field}"), convert::seconds_to_ms);
-    let status = p.peek(&format!("{h}/status/number")).and_then(disposition).map(|(_, status)| status);
-    if status.is_some() {
-        p.consume(&format!("{h}/status"));
-    }
-    let recording_url = p.str(&format!("{h}/recorded_file_url"));
+    let status = history_status(p, &at("status"));
+    let recording_url = p.describe_str("recording_url", &at("recorded_file_url"));
     let cdr = Details {
         status,
         started_at,
-        duration_ms: seconds("duration"),
-        talk_duration_ms: seconds("conversation"),
+        duration_ms: p.describe_seconds("duration", &at("duration")),
+        talk_duration_ms: p.describe_seconds("duration", &at("conversation")),
         recording_url: recording_url.clone(),
         ..Details::default()
     };
@@ -150,4 +153,95 @@ fn call_saved(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         ));
     }
     Ok(Mapped::new(common, events))
+}
+
+/// History `type {number, name}`: 1 incoming, 2 outgoing, 3 internal. Consumed whole when the
+/// number is known (the name only labels it); an unknown number stays in vendor_extra, any
+/// other shape is degraded.
+fn history_direction(p: &Payload<'_>, at: &str) -> Direction {
+    let Some(value) = p.peek(at).filter(|v| !v.is_null()) else { return Direction::Unknown };
+    let direction = match value.get("number").map(Value::as_i64) {
+        Some(Some(1)) => Direction::Inbound,
+        Some(Some(2)) => Direction::Outbound,
+        Some(Some(3)) => Direction::Internal,
+        Some(Some(_)) => return Direction::Unknown,
+        _ => {
+            p.degrade("direction", at, shape_problem(value));
+            return Direction::Unknown;
+        }
+    };
+    p.mark(value);
+    direction
+}
+
+/// Why a history `{number, name}` value cannot be read.
+fn shape_problem(value: &Value) -> String {
+    match value {
+        Value::Object(_) => "expected an integer number".to_owned(),
+        other => format!("expected an object {{number, name}}, got {}", kind_of(other)),
+    }
+}
+
+/// History `status {number, name}` (or a bare disposition, as `call_ended` may send it):
+/// consumed whole when known; an unknown number stays in vendor_extra, any other shape is
+/// degraded.
+fn history_status(p: &Payload<'_>, at: &str) -> Option<Status> {
+    let value = p.peek(at).filter(|v| !v.is_null())?;
+    if let Some((_, status)) = disposition(value) {
+        p.mark(value);
+        return Some(status);
+    }
+    let known_shape = match value {
+        Value::Object(o) => o.get("number").is_some_and(Value::is_i64),
+        Value::String(_) | Value::Number(_) => true,
+        _ => false,
+    };
+    if !known_shape {
+        p.degrade("status", at, shape_problem(value));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::vendors::{Normalized, Origin, Rejection, normalize};
+
+    fn run(body: Value) -> Result<Normalized, Rejection> {
+        let origin = Origin { source: "utel", vendor: Vendor::Utel, phone_region: None };
+        normalize(&origin, &serde_json::to_vec(&body).unwrap(), Utc::now())
+    }
+
+    /// A known shape with a value not in the table is not a degradation: it stays in
+    /// vendor_extra, as unknown words do. A bare disposition string is read as call_ended's is.
+    #[test]
+    fn unknown_history_numbers_stay_raw_and_bare_dispositions_are_read() {
+        let body = json!({"data": {"name": "call_saved", "call_history": {
+            "call_id": "c1", "type": {"number": 7, "name": "Robot"}, "status": "ANSWERED"}}});
+        let normalized = run(body).unwrap();
+        assert!(normalized.degraded.is_empty(), "{:?}", normalized.degraded);
+        let data = &normalized.events[0].data;
+        assert_eq!((data.common.direction, data.details.status), (Direction::Unknown, Some(Status::Completed)));
+        assert_eq!(Value::Object((*data.vendor_extra).clone()), json!({"data": {"call_history": {"type": {"number": 7, "name": "Robot"}}}}));
+    }
+
+    #[test]
+    fn an_unreadable_related_call_id_is_degraded() {
+        let body = json!({"data": {"name": "call_attended_transferred", "call_first": {"id": "c1"},
+            "call_second": {"id": {"uuid": "c2"}}, "target": 103}});
+        let normalized = run(body).unwrap();
+        let transfer = normalized.events[0].data.details.transfer.clone().unwrap();
+        assert_eq!((transfer.target.as_deref(), transfer.related_call_ids.len()), (Some("103"), 0));
+        let degraded: Vec<_> = normalized.degraded.iter().map(|d| (d.field, d.pointer.as_str())).collect();
+        assert_eq!(degraded, [("transfer", "/data/call_second/id")]);
+    }
+
+    #[test]
+    fn the_call_ended_status_decides() {
+        let body = json!({"data": {"name": "call_ended", "call": {"id": "c1", "status": true}}});
+        assert!(matches!(run(body), Err(Rejection::Invalid { .. })));
+    }
 }

@@ -290,7 +290,7 @@ fn call_common(version: Version, kind: Kind, root: &str, p: &Payload<'_>, cx: &C
     let fields = version.fields();
     let mut common = cx.common(kind.vendor_event(), p.required_id(&format!("{root}/call_id"))?);
     common.vendor_format = Some(version.as_str());
-    let agent = |field: &str| p.describe("agent", &format!("{root}/{field}"), "a string or an integer", convert::id_string);
+    let agent = |field: &str| p.describe_id("agent", &format!("{root}/{field}"));
     common.agent_id = agent(fields.agent_id).or_else(|| agent("agent_id"));
     // An explicit `direction` (Retell) wins; `call_type` is one only when it says inbound or
     // outbound ("phone", "web", "api"… are not directions and stay in vendor_extra).
@@ -334,7 +334,7 @@ fn outcome(reason_raw: Option<String>, call_status: Option<&str>, evidence: bool
 /// `transcript` (an array of `{role, content}`, or Retell's string). `None` when absent, null
 /// or unreadable (then reported as degraded); what was not read stays in vendor_extra.
 fn transcript(p: &Payload<'_>) -> Option<Vec<Utterance>> {
-    if let Some(utterances) = utterances(p, "transcript_object", "/call/transcript_object") {
+    if let Some(utterances) = p.describe_utterances("transcript_object", "/call/transcript_object", "role", "content") {
         return Some(utterances);
     }
     let at = "/call/transcript";
@@ -343,39 +343,12 @@ fn transcript(p: &Payload<'_>) -> Option<Vec<Utterance>> {
             p.mark(value);
             Some(transcript_lines(text))
         }
-        Value::Array(_) => utterances(p, "transcript", at),
+        Value::Array(_) => p.describe_utterances("transcript", at, "role", "content"),
         value => {
             p.take_with(at, |_| None::<()>); // consumes a null
             if !value.is_null() {
                 p.degrade("transcript", at, format!("expected an array or a string, got {}", kind_of(value)));
             }
-            None
-        }
-    }
-}
-
-/// An array of `{role, content}` at `at` (other keys, such as Retell's `words`, stay in
-/// vendor_extra); degraded when it is anything else, or when one item is not of that shape.
-fn utterances(p: &Payload<'_>, field: &'static str, at: &str) -> Option<Vec<Utterance>> {
-    let value = p.peek(at)?;
-    let readable = |item: &Value| ["role", "content"].iter().all(|key| item.get(key).is_some_and(Value::is_string));
-    match value {
-        Value::Null => {
-            p.mark(value);
-            None
-        }
-        Value::Array(items) if items.iter().all(readable) => {
-            if items.is_empty() {
-                p.mark(value);
-            }
-            (0..items.len()).map(|i| p.utterance(&format!("{at}/{i}"), "role", "content", None).ok()).collect()
-        }
-        Value::Array(_) => {
-            p.degrade(field, at, "expected items with a string role and content");
-            None
-        }
-        other => {
-            p.degrade(field, at, format!("expected an array, got {}", kind_of(other)));
             None
         }
     }
