@@ -245,6 +245,10 @@ pub struct DeliveryConfig {
     /// How long to connect to a route's host before giving up.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// A claimed delivery's lease lasts the route's `timeout` plus this. A replica that dies
+    /// holds its deliveries (and their calls' later events) back this long at most.
+    #[serde(default = "default_lease_margin", with = "humantime_serde")]
+    pub lease_margin: Duration,
 }
 
 /// `[sources.NAME]`.
@@ -573,6 +577,10 @@ impl Config {
         }
         if storage.prune_interval.is_zero() {
             errors.push(ConfigError { key: "storage.prune_interval".into(), message: "must be greater than 0".into() });
+        }
+        if delivery.lease_margin < Duration::from_secs(1) {
+            // An attempt ends at its route's timeout; a lease must outlive it by a safe margin.
+            errors.push(ConfigError { key: "delivery.lease_margin".into(), message: "must be at least 1s".into() });
         }
         if delivery.concurrency == 0 {
             errors.push(ConfigError { key: "delivery.concurrency".into(), message: "must be greater than 0".into() });
@@ -976,7 +984,11 @@ impl LogConfig {
 
 impl DeliveryConfig {
     fn from_empty() -> Self {
-        DeliveryConfig { concurrency: default_concurrency(), connect_timeout: default_connect_timeout() }
+        DeliveryConfig {
+            concurrency: default_concurrency(),
+            connect_timeout: default_connect_timeout(),
+            lease_margin: default_lease_margin(),
+        }
     }
 }
 
@@ -1039,6 +1051,9 @@ fn default_log_filter() -> String {
 }
 fn default_concurrency() -> usize {
     16
+}
+fn default_lease_margin() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)

@@ -26,6 +26,9 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(config.log.format, LogFormat::Text);
     assert!(config.admin.listen.is_none());
     assert!(config.sources.is_empty() && config.routes.is_empty());
+    assert_eq!(config.delivery.lease_margin, Duration::from_secs(5));
+    assert_eq!((config.storage.pool_size, config.storage.writers), (16, 2));
+    assert_eq!(errors("[delivery]\nlease_margin = \"10ms\"\n"), ["delivery.lease_margin: must be at least 1s"]);
 }
 
 #[test]

@@ -41,9 +41,6 @@ const SNIPPET_BYTES: usize = 1024;
 const MAX_IDLE: Duration = Duration::from_secs(2);
 /// How long a worker may take, after the grace period, to give its unfinished leases back.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
-/// How long a claim's lease outlives the attempt's own time limit: the attempt always ends
-/// (reqwest's total timeout) before another replica may take the delivery over.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Bounds applied to a `Retry-After` answer.
 const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(6 * 3600);
@@ -133,6 +130,7 @@ impl Dispatcher {
                 client: client.clone(),
                 concurrency: config.delivery.concurrency,
                 grace: config.server.shutdown_grace,
+                lease_margin: config.delivery.lease_margin,
                 stop: stop.clone(),
             };
             tasks.spawn(worker.run());
@@ -257,6 +255,8 @@ struct Worker {
     concurrency: usize,
     /// After `stop`, how long attempts in flight may take to finish.
     grace: Duration,
+    /// What a lease lasts beyond the route's timeout (`delivery.lease_margin`).
+    lease_margin: Duration,
     stop: CancellationToken,
 }
 
@@ -276,7 +276,9 @@ impl Worker {
             let worth_asking = free > 0 && (attempts.is_empty() || free >= limit.div_ceil(4));
             if worth_asking && !self.stop.is_cancelled() {
                 let now = now_ms();
-                let lease_until = now + (self.route.config.timeout + LEASE_MARGIN).as_millis() as Millis;
+                // The attempt always ends (reqwest's total timeout) before the lease does, so no
+                // other replica takes a delivery over while it is still being sent.
+                let lease_until = now + (self.route.config.timeout + self.lease_margin).as_millis() as Millis;
                 match self.store.claim(&self.name, now, free, lease_until).await {
                     // Paused (on any replica): the resume notice wakes us; MAX_IDLE otherwise.
                     Ok(Claimed { paused: true, .. }) => backoff = Duration::from_millis(100),
