@@ -294,8 +294,8 @@ fn call_common(version: Version, kind: Kind, root: &str, p: &Payload<'_>, cx: &C
     common.agent_id = agent(fields.agent_id).or_else(|| agent("agent_id"));
     // An explicit `direction` (Retell) wins; `call_type` is one only when it says inbound or
     // outbound ("phone", "web", "api"… are not directions and stay in vendor_extra).
-    common.direction = match p.direction(&format!("{root}/direction")) {
-        Direction::Unknown => p.direction(&format!("{root}/call_type")),
+    common.direction = match p.describe_direction(&format!("{root}/direction")) {
+        Direction::Unknown => p.describe_direction(&format!("{root}/call_type")),
         known => known,
     };
     let number = |field: &str| p.describe_str("numbers", &format!("{root}/{field}"));
