@@ -58,7 +58,8 @@ impl fmt::Display for Copied {
             ("paused routes", self.paused_routes, ""),
         ];
         for (name, n, note) in rows {
-            writeln!(f, "  {name:<14}{n:>10}  {note}")?;
+            let line = format!("  {name:<14}{n:>10}  {note}");
+            writeln!(f, "{}", line.trim_end())?;
         }
         Ok(())
     }
