@@ -1,4 +1,5 @@
-//! The `callgate` command: `serve` (the default), `check` and `normalize`.
+//! The `callgate` command: `serve` (the default), `check`, `normalize`, the operator commands
+//! and `store migrate`.
 
 use std::{
     io::{Read, Write},
@@ -9,8 +10,9 @@ use std::{
 use callgate::{
     admin_client,
     canonical::Vendor,
-    config::{self, Auth, Config},
+    config::{self, Auth, Config, StorageUrl},
     server::{self, Listeners},
+    store::{migrate, postgres},
     telemetry,
     vendors::{self, Origin},
 };
@@ -76,6 +78,26 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Work on a store directly (with the gateway stopped).
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Copy a stopped gateway's SQLite store into an empty PostgreSQL database: pending
+    /// deliveries in their order, dead letters, quarantine, paused routes and the dedup window.
+    Migrate {
+        /// The SQLite store, sqlite://PATH (opened read-only).
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database, postgres://user[:password]@host:port/db (leave the password
+        /// out to take it from PGPASSWORD).
+        #[arg(long, env = "CALLGATE_MIGRATE_TO", hide_env_values = true)]
+        to: String,
+    },
 }
 
 /// How to reach a running gateway's admin API.
@@ -139,6 +161,44 @@ fn main() -> ExitCode {
         Command::DeadLetters { action, admin } => operate(admin, Target::DeadLetters(action)),
         Command::Quarantine { action, admin } => operate(admin, Target::Quarantine(action)),
         Command::Routes { action, admin } => operate(admin, Target::Routes(action)),
+        Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
+    }
+}
+
+/// `callgate store migrate`: the move from SQLite to PostgreSQL, with counts of what it copied.
+fn store_migrate(from: &str, to: &str) -> ExitCode {
+    let from = match StorageUrl::parse(from) {
+        Ok(StorageUrl::Sqlite(path)) => path,
+        Ok(_) | Err(_) => {
+            eprintln!("callgate: --from must be sqlite://PATH");
+            return ExitCode::from(2);
+        }
+    };
+    let to = match StorageUrl::parse(to) {
+        Ok(StorageUrl::Postgres(url)) => url,
+        Ok(_) | Err(_) => {
+            // Not echoed: it may hold a password.
+            eprintln!("callgate: --to must be postgres://user@host:port/database");
+            return ExitCode::from(2);
+        }
+    };
+    let shown = postgres::redact(to.expose());
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(migrate::sqlite_to_postgres(&from, to.expose())) {
+        Ok(copied) => {
+            print!("moved sqlite://{} to {shown}:\n{copied}", from.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! **Invariant:** for one (route, subject), at most one delivery is leased at a time, and it is
 //! the oldest one still in the outbox: a call's events go out in acceptance order.
 
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 

@@ -247,7 +247,8 @@ impl PostgresStore {
     }
 }
 
-async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+/// Applies the migrations this callgate knows (also used by `callgate store migrate`).
+pub(crate) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     let migrations = MIGRATIONS
         .iter()
         .map(|(version, name, sql)| {

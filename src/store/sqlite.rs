@@ -87,6 +87,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_health.sql"),
 ];
 
+/// The schema version (`PRAGMA user_version`) this callgate migrates a database to.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
 /// Most jobs one transaction takes: bounds the latency a batch adds to its first member.
 const MAX_BATCH: usize = 512;
 /// Jobs waiting for the writer; callers wait (backpressure) when it is full.

@@ -1,4 +1,4 @@
-//! The `callgate` command line: `check` and `normalize`.
+//! The `callgate` command line: `check`, `normalize` and `store migrate`.
 
 use std::process::Command;
 
@@ -135,4 +135,104 @@ fn normalize_prints_json_lines_or_the_schema_errors() {
     assert_eq!(code, 1);
     assert!(out.is_empty());
     assert!(err.contains("/call") && err.contains("call_id"), "{err}");
+}
+
+/// A PostgreSQL database, dropped on drop.
+struct PgDatabase(String);
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = crate::support::psql(
+            &crate::support::pg_admin_url(),
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0),
+        );
+    }
+}
+
+/// A database of its own on `CALLGATE_TEST_PG_URL`, or `None` (after one clear line) when
+/// PostgreSQL cannot be reached outside CI; under `CI=true` that is a failure.
+fn pg_database(name: &str) -> Option<PgDatabase> {
+    let admin = crate::support::pg_admin_url();
+    let database = format!("cg_cli_{}_{name}", std::process::id());
+    match crate::support::psql(&admin, &format!("DROP DATABASE IF EXISTS {database}"))
+        .and_then(|_| crate::support::psql(&admin, &format!("CREATE DATABASE {database}")))
+    {
+        Ok(_) => Some(PgDatabase(database)),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but PostgreSQL is unreachable at {admin}: {e}")
+        }
+        Err(e) => {
+            eprintln!("PostgreSQL part of the CLI test skipped: {e} (set CALLGATE_TEST_PG_URL)");
+            None
+        }
+    }
+}
+
+#[test]
+fn store_migrate_moves_a_sqlite_store_into_postgres_once_and_never_prints_the_password() {
+    let Some(db) = pg_database("migrate") else { return };
+    let database = db.0.clone();
+    let admin = crate::support::pg_admin_url();
+    let dir = temp_dir();
+    let path = dir.path().join("callgate.db");
+    // A stopped gateway's store: one pending delivery, one quarantined body.
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        use callgate::store::{Ingest, NewEvent, Quarantined, Store, sqlite::SqliteStore};
+        let store = SqliteStore::open(&path, std::time::Duration::from_secs(5)).unwrap();
+        let body = b"{\"call\":1}".to_vec();
+        store
+            .ingest(Ingest {
+                source: "vox".into(),
+                digest: callgate::canonical::body_digest(&body),
+                body,
+                received_at: 1_000,
+                events: vec![NewEvent {
+                    id: "ev-1".into(),
+                    kind: "call.ended".into(),
+                    subject: "vox:c1".into(),
+                    json: "{\"id\":\"ev-1\"}".into(),
+                    routes: vec!["crm".into()],
+                }],
+            })
+            .await
+            .unwrap();
+        store
+            .quarantine(Quarantined {
+                source: "vox".into(),
+                vendor: "vox".into(),
+                received_at: 1_000,
+                status: 400,
+                reason: "invalid_json".into(),
+                details: "[]".into(),
+                body: b"not json".to_vec(),
+            })
+            .await
+            .unwrap();
+    });
+    // Trust auth ignores the password; it must not show anywhere all the same.
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_password(Some("s3cret-pw")).unwrap();
+    url.set_path(&database);
+    let from = format!("sqlite://{}", path.display());
+    let args = ["store", "migrate", "--from", &from, "--to", url.as_str()];
+
+    let (code, out, err) = run(&args, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&database) && !out.contains("s3cret-pw") && !err.contains("s3cret-pw"), "{out}{err}");
+    for (what, n) in [("payloads", 1), ("events", 1), ("deliveries", 1), ("dead letters", 0), ("quarantined", 1)] {
+        let line = out.lines().find(|l| l.trim_start().starts_with(what)).unwrap_or_default();
+        assert_eq!(line.split_whitespace().find_map(|w| w.parse::<u64>().ok()), Some(n), "{what}: {out}");
+    }
+    let rows = crate::support::psql(url.as_str(), "SELECT id, route, subject FROM outbox").unwrap();
+    assert_eq!(rows, [["1", "crm", "vox:c1"]]);
+
+    // Again: the target is no longer empty, and nothing is added.
+    let (code, out, err) = run(&args, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("not empty") && err.contains("payloads"), "{err}");
+    assert!(!out.contains("s3cret-pw") && !err.contains("s3cret-pw"), "{out}{err}");
+
+    let (code, _, err) = run(&["store", "migrate", "--from", "postgres://x@h/db", "--to", url.as_str()], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--from must be sqlite://PATH") && !err.contains("s3cret-pw"), "{err}");
 }
