@@ -17,3 +17,6 @@ mod reliability;
 mod security;
 #[path = "../it/support.rs"]
 mod support;
+
+// PostgreSQL only: several replicas on one database.
+mod replicas;
