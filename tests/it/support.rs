@@ -439,7 +439,7 @@ pub fn psql(url: &str, sql: &str) -> Result<Vec<Vec<String>>, String> {
 
 /// The PostgreSQL database of a test directory: named after it, so a config built from the
 /// path alone finds it.
-fn pg_database(dir: &Path) -> String {
+pub fn pg_database(dir: &Path) -> String {
     let name = dir.file_name().unwrap().to_string_lossy().to_ascii_lowercase();
     let name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     format!("cg_{}_{name}", std::process::id())

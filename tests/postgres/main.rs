@@ -18,5 +18,6 @@ mod security;
 #[path = "../it/support.rs"]
 mod support;
 
-// PostgreSQL only: several replicas on one database.
+// PostgreSQL only: several replicas on one database, and the database going away.
+mod outage;
 mod replicas;
