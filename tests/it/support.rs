@@ -1,7 +1,7 @@
 //! Test harness: the real `callgate` binary on loopback, and a recording receiver.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, HashSet, VecDeque},
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -55,6 +55,36 @@ struct Script {
     failing_bodies: Vec<(String, u16)>,
     /// One-off answers with a large body: (path, status, size).
     big_bodies: Vec<(String, u16, usize)>,
+    /// Paths whose first request of each event id gets the status (retries then succeed).
+    fail_first: Vec<(String, u16)>,
+    /// (path, event id) pairs already seen on a `fail_first` path.
+    seen: HashSet<(String, String)>,
+}
+
+/// Requests waiting for their answer, and what they reveal about concurrency.
+#[derive(Default)]
+struct Flight {
+    next: u64,
+    /// Requests whose answer is not out yet, by arrival number.
+    pending: HashMap<u64, Received>,
+    /// Requests that arrived while another request of the same event subject to the same path
+    /// was still unanswered: (path, subject, event id).
+    overlaps: Vec<(String, String, String)>,
+    /// Every request answered, with the status it got, in answer order.
+    answered: Vec<(Received, u16)>,
+}
+
+/// Takes a request out of `pending` when its handler ends, answered or dropped (a client that
+/// went away, such as a SIGKILLed gateway).
+struct InFlight {
+    flight: Arc<Mutex<Flight>>,
+    number: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.flight.lock().unwrap().pending.remove(&self.number);
+    }
 }
 
 #[derive(Clone)]
@@ -63,6 +93,7 @@ struct Shared {
     arrived: Arc<Notify>,
     script: Arc<Mutex<Script>>,
     release: Arc<Notify>,
+    flight: Arc<Mutex<Flight>>,
 }
 
 /// A downstream on 127.0.0.1 that records every request.
@@ -113,6 +144,7 @@ impl Receiver {
             arrived: Arc::new(Notify::new()),
             script: Arc::default(),
             release: Arc::new(Notify::new()),
+            flight: Arc::default(),
         };
         let app = Router::new().fallback(any(record)).with_state(shared.clone());
         (Receiver { addr, shared }, app)
@@ -182,6 +214,68 @@ impl Receiver {
     }
 }
 
+/// What the replica tests (`tests/postgres` only) check at the receiver.
+#[allow(dead_code)]
+impl Receiver {
+    /// The first request of each event id (the CloudEvents `id` of the body) to `path` gets
+    /// `status`; its retries get the usual answer.
+    pub fn fail_first_attempt(&self, path: &str, status: u16) {
+        self.shared.script.lock().unwrap().fail_first.push((path.to_owned(), status));
+    }
+
+    /// Requests that arrived while another one of the same event subject to the same path was
+    /// unanswered: (path, subject, event id). Empty when a route never had two events of one
+    /// call in flight at once.
+    pub fn overlaps(&self) -> Vec<(String, String, String)> {
+        self.shared.flight.lock().unwrap().overlaps.clone()
+    }
+
+    /// Requests to `path` answered so far (not those whose client went away first), with their
+    /// status, in answer order.
+    pub fn answered(&self, path: &str) -> Vec<(Received, u16)> {
+        let flight = self.shared.flight.lock().unwrap();
+        flight.answered.iter().filter(|(r, _)| r.path == path).cloned().collect()
+    }
+
+    /// Requests to `path` that arrived and are not answered yet (held, or being answered).
+    pub fn pending(&self, path: &str) -> Vec<Received> {
+        let flight = self.shared.flight.lock().unwrap();
+        flight.pending.values().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// Waits until the unanswered requests to `path` satisfy `done`, and returns them.
+    pub async fn wait_pending(&self, path: &str, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let notified = self.shared.arrived.notified();
+            let pending = self.pending(path);
+            if done(&pending) {
+                return pending;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                panic!("{path}: never {what}: {} requests pending", self.pending(path).len());
+            }
+        }
+    }
+
+    /// Waits until `done` holds for the answered requests to `path` (checked at every arrival
+    /// and answer).
+    pub async fn wait_answered(&self, path: &str, what: &str, done: impl Fn(&[(Received, u16)]) -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let notified = self.shared.arrived.notified();
+            if done(&self.answered(path)) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                panic!("{path}: never {what} ({} answered)", self.answered(path).len());
+            }
+        }
+    }
+}
+
 async fn record(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let path = uri.path().to_owned();
     let big = {
@@ -197,21 +291,51 @@ async fn record(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body
     let (answer, held) = {
         let mut script = shared.script.lock().unwrap();
         let text = String::from_utf8_lossy(&body);
+        let first_failure = script.fail_first.iter().find(|(p, _)| *p == path).map(|(_, s)| *s).and_then(|status| {
+            let id = event_field(&body, "id")?;
+            script.seen.insert((path.clone(), id)).then_some((status, vec![]))
+        });
         let answer = match script.failing_bodies.iter().find(|(needle, _)| text.contains(needle.as_str())) {
             Some((_, status)) => Some((*status, vec![])),
-            None => {
+            None => first_failure.or_else(|| {
                 script.statuses.iter_mut().find(|(p, q)| *p == path && !q.is_empty()).and_then(|(_, q)| q.pop_front())
-            }
+            }),
         };
         (answer, script.held.contains(&path))
     };
     let released = shared.release.notified();
-    shared.log.lock().unwrap().push(Received { path: path.clone(), headers, body });
+    let received = Received { path: path.clone(), headers, body };
+    let in_flight = {
+        let mut flight = shared.flight.lock().unwrap();
+        if let Some(subject) = event_field(&received.body, "subject") {
+            let busy = flight
+                .pending
+                .values()
+                .any(|r| r.path == path && event_field(&r.body, "subject").as_ref() == Some(&subject));
+            if busy {
+                let id = event_field(&received.body, "id").unwrap_or_default();
+                flight.overlaps.push((path.clone(), subject, id));
+            }
+        }
+        flight.next += 1;
+        let number = flight.next;
+        flight.pending.insert(number, received.clone());
+        InFlight { flight: shared.flight.clone(), number }
+    };
+    shared.log.lock().unwrap().push(received.clone());
     shared.arrived.notify_waiters();
     // A held request has arrived (it is in the log) but is not answered until released.
     if held && shared.script.lock().unwrap().held.contains(&path) {
         released.await;
     }
+    let status = answer.as_ref().map_or(200, |(s, _)| *s);
+    {
+        let mut flight = shared.flight.lock().unwrap();
+        flight.pending.remove(&in_flight.number);
+        flight.answered.push((received, status));
+    }
+    drop(in_flight);
+    shared.arrived.notify_waiters();
     match answer {
         Some((status, headers)) => {
             let mut response = (StatusCode::from_u16(status).unwrap(), "scripted failure").into_response();
@@ -225,6 +349,12 @@ async fn record(State(shared): State<Shared>, uri: Uri, headers: HeaderMap, body
         }
         None => (StatusCode::OK, "ok").into_response(),
     }
+}
+
+/// A string field of a JSON request body (a CloudEvent's `id`, `subject`).
+fn event_field(body: &[u8], name: &str) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value.get(name)?.as_str().map(str::to_owned)
 }
 
 /// A running `callgate serve`, killed on drop.
@@ -309,7 +439,7 @@ pub fn psql(url: &str, sql: &str) -> Result<Vec<Vec<String>>, String> {
 
 /// The PostgreSQL database of a test directory: named after it, so a config built from the
 /// path alone finds it.
-fn pg_database(dir: &Path) -> String {
+pub fn pg_database(dir: &Path) -> String {
     let name = dir.file_name().unwrap().to_string_lossy().to_ascii_lowercase();
     let name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     format!("cg_{}_{name}", std::process::id())

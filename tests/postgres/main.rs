@@ -17,3 +17,7 @@ mod reliability;
 mod security;
 #[path = "../it/support.rs"]
 mod support;
+
+// PostgreSQL only: several replicas on one database, and the database going away.
+mod outage;
+mod replicas;
