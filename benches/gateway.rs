@@ -14,6 +14,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    str::FromStr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -99,12 +100,13 @@ impl Drop for Server {
     }
 }
 
-fn gateway(dir: &Path, routes: usize, receiver: Option<SocketAddr>) -> Server {
+fn gateway(store: &BenchStore, routes: usize, receiver: Option<SocketAddr>) -> Server {
+    let dir = store.dir.path();
     let mut config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax_concurrent_requests = 4096\n[storage]\nurl = \"sqlite://{}/bench.db\"\n[log]\nfilter = \"warn\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_concurrent_requests = 4096\n[storage]\nurl = \"{}\"\n[log]\nfilter = \"warn\"\n\
          [sources.oneinbox]\nvendor = \"oneinbox\"\n[sources.vox]\nvendor = \"vox\"\nphone_region = \"KR\"\n\
          [sources.salpre]\nvendor = \"salpre\"\n[sources.utel]\nvendor = \"utel\"\nphone_region = \"UZ\"\n[delivery]\nconcurrency = 32\n",
-        dir.display()
+        store.url()
     );
     for i in 0..routes {
         let receiver = receiver.expect("a receiver for routes");
@@ -115,6 +117,103 @@ fn gateway(dir: &Path, routes: usize, receiver: Option<SocketAddr>) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_callgate"));
     command.args(["serve", "--config"]).arg(&path);
     Server::spawn(command)
+}
+
+/// The PostgreSQL server the bench may use: `CALLGATE_BENCH_PG_URL` (an admin URL whose user
+/// may create databases), else the local cluster.
+fn pg_admin_url() -> String {
+    std::env::var("CALLGATE_BENCH_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Connects to the PostgreSQL admin database, or says why not.
+async fn pg_admin(url: &str) -> Result<sqlx::PgConnection, String> {
+    use sqlx::ConnectOptions;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(5), options.connect()).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 5 s".into()),
+    }
+}
+
+static NEXT_DB: AtomicU64 = AtomicU64::new(0);
+
+/// Which backend a phase's gateway stores into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A phase's store: a temporary directory (the config, and the SQLite file) and, for
+/// PostgreSQL, a fresh database dropped by [`BenchStore::finish`] (every phase starts from
+/// empty tables, so one phase's dead tuples never slow the next: autovacuum may be off).
+struct BenchStore {
+    dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+impl BenchStore {
+    async fn new(backend: Backend) -> BenchStore {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                use sqlx::Executor;
+                let admin = pg_admin_url();
+                let mut conn = pg_admin(&admin).await.expect("PostgreSQL became unreachable");
+                let name = format!("callgate_bench_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::Relaxed));
+                conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .await
+                    .unwrap();
+                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+                let mut url = url::Url::parse(&admin).unwrap();
+                url.set_path(&format!("/{name}"));
+                Some((url.to_string(), name))
+            }
+        };
+        BenchStore { dir, pg }
+    }
+
+    fn url(&self) -> String {
+        match &self.pg {
+            Some((url, _)) => url.clone(),
+            None => format!("sqlite://{}/bench.db", self.dir.path().display()),
+        }
+    }
+
+    /// Rows of `payloads`: what the store holds after a phase.
+    async fn payloads(&self) -> u64 {
+        match &self.pg {
+            None => count_rows(&self.dir.path().join("bench.db"), "payloads"),
+            Some((url, _)) => {
+                let mut conn = pg_admin(url).await.unwrap();
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM payloads").fetch_one(&mut conn).await.unwrap();
+                n as u64
+            }
+        }
+    }
+
+    /// Size of the SQLite WAL (diagnostics only; 0 for PostgreSQL).
+    fn wal_mb(&self) -> f64 {
+        std::fs::metadata(self.dir.path().join("bench.db-wal")).map_or(0, |m| m.len()) as f64 / 1e6
+    }
+
+    /// Drops the PostgreSQL database (after its gateway stopped).
+    async fn finish(self) {
+        if let Some((_, name)) = &self.pg {
+            use sqlx::Executor;
+            if let Ok(mut conn) = pg_admin(&pg_admin_url()).await
+                && let Err(e) =
+                    conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await
+            {
+                println!("  (could not drop database {name}: {e})");
+            }
+        }
+    }
 }
 
 fn ceiling() -> Server {
@@ -498,6 +597,105 @@ struct Row {
     note: String,
 }
 
+/// Figures of one end-to-end phase.
+struct E2e {
+    /// Canonical events × routes the gateway accepted, per second of load.
+    accepted: f64,
+    /// Deliveries the receiver got while the load ran, per second.
+    delivered: f64,
+    /// Acceptance → delivery of every delivery, drain included (µs).
+    delays: Vec<u64>,
+    drained: u64,
+    expected: u64,
+    drain_seconds: f64,
+}
+
+impl E2e {
+    fn ratio(&self) -> f64 {
+        self.delivered / self.accepted
+    }
+    fn p99_ms(&self) -> f64 {
+        percentile(&self.delays, 0.99)
+    }
+}
+
+/// Saturated ingest with no routes: the load and the payloads found in the store after it.
+async fn ingest_phase(
+    backend: Backend,
+    corpus: Arc<Corpus>,
+    phase: Duration,
+    seq: Arc<AtomicU64>,
+    peak_rss: &mut u64,
+) -> (Load, u64) {
+    let store = BenchStore::new(backend).await;
+    let gw = gateway(&store, 0, None);
+    let load = closed_loop(gw.addr, corpus, phase, seq).await;
+    let stored = store.payloads().await;
+    *peak_rss = (*peak_rss).max(gw.peak_rss_kib());
+    drop(gw);
+    store.finish().await;
+    (load, stored)
+}
+
+/// End to end with `routes` routes to a fresh receiver: saturated (closed loop) when
+/// `offered` is `None`, else an open loop at that many payloads/s; then waits (up to 120 s)
+/// for the backlog to drain.
+async fn e2e_phase(
+    backend: Backend,
+    routes: usize,
+    offered: Option<u64>,
+    corpus: Arc<Corpus>,
+    phase: Duration,
+    seq: Arc<AtomicU64>,
+    peak_rss: &mut u64,
+) -> E2e {
+    let sink = Sink::start();
+    let store = BenchStore::new(backend).await;
+    let gw = gateway(&store, routes, Some(sink.addr()));
+    let load = match offered {
+        None => closed_loop(gw.addr, corpus, phase, seq).await,
+        Some(rate) => open_loop(gw.addr, corpus, rate, phase, seq).await,
+    };
+    let delivered_in_window = sink.count().await;
+    if backend == Backend::Sqlite {
+        println!("  (WAL after the load: {:.1} MB)", store.wal_mb());
+    }
+    let expected = load.events * routes as u64;
+    let drain_started = Instant::now();
+    while sink.count().await < expected && drain_started.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_seconds = drain_started.elapsed().as_secs_f64();
+    let (drained, delays) = sink.stats().await;
+    *peak_rss = (*peak_rss).max(gw.peak_rss_kib());
+    drop(gw);
+    store.finish().await;
+    E2e {
+        accepted: expected as f64 / load.seconds,
+        delivered: delivered_in_window as f64 / load.seconds,
+        delays,
+        drained,
+        expected,
+        drain_seconds,
+    }
+}
+
+fn e2e_mode(offered: Option<u64>) -> String {
+    match offered {
+        None => "saturated, c=64".to_owned(),
+        Some(rate) => format!("{rate} payloads/s offered"),
+    }
+}
+
+/// Whether PostgreSQL can be used: `Err(reason)` when not (the run then has SQLite rows only).
+async fn pg_available() -> Result<(), String> {
+    use sqlx::Connection;
+    let url = pg_admin_url();
+    let conn = pg_admin(&url).await.map_err(|e| format!("{}: {e}", callgate::store::postgres::redact(&url)))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 async fn run(phase: Duration) {
     let seq = Arc::new(AtomicU64::new(0));
     let mixed = Arc::new(Corpus::mixed());
@@ -518,6 +716,15 @@ async fn run(phase: Duration) {
     if std::env::var_os("CALLGATE_BENCH_E2E_ONLY").is_some() {
         return e2e_only(phase, mixed, seq).await;
     }
+    let postgres = match pg_available().await {
+        Ok(()) => true,
+        Err(why) => {
+            println!(
+                "PostgreSQL unreachable ({why}): measuring SQLite only (set CALLGATE_BENCH_PG_URL to a server where the user may create databases)"
+            );
+            false
+        }
+    };
     // 1. The ceiling.
     let ceiling_server = ceiling();
     let base = closed_loop(ceiling_server.addr, mixed.clone(), phase, seq.clone()).await;
@@ -529,11 +736,12 @@ async fn run(phase: Duration) {
         format!("p50 {:.2} ms, p99 {:.2} ms", base.percentile_ms(0.5), base.percentile_ms(0.99)),
     );
 
-    // 2. Ingest, durable, no routes.
-    let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(dir.path(), 0, None);
+    // 2. Ingest, durable, no routes; then 3. latency at 2,000 payloads/s offered, on the same
+    // gateway.
+    let store = BenchStore::new(Backend::Sqlite).await;
+    let gw = gateway(&store, 0, None);
     let ingest = closed_loop(gw.addr, mixed.clone(), phase, seq.clone()).await;
-    let stored = count_rows(&dir.path().join("bench.db"), "payloads");
+    let stored = store.payloads().await;
     peak_rss = peak_rss.max(gw.peak_rss_kib());
     row(
         &mut rows,
@@ -554,10 +762,10 @@ async fn run(phase: Duration) {
         "every 200 is durable".into(),
     );
 
-    // 3. Latency at 2,000 payloads/s offered.
     let paced = open_loop(gw.addr, mixed.clone(), 2000, phase, seq.clone()).await;
     peak_rss = peak_rss.max(gw.peak_rss_kib());
     drop(gw);
+    store.finish().await;
     row(
         &mut rows,
         "ingest p99 at 2,000 payloads/s offered (ms)",
@@ -567,12 +775,13 @@ async fn run(phase: Duration) {
 
     // 4. How cost grows with size: 1 KB and 32 KB vox `call_ended` (longer transcripts).
     let small = Arc::new(Corpus::long_transcript(1024));
-    let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(dir.path(), 0, None);
+    let store = BenchStore::new(Backend::Sqlite).await;
+    let gw = gateway(&store, 0, None);
     let one_kb = closed_loop(gw.addr, small.clone(), phase, seq.clone()).await;
     let large = closed_loop(gw.addr, big.clone(), phase, seq.clone()).await;
     peak_rss = peak_rss.max(gw.peak_rss_kib());
     drop(gw);
+    store.finish().await;
     row(
         &mut rows,
         &format!("ingest: {} B vox call_ended/s, c=64", small.mean_size()),
@@ -588,46 +797,93 @@ async fn run(phase: Duration) {
 
     // 5. End to end with 1 and 10 routes: first at saturation (closed loop), then at a
     // sustainable offered rate (open loop), where delivery must keep up.
+    let mut sqlite_one_route: Vec<E2e> = Vec::new();
     for routes in [1usize, 10] {
         for offered in [None, Some(1000u64)] {
-            let sink = Sink::start();
-            let dir = tempfile::tempdir().unwrap();
-            let gw = gateway(dir.path(), routes, Some(sink.addr()));
-            let load = match offered {
-                None => closed_loop(gw.addr, mixed.clone(), phase, seq.clone()).await,
-                Some(rate) => open_loop(gw.addr, mixed.clone(), rate, phase, seq.clone()).await,
-            };
-            let delivered_in_window = sink.count().await;
-            let wal = std::fs::metadata(dir.path().join("bench.db-wal")).map_or(0, |m| m.len());
-            println!("  (WAL after the load: {:.1} MB)", wal as f64 / 1e6);
-            let expected = load.events * routes as u64;
-            let drain_started = Instant::now();
-            while sink.count().await < expected && drain_started.elapsed() < Duration::from_secs(120) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let (drained, delays) = sink.stats().await;
-            peak_rss = peak_rss.max(gw.peak_rss_kib());
-            drop(gw);
-            let accepted_events = expected as f64 / load.seconds;
-            let delivered = delivered_in_window as f64 / load.seconds;
-            let mode = match offered {
-                None => "saturated, c=64".to_owned(),
-                Some(rate) => format!("{rate} payloads/s offered"),
-            };
+            let e2e =
+                e2e_phase(Backend::Sqlite, routes, offered, mixed.clone(), phase, seq.clone(), &mut peak_rss).await;
+            let mode = e2e_mode(offered);
             row(
                 &mut rows,
                 &format!("end to end, {routes} route(s), {mode}: deliveries/s"),
-                format!("{delivered:.0}"),
-                format!("{accepted_events:.0} accepted/s; ratio {:.2} (target >= 0.9)", delivered / accepted_events),
+                format!("{:.0}", e2e.delivered),
+                format!("{:.0} accepted/s; ratio {:.2} (target >= 0.9)", e2e.accepted, e2e.ratio()),
             );
             row(
                 &mut rows,
                 &format!("end to end, {routes} route(s), {mode}: acceptance -> delivery p99 (ms)"),
-                format!("{:.1}", percentile(&delays, 0.99)),
+                format!("{:.1}", e2e.p99_ms()),
                 format!(
-                    "p50 {:.1} ms; {drained}/{expected} delivered, {:.1} s after the load stopped",
-                    percentile(&delays, 0.5),
-                    drain_started.elapsed().as_secs_f64()
+                    "p50 {:.1} ms; {}/{} delivered, {:.1} s after the load stopped",
+                    percentile(&e2e.delays, 0.5),
+                    e2e.drained,
+                    e2e.expected,
+                    e2e.drain_seconds
+                ),
+            );
+            if routes == 1 {
+                sqlite_one_route.push(e2e);
+            }
+        }
+    }
+
+    // 6. PostgreSQL (a fresh database per phase on the same machine), against SQLite's
+    // figures above.
+    if postgres {
+        let (pg_ingest, pg_stored) =
+            ingest_phase(Backend::Postgres, mixed.clone(), phase, seq.clone(), &mut peak_rss).await;
+        row(
+            &mut rows,
+            "PostgreSQL ingest: accepted payloads/s, c=64, 1 KB mix",
+            format!("{:.0}", pg_ingest.rate()),
+            format!(
+                "{:.2}x SQLite's {:.0} (target >= 0.6); p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                pg_ingest.rate() / ingest.rate(),
+                ingest.rate(),
+                pg_ingest.percentile_ms(0.5),
+                pg_ingest.percentile_ms(0.99),
+                pg_ingest.errors
+            ),
+        );
+        row(
+            &mut rows,
+            "PostgreSQL: acknowledged payloads found in the store",
+            format!("{pg_stored}/{}", pg_ingest.ok),
+            "every 200 is durable".into(),
+        );
+        for (offered, sqlite) in [None, Some(1000u64)].into_iter().zip(&sqlite_one_route) {
+            let pg = e2e_phase(Backend::Postgres, 1, offered, mixed.clone(), phase, seq.clone(), &mut peak_rss).await;
+            let mode = e2e_mode(offered);
+            let target = match offered {
+                None => {
+                    format!("{:.2}x SQLite's {:.0} (target >= 0.6)", pg.delivered / sqlite.delivered, sqlite.delivered)
+                }
+                Some(_) => format!(
+                    "ratio {:.2} (target >= 0.9), {:.2}x SQLite's {:.2}",
+                    pg.ratio(),
+                    pg.ratio() / sqlite.ratio(),
+                    sqlite.ratio()
+                ),
+            };
+            row(
+                &mut rows,
+                &format!("PostgreSQL end to end, 1 route(s), {mode}: deliveries/s"),
+                format!("{:.0}", pg.delivered),
+                format!("{:.0} accepted/s; {target}", pg.accepted),
+            );
+            let p99_target = if offered.is_some() { "target <= 100 ms; " } else { "" };
+            row(
+                &mut rows,
+                &format!("PostgreSQL end to end, 1 route(s), {mode}: acceptance -> delivery p99 (ms)"),
+                format!("{:.1}", pg.p99_ms()),
+                format!(
+                    "{p99_target}{:.2}x SQLite's {:.1} ms; p50 {:.1} ms; {}/{} delivered, {:.1} s after the load stopped",
+                    pg.p99_ms() / sqlite.p99_ms(),
+                    sqlite.p99_ms(),
+                    percentile(&pg.delays, 0.5),
+                    pg.drained,
+                    pg.expected,
+                    pg.drain_seconds
                 ),
             );
         }
@@ -647,10 +903,10 @@ async fn run(phase: Duration) {
             format!("mean {size} B; target >= 100,000"),
         );
     }
-    write_report(&rows, phase);
+    write_report(&rows, phase, postgres);
 }
 
-fn write_report(rows: &[Row], phase: Duration) {
+fn write_report(rows: &[Row], phase: Duration, postgres: bool) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -680,6 +936,15 @@ fn write_report(rows: &[Row], phase: Duration) {
         "Machine: {cpu}, {cores} cores, {memory} GiB; the load generator, the gateway (release build, SQLite on disk, `synchronous = FULL`) and the receiver share it. Phases of {} s, concurrency {CONCURRENCY}. The ceiling is a bare axum handler that parses the JSON body and stores nothing, measured in the same run with the same load generator; compare ratios, not absolute numbers, across machines.\n",
         phase.as_secs()
     );
+    let _ = writeln!(
+        out,
+        "{}\n",
+        if postgres {
+            "The PostgreSQL rows come from the same run: the same gateway binary with `storage.url = \"postgres://…\"` (defaults: pool 16, 2 writers), a fresh database per phase on the local PostgreSQL server (same machine, same two cores, `synchronous_commit = on`), each figure set against SQLite's from this run."
+        } else {
+            "PostgreSQL was unreachable in this run: SQLite rows only."
+        }
+    );
     let _ = writeln!(out, "| measurement | value | notes |\n| --- | ---: | --- |");
     for row in rows {
         let _ = writeln!(out, "| {} | {} | {} |", row.name, row.value, row.note);
@@ -690,19 +955,24 @@ fn write_report(rows: &[Row], phase: Duration) {
 }
 
 /// Debugging aid: one phase, chosen by `CALLGATE_BENCH_E2E_ONLY`: `ingest` (saturated, no
-/// routes), `paced` (2,000 payloads/s, no routes), `saturated` (1 route), `saturated10` (10 routes), else 10
-/// routes at 1,000 payloads/s.
+/// routes), `paced` (2,000 payloads/s, no routes), `saturated` (1 route), `saturated10` (10
+/// routes), `e2e1` (1 route at 1,000 payloads/s), else 10 routes at 1,000 payloads/s.
+/// `CALLGATE_BENCH_BACKEND=postgres` runs it on a fresh PostgreSQL database.
 async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
+    let backend = match std::env::var("CALLGATE_BENCH_BACKEND").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        _ => Backend::Sqlite,
+    };
     let sink = Sink::start();
-    let dir = tempfile::tempdir().unwrap();
+    let store = BenchStore::new(backend).await;
     let mode = std::env::var("CALLGATE_BENCH_E2E_ONLY").unwrap_or_default();
     let saturated = mode.starts_with("saturated") || mode == "ingest";
     let routes = match mode.as_str() {
         "ingest" | "paced" => 0,
-        "saturated" => 1,
+        "saturated" | "e2e1" => 1,
         _ => 10,
     };
-    let gw = gateway(dir.path(), routes, Some(sink.addr()));
+    let gw = gateway(&store, routes, Some(sink.addr()));
     let load = if saturated {
         closed_loop(gw.addr, mixed.clone(), phase, seq.clone()).await
     } else if mode == "paced" {
@@ -710,15 +980,26 @@ async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
     } else {
         open_loop(gw.addr, mixed.clone(), 1000, phase, seq.clone()).await
     };
-    let wal = std::fs::metadata(dir.path().join("bench.db-wal")).map_or(0, |m| m.len());
+    let delivered = sink.count().await;
+    let expected = load.events * routes as u64;
+    let drain_started = Instant::now();
+    while sink.count().await < expected && drain_started.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (drained, delays) = sink.stats().await;
     println!(
-        "accepted {} payloads in {:.1}s, p50 {:.1} ms p99 {:.1} ms, delivered {}, WAL {:.1} MB, peak RSS {:.1} MB",
+        "accepted {} payloads in {:.1}s ({:.0}/s), p50 {:.1} ms p99 {:.1} ms, delivered {delivered} in the window, \
+         {drained}/{expected} after {:.1} s, delivery p99 {:.1} ms, WAL {:.1} MB, peak RSS {:.1} MB",
         load.ok,
         load.seconds,
+        load.rate(),
         load.percentile_ms(0.5),
         load.percentile_ms(0.99),
-        sink.count().await,
-        wal as f64 / 1e6,
+        drain_started.elapsed().as_secs_f64(),
+        percentile(&delays, 0.99),
+        store.wal_mb(),
         gw.peak_rss_kib() as f64 / 1024.0
     );
+    drop(gw);
+    store.finish().await;
 }
