@@ -170,6 +170,9 @@ impl BenchStore {
                     .await
                     .unwrap();
                 conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+                // Every phase starts without the previous phases' checkpoint debt (SQLite's start
+                // with a fresh file). Needs superuser or pg_checkpoint; without, phases just run.
+                let _ = conn.execute("CHECKPOINT").await;
                 let mut url = url::Url::parse(&admin).unwrap();
                 url.set_path(&format!("/{name}"));
                 Some((url.to_string(), name))

@@ -256,3 +256,46 @@ async fn a_statement_held_up_past_its_timeout_is_unavailable_and_accepts_nothing
     let again = store.ingest(ingest("vox", "1", &[("e1", "vox:c", &["r"])])).await.unwrap();
     assert_eq!(again, IngestOutcome::Accepted(vec!["e1".into()]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_clock_runs_an_hour_ahead_agrees_with_the_others_on_leases_and_due_times() {
+    let Some(db) = testdb::create().await else { return };
+    const HOUR: Millis = 3_600_000;
+    let a = PostgresStore::open(&db.url, PgOptions::default()).await.unwrap();
+    let b = PostgresStore::open(&db.url, PgOptions { pretend_clock_ahead: HOUR, ..PgOptions::default() })
+        .await
+        .unwrap();
+    assert!((b.clock.offset() + HOUR).abs() < 1_000, "b measured its clock an hour ahead: {} ms", b.clock.offset());
+    let delivered = |d: &Delivery| Outcome { id: d.id, lease: d.lease, kind: OutcomeKind::Delivered { recovered: false } };
+    a.ingest(ingest("vox", "1", &[("a", "vox:x", &["r"]), ("b", "vox:x", &["r"])])).await.unwrap();
+
+    // a leases the head for a minute; b, an hour ahead, must not see that lease as expired.
+    let now = now_ms();
+    let held = a.claim("r", now, 10, now + 60_000).await.unwrap().deliveries;
+    assert_eq!(held.len(), 1);
+    let b_now = b.clock.local();
+    assert!(
+        b.claim("r", b_now, 10, b_now + 60_000).await.unwrap().deliveries.is_empty(),
+        "a live lease is not taken over by a replica whose clock runs ahead"
+    );
+    assert_eq!(a.complete(vec![delivered(&held[0])], now_ms()).await.unwrap().stale, 0, "a's outcome counts");
+
+    // b leases the follower for a minute of its own clock: live for a as well.
+    let b_now = b.clock.local();
+    let follower = b.claim("r", b_now, 10, b_now + 60_000).await.unwrap().deliveries;
+    assert_eq!(follower.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["b"]);
+    let now = now_ms();
+    assert!(a.claim("r", now, 10, now + 60_000).await.unwrap().deliveries.is_empty(), "b's lease holds for a");
+    // What b tells its worker to wait for is on b's clock: the lease's end, a minute away.
+    let b_now = b.clock.local();
+    let wait = b.next_due("r", b_now).await.unwrap().expect("the lease ends") - b_now;
+    assert!((50_000..=61_000).contains(&wait), "{wait} ms");
+
+    // An event b accepts, stamped by its clock, is due now for a, not in an hour.
+    let mut late = ingest("vox", "2", &[("c", "vox:y", &["r"])]);
+    late.received_at = b.clock.local();
+    b.ingest(late).await.unwrap();
+    let now = now_ms();
+    let claimed = a.claim("r", now, 10, now + 60_000).await.unwrap().deliveries;
+    assert_eq!(claimed.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["c"]);
+}
