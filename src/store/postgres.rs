@@ -1376,58 +1376,50 @@ impl Store for PostgresStore {
         if !ours {
             return Ok(Pruned::default());
         }
-        let events = sqlx::query(
+        // Each statement deletes one chunk of what is older than its cutoff.
+        async fn chunk(tx: &mut sqlx::PgConnection, sql: &'static str, before: Millis) -> Result<usize, StoreError> {
+            let done = sqlx::query(sql).bind(before).bind(PRUNE_CHUNK).execute(tx).await?.rows_affected();
+            Ok(done as usize)
+        }
+        let events = chunk(
+            &mut tx,
             "DELETE FROM events WHERE seq IN (
                 SELECT e.seq FROM events e JOIN payloads p ON p.id = e.payload_id
                  WHERE p.received_at < $1
                    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)
                    AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
                  LIMIT $2)",
+            retention_before,
         )
-        .bind(retention_before)
-        .bind(PRUNE_CHUNK)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let payloads = sqlx::query(
+        .await?;
+        let payloads = chunk(
+            &mut tx,
             "DELETE FROM payloads WHERE id IN (
                 SELECT p.id FROM payloads p
                  WHERE p.received_at < $1 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.payload_id = p.id)
                  LIMIT $2)",
+            dedup_before,
         )
-        .bind(dedup_before)
-        .bind(PRUNE_CHUNK)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let attempts = sqlx::query(
+        .await?;
+        let attempts = chunk(
+            &mut tx,
             "DELETE FROM attempts WHERE id IN (
                 SELECT a.id FROM attempts a
                  WHERE a.at < $1
                    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
                    AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
                  LIMIT $2)",
+            retention_before,
         )
-        .bind(retention_before)
-        .bind(PRUNE_CHUNK)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let quarantine = sqlx::query(
+        .await?;
+        let quarantine = chunk(
+            &mut tx,
             "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < $1 LIMIT $2)",
+            retention_before,
         )
-        .bind(retention_before)
-        .bind(PRUNE_CHUNK)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .await?;
         tx.commit().await?;
-        Ok(Pruned {
-            events: events as usize,
-            payloads: payloads as usize,
-            attempts: attempts as usize,
-            quarantine: quarantine as usize,
-        })
+        Ok(Pruned { events, payloads, attempts, quarantine })
     }
 
     fn notices(&self) -> broadcast::Receiver<Notice> {
