@@ -113,6 +113,7 @@ vendors! {
     Vox = "vox" => vox,
     Salpre = "salpre" => salpre,
     Utel = "utel" => utel,
+    Retell = "retell" => retell,
 }
 
 impl fmt::Display for Vendor {
