@@ -94,7 +94,7 @@ pub struct ServerConfig {
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_requests: usize,
     /// Slots one source may hold for requests whose body is read before their sender is
-    /// known to be genuine (`none` and `hmac` sources), so that one source's slow or hostile
+    /// known to be genuine (`none`, `hmac` and `retell` sources), so that one source's slow or hostile
     /// senders cannot starve another. Default: `max_concurrent_requests / (n + 1)`, at least 1,
     /// where n is the number of such sources.
     #[serde(default)]
@@ -281,6 +281,18 @@ pub enum Auth {
         #[serde(default)]
         encoding: HmacEncoding,
     },
+    /// Retell AI's `x-retell-signature: v=<unix ms>,d=<hex>`: the HMAC-SHA256 of the raw body
+    /// followed by that timestamp, keyed with the Retell API key that has the webhook badge. A
+    /// timestamp more than five minutes from now fails (Retell's SDKs' window).
+    Retell { api_key: Secret },
+}
+
+impl Auth {
+    /// Whether the body must be read before the sender is known to be genuine: `none` (no
+    /// authentication) and the signature schemes (the signature covers the body).
+    pub fn reads_body_unverified(&self) -> bool {
+        matches!(self, Auth::None | Auth::Hmac { .. } | Auth::Retell { .. })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -636,7 +648,7 @@ impl Config {
     /// Slots a source may hold for bodies read before their sender is authenticated
     /// (`server.max_unverified_per_source`, or its default).
     pub fn unverified_share(&self) -> usize {
-        let unverified = self.sources.values().filter(|s| matches!(s.auth, Auth::None | Auth::Hmac { .. })).count();
+        let unverified = self.sources.values().filter(|s| s.auth.reads_body_unverified()).count();
         self.server
             .max_unverified_per_source
             .unwrap_or_else(|| (self.server.max_concurrent_requests / (unverified + 1)).max(1))
@@ -776,6 +788,7 @@ impl RawSource {
             Auth::Hmac { header, secret, encoding } => {
                 Auth::Hmac { secret: sub(&secret, "secret", errors), header, encoding }
             }
+            Auth::Retell { api_key } => Auth::Retell { api_key: sub(&api_key, "api_key", errors) },
         };
         let empty_secret = match &auth {
             Auth::None => false,
@@ -783,6 +796,7 @@ impl RawSource {
             Auth::Bearer { token } => token.expose().is_empty(),
             Auth::Basic { password, .. } => password.expose().is_empty(),
             Auth::Hmac { secret, .. } => secret.expose().is_empty(),
+            Auth::Retell { api_key } => api_key.expose().is_empty(),
         };
         if empty_secret {
             errors.push(ConfigError { key: format!("{key}.auth"), message: "the secret is empty".into() });

@@ -4,7 +4,7 @@
 //! **Invariant:** a 200 is sent only after [`Store::ingest`] has committed.
 //! **Invariant:** a request holds a concurrency slot only once the request head has passed
 //! every check it can pass (source, size, credentials); a body read before its sender is
-//! known (`none` and `hmac` sources) also holds one of its source's bounded share.
+//! known (`none`, `hmac` and `retell` sources) also holds one of its source's bounded share.
 //! **Invariant:** nothing a vendor sent is answered with a 4xx unless it was quarantined;
 //! when the quarantine cannot commit, the answer is 503 and the vendor retries.
 
@@ -134,7 +134,7 @@ impl IntoResponse for IngressError {
 pub struct Admission {
     /// `server.max_concurrent_requests`: requests reading a body or being processed.
     slots: Arc<Semaphore>,
-    /// Per `none`/`hmac` source: the most of those slots its not-yet-verified bodies may hold.
+    /// Per `none`/`hmac`/`retell` source: the most of those slots its not-yet-verified bodies may hold.
     unverified: BTreeMap<String, Arc<Semaphore>>,
 }
 
@@ -144,7 +144,7 @@ impl Admission {
         let unverified = config
             .sources
             .iter()
-            .filter(|(_, s)| matches!(s.auth, crate::config::Auth::None | crate::config::Auth::Hmac { .. }))
+            .filter(|(_, s)| s.auth.reads_body_unverified())
             .map(|(name, _)| (name.clone(), Arc::new(Semaphore::new(share))))
             .collect();
         Admission { slots: Arc::new(Semaphore::new(config.server.max_concurrent_requests)), unverified }

@@ -437,6 +437,7 @@ fn check(path: PathBuf) -> ExitCode {
             Auth::Bearer { .. } => "bearer token".to_owned(),
             Auth::Basic { username, .. } => format!("basic (user `{username}`)"),
             Auth::Hmac { header, encoding, .. } => format!("hmac-sha256 ({encoding:?}) in `{header}`"),
+            Auth::Retell { .. } => "retell signature in `x-retell-signature`".to_owned(),
         };
         let region = source.phone_region.map(|r| format!(", phone_region {}", r.as_ref())).unwrap_or_default();
         let _ = writeln!(out, "  {name:<12} vendor {}, auth {auth}{region}  -> POST /v1/ingest/{name}", source.vendor);

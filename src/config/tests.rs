@@ -165,3 +165,18 @@ fn the_storage_url_names_a_backend_and_never_shows_its_password() {
         assert!(e.len() == 1 && e[0].starts_with("storage.url: "), "{bad}: {e:?}");
     }
 }
+
+#[test]
+fn a_retell_source_takes_its_api_key_from_the_environment_and_shares_the_unverified_slots() {
+    let config = load(
+        "[server]\nmax_concurrent_requests = 300\n[sources.r]\nvendor = \"retell\"\n\
+         auth = { type = \"retell\", api_key = \"${TOKEN}\" }\n[sources.a]\nvendor = \"vox\"\n",
+    );
+    assert_eq!(config.sources["r"].auth, Auth::Retell { api_key: Secret::new("t0k") });
+    assert_eq!(config.unverified_share(), 100, "the retell source reads its body before it is verified");
+    assert!(!format!("{config:?}").contains("t0k"));
+    let e = errors("[sources.r]\nvendor = \"retell\"\nauth = { type = \"retell\", api_key = \"\" }\n");
+    assert_eq!(e, ["sources.r.auth: the secret is empty"]);
+    let e = errors("[sources.r]\nvendor = \"retell\"\nauth = { type = \"retell\", api_key = \"k\", header = \"x\" }\n");
+    assert!(e.iter().any(|e| e.starts_with("sources.r") && e.contains("header")), "{e:?}");
+}

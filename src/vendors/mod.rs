@@ -105,11 +105,15 @@ macro_rules! join_names {
     ($first:literal $(, $rest:literal)*) => { concat!($first $(, ", ", $rest)*) };
 }
 
+/// The `call` object Retell AI and vox.ai share.
+mod call_object;
+
 vendors! {
     Oneinbox = "oneinbox" => oneinbox,
     Vox = "vox" => vox,
     Salpre = "salpre" => salpre,
     Utel = "utel" => utel,
+    Retell = "retell" => retell,
 }
 
 impl fmt::Display for Vendor {

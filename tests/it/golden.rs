@@ -130,6 +130,16 @@ fn the_canonical_schema_rejects_broken_events() {
     assert!(!validator.is_valid(&extra), "unknown data field accepted");
 }
 
+/// The canonical schema's `vendor` enum is the generated vendor list, in order: a vendor added
+/// to `vendors!` but not to the schema fails here rather than on its first event.
+#[test]
+fn the_canonical_schema_names_every_vendor() {
+    let schema: Value = serde_json::from_str(include_str!("../../schemas/canonical/event.json")).unwrap();
+    let names = schema.pointer("/properties/data/properties/vendor/enum").unwrap();
+    let expected: Vec<&str> = Vendor::ALL.iter().map(|v| v.as_str()).collect();
+    assert_eq!(names, &serde_json::json!(expected));
+}
+
 /// Every leaf of `value` (scalars and empty containers) with its JSON pointer.
 fn leaves<'v>(value: &'v Value, at: String, out: &mut Vec<(String, &'v Value)>) {
     let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");

@@ -9,5 +9,6 @@ mod edges;
 mod fuzz_regressions;
 mod golden;
 mod reliability;
+mod retell;
 mod security;
 mod support;

@@ -585,6 +585,9 @@ vendor = "salpre"
 [sources.utel]
 vendor = "utel"
 phone_region = "UZ"
+
+[sources.retell]
+vendor = "retell"
 "#,
         storage_url(dir)
     )

@@ -13,6 +13,8 @@ mod edges;
 mod golden;
 #[path = "../it/reliability.rs"]
 mod reliability;
+#[path = "../it/retell.rs"]
+mod retell;
 #[path = "../it/security.rs"]
 mod security;
 #[path = "../it/support.rs"]
