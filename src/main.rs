@@ -440,6 +440,16 @@ fn check(path: PathBuf) -> ExitCode {
         };
         let region = source.phone_region.map(|r| format!(", phone_region {}", r.as_ref())).unwrap_or_default();
         let _ = writeln!(out, "  {name:<12} vendor {}, auth {auth}{region}  -> POST /v1/ingest/{name}", source.vendor);
+        if let Some(inbound) = &source.inbound {
+            let _ = writeln!(
+                out,
+                "    inbound POST /v1/inbound/{name} -> lookup {}, timeout {}, signed {}, fallback {} variable(s)",
+                config::redact_url(&inbound.url),
+                humantime::format_duration(inbound.timeout),
+                if inbound.signing_secrets.is_empty() { "no" } else { "yes" },
+                inbound.fallback.variables.len(),
+            );
+        }
     }
     let _ = writeln!(out, "routes ({}):", config.routes.len());
     for (name, route) in &config.routes {

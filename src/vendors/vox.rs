@@ -3,6 +3,8 @@
 //! analysis into a separate `call_analyzed`, and adds `sms_received` (body under `sms`).
 //! Times are epoch **milliseconds**.
 
+pub(super) mod inbound;
+
 use serde_json::{Map, Value};
 
 use super::{Context, MapResult, Violation};

@@ -8,6 +8,7 @@ mod e2e;
 mod edges;
 mod fuzz_regressions;
 mod golden;
+mod inbound;
 mod reliability;
 mod security;
 mod support;
