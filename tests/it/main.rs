@@ -12,3 +12,4 @@ mod inbound;
 mod reliability;
 mod security;
 mod support;
+mod vendors_cli;
