@@ -258,6 +258,40 @@ pub struct SourceConfig {
     /// Region for national-format phone numbers (`KR`, `UZ`…).
     pub phone_region: Option<phonenumber::country::Id>,
     pub auth: Auth,
+    /// `[sources.NAME.inbound]`: answer the vendor's inbound webhook from a lookup.
+    pub inbound: Option<InboundConfig>,
+}
+
+/// The default deadline of an inbound answer: well under the few seconds a vendor waits
+/// before it starts the call without variables (vox publishes no timeout; Retell's is 10 s).
+pub const DEFAULT_INBOUND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `[sources.NAME.inbound]`: how `POST /v1/inbound/NAME` finds the variables of a call about
+/// to start.
+#[derive(Clone)]
+pub struct InboundConfig {
+    /// Where the `call.inbound_lookup` CloudEvent is posted (the CRM's endpoint).
+    pub url: reqwest::Url,
+    /// The most the whole answer may take, lookup included; past it the fallback is answered.
+    pub timeout: Duration,
+    /// Headers added to the lookup request, rendered against the lookup event (as a route's).
+    pub headers: Vec<(HeaderName, HeaderTemplate)>,
+    /// Standard Webhooks signing secrets of the lookup request (as a route's).
+    pub signing_secrets: Vec<Secret>,
+    /// Answered when the lookup is slow, fails or answers something unusable.
+    pub fallback: crate::canonical::lookup::LookupAnswer,
+}
+
+impl fmt::Debug for InboundConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundConfig")
+            .field("url", &redact_url(&self.url))
+            .field("timeout", &self.timeout)
+            .field("headers", &self.headers)
+            .field("signing_secrets", &self.signing_secrets)
+            .field("fallback", &self.fallback)
+            .finish()
+    }
 }
 
 /// Ingress authentication of one source (`gateway.md` §4).
@@ -625,6 +659,15 @@ impl Config {
                 sources.insert(name, source);
             }
         }
+        for (name, source) in &sources {
+            if source.inbound.as_ref().is_some_and(|i| i.timeout >= server.request_timeout) {
+                // The request's own time limit would answer 408 before the fallback.
+                errors.push(ConfigError {
+                    key: format!("sources.{name}.inbound.timeout"),
+                    message: "must be shorter than server.request_timeout".into(),
+                });
+            }
+        }
         let mut routes = BTreeMap::new();
         for name in names(&root, "routes", &mut errors) {
             let key = format!("routes.{name}");
@@ -751,6 +794,48 @@ struct RawSource {
     phone_region: Option<String>,
     #[serde(default)]
     auth: Auth,
+    inbound: Option<RawInbound>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    url: String,
+    #[serde(default = "default_inbound_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    signing_secret: Option<OneOrMany>,
+    #[serde(default)]
+    fallback: crate::canonical::lookup::LookupAnswer,
+}
+
+impl RawInbound {
+    fn validate(
+        self,
+        key: &str,
+        vendor: Vendor,
+        env: &dyn Environment,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<InboundConfig> {
+        let before = errors.len();
+        if vendor != Vendor::Vox {
+            errors.push(ConfigError {
+                key: key.into(),
+                message: format!("only vox sources have an inbound webhook (this source is {vendor})"),
+            });
+        }
+        let url = egress_url(&self.url, key, env, errors);
+        if self.timeout.is_zero() {
+            errors.push(ConfigError { key: format!("{key}.timeout"), message: "must be greater than 0".into() });
+        }
+        let headers = egress_headers(&self.headers, key, env, errors);
+        let signing_secrets = signing_secrets(self.signing_secret, key, env, errors);
+        if errors.len() != before {
+            return None;
+        }
+        Some(InboundConfig { url: url?, timeout: self.timeout, headers, signing_secrets, fallback: self.fallback })
+    }
 }
 
 impl RawSource {
@@ -801,7 +886,8 @@ impl RawSource {
         if empty_secret {
             errors.push(ConfigError { key: format!("{key}.auth"), message: "the secret is empty".into() });
         }
-        (errors.len() == before).then_some(SourceConfig { vendor: self.vendor, phone_region, auth })
+        let inbound = self.inbound.and_then(|raw| raw.validate(&format!("{key}.inbound"), self.vendor, env, errors));
+        (errors.len() == before).then_some(SourceConfig { vendor: self.vendor, phone_region, auth, inbound })
     }
 }
 
@@ -861,18 +947,7 @@ impl RawRoute {
         errors: &mut Vec<ConfigError>,
     ) -> Option<RouteConfig> {
         let before = errors.len();
-        let url_text = substitute(&self.url, &format!("{key}.url"), env, errors);
-        let url = match reqwest::Url::parse(&url_text) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
-            Ok(_) => {
-                errors.push(ConfigError { key: format!("{key}.url"), message: "must be an http or https URL".into() });
-                None
-            }
-            Err(e) => {
-                errors.push(ConfigError { key: format!("{key}.url"), message: format!("not a URL: {e}") });
-                None
-            }
-        };
+        let url = egress_url(&self.url, key, env, errors);
         if self.events.is_empty() {
             errors.push(ConfigError { key: format!("{key}.events"), message: "must list at least one pattern".into() });
         }
@@ -896,48 +971,8 @@ impl RawRoute {
         if self.timeout.is_zero() {
             errors.push(ConfigError { key: format!("{key}.timeout"), message: "must be greater than 0".into() });
         }
-        let mut headers = Vec::new();
-        for (name, value) in &self.headers {
-            let at = format!("{key}.headers.{name}");
-            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
-                errors.push(ConfigError { key: at, message: "not a valid header name".into() });
-                continue;
-            };
-            if RESERVED_HEADERS.contains(&header.as_str()) {
-                errors.push(ConfigError {
-                    key: at,
-                    message: "this header is set by callgate and cannot be overridden".into(),
-                });
-                continue;
-            }
-            let value = substitute(value, &at, env, errors);
-            match HeaderTemplate::parse(&value) {
-                Ok(template) => {
-                    if template.static_text().is_some_and(|t| HeaderValue::from_str(t).is_err()) {
-                        errors.push(ConfigError { key: at, message: "not a valid header value".into() });
-                    } else {
-                        headers.push((header, template));
-                    }
-                }
-                Err(e) => errors.push(ConfigError { key: at, message: e }),
-            }
-        }
-        let secrets = match self.signing_secret {
-            None => vec![],
-            Some(OneOrMany::One(s)) => vec![s],
-            Some(OneOrMany::Many(v)) => v,
-        };
-        let mut signing_secrets = Vec::new();
-        for secret in secrets {
-            let secret = substitute(&secret, &format!("{key}.signing_secret"), env, errors);
-            if crate::delivery::signing::decode_secret(&secret).is_none() {
-                errors.push(ConfigError {
-                    key: format!("{key}.signing_secret"),
-                    message: "must be `whsec_` followed by base64 (the Standard Webhooks format)".into(),
-                });
-            }
-            signing_secrets.push(Secret(secret));
-        }
+        let headers = egress_headers(&self.headers, key, env, errors);
+        let signing_secrets = signing_secrets(self.signing_secret, key, env, errors);
         let retry_schedule = self.retry.schedule.unwrap_or_else(|| DEFAULT_SCHEDULE.to_vec());
         if errors.len() != before {
             return None;
@@ -955,6 +990,84 @@ impl RawRoute {
             retry_schedule,
         })
     }
+}
+
+/// An egress `url` (a route's, a lookup's): `${NAME}` substituted, http or https.
+fn egress_url(text: &str, key: &str, env: &dyn Environment, errors: &mut Vec<ConfigError>) -> Option<reqwest::Url> {
+    let url_text = substitute(text, &format!("{key}.url"), env, errors);
+    match reqwest::Url::parse(&url_text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+        Ok(_) => {
+            errors.push(ConfigError { key: format!("{key}.url"), message: "must be an http or https URL".into() });
+            None
+        }
+        Err(e) => {
+            errors.push(ConfigError { key: format!("{key}.url"), message: format!("not a URL: {e}") });
+            None
+        }
+    }
+}
+
+/// The `headers` table of an egress (a route, a lookup), parsed into templates in key order.
+fn egress_headers(
+    table: &BTreeMap<String, String>,
+    key: &str,
+    env: &dyn Environment,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(HeaderName, HeaderTemplate)> {
+    let mut headers = Vec::new();
+    for (name, value) in table {
+        let at = format!("{key}.headers.{name}");
+        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+            errors.push(ConfigError { key: at, message: "not a valid header name".into() });
+            continue;
+        };
+        if RESERVED_HEADERS.contains(&header.as_str()) {
+            errors.push(ConfigError {
+                key: at,
+                message: "this header is set by callgate and cannot be overridden".into(),
+            });
+            continue;
+        }
+        let value = substitute(value, &at, env, errors);
+        match HeaderTemplate::parse(&value) {
+            Ok(template) => {
+                if template.static_text().is_some_and(|t| HeaderValue::from_str(t).is_err()) {
+                    errors.push(ConfigError { key: at, message: "not a valid header value".into() });
+                } else {
+                    headers.push((header, template));
+                }
+            }
+            Err(e) => errors.push(ConfigError { key: at, message: e }),
+        }
+    }
+    headers
+}
+
+/// The `signing_secret` of an egress (one or several `whsec_…`).
+fn signing_secrets(
+    given: Option<OneOrMany>,
+    key: &str,
+    env: &dyn Environment,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<Secret> {
+    let secrets = match given {
+        None => vec![],
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    let mut signing_secrets = Vec::new();
+    for secret in secrets {
+        let secret = substitute(&secret, &format!("{key}.signing_secret"), env, errors);
+        if crate::delivery::signing::decode_secret(&secret).is_none() {
+            errors.push(ConfigError {
+                key: format!("{key}.signing_secret"),
+                message: "must be `whsec_` followed by base64 (the Standard Webhooks format)".into(),
+            });
+        }
+        signing_secrets.push(Secret(secret));
+    }
+    signing_secrets
 }
 
 impl ServerConfig {
@@ -1071,6 +1184,9 @@ fn default_lease_margin() -> Duration {
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_inbound_timeout() -> Duration {
+    DEFAULT_INBOUND_TIMEOUT
 }
 fn default_route_timeout() -> Duration {
     Duration::from_secs(10)

@@ -1,12 +1,16 @@
-//! `POST /v1/ingest/{source}`: authenticate, admit, read, normalise, store, answer.
+//! `POST /v1/ingest/{source}`: authenticate, admit, read, normalise, store, answer. And
+//! `POST /v1/inbound/{source}` ([`inbound`]): authenticate, admit, read, look up, answer.
 //!
 //! **Invariant:** only this module knows ingress HTTP status codes ([`IngressError`]).
 //! **Invariant:** a 200 is sent only after [`Store::ingest`] has committed.
 //! **Invariant:** a request holds a concurrency slot only once the request head has passed
 //! every check it can pass (source, size, credentials); a body read before its sender is
 //! known (`none`, `hmac` and `retell` sources) also holds one of its source's bounded share.
-//! **Invariant:** nothing a vendor sent is answered with a 4xx unless it was quarantined;
-//! when the quarantine cannot commit, the answer is 503 and the vendor retries.
+//! **Invariant:** nothing a vendor sent to `/v1/ingest` is answered with a 4xx unless it was
+//! quarantined; when the quarantine cannot commit, the answer is 503 and the vendor retries.
+//! (`/v1/inbound` stores nothing: its requests are questions, not events.)
+
+pub mod inbound;
 
 use std::{
     collections::BTreeMap,
@@ -43,6 +47,9 @@ pub enum IngressError {
     /// 404: no `[sources.NAME]` with that name.
     #[error("unknown source")]
     UnknownSource,
+    /// 404 (`/v1/inbound`): the source has no `[sources.NAME.inbound]` lookup.
+    #[error("this source answers no inbound webhook (no [sources.NAME.inbound] configured)")]
+    NoInbound,
     /// 401: the source's authentication did not pass (no detail, by design).
     #[error("authentication failed")]
     Unauthorized,
@@ -72,7 +79,7 @@ pub enum IngressError {
 impl IngressError {
     fn status(&self) -> StatusCode {
         match self {
-            IngressError::UnknownSource => StatusCode::NOT_FOUND,
+            IngressError::UnknownSource | IngressError::NoInbound => StatusCode::NOT_FOUND,
             IngressError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngressError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::Unreadable(_) | IngressError::Rejected(Rejection::NotJson { .. }) => StatusCode::BAD_REQUEST,
@@ -86,6 +93,7 @@ impl IngressError {
     pub fn code(&self) -> &'static str {
         match self {
             IngressError::UnknownSource => "unknown_source",
+            IngressError::NoInbound => "no_inbound",
             IngressError::Unauthorized => "unauthorized",
             IngressError::TooLarge { .. } => "payload_too_large",
             IngressError::Unreadable(_) => "unreadable_body",
@@ -101,7 +109,7 @@ impl IngressError {
 
     fn outcome(&self) -> IngressOutcome {
         match self {
-            IngressError::UnknownSource => IngressOutcome::UnknownSource,
+            IngressError::UnknownSource | IngressError::NoInbound => IngressOutcome::UnknownSource,
             IngressError::Unauthorized => IngressOutcome::Unauthorized,
             IngressError::TooLarge { .. } => IngressOutcome::TooLarge,
             IngressError::Unreadable(_) | IngressError::Rejected(_) => IngressOutcome::Invalid,
@@ -316,24 +324,39 @@ async fn handle(
     received_at: DateTime<Utc>,
 ) -> Result<(IngressOutcome, Vec<String>), IngressError> {
     let config = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?;
+    let (body, _slot) = authenticated(app, source, &config.auth, query, headers, body).await?;
+    accept(app, source, body, received_at, OnReject::Quarantine).await
+}
+
+/// The body of a request to `source`, once the source's authentication passed, and the
+/// concurrency slot it holds (to keep while the request is handled). Shared by every
+/// endpoint a vendor calls (`/v1/ingest`, `/v1/inbound`).
+async fn authenticated(
+    app: &App,
+    source: &str,
+    auth: &crate::config::Auth,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, OwnedSemaphorePermit), IngressError> {
     let limit = app.config.server.max_body_bytes;
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngressError::TooLarge { limit });
     }
     // Credentials first: a request that can be turned away on its head never takes a slot.
-    let precheck = auth::before_body(&config.auth, headers, query);
+    let precheck = auth::before_body(auth, headers, query);
     if precheck == Precheck::Fail {
         return Err(IngressError::Unauthorized);
     }
     let unverified = if precheck == Precheck::Unverified { app.admission.unverified(source)? } else { None };
-    let _slot = app.admission.slot()?;
+    let slot = app.admission.slot()?;
     let body = read_body(body, limit).await?;
-    if !auth::check(&config.auth, headers, query, &body) {
+    if !auth::check(auth, headers, query, &body) {
         return Err(IngressError::Unauthorized);
     }
     drop(unverified); // authenticated now (or open to anyone): only the shared slot remains
-    accept(app, source, body, received_at, OnReject::Quarantine).await
+    Ok((body, slot))
 }
 
 /// What [`accept`] does with a payload the vendor adapter rejects.

@@ -20,4 +20,5 @@ pub mod receiver;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod vendor_client;
 pub mod vendors;

@@ -1,5 +1,5 @@
-//! The `callgate` command: `serve` (the default), `check`, `normalize`, the operator commands
-//! and `store migrate`.
+//! The `callgate` command: `serve` (the default), `check`, `normalize`, the operator commands,
+//! `store migrate` and `vendors`.
 
 use std::{
     io::{Read, Write},
@@ -83,6 +83,46 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Make a vendor send a source's webhooks to this gateway: through the vendor's API
+    /// (OneInbox, Utel; the API key from ONEINBOX_API_KEY / UTEL_API_TOKEN), or as printed
+    /// console steps (Salpre, vox).
+    Vendors {
+        #[command(subcommand)]
+        action: VendorAction,
+        /// Configuration that defines the source (its vendor and auth).
+        #[arg(long, global = true, env = "CALLGATE_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Print secrets (a query secret in a URL, a header value) instead of hiding them.
+        #[arg(long, global = true)]
+        show_secrets: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum VendorAction {
+    /// Add callgate's webhook for SOURCE at its vendor (or bring it up to date).
+    Register {
+        source: String,
+        /// The gateway's public base URL, e.g. https://hooks.example.com.
+        #[arg(long)]
+        public_url: String,
+        /// Vendor events to subscribe (comma-separated or repeated); default: all of them.
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        events: Option<Vec<String>>,
+    },
+    /// Change callgate's existing webhook for SOURCE (URL, events).
+    Update {
+        source: String,
+        #[arg(long)]
+        public_url: String,
+        /// Vendor events to subscribe; default: keep the current ones.
+        #[arg(long, num_args = 1.., value_delimiter = ',')]
+        events: Option<Vec<String>>,
+    },
+    /// Remove callgate's webhook for SOURCE, and nothing else.
+    Unregister { source: String },
+    /// List the webhooks of SOURCE's vendor account, callgate's marked.
+    List { source: String },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +202,43 @@ fn main() -> ExitCode {
         Command::Quarantine { action, admin } => operate(admin, Target::Quarantine(action)),
         Command::Routes { action, admin } => operate(admin, Target::Routes(action)),
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
+        Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
+    }
+}
+
+/// `callgate vendors …`: wires a vendor to this gateway (see `vendor_client`).
+fn vendors_command(action: VendorAction, path: &std::path::Path, show_secrets: bool) -> ExitCode {
+    use callgate::vendor_client::{self, Request};
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("callgate: {errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let (source, request) = match action {
+        VendorAction::Register { source, public_url, events } => (source, Request::Register { public_url, events }),
+        VendorAction::Update { source, public_url, events } => (source, Request::Update { public_url, events }),
+        VendorAction::Unregister { source } => (source, Request::Unregister),
+        VendorAction::List { source } => (source, Request::List),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    match runtime.block_on(vendor_client::run(&config, &source, request, show_secrets, &env)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -441,6 +518,16 @@ fn check(path: PathBuf) -> ExitCode {
         };
         let region = source.phone_region.map(|r| format!(", phone_region {}", r.as_ref())).unwrap_or_default();
         let _ = writeln!(out, "  {name:<12} vendor {}, auth {auth}{region}  -> POST /v1/ingest/{name}", source.vendor);
+        if let Some(inbound) = &source.inbound {
+            let _ = writeln!(
+                out,
+                "    inbound POST /v1/inbound/{name} -> lookup {}, timeout {}, signed {}, fallback {} variable(s)",
+                config::redact_url(&inbound.url),
+                humantime::format_duration(inbound.timeout),
+                if inbound.signing_secrets.is_empty() { "no" } else { "yes" },
+                inbound.fallback.variables.len(),
+            );
+        }
     }
     let _ = writeln!(out, "routes ({}):", config.routes.len());
     for (name, route) in &config.routes {

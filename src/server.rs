@@ -42,6 +42,8 @@ pub struct App {
     pub admission: Admission,
     /// Where large bodies are validated and mapped, off the runtime's worker threads.
     pub offload: Offload,
+    /// The lookups of the sources that answer an inbound webhook (`/v1/inbound`).
+    pub lookups: ingress::inbound::Lookups,
 }
 
 /// The listeners a gateway serves on.
@@ -108,6 +110,7 @@ pub async fn run(
         metrics: metrics.clone(),
         admission: Admission::new(&config),
         offload: Offload::per_core(),
+        lookups: ingress::inbound::Lookups::new(&config)?,
     });
 
     let upkeep = tokio::spawn(async move {
@@ -216,6 +219,7 @@ fn ingress_router(app: Arc<App>) -> Router {
     let timeout = app.config.server.request_timeout;
     Router::new()
         .route("/v1/ingest/{source}", post(ingress::ingest))
+        .route("/v1/inbound/{source}", post(ingress::inbound::inbound))
         .layer(middleware::from_fn_with_state(timeout, ingress::time_limit))
         .with_state(app)
 }

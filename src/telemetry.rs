@@ -23,6 +23,8 @@ pub const DEAD_LETTERS: &str = "callgate_dead_letters";
 pub const ROUTE_PAUSED: &str = "callgate_route_paused";
 pub const HEADER_VALUES_TRUNCATED: &str = "callgate_header_values_truncated_total";
 pub const DEGRADED_FIELDS: &str = "callgate_degraded_fields_total";
+pub const INBOUND_REQUESTS: &str = "callgate_inbound_requests_total";
+pub const INBOUND_DURATION: &str = "callgate_inbound_duration_seconds";
 
 /// Histogram buckets (seconds) for both latency series.
 const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -52,6 +54,33 @@ impl IngressOutcome {
             IngressOutcome::Unavailable => "unavailable",
             IngressOutcome::UnknownSource => "unknown_source",
             IngressOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// Inbound webhook outcomes, the `outcome` label of `callgate_inbound_requests_total`: the
+/// lookup's answer was passed on, or the fallback was answered (and why), or the request was
+/// refused (401, 404, 413, 422, 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundOutcome {
+    Answered,
+    /// No answer by the deadline (`sources.NAME.inbound.timeout`).
+    Timeout,
+    /// Unreachable, or an answer other than 2xx.
+    Failed,
+    /// A 2xx whose body is not `{"variables": {…}, "metadata": {…}}`.
+    Malformed,
+    Rejected,
+}
+
+impl InboundOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundOutcome::Answered => "answered",
+            InboundOutcome::Timeout => "timeout",
+            InboundOutcome::Failed => "failed",
+            InboundOutcome::Malformed => "malformed",
+            InboundOutcome::Rejected => "rejected",
         }
     }
 }
@@ -110,6 +139,11 @@ fn describe() {
         DEGRADED_FIELDS,
         "Descriptive fields of accepted payloads in a shape callgate cannot read (kept in vendor_extra), by source, vendor and field."
     );
+    describe_counter!(
+        INBOUND_REQUESTS,
+        "Inbound webhook requests by source and outcome (answered, or the fallback after a timeout, failed or malformed lookup, or rejected)."
+    );
+    describe_histogram!(INBOUND_DURATION, metrics::Unit::Seconds, "Time to answer an inbound webhook request.");
     describe_gauge!(ROUTE_PAUSED, "1 while a route is paused (410 Gone, or an operator), else 0.");
 }
 
@@ -117,6 +151,11 @@ pub fn ingress(source: &str, vendor: &str, outcome: IngressOutcome, seconds: f64
     counter!(INGRESS_REQUESTS, "source" => source.to_owned(), "vendor" => vendor.to_owned(), "outcome" => outcome.as_str())
         .increment(1);
     histogram!(INGRESS_DURATION, "source" => source.to_owned()).record(seconds);
+}
+
+pub fn inbound(source: &str, outcome: InboundOutcome, seconds: f64) {
+    counter!(INBOUND_REQUESTS, "source" => source.to_owned(), "outcome" => outcome.as_str()).increment(1);
+    histogram!(INBOUND_DURATION, "source" => source.to_owned()).record(seconds);
 }
 
 pub fn event(source: &str, kind: &'static str) {

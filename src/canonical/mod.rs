@@ -6,6 +6,7 @@
 //! envelope — deterministic ids, `subject`, `time` — the same way for every vendor.
 
 pub mod convert;
+pub mod lookup;
 pub mod payload;
 
 use std::{fmt, sync::Arc};

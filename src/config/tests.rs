@@ -180,3 +180,40 @@ fn a_retell_source_takes_its_api_key_from_the_environment_and_shares_the_unverif
     let e = errors("[sources.r]\nvendor = \"retell\"\nauth = { type = \"retell\", api_key = \"k\", header = \"x\" }\n");
     assert!(e.iter().any(|e| e.starts_with("sources.r") && e.contains("header")), "{e:?}");
 }
+
+#[test]
+fn an_inbound_lookup_gets_defaults_and_shares_the_routes_header_and_signing_rules() {
+    let config = load(
+        "[sources.vox]\nvendor = \"vox\"\n[sources.vox.inbound]\nurl = \"http://127.0.0.1:9/lookup\"\n\
+         signing_secret = \"${SECRET}\"\nheaders = { Authorization = \"Bearer ${TOKEN}\" }\n\
+         fallback = { variables = { customer_name = \"there\" } }\n",
+    );
+    let inbound = config.sources["vox"].inbound.as_ref().unwrap();
+    assert_eq!(inbound.timeout, DEFAULT_INBOUND_TIMEOUT);
+    assert_eq!(inbound.signing_secrets.len(), 1);
+    assert_eq!(inbound.headers[0].1.render(&serde_json::Value::Null), "Bearer t0k");
+    assert_eq!(inbound.fallback.variables["customer_name"], "there");
+    assert!(inbound.fallback.metadata.is_empty());
+    assert!(!format!("{inbound:?}").contains("t0k"), "secrets stay out of Debug");
+    assert!(load("[sources.vox]\nvendor = \"vox\"\n").sources["vox"].inbound.is_none());
+
+    let e = errors(
+        "[sources.oi]\nvendor = \"oneinbox\"\n[sources.oi.inbound]\nurl = \"http://x/l\"\n\
+         [sources.vox]\nvendor = \"vox\"\n[sources.vox.inbound]\nurl = \"ftp://x\"\ntimeout = \"10s\"\n\
+         signing_secret = \"nope\"\nheaders = { Webhook-Id = \"x\" }\nfallback = { colour = 1 }\n",
+    );
+    let keys: Vec<&str> = e.iter().map(|e| e.split(':').next().unwrap()).collect();
+    assert_eq!(keys, ["sources.oi.inbound", "sources.vox.inbound.fallback.colour"], "{e:#?}");
+    let e = errors(
+        "[sources.vox]\nvendor = \"vox\"\n[sources.vox.inbound]\nurl = \"ftp://x\"\ntimeout = \"10s\"\n\
+         signing_secret = \"nope\"\nheaders = { Webhook-Id = \"x\" }\n",
+    );
+    let keys: Vec<&str> = e.iter().map(|e| e.split(':').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["sources.vox.inbound.headers.Webhook-Id", "sources.vox.inbound.signing_secret", "sources.vox.inbound.url",],
+        "{e:#?}"
+    );
+    let e = errors("[sources.vox]\nvendor = \"vox\"\n[sources.vox.inbound]\nurl = \"http://x/l\"\ntimeout = \"10s\"\n");
+    assert_eq!(e, ["sources.vox.inbound.timeout: must be shorter than server.request_timeout"]);
+}

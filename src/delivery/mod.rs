@@ -29,7 +29,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Config, HEADER_VALUE_MAX, HeaderTemplate, RouteConfig, TEMPLATED_HEADERS_MAX},
+    config::{Config, HEADER_VALUE_MAX, HeaderTemplate, RouteConfig, Secret, TEMPLATED_HEADERS_MAX},
     store::{Attempt, Claimed, Delivery, Lease, Millis, Notice, Outcome, OutcomeKind, Store, now_ms},
     telemetry::{self, DeliveryOutcome},
 };
@@ -102,13 +102,7 @@ const PROBE_AFTER: u32 = 3;
 impl Dispatcher {
     /// Starts a worker for every enabled route.
     pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Dispatcher> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("callgate/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.delivery.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
+        let client = client(config.delivery.connect_timeout)?;
         // Subscribed before anything is read, so no notice falls between the two.
         let notices = store.notices();
         let paused: Vec<String> = store.paused().await?.into_iter().map(|p| p.route).collect();
@@ -180,66 +174,94 @@ fn render_headers(
     cut
 }
 
+/// The HTTP client of every egress (routes, inbound lookups): no redirects followed (a
+/// redirect could carry a signed body elsewhere), no proxies, callgate's user agent.
+pub fn client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("callgate/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+}
+
+/// How an egress (a route, an inbound lookup) dresses each request: its configured headers,
+/// rendered against the CloudEvent being sent, and the Standard Webhooks signature.
+pub struct Egress {
+    headers: Vec<(HeaderName, HeaderTemplate)>,
+    signing_keys: Vec<Vec<u8>>,
+    /// Whether any header needs the event parsed to render.
+    templated: bool,
+}
+
+impl Egress {
+    pub fn new(headers: &[(HeaderName, HeaderTemplate)], secrets: &[Secret]) -> Egress {
+        let signing_keys = secrets.iter().filter_map(|s| signing::decode_secret(s.expose())).collect();
+        let templated = headers.iter().any(|(_, t)| t.has_fields());
+        Egress { headers: headers.to_vec(), signing_keys, templated }
+    }
+
+    /// The headers of a request whose body is the CloudEvent `json` with id `event_id`, and
+    /// the names of the templated headers that were cut or left out (see [`render_headers`]).
+    pub fn headers(&self, event_id: &str, json: &str) -> (HeaderMap, Vec<HeaderName>) {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/cloudevents+json"));
+        let mut cut = Vec::new();
+        if !self.headers.is_empty() {
+            let event =
+                if self.templated { serde_json::from_str(json).unwrap_or_default() } else { serde_json::Value::Null };
+            cut = render_headers(&self.headers, &event, &mut headers);
+        }
+        if !self.signing_keys.is_empty() {
+            let timestamp = chrono::Utc::now().timestamp();
+            let signature = signing::signature_header(&self.signing_keys, event_id, timestamp, json.as_bytes());
+            let mut set = |name: &'static str, value: String| {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(HeaderName::from_static(name), value);
+                }
+            };
+            set("webhook-id", event_id.to_owned());
+            set("webhook-timestamp", timestamp.to_string());
+            set("webhook-signature", signature);
+        }
+        (headers, cut)
+    }
+}
+
 /// A route prepared for sending: parsed headers and signing keys.
 struct RouteRuntime {
     name: String,
     config: RouteConfig,
     /// Whether a cut header value was logged already (once per route, not per attempt).
     header_cut_logged: AtomicBool,
-    signing_keys: Vec<Vec<u8>>,
-    /// Whether any header needs the event parsed to render.
-    templated: bool,
+    egress: Egress,
 }
 
 impl RouteRuntime {
     fn new(name: &str, config: &RouteConfig) -> Self {
-        let signing_keys = config.signing_secrets.iter().filter_map(|s| signing::decode_secret(s.expose())).collect();
-        let templated = config.headers.iter().any(|(_, t)| t.has_fields());
         RouteRuntime {
             name: name.to_owned(),
             config: config.clone(),
             header_cut_logged: AtomicBool::new(false),
-            signing_keys,
-            templated,
+            egress: Egress::new(&config.headers, &config.signing_secrets),
         }
     }
 
     fn headers(&self, delivery: &Delivery) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/cloudevents+json"));
-        if !self.config.headers.is_empty() {
-            let event = if self.templated {
-                serde_json::from_str(&delivery.json).unwrap_or_default()
-            } else {
-                serde_json::Value::Null
-            };
-            let cut = render_headers(&self.config.headers, &event, &mut headers);
-            if !cut.is_empty() {
-                // Counted per delivery (its first attempt), logged once per route: a retry
-                // renders the same values again. The value itself is never logged.
-                if delivery.attempts == 0 {
-                    telemetry::header_values_truncated(&self.name, cut.len() as u64);
-                }
-                if !self.header_cut_logged.swap(true, Ordering::Relaxed) {
-                    let names: Vec<&str> = cut.iter().map(|n| n.as_str()).collect();
-                    tracing::warn!(route = %self.name, headers = ?names, max_value = HEADER_VALUE_MAX, max_total = TEMPLATED_HEADERS_MAX,
-                        "Templated header values were cut or left out to keep the request head small (logged once per route; counted in {}).",
-                        telemetry::HEADER_VALUES_TRUNCATED);
-                }
+        let (headers, cut) = self.egress.headers(&delivery.event_id, &delivery.json);
+        if !cut.is_empty() {
+            // Counted per delivery (its first attempt), logged once per route: a retry
+            // renders the same values again. The value itself is never logged.
+            if delivery.attempts == 0 {
+                telemetry::header_values_truncated(&self.name, cut.len() as u64);
             }
-        }
-        if !self.signing_keys.is_empty() {
-            let timestamp = chrono::Utc::now().timestamp();
-            let signature =
-                signing::signature_header(&self.signing_keys, &delivery.event_id, timestamp, delivery.json.as_bytes());
-            let mut set = |name: &'static str, value: String| {
-                if let Ok(value) = HeaderValue::from_str(&value) {
-                    headers.insert(HeaderName::from_static(name), value);
-                }
-            };
-            set("webhook-id", delivery.event_id.clone());
-            set("webhook-timestamp", timestamp.to_string());
-            set("webhook-signature", signature);
+            if !self.header_cut_logged.swap(true, Ordering::Relaxed) {
+                let names: Vec<&str> = cut.iter().map(|n| n.as_str()).collect();
+                tracing::warn!(route = %self.name, headers = ?names, max_value = HEADER_VALUE_MAX, max_total = TEMPLATED_HEADERS_MAX,
+                    "Templated header values were cut or left out to keep the request head small (logged once per route; counted in {}).",
+                    telemetry::HEADER_VALUES_TRUNCATED);
+            }
         }
         headers
     }
@@ -516,7 +538,7 @@ async fn snippet(mut resp: reqwest::Response) -> String {
 }
 
 /// A transport error without the URL (which may carry a secret).
-fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+pub fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("timed out after {timeout:?}");
     }

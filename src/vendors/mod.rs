@@ -5,6 +5,8 @@
 //! **Invariant:** adapters are pure. They never touch the network, the store or the clock
 //! (`received_at` is handed in), so they are trivially testable and fuzzable.
 
+pub mod inbound;
+
 use std::{borrow::Cow, collections::HashMap, fmt, sync::LazyLock};
 
 use chrono::{DateTime, Utc};

@@ -4,6 +4,8 @@
 //! Times are epoch **milliseconds**. The `call` object is Retell AI's, read by
 //! [`call_object`](super::call_object); this module keeps what is vox's own.
 
+pub(super) mod inbound;
+
 use serde_json::Value;
 
 use super::{

@@ -11,6 +11,8 @@ mod e2e;
 mod edges;
 #[path = "../it/golden.rs"]
 mod golden;
+#[path = "../it/inbound.rs"]
+mod inbound;
 #[path = "../it/reliability.rs"]
 mod reliability;
 #[path = "../it/retell.rs"]
