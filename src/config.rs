@@ -20,7 +20,7 @@ use figment::{
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, de::DeserializeOwned};
 
-use crate::canonical::Vendor;
+use crate::{canonical::Vendor, vendors::Dedup};
 
 /// The configuration shipped with the binary; `cargo run --release` serves it.
 pub const DEFAULT_PATH: &str = "config/gateway.toml";
@@ -260,6 +260,9 @@ pub struct SourceConfig {
     pub auth: Auth,
     /// `[sources.NAME.inbound]`: answer the vendor's inbound webhook from a lookup.
     pub inbound: Option<InboundConfig>,
+    /// What makes two payloads the same delivery: byte-identical bodies (`body`, the default)
+    /// or the same vendor event identity (`event`; README, "Deduplication").
+    pub dedup: Dedup,
 }
 
 /// The default deadline of an inbound answer: well under the few seconds a vendor waits
@@ -795,6 +798,8 @@ struct RawSource {
     #[serde(default)]
     auth: Auth,
     inbound: Option<RawInbound>,
+    /// `body` (default) | `event`.
+    dedup: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -851,6 +856,16 @@ impl RawSource {
                 None
             }
         });
+        let dedup = match self.dedup.as_deref() {
+            None => Some(Dedup::Body),
+            Some(name) => Dedup::parse(name).or_else(|| {
+                errors.push(ConfigError {
+                    key: format!("{key}.dedup"),
+                    message: format!("unknown value `{}` (use {})", crate::http::cut(name, 40), Dedup::NAMES),
+                });
+                None
+            }),
+        };
         let sub = |s: &Secret, field: &str, errors: &mut Vec<ConfigError>| {
             Secret(substitute(s.expose(), &format!("{key}.auth.{field}"), env, errors))
         };
@@ -887,7 +902,12 @@ impl RawSource {
             errors.push(ConfigError { key: format!("{key}.auth"), message: "the secret is empty".into() });
         }
         let inbound = self.inbound.and_then(|raw| raw.validate(&format!("{key}.inbound"), self.vendor, env, errors));
-        (errors.len() == before).then_some(SourceConfig { vendor: self.vendor, phone_region, auth, inbound })
+        match dedup {
+            Some(dedup) if errors.len() == before => {
+                Some(SourceConfig { vendor: self.vendor, phone_region, auth, inbound, dedup })
+            }
+            _ => None,
+        }
     }
 }
 

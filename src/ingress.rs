@@ -32,13 +32,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     auth::{self, Precheck},
-    canonical::{self, CloudEvent},
+    canonical::CloudEvent,
     config::Config,
     http::error_response,
     server::App,
     store::{Ingest, IngestOutcome, NewEvent, Quarantined, Store},
     telemetry::{self, IngressOutcome},
-    vendors::{self, Origin, Rejection, Violation},
+    vendors::{self, KeyedBy, Origin, Rejection, Violation},
 };
 
 /// Every way an ingress request can fail, and the status each one answers.
@@ -392,7 +392,10 @@ pub async fn accept(
         }
         Err(e) => return Err(e),
     };
-    let Prepared { ingest, kinds, degraded } = prepared;
+    let Prepared { ingest, kinds, degraded, keyed_by } = prepared;
+    if keyed_by == KeyedBy::BodyFallback {
+        telemetry::dedup_fallback(source, vendor.as_str());
+    }
     // The store wakes the routes' workers (its notices) once it has committed.
     match app.store.ingest(ingest).await {
         Ok(IngestOutcome::Accepted(ids)) => {
@@ -421,25 +424,30 @@ struct Prepared {
     kinds: Vec<&'static str>,
     /// Descriptive fields the adapter could not read (counted once committed).
     degraded: Vec<vendors::Degraded>,
+    /// What the dedup key was computed from (a fallback to the body is counted).
+    keyed_by: KeyedBy,
 }
 
-/// The CPU-bound part of ingress, run inline or on the [`Offload`] pool: digest, validate,
-/// map, and render every event once for the store.
+/// The CPU-bound part of ingress, run inline or on the [`Offload`] pool: validate, map, key
+/// (by body or by event identity, the source's `dedup`), and render every event once for
+/// the store.
 fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc>) -> Result<Prepared, IngressError> {
     let source_config = config.sources.get(source).ok_or(IngressError::UnknownSource)?;
     let origin = Origin { source, vendor: source_config.vendor, phone_region: source_config.phone_region };
-    let digest = canonical::body_digest(body);
-    let vendors::Normalized { events, degraded } = vendors::normalize_digested(&origin, body, &digest, received_at)?;
+    let vendors::Normalized { events, degraded, key } =
+        vendors::normalize_keyed(&origin, body, source_config.dedup, received_at)?;
     let kinds = events.iter().map(|e| e.kind.as_str()).collect();
     let events: Vec<NewEvent> = events.iter().map(|e| new_event(config, e)).collect::<Result<_, _>>()?;
+    // The stored body is the first one received; a later one with the same key is answered
+    // as a duplicate with the ids stored for it.
     let ingest = Ingest {
         source: source.to_owned(),
-        digest,
+        digest: key.digest,
         body: body.to_vec(),
         received_at: received_at.timestamp_millis(),
         events,
     };
-    Ok(Prepared { ingest, kinds, degraded })
+    Ok(Prepared { ingest, kinds, degraded, keyed_by: key.by })
 }
 
 fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressError> {

@@ -25,6 +25,7 @@ pub const HEADER_VALUES_TRUNCATED: &str = "callgate_header_values_truncated_tota
 pub const DEGRADED_FIELDS: &str = "callgate_degraded_fields_total";
 pub const INBOUND_REQUESTS: &str = "callgate_inbound_requests_total";
 pub const INBOUND_DURATION: &str = "callgate_inbound_duration_seconds";
+pub const DEDUP_FALLBACKS: &str = "callgate_dedup_body_fallbacks_total";
 
 /// Histogram buckets (seconds) for both latency series.
 const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -145,6 +146,10 @@ fn describe() {
     );
     describe_histogram!(INBOUND_DURATION, metrics::Unit::Seconds, "Time to answer an inbound webhook request.");
     describe_gauge!(ROUTE_PAUSED, "1 while a route is paused (410 Gone, or an operator), else 0.");
+    describe_counter!(
+        DEDUP_FALLBACKS,
+        "Payloads of a `dedup = \"event\"` source keyed by their body because they lack their event identity fields, by source and vendor."
+    );
 }
 
 pub fn ingress(source: &str, vendor: &str, outcome: IngressOutcome, seconds: f64) {
@@ -166,6 +171,11 @@ pub fn event(source: &str, kind: &'static str) {
 pub fn degraded(source: &str, vendor: &str, field: &'static str) {
     counter!(DEGRADED_FIELDS, "source" => source.to_owned(), "vendor" => vendor.to_owned(), "field" => field)
         .increment(1);
+}
+
+/// A payload of a `dedup = "event"` source without its identity fields, keyed by its body.
+pub fn dedup_fallback(source: &str, vendor: &str) {
+    counter!(DEDUP_FALLBACKS, "source" => source.to_owned(), "vendor" => vendor.to_owned()).increment(1);
 }
 
 pub fn delivery(route: &str, outcome: DeliveryOutcome, seconds: f64) {

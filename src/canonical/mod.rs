@@ -314,9 +314,11 @@ impl Mapped {
         Mapped { common, metadata: Map::new(), variables: Map::new(), events }
     }
 
-    /// Wraps every draft in its CloudEvents envelope. `body_digest` is the SHA-256 of the raw
-    /// body, so ids are a pure function of (source, body, position) and survive redelivery.
-    pub fn finish(self, body_digest: &[u8; 32], vendor_extra: Map<String, Value>) -> Vec<CloudEvent> {
+    /// Wraps every draft in its CloudEvents envelope. `key` is the payload's dedup key: the
+    /// SHA-256 of the raw body, or of its vendor event identity under `dedup = "event"`
+    /// (`vendors::Key`), so ids are a pure function of (source, key, position) and survive
+    /// redelivery.
+    pub fn finish(self, key: &[u8; 32], vendor_extra: Map<String, Value>) -> Vec<CloudEvent> {
         let Mapped { common, metadata, variables, events } = self;
         let (metadata, variables, vendor_extra) = (Arc::new(metadata), Arc::new(variables), Arc::new(vendor_extra));
         // Per source, not per vendor: two accounts of one vendor may reuse call ids
@@ -324,7 +326,7 @@ impl Mapped {
         let subject = format!("{}:{}", common.source, common.call_id);
         let time = common.occurred_at.clone().unwrap_or_else(|| common.received_at.clone());
         let source = format!("/callgate/sources/{}", common.source);
-        let ids = EventIds::new(&common.source, body_digest);
+        let ids = EventIds::new(&common.source, key);
         let common = Arc::new(common);
         events
             .into_iter()
@@ -349,15 +351,16 @@ impl Mapped {
     }
 }
 
-/// Event ids: `ce_` + 32 hex digits of SHA-256(source ‖ "\n" ‖ hex(SHA-256(body)) ‖ "\n" ‖
-/// index). The hash state after the part shared by one payload's events is computed once.
+/// Event ids: `ce_` + 32 hex digits of SHA-256(source ‖ "\n" ‖ hex(key) ‖ "\n" ‖ index),
+/// where the key is SHA-256(body) (or of the event identity, `dedup = "event"`). The hash state
+/// after the part shared by one payload's events is computed once.
 struct EventIds(Sha256);
 
 impl EventIds {
-    fn new(source: &str, body_digest: &[u8; 32]) -> Self {
+    fn new(source: &str, key: &[u8; 32]) -> Self {
         let mut hex = [0u8; 64];
         // Cannot fail: the buffer is exactly twice the digest's length.
-        let _ = hex::encode_to_slice(body_digest, &mut hex);
+        let _ = hex::encode_to_slice(key, &mut hex);
         let mut hasher = Sha256::new();
         hasher.update(source.as_bytes());
         hasher.update(b"\n");

@@ -217,3 +217,21 @@ fn an_inbound_lookup_gets_defaults_and_shares_the_routes_header_and_signing_rule
     let e = errors("[sources.vox]\nvendor = \"vox\"\n[sources.vox.inbound]\nurl = \"http://x/l\"\ntimeout = \"10s\"\n");
     assert_eq!(e, ["sources.vox.inbound.timeout: must be shorter than server.request_timeout"]);
 }
+
+#[test]
+fn dedup_defaults_to_body_and_other_values_are_named_errors() {
+    let config = load(
+        "[sources.a]\nvendor = \"vox\"\n[sources.b]\nvendor = \"vox\"\ndedup = \"event\"\n[sources.c]\nvendor = \"vox\"\ndedup = \"body\"\n",
+    );
+    assert_eq!(config.sources["a"].dedup, crate::vendors::Dedup::Body);
+    assert_eq!(config.sources["b"].dedup, crate::vendors::Dedup::Event);
+    assert_eq!(config.sources["c"].dedup, crate::vendors::Dedup::Body);
+    assert_eq!(
+        errors("[sources.a]\nvendor = \"vox\"\ndedup = \"Event\"\n[sources.b]\nvendor = \"vox\"\ndedup = \"fuzzy\"\n"),
+        [
+            "sources.a.dedup: unknown value `Event` (use `body` or `event`)",
+            "sources.b.dedup: unknown value `fuzzy` (use `body` or `event`)"
+        ]
+    );
+    assert_eq!(errors("[sources.a]\nvendor = \"vox\"\ndedup = 1\n").len(), 1);
+}

@@ -44,8 +44,13 @@ macro_rules! events {
 }
 
 /// The one list of vendors. It generates [`Vendor`] (with `ALL`, `as_str`, `parse` and serde
-/// names) and the dispatch to each vendor module (`Event`, `event`, `map`), so a vendor missing
-/// from any table is a compile error.
+/// names) and the dispatch to each vendor module, so a vendor missing from any table is a
+/// compile error. Every vendor module must define:
+/// - `Event` (with `events!`) and `fn event(&Value) -> Result<Event, Violation>`, its discriminator;
+/// - `fn map(Event, &Payload, &Context) -> MapResult`, its mapping;
+/// - `fn identity(Event, &Value) -> Option<Identity>`, the fields that tell one instance of
+///   an event from another for `dedup = "event"` (README, "Deduplication"); `None` when a
+///   payload lacks them (then the body digest is used).
 macro_rules! vendors {
     ($($(#[$doc:meta])* $variant:ident = $name:literal => $module:ident),+ $(,)?) => {
         $(mod $module;)+
@@ -99,6 +104,10 @@ macro_rules! vendors {
             fn map(self, payload: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                 match self { $(VendorEvent::$variant(e) => $module::map(e, payload, cx)),+ }
             }
+
+            fn identity(self, body: &Value) -> Option<Identity> {
+                match self { $(VendorEvent::$variant(e) => $module::identity(e, body)),+ }
+            }
         }
     };
 }
@@ -109,6 +118,9 @@ macro_rules! join_names {
 
 /// The `call` object Retell AI and vox.ai share.
 mod call_object;
+mod dedup;
+
+pub use dedup::{Dedup, Identity, Key, KeyedBy};
 
 vendors! {
     Oneinbox = "oneinbox" => oneinbox,
@@ -198,12 +210,13 @@ impl Degraded {
     }
 }
 
-/// What a payload became: its canonical events, in emission order, and the descriptive
-/// fields that could not be read.
+/// What a payload became: its canonical events, in emission order, the descriptive fields
+/// that could not be read, and the key it is deduplicated on (its event ids derive from it).
 #[derive(Debug, Clone)]
 pub struct Normalized {
     pub events: Vec<CloudEvent>,
     pub degraded: Vec<Degraded>,
+    pub key: Key,
 }
 
 /// [`Normalized`] plus the pointers of every value the adapter consumed: what the exact
@@ -346,49 +359,67 @@ pub fn init() -> Result<(), String> {
     VALIDATORS.as_ref().map(|_| ()).map_err(Clone::clone)
 }
 
-/// Parses, validates and maps one raw vendor body into canonical events, in emission order.
+/// Parses, validates and maps one raw vendor body into canonical events, in emission order,
+/// keyed by its body (`dedup = "body"`).
 pub fn normalize(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -> Result<Normalized, Rejection> {
-    normalize_digested(origin, body, &canonical::body_digest(body), received_at)
+    normalize_keyed(origin, body, Dedup::Body, received_at)
 }
 
-/// [`normalize`] for a caller that already holds the body's SHA-256 (ingress stores it too).
-pub fn normalize_digested(
+/// [`normalize`] with the source's `dedup`: under [`Dedup::Event`] the payload is keyed (and
+/// its event ids derived) by its vendor event identity, or by its body when it has none.
+pub fn normalize_keyed(
     origin: &Origin<'_>,
     body: &[u8],
-    digest: &[u8; 32],
+    dedup: Dedup,
     received_at: DateTime<Utc>,
 ) -> Result<Normalized, Rejection> {
-    run(origin, body, digest, received_at, |_| ())
+    run(origin, body, dedup, received_at, |_| ())
+}
+
+/// The identity `dedup = "event"` keys a payload by, or `None` when it has none (tests and
+/// tools; the payload must pass its schema).
+pub fn identity(vendor: Vendor, body: &[u8]) -> Result<Option<Identity>, Rejection> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| not_json(&e))?;
+    let event = vendor.event(&value).map_err(|violation| Rejection::UnknownEvent { vendor, violation })?;
+    validate(event, &value)?;
+    Ok(event.identity(&value))
 }
 
 /// [`normalize`], also returning what the adapter consumed (for tests and tracing tools).
 pub fn trace(origin: &Origin<'_>, body: &[u8], received_at: DateTime<Utc>) -> Result<Trace, Rejection> {
     let mut consumed = Vec::new();
-    let normalized = run(origin, body, &canonical::body_digest(body), received_at, |p| consumed = p.consumed())?;
+    let normalized = run(origin, body, Dedup::Body, received_at, |p| consumed = p.consumed())?;
     Ok(Trace { normalized, consumed })
+}
+
+fn not_json(e: &serde_json::Error) -> Rejection {
+    Rejection::NotJson { message: json_error_message(e), line: e.line(), column: e.column() }
 }
 
 fn run(
     origin: &Origin<'_>,
     body: &[u8],
-    digest: &[u8; 32],
+    dedup: Dedup,
     received_at: DateTime<Utc>,
     inspect: impl FnOnce(&Payload<'_>),
 ) -> Result<Normalized, Rejection> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson {
-        message: json_error_message(&e),
-        line: e.line(),
-        column: e.column(),
-    })?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| not_json(&e))?;
     let vendor = origin.vendor;
     let event = vendor.event(&value).map_err(|violation| Rejection::UnknownEvent { vendor, violation })?;
     validate(event, &value)?;
+    let key = match dedup {
+        Dedup::Body => Key { digest: canonical::body_digest(body), by: KeyedBy::Body },
+        Dedup::Event => match event.identity(&value) {
+            Some(identity) => Key { digest: identity.digest(vendor), by: KeyedBy::Event },
+            None => Key { digest: canonical::body_digest(body), by: KeyedBy::BodyFallback },
+        },
+    };
     let payload = Payload::new(&value);
     let cx = Context { origin, received_at: convert::rfc3339(received_at) };
     let mapped = event.map(&payload, &cx).map_err(|violation| Rejection::invalid(event, violation))?;
     inspect(&payload);
-    let events = mapped.finish(digest, payload.residual());
-    Ok(Normalized { events, degraded: payload.degradations() })
+    let events = mapped.finish(&key.digest, payload.residual());
+    Ok(Normalized { events, degraded: payload.degradations(), key })
 }
 
 /// Checks `value` against the schema of `event`; the violations reported are bounded in
@@ -553,5 +584,28 @@ mod tests {
             "{violations:?}"
         );
         assert!(rejection.to_string().ends_with("(1 problem)"), "{rejection}");
+    }
+
+    /// Under `dedup = "event"` a re-serialised payload gets the same key and so the same event
+    /// ids; without its identity fields it is keyed by its body; `body` keys by the bytes.
+    #[test]
+    fn the_key_and_the_ids_follow_the_dedup_mode() {
+        let (one, other) = (
+            br#"{"event": "call_started", "call": {"call_id": "c1", "start_timestamp": 1775980200000}}"#.as_slice(),
+            b"{\"call\":{\"start_timestamp\":1775980200000,\"call_id\":\"c1\"},\n\"event\":\"call_started\"}"
+                .as_slice(),
+        );
+        let run = |body: &[u8], dedup| normalize_keyed(&origin(Vendor::Vox), body, dedup, Utc::now()).unwrap();
+        let ids = |n: &Normalized| n.events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        let (a, b) = (run(one, Dedup::Event), run(other, Dedup::Event));
+        assert_eq!((a.key, a.key.by), (b.key, KeyedBy::Event));
+        assert_eq!(ids(&a), ids(&b));
+        let (a, b) = (run(one, Dedup::Body), run(other, Dedup::Body));
+        assert_eq!((a.key.digest, a.key.by), (canonical::body_digest(one), KeyedBy::Body));
+        assert_ne!(ids(&a), ids(&b));
+        let timeless = br#"{"event": "call_started", "call": {"call_id": "c1"}}"#;
+        let fallback = run(timeless, Dedup::Event);
+        assert_eq!((fallback.key.digest, fallback.key.by), (canonical::body_digest(timeless), KeyedBy::BodyFallback));
+        assert_eq!(ids(&fallback), ids(&run(timeless, Dedup::Body)));
     }
 }

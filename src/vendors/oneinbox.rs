@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::{Context, MapResult, Vendor, Violation, discriminate_named};
+use super::{Context, Identity, MapResult, Vendor, Violation, discriminate_named};
 use crate::canonical::{
     Analysis, Details, Draft, End, EndReason, EndedBy, EventType, Mapped, Payload, Status, convert,
 };
@@ -26,6 +26,22 @@ events! {
 
 pub fn event(body: &Value) -> Result<Event, Violation> {
     discriminate_named(body, "/event", Vendor::Oneinbox, Event::ALL, Event::name)
+}
+
+/// `dedup = "event"`: OneInbox sends no event id and a time only on `call.started`, so an
+/// instance is its call plus the facts that would differ between two genuinely different
+/// events of that call (README, "Deduplication").
+pub fn identity(event: Event, body: &Value) -> Option<Identity> {
+    let id = Identity::new(event.name()).field(body, "call_id", &["/call_id"])?;
+    Some(match event {
+        Event::CallStarted => id.field(body, "created_at", &["/created_at"])?,
+        Event::CallEnded => id.optional(body, "status", "/status").optional(body, "duration_seconds", "/duration_seconds"),
+        Event::CallAnalyzed => id.optional(body, "outcome", "/outcome").optional(body, "ai_summary", "/ai_summary"),
+        Event::CallFailed => id.optional(body, "reason", "/reason"),
+        Event::CallRecordingAvailable => id.field(body, "recording_url", &["/recording_url"])?,
+        // Partial transcripts grow during a call: the messages tell them apart.
+        Event::TranscriptPartial | Event::TranscriptFinal => id.field(body, "messages", &["/messages"])?,
+    })
 }
 
 /// Twilio-style `reason` / `status` values (OneInbox runs on Twilio).
@@ -189,5 +205,54 @@ mod tests {
         for body in bodies {
             assert!(matches!(run(body.clone()), Err(Rejection::Invalid { .. })), "{body} accepted");
         }
+    }
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/tests/fixtures/oneinbox/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn key(body: &Value) -> Option<[u8; 32]> {
+        identity(event(body).unwrap(), body).map(|id| id.digest(Vendor::Oneinbox))
+    }
+
+    /// The README table's keys; fields outside them (an added retry counter, other numbers)
+    /// do not count, the ones in them tell instances apart.
+    #[test]
+    fn the_identity_is_the_call_and_the_facts_that_differ_between_instances() {
+        let labels = |name: &str| {
+            let body = fixture(name);
+            identity(event(&body).unwrap(), &body).unwrap().labels()
+        };
+        assert_eq!(labels("doc-call.started.json"), ["call_id", "created_at"]);
+        assert_eq!(labels("doc-call.ended.json"), ["call_id", "status", "duration_seconds"]);
+        assert_eq!(labels("doc-call.analyzed.json"), ["call_id", "outcome", "ai_summary"]);
+        assert_eq!(labels("doc-call.failed.json"), ["call_id", "reason"]);
+        assert_eq!(labels("doc-call.recording.available.json"), ["call_id", "recording_url"]);
+        assert_eq!(labels("doc-transcript.partial.json"), ["call_id", "messages"]);
+        assert_eq!(labels("doc-transcript.final.json"), ["call_id", "messages"]);
+
+        let ended = fixture("doc-call.ended.json");
+        let mut retried = ended.clone();
+        retried["delivery_attempt"] = json!(2);
+        retried["to_number"] = json!("+91 98765 43210");
+        assert_eq!(key(&ended), key(&retried));
+        let mut busy = ended.clone();
+        busy["status"] = json!("busy");
+        assert_ne!(key(&ended), key(&busy));
+        let mut other_call = ended.clone();
+        other_call["call_id"] = json!("call_other");
+        assert_ne!(key(&ended), key(&other_call));
+
+        // Partial transcripts of one call grow; each is its own event.
+        let (partial, last) = (fixture("doc-transcript.partial.json"), fixture("doc-transcript.final.json"));
+        let mut longer = partial.clone();
+        longer["messages"] = last["messages"].clone();
+        assert_ne!(key(&partial), key(&longer));
+        assert_ne!(key(&longer), key(&last), "partial and final differ by event");
+
+        let mut unstarted = fixture("doc-call.started.json");
+        unstarted.as_object_mut().unwrap().remove("created_at");
+        assert_eq!(key(&unstarted), None, "no identity: keyed by the body");
     }
 }

@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use super::{
-    Context, MapResult, Violation,
+    Context, Identity, MapResult, Violation,
     call_object::{self, Connection, Names},
 };
 use crate::canonical::{Cost, Details, Draft, EndReason, EndedBy, EventType, Mapped, Payload, Status, Vendor};
@@ -35,6 +35,21 @@ const NAMES: Names = Names {
     end: "end_timestamp",
     occurred_at: None,
 };
+
+/// `dedup = "event"`: Retell sends no event id and no time of an event, so an instance is the
+/// event, its call and the call's start (`call_started`) or end time; `call_analyzed` also by
+/// its analysis and cost (a re-analysis is a new event).
+pub fn identity(event: Event, body: &Value) -> Option<Identity> {
+    let id = Identity::new(event.name()).field(body, "call_id", &["/call/call_id"])?;
+    Some(match event {
+        Event::Started => id.field(body, "time", &["/call/start_timestamp"])?,
+        Event::Ended => id.field(body, "time", &["/call/end_timestamp"])?,
+        Event::Analyzed => id
+            .optional(body, "time", "/call/end_timestamp")
+            .optional(body, "call_analysis", "/call/call_analysis")
+            .optional(body, "call_cost", "/call/call_cost"),
+    })
+}
 
 pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
     p.consume("/event");
@@ -180,5 +195,42 @@ mod tests {
         let event = &normalized.events[0];
         assert_eq!(event.kind, EventType::CallAnalyzed);
         assert_eq!(event.data.vendor_extra["call"]["call_cost"]["combined_cost"], "7.5");
+    }
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/tests/fixtures/retell/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn key(body: &Value) -> Option<[u8; 32]> {
+        identity(event(body).unwrap(), body).map(|id| id.digest(Vendor::Retell))
+    }
+
+    #[test]
+    fn the_identity_is_the_event_call_and_its_start_or_end_and_an_analysis_its_content() {
+        let labels = |name: &str| {
+            let body = fixture(name);
+            identity(event(&body).unwrap(), &body).unwrap().labels()
+        };
+        assert_eq!(labels("var-call_started.json"), ["call_id", "time"]);
+        assert_eq!(labels("doc-call_ended.json"), ["call_id", "time"]);
+        assert_eq!(labels("var-call_analyzed.json"), ["call_id", "time", "call_analysis", "call_cost"]);
+
+        let ended = fixture("doc-call_ended.json");
+        let mut retried = ended.clone();
+        retried["retry"] = json!(1);
+        retried["call"]["transcript"] = json!("Agent: hi");
+        assert_eq!(key(&ended), key(&retried));
+        let mut other = ended.clone();
+        other["call"]["end_timestamp"] = json!(1);
+        assert_ne!(key(&ended), key(&other));
+        let analyzed = fixture("var-call_analyzed.json");
+        let mut reanalyzed = analyzed.clone();
+        reanalyzed["call"]["call_analysis"] = json!({"call_summary": "Another summary."});
+        assert_ne!(key(&analyzed), key(&reanalyzed), "a re-analysis is a new event");
+
+        let mut unended = ended;
+        unended["call"].as_object_mut().unwrap().remove("end_timestamp");
+        assert_eq!(key(&unended), None, "no identity: keyed by the body");
     }
 }

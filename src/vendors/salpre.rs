@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use super::{Context, MapResult, Violation};
+use super::{Context, Identity, MapResult, Violation};
 use crate::canonical::{
     Details, Draft, End, EndReason, EndedBy, ErrorInfo, EventType, Mapped, Payload, Status, Vendor, convert,
 };
@@ -26,6 +26,23 @@ events! {
 
 pub fn event(body: &Value) -> Result<Event, Violation> {
     super::discriminate_named(body, "/event_type", Vendor::Salpre, Event::ALL, Event::name)
+}
+
+/// `dedup = "event"`: the event, its call and `timestamp_utc` (seconds); a `transcript`
+/// segment also by its speaker, text and own timestamp (several can share a second), an
+/// `error` by its message.
+pub fn identity(event: Event, body: &Value) -> Option<Identity> {
+    let id = Identity::new(event.name())
+        .field(body, "call_id", &["/payload/call_id", "/payload/call/id"])?
+        .field(body, "timestamp_utc", &["/timestamp_utc"])?;
+    Some(match event {
+        Event::Transcript => id
+            .optional(body, "type", "/payload/type")
+            .optional(body, "transcript", "/payload/transcript")
+            .optional(body, "payload.timestamp_utc", "/payload/timestamp_utc"),
+        Event::Error => id.optional(body, "error_message", "/payload/error_message"),
+        Event::CallInitiated | Event::CallRinging | Event::CallAnswered | Event::CallEnded => id,
+    })
 }
 
 pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
@@ -124,5 +141,50 @@ mod tests {
         for body in bodies {
             assert!(matches!(run(body.clone()), Err(Rejection::Invalid { .. })), "{body} accepted");
         }
+    }
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/tests/fixtures/salpre/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn key(body: &Value) -> Option<[u8; 32]> {
+        identity(event(body).unwrap(), body).map(|id| id.digest(Vendor::Salpre))
+    }
+
+    #[test]
+    fn the_identity_is_the_event_call_and_second_and_a_segment_its_speaker_and_text() {
+        let labels = |name: &str| {
+            let body = fixture(name);
+            identity(event(&body).unwrap(), &body).unwrap().labels()
+        };
+        for name in ["doc-call_initiated.json", "doc-call_ringing.json", "doc-call_answered.json", "doc-call_ended.json"] {
+            assert_eq!(labels(name), ["call_id", "timestamp_utc"], "{name}");
+        }
+        assert_eq!(labels("doc-transcript.json"), ["call_id", "timestamp_utc", "type", "transcript", "payload.timestamp_utc"]);
+        assert_eq!(labels("doc-error.json"), ["call_id", "timestamp_utc", "error_message"]);
+
+        let ended = fixture("doc-call_ended.json");
+        let mut retried = ended.clone();
+        retried["retry"] = json!(true);
+        retried["payload"]["source"] = json!("salprebox:OTHER");
+        assert_eq!(key(&ended), key(&retried));
+        let mut later = ended.clone();
+        later["timestamp_utc"] = json!(1760084598);
+        assert_ne!(key(&ended), key(&later));
+
+        // Two segments in one second: the speaker and the text tell them apart.
+        let segment = fixture("doc-transcript.json");
+        let mut reply = segment.clone();
+        reply["payload"]["type"] = json!("ai");
+        let mut other_text = segment.clone();
+        other_text["payload"]["transcript"] = json!("Fine, thanks.");
+        assert_ne!(key(&segment), key(&reply));
+        assert_ne!(key(&segment), key(&other_text));
+        assert_ne!(key(&fixture("doc-call_ringing.json")), key(&fixture("doc-call_answered.json")));
+
+        let mut timeless = ended;
+        timeless.as_object_mut().unwrap().remove("timestamp_utc");
+        assert_eq!(key(&timeless), None, "no identity: keyed by the body");
     }
 }

@@ -13,7 +13,7 @@
 
 use serde_json::Value;
 
-use super::{Context, MapResult, Violation};
+use super::{Context, Identity, MapResult, Violation};
 use crate::canonical::{
     Details, Direction, Draft, End, EndReason, EndedBy, EventType, Mapped, Payload, Status, Transfer, TransferType,
     Vendor, convert, payload::kind_of,
@@ -68,6 +68,22 @@ fn raw_text(value: &Value) -> String {
         Value::Object(o) => o.get("name").and_then(Value::as_str).map_or_else(|| value.to_string(), str::to_owned),
         other => other.to_string(),
     }
+}
+
+/// `dedup = "event"` (provisional, as the adapter is): the event, its call, the envelope
+/// `time` and the whole `data` object. Utel publishes no payloads, so nothing in `data` is
+/// known to be safe to ignore (ring-group legs of one call can share a second); only key
+/// order, whitespace and fields outside `data` do not count.
+pub fn identity(event: Event, body: &Value) -> Option<Identity> {
+    let call = match event {
+        Event::CallAttendedTransferred => "/data/call_first/id",
+        Event::CallSaved => "/data/call_history/call_id",
+        _ => "/data/call/id",
+    };
+    Identity::new(event.name())
+        .field(body, "call_id", &[call])?
+        .field(body, "time", &["/time"])?
+        .field(body, "data", &["/data"])
 }
 
 pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
@@ -243,5 +259,39 @@ mod tests {
     fn the_call_ended_status_decides() {
         let body = json!({"data": {"name": "call_ended", "call": {"id": "c1", "status": true}}});
         assert!(matches!(run(body), Err(Rejection::Invalid { .. })));
+    }
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/tests/fixtures/utel/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn key(body: &Value) -> Option<[u8; 32]> {
+        identity(event(body).unwrap(), body).map(|id| id.digest(Vendor::Utel))
+    }
+
+    #[test]
+    fn the_identity_is_the_event_call_time_and_whole_data_object() {
+        for name in ["synthetic-call_started.json", "synthetic-dial_started.json", "synthetic-call_saved-answered.json",
+            "synthetic-call_attended_transferred.json"]
+        {
+            let body = fixture(name);
+            assert_eq!(identity(event(&body).unwrap(), &body).unwrap().labels(), ["call_id", "time", "data"], "{name}");
+        }
+        let dial = fixture("synthetic-dial_started.json");
+        let mut retried = dial.clone();
+        retried["attempt"] = json!(2);
+        assert_eq!(key(&dial), key(&retried), "outside data");
+        // A ring group dials several extensions of one call in one second.
+        let mut other_leg = dial.clone();
+        other_leg["data"]["destChannel"]["id"] = json!("1768308876.4");
+        assert_ne!(key(&dial), key(&other_leg));
+        let mut later = dial.clone();
+        later["time"] = json!("17:54:37");
+        assert_ne!(key(&dial), key(&later));
+
+        let mut timeless = dial;
+        timeless.as_object_mut().unwrap().remove("time");
+        assert_eq!(key(&timeless), None, "no identity: keyed by the body");
     }
 }

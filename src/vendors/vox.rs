@@ -9,7 +9,7 @@ pub(super) mod inbound;
 use serde_json::Value;
 
 use super::{
-    Context, MapResult, Violation,
+    Context, Identity, MapResult, Violation,
     call_object::{self, Connection, Names},
 };
 use crate::canonical::{
@@ -142,6 +142,36 @@ pub fn event(body: &Value) -> Result<Event, Violation> {
             _ => None,
         }),
     }
+}
+
+/// `dedup = "event"`: the event (with its format), its call and its vendor time in ms
+/// (`occurred_at`, else the event's own start or end time); `call_analyzed` also by its
+/// analysis and cost (a re-analysis is a new event), `mid_call` by its `event_data` (a message
+/// and a transition can share a millisecond), `sms_received` by its message id.
+pub fn identity(event: Event, body: &Value) -> Option<Identity> {
+    let (version, kind) = event.parts();
+    let fields = version.fields();
+    let id = Identity::new(event.name());
+    Some(match kind {
+        Kind::Call(call) => {
+            let id = id.field(body, "call_id", &["/call/call_id"])?;
+            match call {
+                Call::Started => id.field(body, "time", &["/call/occurred_at", &format!("/call/{}", fields.start)])?,
+                Call::Ended => id.field(body, "time", &["/call/occurred_at", &format!("/call/{}", fields.end)])?,
+                Call::Analyzed => id
+                    .field(body, "time", &["/call/occurred_at", &format!("/call/{}", fields.end)])?
+                    .optional(body, "call_analysis", "/call/call_analysis")
+                    .optional(body, "call_cost", "/call/call_cost"),
+            }
+        }
+        Kind::MidCall(_) => id
+            .field(body, "call_id", &["/mid_call/call_id"])?
+            .field(body, "time", &["/mid_call/occurred_at", "/mid_call/timestamp"])?
+            .optional(body, "event_data", "/mid_call/event_data"),
+        Kind::SmsReceived => id
+            .field(body, "message_id", &["/sms/message_id", "/sms/sms_id", "/sms/id"])?
+            .optional(body, "occurred_at", "/sms/occurred_at"),
+    })
 }
 
 /// vox's `disconnection_reason` table (canonical.md §6).
@@ -329,5 +359,56 @@ mod tests {
         assert_eq!(extra["call"]["transcript"], 42);
         assert_eq!(extra["call"]["call_analysis"], "pending");
         assert_eq!(extra["call"]["metadata"], json!([1]));
+    }
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/tests/fixtures/vox/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn key(body: &Value) -> Option<[u8; 32]> {
+        identity(event(body).unwrap(), body).map(|id| id.digest(Vendor::Vox))
+    }
+
+    #[test]
+    fn the_identity_is_the_event_call_and_vendor_time_and_tells_mid_call_events_apart() {
+        let labels = |name: &str| {
+            let body = fixture(name);
+            identity(event(&body).unwrap(), &body).unwrap().labels()
+        };
+        for name in ["doc-call_started.json", "doc-call_ended.json", "v2-call_started.json", "v2-call_ended.json"] {
+            assert_eq!(labels(name), ["call_id", "time"], "{name}");
+        }
+        assert_eq!(labels("v2-call_analyzed.json"), ["call_id", "time", "call_analysis", "call_cost"]);
+        for name in ["doc-mid_call-call_message.json", "v2-mid_call-flow_transition.json"] {
+            assert_eq!(labels(name), ["call_id", "time", "event_data"], "{name}");
+        }
+        assert_eq!(labels("v2-sms_received.json"), ["message_id", "occurred_at"]);
+
+        let ended = fixture("v2-call_ended.json");
+        let mut retried = ended.clone();
+        retried["delivery_attempt"] = json!(3);
+        retried["call"]["recording_url"] = json!("https://signed.example/other-token");
+        assert_eq!(key(&ended), key(&retried));
+        let mut v1 = ended.clone();
+        v1.as_object_mut().unwrap().remove("webhook_version");
+        assert_ne!(key(&ended), key(&v1), "the format is part of the event");
+
+        // vox's own examples: a message and a transition of one call in the same millisecond.
+        let (message, transition) = (fixture("doc-mid_call-call_message.json"), fixture("doc-mid_call-flow_transition.json"));
+        assert_eq!(message["mid_call"]["timestamp"], transition["mid_call"]["timestamp"]);
+        assert_ne!(key(&message), key(&transition));
+        let mut reply = message.clone();
+        reply["mid_call"]["event_data"] = json!({"role": "agent", "content": "확인해 드릴게요."});
+        assert_ne!(key(&message), key(&reply));
+
+        let analyzed = fixture("v2-call_analyzed.json");
+        let mut reanalyzed = analyzed.clone();
+        reanalyzed["call"]["call_analysis"]["user_sentiment"] = json!("neutral");
+        assert_ne!(key(&analyzed), key(&reanalyzed), "a re-analysis is a new event");
+
+        let mut timeless = fixture("doc-call_started.json");
+        timeless["call"].as_object_mut().unwrap().remove("start_timestamp");
+        assert_eq!(key(&timeless), None, "no identity: keyed by the body");
     }
 }
