@@ -4,6 +4,7 @@
 const BACKEND: support::Backend = support::Backend::Sqlite;
 
 mod cli;
+mod dedup;
 mod e2e;
 mod edges;
 mod fuzz_regressions;

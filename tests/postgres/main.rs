@@ -5,6 +5,8 @@
 
 const BACKEND: support::Backend = support::Backend::Postgres;
 
+#[path = "../it/dedup.rs"]
+mod dedup;
 #[path = "../it/e2e.rs"]
 mod e2e;
 #[path = "../it/edges.rs"]
