@@ -11,7 +11,7 @@ use crate::support::*;
 /// `<vendor>` sources (default `body`), and one route that takes everything.
 fn config(dir: &std::path::Path, receiver: &Receiver) -> String {
     let mut config = base_config(dir);
-    for vendor in ["oneinbox", "vox", "salpre", "utel"] {
+    for vendor in ["oneinbox", "vox", "salpre", "utel", "retell"] {
         config += &format!("\n[sources.ev_{vendor}]\nvendor = \"{vendor}\"\ndedup = \"event\"\n");
     }
     config + &format!("\n[routes.all]\nurl = \"{}\"\ninclude_test = true\n", receiver.url("/all"))
@@ -107,6 +107,7 @@ async fn a_reserialised_redelivery_is_a_duplicate_under_event_and_new_under_body
         ("vox", "vox/v2-call_ended.json"),
         ("salpre", "salpre/doc-call_ended.json"),
         ("utel", "utel/synthetic-call_saved-answered.json"),
+        ("retell", "retell/doc-call_ended.json"),
     ] {
         let (original, retry) = (fixture(path), reserialised(&parse(path)));
         assert_ne!(original, retry);
@@ -207,6 +208,18 @@ async fn two_events_of_one_call_at_one_time_are_never_collapsed() {
             vec![
                 parse("utel/synthetic-dial_started.json"),
                 edit("utel/synthetic-dial_started.json", &|b| b["data"]["destChannel"]["id"] = json!("1768308876.4")),
+            ],
+        ),
+        // Retell sends no event time: the end of a call, its analysis and a re-analysis.
+        (
+            "retell",
+            "end and analyses",
+            vec![
+                parse("retell/var-call_analyzed.json"),
+                edit("retell/var-call_analyzed.json", &|b| b["event"] = json!("call_ended")),
+                edit("retell/var-call_analyzed.json", &|b| {
+                    b["call"]["call_analysis"]["call_summary"] = json!("The caller rescheduled.")
+                }),
             ],
         ),
     ];
