@@ -8,26 +8,7 @@ use std::{
 };
 
 use super::*;
-use crate::store::{NewEvent, Store};
-
-fn ingest(source: &str, body: &str, events: &[(&str, &str, &[&str])]) -> Ingest {
-    Ingest {
-        source: source.into(),
-        digest: crate::canonical::body_digest(body.as_bytes()),
-        body: body.as_bytes().to_vec(),
-        received_at: 1_000,
-        events: events
-            .iter()
-            .map(|(id, subject, routes)| NewEvent {
-                id: (*id).into(),
-                kind: "call.ended".into(),
-                subject: (*subject).into(),
-                json: format!("{{\"id\":\"{id}\"}}"),
-                routes: routes.iter().map(|r| (*r).to_owned()).collect(),
-            })
-            .collect(),
-    }
-}
+use crate::store::{Store, test_support::ingest};
 
 async fn replicas() -> Option<(testdb::TestDb, PostgresStore, PostgresStore)> {
     let db = testdb::create().await?;
