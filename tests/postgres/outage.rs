@@ -244,7 +244,7 @@ async fn assert_all_delivered(gateway: &Gateway, receiver: &Receiver, expected: 
 
 /// Waits until `n` sessions on the database of `url` last ran `LISTEN`: every gateway's listening
 /// connection is back (a pause made elsewhere now reaches it).
-async fn wait_listening(url: &str, n: usize) {
+async fn wait_listening(url: &str, n: usize, gateways: &[&Gateway]) {
     let deadline = Instant::now() + DEADLINE;
     let sql = "SELECT count(*) FROM pg_stat_activity
                WHERE datname = current_database() AND application_name = 'callgate' AND query LIKE 'LISTEN%'";
@@ -253,7 +253,17 @@ async fn wait_listening(url: &str, n: usize) {
         if listening == Some(n) {
             return;
         }
-        assert!(Instant::now() < deadline, "never {n} listening connections (last: {listening:?})");
+        if Instant::now() >= deadline {
+            let sessions = psql(
+                url,
+                "SELECT application_name, state, left(query, 80) FROM pg_stat_activity WHERE datname = current_database()",
+            );
+            let logs: Vec<String> = gateways.iter().map(|g| g.logs()).collect();
+            panic!(
+                "never {n} listening connections (last: {listening:?}); sessions: {sessions:?}\n{}",
+                logs.join("\n---\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -311,7 +321,7 @@ async fn a_database_outage_answers_503_fails_readiness_and_recovers_without_a_re
     let seen = load.finish().await;
     assert_eq!(gateway.pid(), pid, "the same process recovered");
     wait_ready(&other, 200).await;
-    wait_listening(&storage_url(dir.path()), 2).await;
+    wait_listening(&storage_url(dir.path()), 2, &[&gateway, &other]).await;
     assert_pause_travels(&gateway, &other).await;
 
     let mut expected = seen.acknowledged.clone();
@@ -368,7 +378,7 @@ async fn a_crashed_and_a_restarted_server_answer_503_and_the_gateway_recovers_by
 
     // Both listening connections came back: a pause through either reaches the other.
     wait_ready(&other, 200).await;
-    wait_listening(&cluster.url(), 2).await;
+    wait_listening(&cluster.url(), 2, &[&gateway, &other]).await;
     assert_pause_travels(&other, &gateway).await;
 
     let mut expected = seen.acknowledged.clone();
