@@ -71,6 +71,17 @@ fn outage_config(dir: &Path, url: &str, receiver: &Receiver) -> String {
         + "\n[admin]\ntoken = \"outage-t0ken\"\n"
 }
 
+/// The gateway under load, and a second replica on the same database: only its listening
+/// connection tells it of a pause made through the first, so it shows that connection came
+/// back by itself.
+async fn two_replicas(dir: &Path, url: &str, receiver: &Receiver) -> (Arc<Gateway>, Gateway) {
+    let config = outage_config(dir, url, receiver);
+    let gateway = Arc::new(Gateway::start(dir, &config).await);
+    let other_dir = dir.join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    (gateway, Gateway::start(&other_dir, &config).await)
+}
+
 async fn ready(gateway: &Gateway) -> u16 {
     match gateway.http.get(gateway.ops_url("/readyz")).send().await {
         Ok(response) => response.status().as_u16(),
@@ -288,13 +299,7 @@ async fn a_database_outage_answers_503_fails_readiness_and_recovers_without_a_re
     crate::require_backend!();
     let receiver = Receiver::start().await;
     let dir = temp_dir();
-    let config = outage_config(dir.path(), &storage_url(dir.path()), &receiver);
-    let gateway = Arc::new(Gateway::start(dir.path(), &config).await);
-    // A second replica on the same database: only its listening connection tells it of a
-    // pause made through the first, so it shows that connection came back by itself.
-    let other_dir = dir.path().join("other");
-    std::fs::create_dir_all(&other_dir).unwrap();
-    let other = Gateway::start(&other_dir, &config).await;
+    let (gateway, other) = two_replicas(dir.path(), &storage_url(dir.path()), &receiver).await;
     let pid = gateway.pid();
     let load = Load::start(&gateway, "outage");
     load.wait("acknowledged load before the outage", |s| s.acknowledged.len() >= 100).await;
@@ -341,11 +346,7 @@ async fn a_crashed_and_a_restarted_server_answer_503_and_the_gateway_recovers_by
     let Some(cluster) = Cluster::start_or_skip() else { return };
     let receiver = Receiver::start().await;
     let dir = tempfile::Builder::new().prefix("callgate-it-").tempdir().unwrap();
-    let config = outage_config(dir.path(), &cluster.url(), &receiver);
-    let gateway = Arc::new(Gateway::start(dir.path(), &config).await);
-    let other_dir = dir.path().join("other");
-    std::fs::create_dir_all(&other_dir).unwrap();
-    let other = Gateway::start(&other_dir, &config).await;
+    let (gateway, other) = two_replicas(dir.path(), &cluster.url(), &receiver).await;
     let pid = gateway.pid();
     let load = Load::start(&gateway, "crash");
     load.wait("acknowledged load before the crash", |s| s.acknowledged.len() >= 100).await;
