@@ -8,46 +8,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    Attempt, Delivery, Filter, Ingest, IngestOutcome, Millis, NewEvent, Notice, Outcome, OutcomeKind, Pruned,
-    Quarantined, Store, now_ms,
+    Attempt, Filter, Ingest, IngestOutcome, Notice, OutcomeKind, Pruned, Quarantined, Store, now_ms,
+    test_support::{claim, delivered, ingest, outcome},
 };
 
 #[async_trait]
 pub(crate) trait Harness: Send + Sync {
     /// A store on this harness's database; each call opens another one on the same data.
     async fn open(&self) -> Arc<dyn Store>;
-}
-
-/// Claims with a lease of a minute (long enough for any test).
-async fn claim(store: &dyn Store, route: &str, now: Millis, limit: usize) -> Vec<Delivery> {
-    store.claim(route, now, limit, now + 60_000).await.unwrap().deliveries
-}
-
-fn outcome(d: &Delivery, kind: OutcomeKind) -> Outcome {
-    Outcome { id: d.id, lease: d.lease, kind }
-}
-
-fn delivered(d: &Delivery) -> Outcome {
-    outcome(d, OutcomeKind::Delivered { recovered: false })
-}
-
-pub(crate) fn ingest(source: &str, body: &str, events: &[(&str, &str, &[&str])]) -> Ingest {
-    Ingest {
-        source: source.into(),
-        digest: crate::canonical::body_digest(body.as_bytes()),
-        body: body.as_bytes().to_vec(),
-        received_at: 1_000,
-        events: events
-            .iter()
-            .map(|(id, subject, routes)| NewEvent {
-                id: (*id).into(),
-                kind: "call.ended".into(),
-                subject: (*subject).into(),
-                json: format!("{{\"id\":\"{id}\"}}"),
-                routes: routes.iter().map(|r| (*r).to_owned()).collect(),
-            })
-            .collect(),
-    }
 }
 
 pub(crate) async fn duplicates_return_the_original_ids(h: &dyn Harness) {

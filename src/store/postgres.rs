@@ -323,9 +323,8 @@ impl PostgresStore {
 
         let replica = fastrand::u64(..);
         let (notices, _) = broadcast::channel(NOTICES);
-        let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen_all([DUE_CHANNEL, CONTROL_CHANNEL]).await?;
-        let listener = tokio::spawn(listen(listener, notices.clone(), replica));
+        let listener = subscribe(&pool).await?;
+        let listener = tokio::spawn(listen(pool.clone(), listener, notices.clone(), replica));
 
         let (remote, remote_rx) = mpsc::unbounded_channel();
         tokio::spawn(notifier(pool.clone(), remote_rx, options.notify_interval, replica));
@@ -398,10 +397,18 @@ fn parse_notice(channel: &str, payload: &str, replica: u64) -> Option<Notice> {
     }
 }
 
+/// A listener on both channels, on a connection of the pool's.
+async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    // A lost connection ends `try_recv` at once: `listen` then makes a new listener.
+    listener.eager_reconnect(false);
+    listener.listen_all([DUE_CHANNEL, CONTROL_CHANNEL]).await?;
+    Ok(listener)
+}
+
 /// The dedicated listening connection: forwards the other replicas' notifications, and after
 /// every reconnect says [`Notice::Lost`].
-async fn listen(mut listener: PgListener, notices: broadcast::Sender<Notice>, replica: u64) {
-    let mut backoff = Duration::from_millis(100);
+async fn listen(pool: PgPool, mut listener: PgListener, notices: broadcast::Sender<Notice>, replica: u64) {
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {
@@ -414,11 +421,16 @@ async fn listen(mut listener: PgListener, notices: broadcast::Sender<Notice>, re
             Ok(None) => tracing::warn!("lost the PostgreSQL listening connection; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "the PostgreSQL listening connection failed; reconnecting"),
         }
-        // Re-LISTEN (it reconnects if needed) before saying Lost, so a worker that looks
-        // again after the notice cannot miss a notification sent before it looked.
-        loop {
-            match listener.listen_all([DUE_CHANNEL, CONTROL_CHANNEL]).await {
-                Ok(()) => break,
+        drop(listener);
+        // A new listener each time, never the old one re-LISTENing: `PgListener` keeps a
+        // connection that failed in a LISTEN (cut off half way through a reconnect), so every
+        // later try through it fails for good, and each try adds the channels to it again.
+        // Listening before saying Lost, so a worker that looks again after the notice cannot
+        // miss a notification sent before it looked.
+        let mut backoff = Duration::from_millis(100);
+        listener = loop {
+            match subscribe(&pool).await {
+                Ok(listener) => break listener,
                 Err(sqlx::Error::PoolClosed) => return,
                 Err(e) => {
                     tracing::debug!(error = %e, "reconnecting the PostgreSQL listener");
@@ -426,8 +438,7 @@ async fn listen(mut listener: PgListener, notices: broadcast::Sender<Notice>, re
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        }
-        backoff = Duration::from_millis(100);
+        };
         let _ = notices.send(Notice::Lost);
     }
 }

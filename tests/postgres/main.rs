@@ -25,5 +25,6 @@ mod security;
 mod support;
 
 // PostgreSQL only: several replicas on one database, and the database going away.
+mod cluster;
 mod outage;
 mod replicas;

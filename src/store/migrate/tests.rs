@@ -5,39 +5,22 @@ use std::time::Duration;
 
 use super::*;
 use crate::store::{
-    Attempt, Claimed, Delivery, Filter, Ingest, IngestOutcome, NewEvent, Outcome, OutcomeKind, Quarantined, Store,
+    Attempt, Claimed, Filter, Ingest, IngestOutcome, Outcome, OutcomeKind, Quarantined, Store,
     postgres::{PgOptions, PostgresStore, testdb},
     sqlite::SqliteStore,
+    test_support::{self, outcome},
 };
 
 const T: i64 = 1_000_000;
 const LEASE: i64 = 60_000;
 
+/// A Vox payload received at `T`.
 fn ingest(body: &str, events: &[(&str, &str, &[&str])]) -> Ingest {
-    Ingest {
-        source: "vox".into(),
-        digest: crate::canonical::body_digest(body.as_bytes()),
-        body: body.as_bytes().to_vec(),
-        received_at: T,
-        events: events
-            .iter()
-            .map(|(id, subject, routes)| NewEvent {
-                id: (*id).into(),
-                kind: "call.ended".into(),
-                subject: (*subject).into(),
-                json: format!("{{\"id\":\"{id}\"}}"),
-                routes: routes.iter().map(|r| (*r).to_owned()).collect(),
-            })
-            .collect(),
-    }
+    Ingest { received_at: T, ..test_support::ingest("vox", body, events) }
 }
 
 fn attempt(at: i64, status: u16) -> Attempt {
     Attempt { at, status: Some(status), error: None, response: Some("nope".into()), duration_ms: 7 }
-}
-
-fn outcome(d: &Delivery, kind: OutcomeKind) -> Outcome {
-    Outcome { id: d.id, lease: d.lease, kind }
 }
 
 /// What a claim handed out, without the lease: (id, event id, attempts).

@@ -8,26 +8,7 @@ use std::{
 };
 
 use super::*;
-use crate::store::{NewEvent, Store};
-
-fn ingest(source: &str, body: &str, events: &[(&str, &str, &[&str])]) -> Ingest {
-    Ingest {
-        source: source.into(),
-        digest: crate::canonical::body_digest(body.as_bytes()),
-        body: body.as_bytes().to_vec(),
-        received_at: 1_000,
-        events: events
-            .iter()
-            .map(|(id, subject, routes)| NewEvent {
-                id: (*id).into(),
-                kind: "call.ended".into(),
-                subject: (*subject).into(),
-                json: format!("{{\"id\":\"{id}\"}}"),
-                routes: routes.iter().map(|r| (*r).to_owned()).collect(),
-            })
-            .collect(),
-    }
-}
+use crate::store::{Store, test_support::ingest};
 
 async fn replicas() -> Option<(testdb::TestDb, PostgresStore, PostgresStore)> {
     let db = testdb::create().await?;
@@ -219,6 +200,32 @@ async fn a_lost_listening_connection_reconnects_and_says_lost() {
     assert_eq!(killed.len(), 2, "one listener per replica");
     expect_notice(&mut a_notices, |n| *n == Notice::Lost).await;
     // Listening again: a pause through the other replica still arrives.
+    b.set_paused("r", Some("operator"), 1).await.unwrap();
+    expect_notice(&mut a_notices, |n| *n == Notice::Paused { route: "r".into(), paused: true }).await;
+}
+
+/// Kills every listening connection as soon as it has run its `LISTEN`, again and again, so
+/// some kills land while a listener is half way through re-listening; then lets them be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_killed_while_it_reconnects_still_comes_back() {
+    let Some((_db, a, b)) = replicas().await else { return };
+    let kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'";
+    let mut killed = 0;
+    for _ in 0..2_000 {
+        killed += sqlx::query_scalar::<_, bool>(kill).fetch_all(b.pool()).await.unwrap().len();
+    }
+    assert!(killed > 2, "the listeners reconnected between the kills ({killed} killed)");
+    // Both listening again (a signal from the server: their sessions ran LISTEN) ...
+    let listening = "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sqlx::query_scalar::<_, i64>(listening).fetch_one(b.pool()).await.unwrap() != 2 {
+        assert!(std::time::Instant::now() < deadline, "a listener never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... and a pause through one replica reaches the other.
+    let mut a_notices = a.notices();
     b.set_paused("r", Some("operator"), 1).await.unwrap();
     expect_notice(&mut a_notices, |n| *n == Notice::Paused { route: "r".into(), paused: true }).await;
 }

@@ -1,37 +1,8 @@
 use super::*;
-use crate::store::{Attempt, Ingest, NewEvent, Store, now_ms};
-
-/// Claims with a lease of a minute (long enough for any test).
-async fn claim(store: &SqliteStore, route: &str, now: Millis, limit: usize) -> Vec<Delivery> {
-    store.claim(route, now, limit, now + 60_000).await.unwrap().deliveries
-}
-
-fn outcome(d: &Delivery, kind: OutcomeKind) -> Outcome {
-    Outcome { id: d.id, lease: d.lease, kind }
-}
-
-fn delivered(d: &Delivery) -> Outcome {
-    outcome(d, OutcomeKind::Delivered { recovered: false })
-}
-
-fn ingest(source: &str, body: &str, events: &[(&str, &str, &[&str])]) -> Ingest {
-    Ingest {
-        source: source.into(),
-        digest: crate::canonical::body_digest(body.as_bytes()),
-        body: body.as_bytes().to_vec(),
-        received_at: 1_000,
-        events: events
-            .iter()
-            .map(|(id, subject, routes)| NewEvent {
-                id: (*id).into(),
-                kind: "call.ended".into(),
-                subject: (*subject).into(),
-                json: format!("{{\"id\":\"{id}\"}}"),
-                routes: routes.iter().map(|r| (*r).to_owned()).collect(),
-            })
-            .collect(),
-    }
-}
+use crate::store::{
+    Attempt, Store, now_ms,
+    test_support::{claim, delivered, ingest, outcome},
+};
 
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("db.sqlite"), Duration::from_secs(1)).unwrap()
