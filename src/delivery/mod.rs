@@ -56,6 +56,7 @@ pub struct Dispatcher {
 async fn relay(
     mut notices: broadcast::Receiver<Notice>,
     routes: Arc<BTreeMap<String, Arc<RouteHandle>>>,
+    store: Arc<dyn Store>,
     stop: CancellationToken,
 ) {
     loop {
@@ -78,9 +79,15 @@ async fn relay(
                     handle.notify.notify_one();
                 }
             }
-            // Something may have been missed: every worker looks again.
+            // Something may have been missed: every worker looks again, and the pause gauges
+            // are read again from the store (a pause or resume may have been among it).
             Ok(Notice::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 routes.values().for_each(|handle| handle.notify.notify_one());
+                if let Ok(paused) = store.paused().await {
+                    for route in routes.keys() {
+                        telemetry::route_paused(route, paused.iter().any(|p| &p.route == route));
+                    }
+                }
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -130,7 +137,7 @@ impl Dispatcher {
             tasks.spawn(worker.run());
         }
         let routes = Arc::new(routes);
-        tasks.spawn(relay(notices, routes.clone(), stop.clone()));
+        tasks.spawn(relay(notices, routes.clone(), store.clone(), stop.clone()));
         Ok(Dispatcher { tasks, stop })
     }
 
