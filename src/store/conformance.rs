@@ -97,7 +97,7 @@ pub(crate) async fn notices_tell_workers_what_changed_and_a_paused_route_claims_
     let store = h.open().await;
     let store = &*store;
     let mut notices = store.notices();
-    store.ingest(ingest("vox", "1", &[("a", "x", &["r1", "r2"])])).await.unwrap();
+    store.ingest(ingest("vox", "1", &[("a", "x", &["r1", "r2"]), ("b", "x", &["r1"])])).await.unwrap();
     let mut due = vec![notices.recv().await.unwrap(), notices.recv().await.unwrap()];
     due.sort_by_key(|n| format!("{n:?}"));
     assert_eq!(due, [Notice::Due("r1".into()), Notice::Due("r2".into())]);

@@ -507,12 +507,15 @@ fn complete_all(
                     .optional()?;
                 if let Some((route, subject)) = row {
                     delta.backlog(&route, -1);
-                    release_followers(tx, &route, &subject, now)?;
+                    let followers = release_followers(tx, &route, &subject, now)?;
                     if *recovered {
                         tx.prepare_cached("UPDATE outbox SET next_at = ?2 WHERE route = ?1 AND next_at > ?2")?
                             .execute(params![route, now])?;
                     }
-                    notices.push(Notice::Due(route));
+                    // A notice per delivery (thousands a second) woke the worker for nothing.
+                    if followers || *recovered {
+                        notices.push(Notice::Due(route));
+                    }
                 }
             }
             OutcomeKind::Retry { next_at, attempt } => {
@@ -571,12 +574,18 @@ fn complete_all(
 }
 
 /// After the head of a call's queue left it, the next events no longer wait for its retries.
-fn release_followers(tx: &Savepoint<'_>, route: &str, subject: &str, now: Millis) -> Result<(), StoreError> {
+/// Makes the call's next events due now; returns whether the call has any left on the route
+/// (only then is a `Due` notice worth sending: the worker wakes up for its own outcomes).
+fn release_followers(tx: &Savepoint<'_>, route: &str, subject: &str, now: Millis) -> Result<bool, StoreError> {
     tx.prepare_cached(
         "UPDATE outbox INDEXED BY outbox_subject SET next_at = ?3 WHERE route = ?1 AND subject = ?2 AND next_at > ?3 AND attempts = 0",
     )?
     .execute(params![route, subject, now])?;
-    Ok(())
+    let left: Option<i64> = tx
+        .prepare_cached("SELECT 1 FROM outbox INDEXED BY outbox_subject WHERE route = ?1 AND subject = ?2 LIMIT 1")?
+        .query_row(params![route, subject], |r| r.get(0))
+        .optional()?;
+    Ok(left.is_some())
 }
 
 fn record_attempt(tx: &Savepoint<'_>, id: i64, n: i64, a: &super::Attempt) -> Result<(), StoreError> {
@@ -607,6 +616,7 @@ SELECT o.id, o.event_seq, o.subject, o.attempts
   FROM outbox o
  WHERE o.route = ?1 AND o.next_at <= ?2
    AND NOT EXISTS (SELECT 1 FROM outbox p INDEXED BY outbox_subject WHERE p.route = ?1 AND p.subject = o.subject AND p.id < o.id)
+   AND NOT EXISTS (SELECT 1 FROM paused_routes pr WHERE pr.route = ?1)
  ORDER BY o.next_at, o.id
  LIMIT ?3";
 
@@ -679,15 +689,10 @@ impl Store for SqliteStore {
         let lease = Lease::new();
         let result = self
             .read(move |conn| {
-                let paused: Option<i64> = conn
-                    .prepare_cached("SELECT 1 FROM paused_routes WHERE route = ?1")?
-                    .query_row([&route], |r| r.get(0))
-                    .optional()?;
-                if paused.is_some() {
-                    return Ok(Claimed { deliveries: Vec::new(), paused: true });
-                }
-                // Every row the walk skips is leased, so `limit` more than the leases held bounds it.
-                let held = leases.lock().map(|l| l.held.len()).unwrap_or(0);
+                // Every row the walk skips is leased on this route, so `limit` more than this
+                // route's leases bounds it (counting every route's made each claim of ten busy
+                // routes read hundreds of rows it could not take).
+                let held = leases.lock().map(|l| l.held.values().filter(|h| h.route == route).count()).unwrap_or(0);
                 let mut stmt = conn.prepare_cached(DUE)?;
                 let rows = stmt.query_map(params![route, now, (limit + held) as i64], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
@@ -706,6 +711,16 @@ impl Store for SqliteStore {
                                 break;
                             }
                         }
+                    }
+                }
+                if chosen.is_empty() {
+                    // The pause gate is part of DUE; only an empty claim asks which it was.
+                    let paused: Option<i64> = conn
+                        .prepare_cached("SELECT 1 FROM paused_routes WHERE route = ?1")?
+                        .query_row([&route], |r| r.get(0))
+                        .optional()?;
+                    if paused.is_some() {
+                        return Ok(Claimed { deliveries: Vec::new(), paused: true });
                     }
                 }
                 let mut body = conn.prepare_cached("SELECT id, body FROM events WHERE seq = ?1")?;
