@@ -218,6 +218,10 @@ fn url_only(vendor: Vendor, auth: &Auth) -> Result<(), String> {
     }
 }
 
+/// Largest vendor API answer read, in bytes: a webhook list is a few kilobytes, and a larger
+/// answer fails instead of growing memory without bound.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// One vendor API: a base URL and a bearer key, both from the environment.
 struct Api {
     base: String,
@@ -264,9 +268,20 @@ impl Api {
             .await
             .map_err(|e| format!("{method} {path}: cannot reach {}: {}", self.base, e.without_url()))?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let value: Value =
-            if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::Null) };
+        let mut response = response;
+        let mut text = Vec::new();
+        // A broken read keeps what was read: cut JSON reads as no answer, as an unreadable one did.
+        while let Ok(Some(chunk)) = response.chunk().await {
+            if text.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(format!("{method} {path}: {status}: the answer is larger than {MAX_ANSWER_BYTES} bytes"));
+            }
+            text.extend_from_slice(&chunk);
+        }
+        let value: Value = if text.trim_ascii().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&text).unwrap_or(Value::Null)
+        };
         if !status.is_success() {
             let message = ["message", "error"]
                 .iter()
