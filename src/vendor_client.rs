@@ -498,16 +498,30 @@ async fn utel_put(
             (if existing.is_some() { "updated" } else { "added" }, Some(entry))
         }
     };
-    api.call(Method::PUT, "/integration/webhook", Some(&Value::Array(list.clone()))).await?;
-    // Read back: the replace-all must have kept every other webhook exactly.
-    let after = utel_webhooks(api).await?;
+    let put = api.call(Method::PUT, "/integration/webhook", Some(&Value::Array(list.clone()))).await;
+    // Read back, even after a failed PUT (it may have been applied, in part): the replace-all
+    // must have kept every other webhook exactly.
+    let after = utel_webhooks(api).await;
+    let restore = |what: String| {
+        let before_json = serde_json::to_string_pretty(&before).unwrap_or_default();
+        format!("{what}; restore them with PUT /integration/webhook. The list before the change was:\n{before_json}")
+    };
+    let after = match (put, after) {
+        (Ok(_), Ok(after)) => after,
+        (Err(e), Ok(after)) if theirs.iter().all(|w| after.contains(w)) => {
+            return Err(format!("{e} (the other {} webhook(s) of the account are still listed)", theirs.len()));
+        }
+        (Err(e), Ok(_)) => return Err(restore(format!("{e}, and Utel no longer lists every other webhook"))),
+        (Err(e), Err(_)) => return Err(restore(format!("{e}; Utel may have replaced its webhooks anyway"))),
+        (Ok(_), Err(e)) => {
+            return Err(restore(format!(
+                "the PUT was answered, but reading the list back failed ({e}); check the other webhooks"
+            )));
+        }
+    };
     let missing: Vec<&Value> = theirs.iter().filter(|w| !after.contains(w)).collect();
     if !missing.is_empty() {
-        let before_json = serde_json::to_string_pretty(&before).unwrap_or_default();
-        return Err(format!(
-            "after the update Utel no longer lists {} of the other webhooks; restore them with PUT /integration/webhook. The list before the change was:\n{before_json}",
-            missing.len()
-        ));
+        return Err(restore(format!("after the update Utel no longer lists {} of the other webhooks", missing.len())));
     }
     if let Some(entry) = &ours
         && !after.iter().any(|w| is_ours(w["url"].as_str(), source) && w["url"] == entry["url"])
