@@ -229,8 +229,10 @@ mod tests {
         assert!(!retell_verifies(&key, &signed, br#"{"event":"call_ended"} "#, SIGNED_AT));
         assert!(!retell_verifies(&Secret::new("wrong-api-key"), &signed, BODY, SIGNED_AT));
         let upper = headers(&[(RETELL_HEADER, &format!("v={SIGNED_AT},d={}", DIGEST.to_uppercase()))]);
+        // As Retell's TypeScript SDK 5.60 (`/^v=(\d+),d=([0-9a-f]+)$/i`); its Python SDK 5.60
+        // takes lowercase only. Retell signs in lowercase, so either way genuine requests pass.
         assert!(retell_verifies(&key, &upper, BODY, SIGNED_AT), "hex is hex in either case");
-        // The malformed signatures Retell's SDK rejects.
+        // The malformed signatures Retell's SDKs (5.60) reject.
         for malformed in [
             String::new(),
             format!("v={SIGNED_AT}"),

@@ -230,16 +230,7 @@ fn vendors_command(action: VendorAction, path: &std::path::Path, show_secrets: b
         }
     };
     let env = |name: &str| std::env::var(name).ok();
-    match runtime.block_on(vendor_client::run(&config, &source, request, show_secrets, &env)) {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("callgate: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    printed(runtime.block_on(vendor_client::run(&config, &source, request, show_secrets, &env)))
 }
 
 /// `callgate store migrate`: the move from SQLite to PostgreSQL, with counts of what it copied.
@@ -343,7 +334,12 @@ fn operate(args: AdminArgs, target: Target) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_operation(&client, target)) {
+    printed(runtime.block_on(run_operation(&client, target)))
+}
+
+/// A command's outcome: its text on stdout, or its error on stderr.
+fn printed(outcome: Result<String, String>) -> ExitCode {
+    match outcome {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

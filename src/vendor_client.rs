@@ -218,6 +218,10 @@ fn url_only(vendor: Vendor, auth: &Auth) -> Result<(), String> {
     }
 }
 
+/// Largest vendor API answer read, in bytes: a webhook list is a few kilobytes, and a larger
+/// answer fails instead of growing memory without bound.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// One vendor API: a base URL and a bearer key, both from the environment.
 struct Api {
     base: String,
@@ -264,9 +268,20 @@ impl Api {
             .await
             .map_err(|e| format!("{method} {path}: cannot reach {}: {}", self.base, e.without_url()))?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let value: Value =
-            if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::Null) };
+        let mut response = response;
+        let mut text = Vec::new();
+        // A broken read keeps what was read: cut JSON reads as no answer, as an unreadable one did.
+        while let Ok(Some(chunk)) = response.chunk().await {
+            if text.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(format!("{method} {path}: {status}: the answer is larger than {MAX_ANSWER_BYTES} bytes"));
+            }
+            text.extend_from_slice(&chunk);
+        }
+        let value: Value = if text.trim_ascii().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&text).unwrap_or(Value::Null)
+        };
         if !status.is_success() {
             let message = ["message", "error"]
                 .iter()
@@ -483,16 +498,30 @@ async fn utel_put(
             (if existing.is_some() { "updated" } else { "added" }, Some(entry))
         }
     };
-    api.call(Method::PUT, "/integration/webhook", Some(&Value::Array(list.clone()))).await?;
-    // Read back: the replace-all must have kept every other webhook exactly.
-    let after = utel_webhooks(api).await?;
+    let put = api.call(Method::PUT, "/integration/webhook", Some(&Value::Array(list.clone()))).await;
+    // Read back, even after a failed PUT (it may have been applied, in part): the replace-all
+    // must have kept every other webhook exactly.
+    let after = utel_webhooks(api).await;
+    let restore = |what: String| {
+        let before_json = serde_json::to_string_pretty(&before).unwrap_or_default();
+        format!("{what}; restore them with PUT /integration/webhook. The list before the change was:\n{before_json}")
+    };
+    let after = match (put, after) {
+        (Ok(_), Ok(after)) => after,
+        (Err(e), Ok(after)) if theirs.iter().all(|w| after.contains(w)) => {
+            return Err(format!("{e} (the other {} webhook(s) of the account are still listed)", theirs.len()));
+        }
+        (Err(e), Ok(_)) => return Err(restore(format!("{e}, and Utel no longer lists every other webhook"))),
+        (Err(e), Err(_)) => return Err(restore(format!("{e}; Utel may have replaced its webhooks anyway"))),
+        (Ok(_), Err(e)) => {
+            return Err(restore(format!(
+                "the PUT was answered, but reading the list back failed ({e}); check the other webhooks"
+            )));
+        }
+    };
     let missing: Vec<&Value> = theirs.iter().filter(|w| !after.contains(w)).collect();
     if !missing.is_empty() {
-        let before_json = serde_json::to_string_pretty(&before).unwrap_or_default();
-        return Err(format!(
-            "after the update Utel no longer lists {} of the other webhooks; restore them with PUT /integration/webhook. The list before the change was:\n{before_json}",
-            missing.len()
-        ));
+        return Err(restore(format!("after the update Utel no longer lists {} of the other webhooks", missing.len())));
     }
     if let Some(entry) = &ours
         && !after.iter().any(|w| is_ours(w["url"].as_str(), source) && w["url"] == entry["url"])

@@ -1,14 +1,14 @@
 //! The `call` object of Retell AI's webhooks, which vox.ai copies: what both adapters read the
 //! same way — the call's identity, `call_started`, `call_ended` (outcome, transcript,
 //! recording) and `call_analysis` — written once. Each adapter keeps its own field names
-//! ([`Names`]), `disconnection_reason` table ([`Reasons`]) and cost shape.
+//! ([`Names`]), `disconnection_reason` table ([`Reasons`]) and the names and unit of its cost.
 
 use serde_json::{Map, Value};
 
 use super::{Context, Violation};
 use crate::canonical::{
-    Analysis, Common, Details, Direction, Draft, End, EndReason, EndedBy, EventType, Payload, Role, Status, Utterance,
-    convert, payload::kind_of,
+    Analysis, Common, Cost, Details, Direction, Draft, End, EndReason, EndedBy, EventType, Payload, Role, Status,
+    Utterance, convert, payload::kind_of,
 };
 
 /// The names of a format's fields inside its `call` object.
@@ -228,7 +228,7 @@ fn transcript_lines(text: &str) -> Vec<Utterance> {
 
 /// Whether `/call/{field}` holds an object to read. Absent is `false`; null is consumed
 /// (it says "none"); any other shape is reported as degraded `field` and kept as sent.
-pub fn section(p: &Payload<'_>, field: &'static str) -> bool {
+fn section(p: &Payload<'_>, field: &'static str) -> bool {
     let root = format!("/call/{field}");
     match p.peek(&root) {
         None => false,
@@ -307,10 +307,18 @@ fn extracted(p: &Payload<'_>, at: &str) -> Map<String, Value> {
     }
 }
 
-/// A number in the `call_cost` object (`/call/call_cost/{field}`), reported as degraded
-/// `call_cost` when it is not one.
-pub fn cost_number(p: &Payload<'_>, field: &str) -> Option<serde_json::Number> {
-    p.describe("call_cost", &format!("/call/call_cost/{field}"), "a number", |v| v.as_number().cloned())
+/// `call_cost` → `{amount, unit, billed_seconds}`, from the format's own names of the two
+/// numbers (each reported as degraded `call_cost` when it is not a number); `unit` is given
+/// only beside an amount. The rest of `call_cost` stays in vendor_extra.
+pub fn cost(p: &Payload<'_>, amount: &str, billed_seconds: &str, unit: &str) -> Option<Cost> {
+    if !section(p, "call_cost") {
+        return None;
+    }
+    let number = |field: &str| {
+        p.describe("call_cost", &format!("/call/call_cost/{field}"), "a number", |v| v.as_number().cloned())
+    };
+    let amount = number(amount);
+    Some(Cost { unit: amount.as_ref().map(|_| unit.to_owned()), amount, billed_seconds: number(billed_seconds) })
 }
 
 #[cfg(test)]

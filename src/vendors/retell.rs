@@ -112,13 +112,7 @@ fn reason(raw: &str) -> Option<(EndReason, EndedBy, Connection)> {
 /// `{amount, unit: "cents", billed_seconds}`; the per-product breakdown and unit prices stay
 /// in vendor_extra.
 fn cost(p: &Payload<'_>) -> Option<Cost> {
-    if !call_object::section(p, "call_cost") {
-        return None;
-    }
-    let amount = call_object::cost_number(p, "combined_cost");
-    let billed_seconds = call_object::cost_number(p, "total_duration_seconds");
-    let unit = amount.as_ref().map(|_| "cents".to_owned());
-    Some(Cost { amount, unit, billed_seconds })
+    call_object::cost(p, "combined_cost", "total_duration_seconds", "cents")
 }
 
 #[cfg(test)]

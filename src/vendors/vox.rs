@@ -270,13 +270,7 @@ fn call_common(version: Version, kind: Kind, root: &str, p: &Payload<'_>, cx: &C
 
 /// `call_cost {total_credits_used, duration_seconds}` → `{amount, unit: "credits", billed_seconds}`.
 fn cost(p: &Payload<'_>) -> Option<Cost> {
-    if !call_object::section(p, "call_cost") {
-        return None;
-    }
-    let amount = call_object::cost_number(p, "total_credits_used");
-    let billed_seconds = call_object::cost_number(p, "duration_seconds");
-    let unit = amount.as_ref().map(|_| "credits".to_owned());
-    Some(Cost { amount, unit, billed_seconds })
+    call_object::cost(p, "total_credits_used", "duration_seconds", "credits")
 }
 
 fn mid_call(version: Version, mid: MidCall, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {

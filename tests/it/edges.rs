@@ -11,38 +11,13 @@ use std::{
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::AsyncReadExt;
 
 use crate::support::*;
 
 const TOKEN: &str = "edge-admin-t0ken";
 const VENDOR_TOKEN: &str = "vendor-bearer-9a1";
 const HMAC_SECRET: &str = "edge-hmac-secret";
-
-/// A request whose head is complete but whose body never finishes: it stays open until the
-/// gateway answers (or the test drops it).
-async fn trickle(gateway: &Gateway, path: &str, extra_headers: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n{extra_headers}\r\n{{");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream
-}
-
-/// Reads the status line of the answer on a raw connection.
-async fn status_line(stream: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n") {
-        match tokio::time::timeout(DEADLINE, stream.read(&mut byte)).await {
-            Ok(Ok(1)) => buf.push(byte[0]),
-            other => panic!("no answer on a raw connection ({other:?}), got {:?}", String::from_utf8_lossy(&buf)),
-        }
-    }
-    String::from_utf8_lossy(&buf).trim().to_owned()
-}
 
 fn signature(body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(HMAC_SECRET.as_bytes()).unwrap();

@@ -228,6 +228,31 @@ async fn a_malformed_lookup_answer_is_answered_with_the_fallback_at_once() {
     assert!(!gateway.logs().contains("not json"), "{}", gateway.logs());
 }
 
+/// An answer over the read limit is never read whole (memory per request stays bounded), and
+/// an unreachable lookup falls back like a failing one.
+#[tokio::test]
+async fn an_oversized_answer_and_an_unreachable_lookup_are_answered_with_the_fallback() {
+    crate::require_backend!();
+    let dir = temp_dir();
+    let big = "x".repeat(callgate::ingress::inbound::MAX_ANSWER_BYTES);
+    let lookup = Lookup::start(Mode::Answer(json!({"variables": {"customer_name": big}}))).await;
+    let first = gateway(dir.path(), &lookup, "9s").await;
+    assert_eq!(ask(&first, "?secret=vox-secret", CURRENT).await, (200, fallback()));
+    assert_eq!(first.metric("callgate_inbound_requests_total{source=\"vox\",outcome=\"malformed\"}").await, 1.0);
+    let line = first.wait_log("Inbound lookup fell back").await;
+    assert!(line.contains("larger than") && !line.contains("xxxxxxxx"), "{line}");
+
+    // A port nobody listens on (bound, then closed).
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/lookup", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = temp_dir();
+    let unreachable = Lookup { url, state: lookup.state.clone() };
+    let second = gateway(dir.path(), &unreachable, "9s").await;
+    assert_eq!(ask(&second, "?secret=vox-secret", OLDER).await, (200, fallback()));
+    assert_eq!(second.metric("callgate_inbound_requests_total{source=\"vox\",outcome=\"failed\"}").await, 1.0);
+}
+
 #[tokio::test]
 async fn a_source_without_an_inbound_lookup_answers_404() {
     crate::require_backend!();

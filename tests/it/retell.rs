@@ -4,15 +4,10 @@
 //! documented payload arriving downstream as its canonical events. The mapping itself is
 //! proven field by field by the golden fixtures under `tests/fixtures/retell/`.
 
+use crate::support::*;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
-
-use crate::support::*;
 
 const API_KEY: &str = "key_retell-webhook-3c9d";
 /// Retell's window, in milliseconds: a signature this far from now still passes.
@@ -109,27 +104,6 @@ async fn retell_signatures_pass_only_when_fresh_and_over_the_exact_body_with_the
     assert!(!logs.contains(API_KEY), "the API key is in the logs");
 }
 
-/// A request whose head is complete but whose body never finishes.
-async fn trickle(gateway: &Gateway, signature: Option<&str>) -> TcpStream {
-    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    let header = signature.map(|s| format!("x-retell-signature: {s}\r\n")).unwrap_or_default();
-    let head = format!("POST /v1/ingest/signed HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n{header}\r\n{{");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream
-}
-
-async fn status_line(stream: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n") {
-        match tokio::time::timeout(DEADLINE, stream.read(&mut byte)).await {
-            Ok(Ok(1)) => buf.push(byte[0]),
-            other => panic!("no answer on a raw connection ({other:?}), got {:?}", String::from_utf8_lossy(&buf)),
-        }
-    }
-    String::from_utf8_lossy(&buf).trim().to_owned()
-}
-
 /// What the head alone condemns is answered while the body is still unsent: no signature,
 /// a malformed one, a stale one. (A tampered body or a wrong key can only be told from the
 /// body, which the test above covers.)
@@ -142,7 +116,8 @@ async fn a_retell_request_without_a_fresh_well_formed_signature_is_refused_befor
         Gateway::start_with_env(dir.path(), &config(dir.path(), &receiver), &[("IT_RETELL_KEY", API_KEY)]).await;
     let stale = sign(API_KEY, b"{}", now_ms() - TOLERANCE_MS - 60_000);
     for signature in [None, Some("v=1,d=not-hex"), Some(stale.as_str())] {
-        let mut stream = trickle(&gateway, signature).await;
+        let header = signature.map(|s| format!("x-retell-signature: {s}\r\n")).unwrap_or_default();
+        let mut stream = trickle(&gateway, "/v1/ingest/signed", &header).await;
         assert_eq!(status_line(&mut stream).await, "HTTP/1.1 401 Unauthorized", "{signature:?}");
     }
     let series = "callgate_ingress_requests_total{source=\"signed\",vendor=\"retell\",outcome=\"unauthorized\"}";

@@ -19,7 +19,11 @@ use axum::{
     routing::any,
 };
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::Notify,
+};
 
 /// Longest any test waits for something to happen before failing.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -770,4 +774,26 @@ pub fn without_received_at(mut event: Value) -> Value {
     }
     event["data"]["received_at"] = Value::Null;
     event
+}
+
+/// A request whose head is complete but whose body never finishes: it stays open until the
+/// gateway answers (or the test drops it).
+pub async fn trickle(gateway: &Gateway, path: &str, extra_headers: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n{extra_headers}\r\n{{");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads the status line of the answer on a raw connection.
+pub async fn status_line(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n") {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut byte)).await {
+            Ok(Ok(1)) => buf.push(byte[0]),
+            other => panic!("no answer on a raw connection ({other:?}), got {:?}", String::from_utf8_lossy(&buf)),
+        }
+    }
+    String::from_utf8_lossy(&buf).trim().to_owned()
 }

@@ -30,6 +30,10 @@ struct Fake {
     calls: Arc<Mutex<Vec<(Method, String, Value)>>>,
     /// Utel only: the PUT drops the first webhook (a vendor-side loss the CLI must notice).
     lossy: Arc<Mutex<bool>>,
+    /// Utel only: the PUT is applied, then answered 502 (a gateway in front of Utel timing out).
+    put_fails: Arc<Mutex<bool>>,
+    /// Utel only: the GET answers more than callgate reads (a misbehaving API or proxy).
+    huge: Arc<Mutex<bool>>,
     next_id: Arc<Mutex<u32>>,
 }
 
@@ -137,7 +141,12 @@ async fn utel_get(State(fake): State<Fake>, headers: HeaderMap) -> Response {
         return unauthorized();
     }
     fake.record(Method::GET, "/integration/webhook", &Value::Null);
-    Json(json!({"status": "success", "code": 200, "result": fake.webhooks(), "message": "Ok"})).into_response()
+    let mut result = fake.webhooks();
+    if *fake.huge.lock().unwrap() {
+        let padding = "x".repeat(callgate::vendor_client::MAX_ANSWER_BYTES);
+        result.push(utel_webhook(&format!("https://big.example/{padding}"), &[]));
+    }
+    Json(json!({"status": "success", "code": 200, "result": result, "message": "Ok"})).into_response()
 }
 
 /// Replaces the whole list with the one sent, as Utel's documentation warns.
@@ -163,6 +172,10 @@ async fn utel_put(State(fake): State<Fake>, headers: HeaderMap, Json(body): Json
         list.remove(0);
     }
     *fake.webhooks.lock().unwrap() = list.clone();
+    if *fake.put_fails.lock().unwrap() {
+        return (StatusCode::BAD_GATEWAY, Json(json!({"status": "error", "message": "upstream timed out"})))
+            .into_response();
+    }
     Json(json!({"status": "success", "code": 200, "result": list, "message": "Ok"})).into_response()
 }
 
@@ -311,6 +324,50 @@ async fn a_utel_put_that_loses_a_webhook_is_reported_with_the_list_to_restore() 
     assert_eq!(code, 1);
     assert!(err.contains("no longer lists 1 of the other webhooks"), "{err}");
     assert!(err.contains("https://myapp.com/webhook/calls"), "the list before is printed to restore it:\n{err}");
+}
+
+/// A PUT that fails may still have been applied: callgate reads the list back and, when a
+/// webhook is gone, prints the list to restore; when none is, it says so.
+#[tokio::test]
+async fn a_failed_utel_put_is_checked_and_reported_with_the_list_to_restore() {
+    let dir = temp_dir();
+    let config = write_config(dir.path());
+    let fake = Fake::default();
+    let crm = utel_webhook("https://myapp.com/webhook/calls", &["call_ended"]);
+    *fake.webhooks.lock().unwrap() = vec![crm.clone()];
+    *fake.put_fails.lock().unwrap() = true;
+    let base = start(&fake).await;
+    let env = [("UTEL_API_URL", base.as_str()), ("UTEL_API_TOKEN", UTEL_TOKEN)];
+
+    let (code, _, err) = vendors(&config, &["register", "utel", "--public-url", "https://hooks.example"], &env).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("502") && err.contains("the other 1 webhook(s) of the account are still listed"), "{err}");
+    let methods: Vec<Method> = fake.calls().into_iter().map(|(m, _, _)| m).collect();
+    assert_eq!(methods, [Method::GET, Method::PUT, Method::GET], "read back after the failed PUT");
+
+    *fake.webhooks.lock().unwrap() = vec![crm];
+    *fake.lossy.lock().unwrap() = true;
+    let (code, _, err) = vendors(&config, &["register", "utel", "--public-url", "https://hooks.example"], &env).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("502") && err.contains("no longer lists every other webhook"), "{err}");
+    assert!(err.contains("https://myapp.com/webhook/calls"), "the list before is printed to restore it:\n{err}");
+}
+
+/// A vendor answer larger than callgate reads fails before anything is written.
+#[tokio::test]
+async fn an_oversized_vendor_answer_fails_before_any_change() {
+    let dir = temp_dir();
+    let config = write_config(dir.path());
+    let fake = Fake::default();
+    *fake.huge.lock().unwrap() = true;
+    let base = start(&fake).await;
+    let env = [("UTEL_API_URL", base.as_str()), ("UTEL_API_TOKEN", UTEL_TOKEN)];
+    let (code, _, err) = vendors(&config, &["register", "utel", "--public-url", "https://hooks.example"], &env).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("larger than"), "{err}");
+    assert!(err.len() < 1000, "the answer is not repeated: {} bytes", err.len());
+    let methods: Vec<Method> = fake.calls().into_iter().map(|(m, _, _)| m).collect();
+    assert_eq!(methods, [Method::GET], "no PUT after an unreadable list");
 }
 
 #[tokio::test]

@@ -3,6 +3,9 @@
 //! current `{"event":"call_inbound","call_inbound":{"from_number","to_number"}}` and an older
 //! flat `{"call_from","call_to"}`. Both are read; the answer is always the current form,
 //! `{"call_inbound":{"dynamic_variables":{…},"metadata":{…}}}`.
+//!
+//! A rejection names a value's JSON type, not the value (but for an `event` name): in this
+//! request a value may be a phone number, and rejections are logged and answered.
 
 use serde_json::{Map, Value, json};
 
@@ -10,6 +13,7 @@ use crate::{
     canonical::{
         Vendor,
         lookup::{InboundCall, LookupAnswer},
+        payload::kind_of,
     },
     vendors::{Count, Rejection, Violation, preview},
 };
@@ -27,19 +31,23 @@ pub fn request(body: &[u8]) -> Result<InboundCall, Rejection> {
         column: e.column(),
     })?;
     let Value::Object(object) = &value else {
-        return Err(unknown(Violation::new("", format!("expected an object, got {}", preview(&value)))));
+        return Err(unknown(Violation::new("", format!("expected an object, got {}", kind_of(&value)))));
     };
     match object.get("event") {
         Some(Value::String(event)) if event == EVENT => match object.get(EVENT) {
             Some(Value::Object(call)) => {
                 Ok(InboundCall { from: number(call, "from_number", "/call_inbound")?, to: number(call, "to_number", "/call_inbound")? })
             }
-            Some(other) => Err(invalid(Violation::new("/call_inbound", format!("expected an object, got {}", preview(other))))),
+            Some(other) => Err(invalid(Violation::new("/call_inbound", format!("expected an object, got {}", kind_of(other))))),
             None => Err(invalid(Violation::new("/call_inbound", "is missing"))),
         },
         Some(other) => Err(unknown(Violation::new(
             "/event",
-            format!("expected \"call_inbound\" (vox's inbound webhook), got {}", preview(other)),
+            // An event name is shown (it says which webhook was pointed here); nothing else is.
+            match other {
+                Value::String(_) => format!("expected \"call_inbound\" (vox's inbound webhook), got {}", preview(other)),
+                _ => format!("expected \"call_inbound\" (vox's inbound webhook), got {}", kind_of(other)),
+            },
         ))),
         // The older flat form has no `event`.
         None if object.contains_key("call_from") || object.contains_key("call_to") => {
@@ -67,7 +75,7 @@ fn number(object: &Map<String, Value>, key: &str, at: &str) -> Result<Option<Str
         }
         Some(other) => Err(invalid(Violation::new(
             format!("{at}/{key}"),
-            format!("expected a string or null, got {}", preview(other)),
+            format!("expected a string or null, got {}", kind_of(other)),
         ))),
     }
 }
@@ -111,6 +119,27 @@ mod tests {
         assert!(!rejection.to_string().contains("1111111111") && rejection.violations()[0].path == "/call_from");
         let typed = request(br#"{"event":"call_inbound","call_inbound":{"from_number":821012345678}}"#).unwrap_err();
         assert_eq!(typed.violations()[0].path, "/call_inbound/from_number");
+    }
+
+    /// A number sent as a JSON number, or where an object belongs, is refused without being
+    /// repeated: the rejection is logged and answered, and no phone number may be in either.
+    #[test]
+    fn rejections_never_repeat_a_number() {
+        for body in [
+            r#"{"event":"call_inbound","call_inbound":{"from_number":821012345678}}"#,
+            r#"{"event":"call_inbound","call_inbound":{"to_number":[821012345678]}}"#,
+            r#"{"event":"call_inbound","call_inbound":"+821012345678"}"#,
+            r#"{"event":821012345678}"#,
+            r#"{"call_from":"+821055556666","call_to":821012345678}"#,
+            "821012345678",
+            r#""+821012345678""#,
+        ] {
+            let rejection = request(body.as_bytes()).unwrap_err();
+            let shown = format!("{rejection} {:?}", rejection.violations());
+            assert!(!shown.contains("1012345678"), "{body} is repeated: {shown}");
+        }
+        let typed = request(br#"{"event":"call_inbound","call_inbound":{"from_number":821012345678}}"#).unwrap_err();
+        assert_eq!(typed.violations()[0].message, "expected a string or null, got a number");
     }
 
     #[test]
