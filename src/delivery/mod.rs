@@ -291,14 +291,22 @@ struct Worker {
 
 impl Worker {
     async fn run(self) {
-        let mut attempts: JoinSet<Verdict> = JoinSet::new();
-        // The lease of each attempt in flight, to give back if it is cut off at shutdown.
+        // Requests in flight; each becomes an outcome being recorded once it is answered, and
+        // frees its slot then: the delivery stays leased (so its call's next event waits) until
+        // the store holds the outcome, but the next request need not wait for that commit.
+        let mut attempts: JoinSet<Sent> = JoinSet::new();
+        let mut recording: JoinSet<()> = JoinSet::new();
+        // The lease of each attempt and recording in flight, to give back if it is cut off at
+        // shutdown.
         let mut leases: HashMap<tokio::task::Id, (i64, Lease)> = HashMap::new();
         let mut backoff = Duration::from_millis(100);
         let mut cut_off_at: Option<tokio::time::Instant> = None;
         loop {
             let limit = if self.handle.failing.load(Ordering::Relaxed) >= PROBE_AFTER { 1 } else { self.concurrency };
-            let free = limit.saturating_sub(attempts.len());
+            // At most `limit` requests, and at most `limit` more answered but not yet recorded:
+            // a slow store slows claims down instead of piling up outcomes.
+            let free =
+                limit.saturating_sub(attempts.len()).min((2 * limit).saturating_sub(attempts.len() + recording.len()));
             let mut idle_for = MAX_IDLE;
             // Refill in batches: asking the store for one delivery per completion would cost a
             // query per delivery under load.
@@ -316,11 +324,10 @@ impl Worker {
                         let exhausted = deliveries.len() < free;
                         for delivery in deliveries {
                             let lease = (delivery.id, delivery.lease);
-                            let handle = attempts.spawn(attempt(
+                            let handle = attempts.spawn(send(
                                 self.client.clone(),
                                 self.route.clone(),
                                 self.handle.clone(),
-                                self.store.clone(),
                                 delivery,
                             ));
                             leases.insert(handle.id(), lease);
@@ -335,13 +342,15 @@ impl Worker {
                 }
             }
             if self.stop.is_cancelled() {
-                if attempts.is_empty() {
+                if attempts.is_empty() && recording.is_empty() {
                     return;
                 }
                 let cut_off_at = *cut_off_at.get_or_insert_with(|| tokio::time::Instant::now() + self.grace);
                 if tokio::time::Instant::now() >= cut_off_at {
                     attempts.abort_all();
+                    recording.abort_all();
                     while attempts.join_next().await.is_some() {}
+                    while recording.join_next().await.is_some() {}
                     let unfinished: Vec<(i64, Lease)> = leases.into_values().collect();
                     let count = unfinished.len();
                     match tokio::time::timeout(RELEASE_WAIT, self.store.release(unfinished)).await {
@@ -368,16 +377,33 @@ impl Worker {
                 Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => {
                     for done in std::iter::once(done).chain(std::iter::from_fn(|| attempts.try_join_next_with_id())) {
                         match done {
-                            Ok((id, verdict)) => {
-                                leases.remove(&id);
-                                if verdict == Verdict::Gone {
+                            Ok((id, sent)) => {
+                                let lease = leases.remove(&id);
+                                if sent.gone {
                                     tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name);
+                                }
+                                let handle = recording.spawn(record(self.name.clone(), self.store.clone(), sent));
+                                if let Some(lease) = lease {
+                                    leases.insert(handle.id(), lease);
                                 }
                             }
                             // Its lease expires and the delivery is claimed again: nothing is lost.
                             Err(e) => {
                                 leases.remove(&e.id());
                                 tracing::error!(route = %self.name, error = %e, "A delivery attempt failed inside the gateway.");
+                            }
+                        }
+                    }
+                }
+                Some(done) = recording.join_next_with_id(), if !recording.is_empty() => {
+                    for done in std::iter::once(done).chain(std::iter::from_fn(|| recording.try_join_next_with_id())) {
+                        match done {
+                            Ok((id, ())) => {
+                                leases.remove(&id);
+                            }
+                            Err(e) => {
+                                leases.remove(&e.id());
+                                tracing::error!(route = %self.name, error = %e, "Recording a delivery outcome failed inside the gateway.");
                             }
                         }
                     }
@@ -401,23 +427,19 @@ impl Worker {
     }
 }
 
-/// How an attempt went, as far as the worker cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    Delivered,
-    Failed,
-    Gone,
+/// An answered attempt, classified, whose outcome is still to be recorded.
+struct Sent {
+    outcome: Outcome,
+    event_id: String,
+    counted: DeliveryOutcome,
+    seconds: f64,
+    /// The route answered 410 Gone (it is paused when the outcome is recorded).
+    gone: bool,
 }
 
-/// One attempt: send, classify, record the outcome in the store. Returns the delivery id once
-/// the store holds the outcome, so the worker never picks the same delivery twice.
-async fn attempt(
-    client: reqwest::Client,
-    route: Arc<RouteRuntime>,
-    handle: Arc<RouteHandle>,
-    store: Arc<dyn Store>,
-    mut d: Delivery,
-) -> Verdict {
+/// One attempt: send and classify. The outcome is recorded by [`record`]; until then the
+/// delivery stays leased, so neither it nor a later event of its call is claimed again.
+async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<RouteHandle>, mut d: Delivery) -> Sent {
     let name = &route.name;
     let started = Instant::now();
     let at = now_ms();
@@ -446,29 +468,33 @@ async fn attempt(
         duration_ms: started.elapsed().as_millis() as i64,
     };
     let done = d.attempts as usize + 1;
-    let (kind, counted, verdict) = if status.is_some_and(|s| s.is_success()) {
+    let (kind, counted, gone) = if status.is_some_and(|s| s.is_success()) {
         let recovered = handle.failing.swap(0, Ordering::Relaxed) >= PROBE_AFTER;
         if recovered {
             tracing::info!(route = %name, "Route recovered; its waiting retries are due now.");
         }
-        (OutcomeKind::Delivered { recovered }, DeliveryOutcome::Success, Verdict::Delivered)
+        (OutcomeKind::Delivered { recovered }, DeliveryOutcome::Success, false)
     } else if status == Some(StatusCode::GONE) {
         handle.failing.fetch_add(1, Ordering::Relaxed);
-        (OutcomeKind::Gone { attempt: record }, DeliveryOutcome::Retry, Verdict::Gone)
+        (OutcomeKind::Gone { attempt: record }, DeliveryOutcome::Retry, true)
     } else if let Some(delay) = route.config.retry_schedule.get(done - 1) {
         handle.failing.fetch_add(1, Ordering::Relaxed);
         let delay = retry_after.unwrap_or_else(|| jitter(*delay));
         tracing::debug!(route = %name, event_id = %d.event_id, attempt = done, status = ?record.status, error = ?record.error, "Delivery failed; will retry.");
         let next_at = at + delay.as_millis() as Millis;
-        (OutcomeKind::Retry { next_at, attempt: record }, DeliveryOutcome::Retry, Verdict::Failed)
+        (OutcomeKind::Retry { next_at, attempt: record }, DeliveryOutcome::Retry, false)
     } else {
         handle.failing.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(route = %name, event_id = %d.event_id, subject = %d.subject, attempts = done, status = ?record.status, error = ?record.error, "Delivery dead-lettered.");
-        (OutcomeKind::Dead { attempt: record }, DeliveryOutcome::DeadLetter, Verdict::Failed)
+        (OutcomeKind::Dead { attempt: record }, DeliveryOutcome::DeadLetter, false)
     };
-    let outcome = Outcome { id: d.id, lease: d.lease, kind };
-    // The outcome is stored before the call's next event may be claimed (the lease holds it
-    // back until then).
+    Sent { outcome: Outcome { id: d.id, lease: d.lease, kind }, event_id: d.event_id, counted, seconds, gone }
+}
+
+/// Records an answered attempt's outcome, retrying until the store takes it. The call's next
+/// event is claimable only once it is recorded (the lease holds it back until then).
+async fn record(name: String, store: Arc<dyn Store>, sent: Sent) {
+    let Sent { outcome, event_id, counted, seconds, .. } = sent;
     let mut wait = Duration::from_millis(50);
     let completed = loop {
         match store.complete(vec![outcome.clone()], now_ms()).await {
@@ -482,11 +508,10 @@ async fn attempt(
     };
     if completed.stale > 0 {
         // The lease ran out and another claim took the delivery over: it may go out twice.
-        tracing::warn!(route = %name, event_id = %d.event_id, "A delivery's lease expired before its outcome was recorded; the outcome was dropped and the delivery is retried.");
+        tracing::warn!(route = %name, event_id = %event_id, "A delivery's lease expired before its outcome was recorded; the outcome was dropped and the delivery is retried.");
     }
     // Counted once the store agrees, so the counters never run ahead of the gauges.
-    telemetry::delivery(name, counted, seconds);
-    verdict
+    telemetry::delivery(&name, counted, seconds);
 }
 
 /// ±20 % jitter, so that retries of many deliveries spread out.

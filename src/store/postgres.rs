@@ -192,20 +192,19 @@ impl Clock {
     }
 
     /// A time of this replica's clock on the database's.
-    fn to_db(&self, t: Millis) -> Millis {
+    fn on_db(&self, t: Millis) -> Millis {
         t.saturating_add(self.offset())
     }
 
-    fn from_db(&self, t: Millis) -> Millis {
+    fn on_local(&self, t: Millis) -> Millis {
         t.saturating_sub(self.offset())
     }
 
     /// Reads the database's clock, halfway through the round trip, and keeps the offset.
     async fn measure(&self, pool: &PgPool) -> Result<Millis, StoreError> {
         let before = self.local();
-        let db: Millis = sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8")
-            .fetch_one(pool)
-            .await?;
+        let db: Millis =
+            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8").fetch_one(pool).await?;
         let after = self.local();
         let offset = db - before - (after - before) / 2;
         // Below this the offset is noise (the round trip, the clocks' granularity) and far
@@ -718,7 +717,12 @@ async fn ingest_batch(
 
 /// Records outcomes in one transaction; returns the ids of those whose lease had been taken
 /// over (dropped, not recorded).
-async fn record_outcomes(shared: &Shared, replica: u64, outcomes: &[Outcome], now: Millis) -> Result<HashSet<i64>, StoreError> {
+async fn record_outcomes(
+    shared: &Shared,
+    replica: u64,
+    outcomes: &[Outcome],
+    now: Millis,
+) -> Result<HashSet<i64>, StoreError> {
     let mut stale: HashSet<i64> = HashSet::new();
     let mut due: BTreeSet<String> = BTreeSet::new();
     let mut paused: Vec<String> = Vec::new();
@@ -791,8 +795,7 @@ async fn record_outcomes(shared: &Shared, replica: u64, outcomes: &[Outcome], no
                     stale.insert(id);
                     continue;
                 };
-                let (n, route, subject): (i32, String, String) =
-                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let (n, route, subject): (i32, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
                 // Keep the call's later events behind this one.
                 sqlx::query(
                     "UPDATE outbox SET next_at = $4 WHERE route = $1 AND subject = $2 AND id > $3 AND next_at < $4",
@@ -1035,7 +1038,7 @@ fn dead_letter_row(r: &sqlx::postgres::PgRow) -> Result<DeadLetter, sqlx::Error>
 #[async_trait]
 impl Store for PostgresStore {
     async fn ingest(&self, mut ingest: Ingest) -> Result<IngestOutcome, StoreError> {
-        ingest.received_at = self.clock.to_db(ingest.received_at);
+        ingest.received_at = self.clock.on_db(ingest.received_at);
         let (reply, rx) = oneshot::channel();
         self.jobs.send(IngestJob { ingest, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -1048,7 +1051,7 @@ impl Store for PostgresStore {
         )
         .bind(&q.source)
         .bind(&q.vendor)
-        .bind(self.clock.to_db(q.received_at))
+        .bind(self.clock.on_db(q.received_at))
         .bind(i32::from(q.status))
         .bind(&q.reason)
         .bind(&q.details)
@@ -1059,7 +1062,7 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, route: &str, now: Millis, limit: usize, lease_until: Millis) -> Result<Claimed, StoreError> {
-        let (now, lease_until) = (self.clock.to_db(now), self.clock.to_db(lease_until));
+        let (now, lease_until) = (self.clock.on_db(now), self.clock.on_db(lease_until));
         let paused: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM paused_routes WHERE route = $1)")
             .bind(route)
             .fetch_one(self.pool())
@@ -1104,23 +1107,25 @@ impl Store for PostgresStore {
 
     async fn next_due(&self, route: &str, after: Millis) -> Result<Option<Millis>, StoreError> {
         let at: Option<Millis> =
-            sqlx::query_scalar(NEXT_DUE).bind(route).bind(self.clock.to_db(after)).fetch_one(self.pool()).await?;
-        Ok(at.map(|t| self.clock.from_db(t)))
+            sqlx::query_scalar(NEXT_DUE).bind(route).bind(self.clock.on_db(after)).fetch_one(self.pool()).await?;
+        Ok(at.map(|t| self.clock.on_local(t)))
     }
 
     async fn complete(&self, mut outcomes: Vec<Outcome>, now: Millis) -> Result<Completed, StoreError> {
         if outcomes.is_empty() {
             return Ok(Completed { stale: 0 });
         }
-        let now = self.clock.to_db(now);
+        let now = self.clock.on_db(now);
         for outcome in &mut outcomes {
             match &mut outcome.kind {
                 OutcomeKind::Delivered { .. } => {}
                 OutcomeKind::Retry { next_at, attempt } => {
-                    *next_at = self.clock.to_db(*next_at);
-                    attempt.at = self.clock.to_db(attempt.at);
+                    *next_at = self.clock.on_db(*next_at);
+                    attempt.at = self.clock.on_db(attempt.at);
                 }
-                OutcomeKind::Dead { attempt } | OutcomeKind::Gone { attempt } => attempt.at = self.clock.to_db(attempt.at),
+                OutcomeKind::Dead { attempt } | OutcomeKind::Gone { attempt } => {
+                    attempt.at = self.clock.on_db(attempt.at)
+                }
             }
         }
         let (reply, rx) = oneshot::channel();
@@ -1200,7 +1205,7 @@ impl Store for PostgresStore {
     }
 
     async fn set_paused(&self, route: &str, reason: Option<&str>, now: Millis) -> Result<(), StoreError> {
-        let now = self.clock.to_db(now);
+        let now = self.clock.on_db(now);
         let mut tx = self.pool().begin().await?;
         pause_in(&mut tx, route, reason, now, self.control(route, reason.is_some())).await?;
         tx.commit().await?;
@@ -1266,7 +1271,7 @@ impl Store for PostgresStore {
     }
 
     async fn replay_dead_letters(&self, filter: &Filter, now: Millis) -> Result<Vec<(i64, String)>, StoreError> {
-        let now = self.clock.to_db(now);
+        let now = self.clock.on_db(now);
         let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(
             "DELETE FROM dead_letters
@@ -1379,7 +1384,7 @@ impl Store for PostgresStore {
     }
 
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError> {
-        let (retention_before, dedup_before) = (self.clock.to_db(retention_before), self.clock.to_db(dedup_before));
+        let (retention_before, dedup_before) = (self.clock.on_db(retention_before), self.clock.on_db(dedup_before));
         let mut tx = self.pool().begin().await?;
         // One pruner at a time across replicas; the lock ends with the transaction (or crash).
         let ours: bool =

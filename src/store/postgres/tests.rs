@@ -269,11 +269,11 @@ async fn a_replica_whose_clock_runs_an_hour_ahead_agrees_with_the_others_on_leas
     let Some(db) = testdb::create().await else { return };
     const HOUR: Millis = 3_600_000;
     let a = PostgresStore::open(&db.url, PgOptions::default()).await.unwrap();
-    let b = PostgresStore::open(&db.url, PgOptions { pretend_clock_ahead: HOUR, ..PgOptions::default() })
-        .await
-        .unwrap();
+    let b =
+        PostgresStore::open(&db.url, PgOptions { pretend_clock_ahead: HOUR, ..PgOptions::default() }).await.unwrap();
     assert!((b.clock.offset() + HOUR).abs() < 1_000, "b measured its clock an hour ahead: {} ms", b.clock.offset());
-    let delivered = |d: &Delivery| Outcome { id: d.id, lease: d.lease, kind: OutcomeKind::Delivered { recovered: false } };
+    let delivered =
+        |d: &Delivery| Outcome { id: d.id, lease: d.lease, kind: OutcomeKind::Delivered { recovered: false } };
     a.ingest(ingest("vox", "1", &[("a", "vox:x", &["r"]), ("b", "vox:x", &["r"])])).await.unwrap();
 
     // a leases the head for a minute; b, an hour ahead, must not see that lease as expired.
