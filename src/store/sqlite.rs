@@ -615,6 +615,7 @@ const DUE: &str = "
 SELECT o.id, o.event_seq, o.subject, o.attempts
   FROM outbox o
  WHERE o.route = ?1 AND o.next_at <= ?2
+   AND o.id NOT IN (SELECT value FROM json_each(?4))
    AND NOT EXISTS (SELECT 1 FROM outbox p INDEXED BY outbox_subject WHERE p.route = ?1 AND p.subject = o.subject AND p.id < o.id)
    AND NOT EXISTS (SELECT 1 FROM paused_routes pr WHERE pr.route = ?1)
  ORDER BY o.next_at, o.id
@@ -689,12 +690,23 @@ impl Store for SqliteStore {
         let lease = Lease::new();
         let result = self
             .read(move |conn| {
-                // Every row the walk skips is leased on this route, so `limit` more than this
-                // route's leases bounds it (counting every route's made each claim of ten busy
-                // routes read hundreds of rows it could not take).
-                let held = leases.lock().map(|l| l.held.values().filter(|h| h.route == route).count()).unwrap_or(0);
+                // The rows this claim may not take (leased, or finished after its snapshot
+                // began) are left out by the query itself, so a busy route's claim never reads
+                // its own leased rows back (it did, and with every route's count as its bound).
+                let skip = leases
+                    .lock()
+                    .map(|l| {
+                        let ids: Vec<i64> = l
+                            .held
+                            .iter()
+                            .filter(|(id, h)| h.route == route && !l.claimable(**id, now, began))
+                            .map(|(id, _)| *id)
+                            .collect();
+                        serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned())
+                    })
+                    .unwrap_or_else(|_| "[]".to_owned());
                 let mut stmt = conn.prepare_cached(DUE)?;
-                let rows = stmt.query_map(params![route, now, (limit + held) as i64], |r| {
+                let rows = stmt.query_map(params![route, now, limit as i64, skip], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
                 })?;
                 let mut chosen = Vec::new();
