@@ -382,7 +382,7 @@ impl Worker {
                                 if sent.gone {
                                     tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name);
                                 }
-                                let handle = recording.spawn(record(self.name.clone(), self.store.clone(), sent));
+                                let handle = recording.spawn(record(self.route.clone(), self.store.clone(), sent));
                                 if let Some(lease) = lease {
                                     leases.insert(handle.id(), lease);
                                 }
@@ -493,7 +493,8 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
 
 /// Records an answered attempt's outcome, retrying until the store takes it. The call's next
 /// event is claimable only once it is recorded (the lease holds it back until then).
-async fn record(name: String, store: Arc<dyn Store>, sent: Sent) {
+async fn record(route: Arc<RouteRuntime>, store: Arc<dyn Store>, sent: Sent) {
+    let name = &route.name;
     let Sent { outcome, event_id, counted, seconds, .. } = sent;
     let mut wait = Duration::from_millis(50);
     let completed = loop {
@@ -511,7 +512,7 @@ async fn record(name: String, store: Arc<dyn Store>, sent: Sent) {
         tracing::warn!(route = %name, event_id = %event_id, "A delivery's lease expired before its outcome was recorded; the outcome was dropped and the delivery is retried.");
     }
     // Counted once the store agrees, so the counters never run ahead of the gauges.
-    telemetry::delivery(&name, counted, seconds);
+    telemetry::delivery(name, counted, seconds);
 }
 
 /// ±20 % jitter, so that retries of many deliveries spread out.

@@ -905,27 +905,34 @@ async fn completer(shared: Shared, replica: u64, mut rx: mpsc::Receiver<Complete
             }
         }
         let now = jobs.iter().map(|j| j.now).max().unwrap_or_else(now_ms);
-        let all: Vec<Outcome> = jobs.iter().flat_map(|j| j.outcomes.iter().cloned()).collect();
+        // The outcomes move into one list; each job keeps its range of it and its reply.
+        let mut all: Vec<Outcome> = Vec::with_capacity(count);
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let start = all.len();
+            all.extend(job.outcomes);
+            replies.push((start..all.len(), job.now, job.reply));
+        }
         match record_outcomes(&shared, replica, &all, now).await {
             Ok(stale) => {
-                for job in jobs {
-                    let stale = job.outcomes.iter().filter(|o| stale.contains(&o.id)).count();
-                    let _ = job.reply.send(Ok(Completed { stale }));
+                for (range, _, reply) in replies {
+                    let stale = all[range].iter().filter(|o| stale.contains(&o.id)).count();
+                    let _ = reply.send(Ok(Completed { stale }));
                 }
             }
-            Err(e) if jobs.len() > 1 && matches!(e, StoreError::Backend(_) | StoreError::Corrupt(_)) => {
+            Err(e) if replies.len() > 1 && matches!(e, StoreError::Backend(_) | StoreError::Corrupt(_)) => {
                 // Only the bad job should fail: record each on its own.
-                tracing::warn!(error = %e, jobs = jobs.len(), "an outcome batch failed; recording its jobs one by one");
-                for job in jobs {
-                    let result = record_outcomes(&shared, replica, &job.outcomes, job.now)
+                tracing::warn!(error = %e, jobs = replies.len(), "an outcome batch failed; recording its jobs one by one");
+                for (range, now, reply) in replies {
+                    let result = record_outcomes(&shared, replica, &all[range], now)
                         .await
                         .map(|stale| Completed { stale: stale.len() });
-                    let _ = job.reply.send(result);
+                    let _ = reply.send(result);
                 }
             }
             Err(e) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(copy(&e)));
+                for (_, _, reply) in replies {
+                    let _ = reply.send(Err(copy(&e)));
                 }
             }
         }
