@@ -22,6 +22,12 @@ use serde::{Deserialize, de::DeserializeOwned};
 
 use crate::{canonical::Vendor, vendors::Dedup};
 
+mod filter;
+mod minimise;
+
+pub use filter::Filter;
+pub use minimise::Minimise;
+
 /// The configuration shipped with the binary; `cargo run --release` serves it.
 pub const DEFAULT_PATH: &str = "config/gateway.toml";
 
@@ -352,6 +358,11 @@ pub struct RouteConfig {
     pub sources: Option<Vec<String>>,
     /// Deliver events the vendor marked as test (Salpre `is_test`).
     pub include_test: bool,
+    /// Content filter over attributes and `data` paths (CloudEvents Subscriptions API
+    /// dialects), decided at ingest with the other conditions; `None` = every event.
+    pub filter: Option<Filter>,
+    /// What is removed or masked from each event this route receives (at send time).
+    pub minimise: Minimise,
     pub enabled: bool,
     /// Total time one delivery attempt may take.
     pub timeout: Duration,
@@ -370,6 +381,8 @@ impl fmt::Debug for RouteConfig {
             .field("events", &self.events)
             .field("sources", &self.sources)
             .field("include_test", &self.include_test)
+            .field("filter", &self.filter)
+            .field("minimise", &self.minimise)
             .field("enabled", &self.enabled)
             .field("timeout", &self.timeout)
             .field("headers", &self.headers)
@@ -391,12 +404,18 @@ pub fn redact_url(url: &reqwest::Url) -> String {
 }
 
 impl RouteConfig {
-    /// Whether this route wants an event of `kind` from `source`.
+    /// Whether this route wants an event of `kind` from `source` (its content `filter` is
+    /// [`RouteConfig::passes`]).
     pub fn matches(&self, kind: &str, source: &str, test: bool) -> bool {
         self.enabled
             && (self.include_test || !test)
             && self.sources.as_ref().is_none_or(|s| s.iter().any(|s| s == source))
             && self.patterns.iter().any(|pattern| pattern.matches(kind))
+    }
+
+    /// Whether the CloudEvent (as JSON) passes this route's content filter.
+    pub fn passes(&self, event: &serde_json::Value) -> bool {
+        self.filter.as_ref().is_none_or(|filter| filter.matches(event))
     }
 }
 
@@ -920,6 +939,12 @@ struct RawRoute {
     sources: Option<Vec<String>>,
     #[serde(default)]
     include_test: bool,
+    /// Read by [`Filter::parse`], which names each problem's key.
+    filter: Option<serde_json::Value>,
+    #[serde(default)]
+    omit: Vec<String>,
+    #[serde(default)]
+    mask_numbers: bool,
     #[serde(default = "yes")]
     enabled: bool,
     #[serde(default = "default_route_timeout", with = "humantime_serde")]
@@ -991,6 +1016,8 @@ impl RawRoute {
         if self.timeout.is_zero() {
             errors.push(ConfigError { key: format!("{key}.timeout"), message: "must be greater than 0".into() });
         }
+        let filter = self.filter.as_ref().and_then(|value| Filter::parse(value, &format!("{key}.filter"), errors));
+        let minimise = Minimise::new(self.omit, self.mask_numbers, key, errors);
         let headers = egress_headers(&self.headers, key, env, errors);
         let signing_secrets = signing_secrets(self.signing_secret, key, env, errors);
         let retry_schedule = self.retry.schedule.unwrap_or_else(|| DEFAULT_SCHEDULE.to_vec());
@@ -1003,6 +1030,8 @@ impl RawRoute {
             events: self.events,
             sources: self.sources,
             include_test: self.include_test,
+            filter,
+            minimise,
             enabled: self.enabled,
             timeout: self.timeout,
             headers,

@@ -453,15 +453,25 @@ fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc
 fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressError> {
     let kind = event.kind.as_str();
     let source = &event.data.common.source;
-    let routes = config
-        .routes
-        .iter()
-        .filter(|(_, r)| r.matches(kind, source, event.data.common.test))
-        .map(|(name, _)| name.clone())
-        .collect();
     // A canonical event that does not serialise is our defect, not the vendor's.
-    let json =
-        serde_json::to_string(event).map_err(|e| IngressError::Internal(format!("serialising an event: {e}")))?;
+    let defect = |e: serde_json::Error| IngressError::Internal(format!("serialising an event: {e}"));
+    // The event as JSON, made only when a route with a content filter wants its type.
+    let mut as_value = None;
+    let mut routes = Vec::new();
+    for (name, route) in config.routes.iter().filter(|(_, r)| r.matches(kind, source, event.data.common.test)) {
+        if route.filter.is_some() {
+            if as_value.is_none() {
+                as_value = Some(serde_json::to_value(event).map_err(defect)?);
+            }
+            if let Some(value) = &as_value
+                && !route.passes(value)
+            {
+                continue;
+            }
+        }
+        routes.push(name.clone());
+    }
+    let json = serde_json::to_string(event).map_err(defect)?;
     Ok(NewEvent { id: event.id.clone(), kind: kind.to_owned(), subject: event.subject.clone(), json, routes })
 }
 

@@ -533,7 +533,7 @@ fn check(path: PathBuf) -> ExitCode {
             route.retry_schedule.iter().map(|d| humantime::format_duration(*d).to_string()).collect();
         let _ = writeln!(
             out,
-            "  {name:<12} {} {}\n    events [{}], sources [{sources}], include_test {}, timeout {}, signed {}\n    headers [{}]\n    retry [{}] then dead letter",
+            "  {name:<12} {} {}\n    events [{}], sources [{sources}], include_test {}, timeout {}, signed {}\n    filter {}\n    {}\n    headers [{}]\n    retry [{}] then dead letter",
             if route.enabled { "enabled " } else { "DISABLED" },
             config::redact_url(&route.url),
             route.events.join(", "),
@@ -544,6 +544,8 @@ fn check(path: PathBuf) -> ExitCode {
             } else {
                 format!("yes ({} secret(s))", route.signing_secrets.len())
             },
+            route.filter.as_ref().map_or_else(|| "none (every event)".to_owned(), ToString::to_string),
+            route.minimise,
             headers.join(", "),
             schedule.join(", "),
         );

@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod lookup;
+pub mod paths;
 pub mod payload;
 
 use std::{fmt, sync::Arc};

@@ -235,3 +235,122 @@ fn dedup_defaults_to_body_and_other_values_are_named_errors() {
     );
     assert_eq!(errors("[sources.a]\nvendor = \"vox\"\ndedup = 1\n").len(), 1);
 }
+
+#[test]
+fn a_route_filter_is_read_from_toml_in_every_dialect() {
+    let config = load(
+        r#"
+[routes.crm]
+url = "http://127.0.0.1:9/x"
+filter = { all = [ { exact = { "data.direction" = "inbound" } }, { prefix = { "data.metadata.campaign" = "spring_" } } ] }
+
+[routes.dotted]
+url = "http://127.0.0.1:9/x"
+filter = { any = [ { suffix = { type = ".final" } }, { not = { exact = { data.end.reason = "busy", data.test = "false" } } } ] }
+"#,
+    );
+    assert_eq!(
+        config.routes["crm"].filter.as_ref().unwrap().to_string(),
+        r#"all(exact(data.direction = "inbound"), prefix(data.metadata.campaign = "spring_"))"#
+    );
+    // TOML's bare dotted keys are nested tables; they name the same paths as quoted ones.
+    assert_eq!(
+        config.routes["dotted"].filter.as_ref().unwrap().to_string(),
+        r#"any(suffix(type = ".final"), not(exact(data.end.reason = "busy", data.test = "false")))"#
+    );
+    let inbound = serde_json::json!({"type": "call.ended", "data": {"direction": "inbound", "metadata": {"campaign": "spring_1"}}});
+    let outbound = serde_json::json!({"type": "call.ended", "data": {"direction": "outbound", "metadata": {"campaign": "spring_1"}}});
+    assert!(config.routes["crm"].passes(&inbound) && !config.routes["crm"].passes(&outbound));
+    assert!(load("[routes.r]\nurl = \"http://x\"\n").routes["r"].passes(&outbound), "no filter passes everything");
+}
+
+#[test]
+fn every_filter_problem_is_reported_at_once_with_the_full_key_of_its_expression() {
+    let e = errors(
+        r#"
+[routes.crm]
+url = "http://127.0.0.1:9/x"
+filter = { all = [
+  { exact = { "data.direction" = "inbound" } },
+  { prefix = { "data.directon" = "in" } },
+  { regex = { type = "call.*" } },
+  { any = [] },
+  { not = { exact = { "data.duration_ms" = 42, "data.test" = true, "type" = "" } } },
+  { exact = { dataschema = "x", "data.metadata" = "x", "data.transcript" = "x", "data.direction.more" = "x" } },
+  { exact = { type = "call.ended" }, prefix = { type = "call." } },
+  {},
+  { sql = "type = 'x'" },
+  { all = { exact = { type = "call.ended" } } },
+  { suffix = {} },
+  "type = call.ended",
+] }
+
+[routes.bare]
+url = "http://127.0.0.1:9/x"
+filter = "data.direction == inbound"
+
+[routes.anyone]
+url = "http://127.0.0.1:9/x"
+filter = { any = [] }
+"#,
+    );
+    let want = [
+        "routes.anyone.filter.any: needs at least one filter expression",
+        "routes.bare.filter: must be a table with one dialect: exact, prefix, suffix, all, any or not",
+        "routes.crm.filter.all[11]: must be a table with one dialect: exact, prefix, suffix, all, any or not",
+        "routes.crm.filter.all[10].suffix: needs at least one attribute = \"value\"",
+        "routes.crm.filter.all[1].prefix: no canonical event has `data.directon`",
+        "routes.crm.filter.all[2].regex: unknown filter dialect (use exact, prefix, suffix, all, any or not)",
+        "routes.crm.filter.all[3].any: needs at least one filter expression",
+        "routes.crm.filter.all[4].not.exact: `data.duration_ms`: values are strings (write \"42\"; it matches 42 in the event)",
+        "routes.crm.filter.all[4].not.exact: `data.test`: values are strings (write \"true\"; it matches true in the event)",
+        "routes.crm.filter.all[4].not.exact: `type`: the value must not be empty",
+        "routes.crm.filter.all[5].exact: `data.direction` is a single value: nothing is below it",
+        "routes.crm.filter.all[5].exact: `data.metadata` is an object: filter on a value inside it",
+        "routes.crm.filter.all[5].exact: `data.transcript` is an array: it cannot be compared with a string",
+        "routes.crm.filter.all[6]: one dialect per expression (found exact, prefix); combine them with `all`",
+        "routes.crm.filter.all[7]: an expression needs a dialect: exact, prefix, suffix, all, any or not",
+        "routes.crm.filter.all[8].sql: the CloudEvents SQL dialect is not supported (use exact, prefix, suffix, all, any or not)",
+        "routes.crm.filter.all[9].all: must be an array of filter expressions",
+    ];
+    for line in want {
+        assert!(e.iter().any(|e| e == line), "missing `{line}` in {e:#?}");
+    }
+    assert!(
+        e.iter().any(|e| e
+            .starts_with("routes.crm.filter.all[5].exact: `dataschema` is not an attribute of a canonical event (")),
+        "{e:#?}"
+    );
+    assert_eq!(e.len(), want.len() + 1, "nothing else, nothing twice: {e:#?}");
+}
+
+#[test]
+fn omit_and_mask_numbers_are_read_and_checked() {
+    let config = load(
+        "[routes.analytics]\nurl = \"http://x\"\nomit = [\"data.vendor_extra\", \"data.transcript\", \"subject\", \"data.metadata.email\", \"data.transcript\"]\nmask_numbers = true\n",
+    );
+    let route = &config.routes["analytics"];
+    assert_eq!(route.minimise.omit, ["data.metadata.email", "data.transcript", "data.vendor_extra", "subject"]);
+    assert!(route.minimise.mask_numbers && !route.minimise.is_empty());
+    assert!(load("[routes.r]\nurl = \"http://x\"\n").routes["r"].minimise.is_empty(), "the default sends events whole");
+
+    let e = errors(
+        "[routes.r]\nurl = \"http://x\"\nomit = [\"id\", \"type\", \"source\", \"specversion\", \"data.transcript.text\", \"data.nope\", \"\", \"traceparent\"]\n",
+    );
+    let want = [
+        "routes.r.omit: `traceparent` is not an attribute of a canonical event",
+        "routes.r.omit: `id` is required by CloudEvents and cannot be omitted",
+        "routes.r.omit: `type` is required by CloudEvents and cannot be omitted",
+        "routes.r.omit: `source` is required by CloudEvents and cannot be omitted",
+        "routes.r.omit: `specversion` is required by CloudEvents and cannot be omitted",
+        "routes.r.omit: `data.transcript` is an array: address it whole",
+        "routes.r.omit: no canonical event has `data.nope`",
+        "routes.r.omit: `` is not a dotted path such as `data.direction`",
+    ];
+    for line in want {
+        assert!(e.iter().any(|e| e.starts_with(line)), "missing `{line}` in {e:#?}");
+    }
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    let e = errors("[routes.r]\nurl = \"http://x\"\nmask_numbers = \"yes\"\n");
+    assert!(e.len() == 1 && e[0].starts_with("routes.r.mask_numbers: "), "{e:?}");
+}

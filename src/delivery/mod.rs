@@ -3,7 +3,8 @@
 //!
 //! **Invariant:** delivery works only from the store. Nothing is handed from ingress to a
 //! worker in memory except a wake-up, so a restart resumes exactly where the store says.
-//! **Invariant:** delivery knows nothing about vendors; it sends canonical JSON as stored.
+//! **Invariant:** delivery knows nothing about vendors; it sends canonical JSON as stored, or
+//! trimmed by the route's `omit` / `mask_numbers` (never more than stored).
 //! **Invariant:** each route has its own worker and its own concurrency budget: a slow or
 //! dead route never delays another.
 
@@ -212,13 +213,30 @@ impl Egress {
     /// The headers of a request whose body is the CloudEvent `json` with id `event_id`, and
     /// the names of the templated headers that were cut or left out (see [`render_headers`]).
     pub fn headers(&self, event_id: &str, json: &str) -> (HeaderMap, Vec<HeaderName>) {
+        self.dress(event_id, json, None)
+    }
+
+    /// [`Egress::headers`] for a body already parsed as `event` (a trimmed one): templates
+    /// render from it, so they see exactly what the body holds.
+    pub fn headers_for(&self, event_id: &str, json: &str, event: &serde_json::Value) -> (HeaderMap, Vec<HeaderName>) {
+        self.dress(event_id, json, Some(event))
+    }
+
+    fn dress(&self, event_id: &str, json: &str, event: Option<&serde_json::Value>) -> (HeaderMap, Vec<HeaderName>) {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/cloudevents+json"));
         let mut cut = Vec::new();
         if !self.headers.is_empty() {
-            let event =
-                if self.templated { serde_json::from_str(json).unwrap_or_default() } else { serde_json::Value::Null };
-            cut = render_headers(&self.headers, &event, &mut headers);
+            let parsed;
+            let event = match event {
+                Some(event) => event,
+                None if self.templated => {
+                    parsed = serde_json::from_str(json).unwrap_or_default();
+                    &parsed
+                }
+                None => &serde_json::Value::Null,
+            };
+            cut = render_headers(&self.headers, event, &mut headers);
         }
         if !self.signing_keys.is_empty() {
             let timestamp = chrono::Utc::now().timestamp();
@@ -255,8 +273,24 @@ impl RouteRuntime {
         }
     }
 
-    fn headers(&self, delivery: &Delivery) -> HeaderMap {
-        let (headers, cut) = self.egress.headers(&delivery.event_id, &delivery.json);
+    /// The headers and body of an attempt. A route without `omit` or `mask_numbers` sends
+    /// the stored JSON as is (no parse unless a header template needs one); otherwise the
+    /// event is trimmed first, and its headers and signature are made from the trimmed
+    /// body. A stored event that does not parse is never sent untrimmed: the attempt fails.
+    fn request(&self, delivery: &mut Delivery) -> Result<(HeaderMap, String), String> {
+        let (headers, cut, body) = if self.config.minimise.is_empty() {
+            let (headers, cut) = self.egress.headers(&delivery.event_id, &delivery.json);
+            // The body is sent once; only its id and subject are needed afterwards.
+            (headers, cut, std::mem::take(&mut delivery.json))
+        } else {
+            let mut event: serde_json::Value = serde_json::from_str(&delivery.json)
+                .map_err(|e| format!("the stored event is not JSON ({e}); not sent"))?;
+            delivery.json = String::new();
+            self.config.minimise.apply(&mut event);
+            let body = serde_json::to_string(&event).map_err(|e| format!("re-serialising the event: {e}"))?;
+            let (headers, cut) = self.egress.headers_for(&delivery.event_id, &body, &event);
+            (headers, cut, body)
+        };
         if !cut.is_empty() {
             // Counted per delivery (its first attempt), logged once per route: a retry
             // renders the same values again. The value itself is never logged.
@@ -270,7 +304,7 @@ impl RouteRuntime {
                     telemetry::HEADER_VALUES_TRUNCATED);
             }
         }
-        headers
+        Ok((headers, body))
     }
 }
 
@@ -443,21 +477,27 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
     let name = &route.name;
     let started = Instant::now();
     let at = now_ms();
-    let headers = route.headers(&d);
-    // The body is sent once; only its id and subject are needed afterwards.
-    let body = std::mem::take(&mut d.json);
-    let result =
-        client.post(route.config.url.clone()).timeout(route.config.timeout).headers(headers).body(body).send().await;
+    let result = match route.request(&mut d) {
+        Ok((headers, body)) => Ok(client
+            .post(route.config.url.clone())
+            .timeout(route.config.timeout)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await),
+        Err(error) => Err(error),
+    };
     let (status, error, response, retry_after) = match result {
-        Ok(resp) if resp.status().is_success() => (Some(resp.status()), None, None, None),
-        Ok(resp) => {
+        Ok(Ok(resp)) if resp.status().is_success() => (Some(resp.status()), None, None, None),
+        Ok(Ok(resp)) => {
             let status = resp.status();
             let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
                 .then(|| retry_after(resp.headers()))
                 .flatten();
             (Some(status), None, Some(snippet(resp).await), retry_after)
         }
-        Err(e) => (None, Some(describe(&e, route.config.timeout)), None, None),
+        Ok(Err(e)) => (None, Some(describe(&e, route.config.timeout)), None, None),
+        Err(error) => (None, Some(error), None, None),
     };
     let seconds = started.elapsed().as_secs_f64();
     let record = Attempt {

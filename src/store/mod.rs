@@ -50,7 +50,8 @@ pub struct NewEvent {
     pub id: String,
     pub kind: String,
     pub subject: String,
-    /// The CloudEvent as JSON, exactly as it will be sent.
+    /// The canonical CloudEvent as JSON: sent as is, or trimmed at send time for a route
+    /// with `omit` or `mask_numbers` (this stays whole).
     pub json: String,
     pub routes: Vec<String>,
 }

@@ -117,6 +117,59 @@ signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 }
 
 #[test]
+fn check_prints_each_route_filter_and_what_it_omits_and_masks() {
+    let dir = temp_dir();
+    let path = dir.path().join("filters.toml");
+    std::fs::write(
+        &path,
+        r#"
+[routes.analytics]
+url = "http://127.0.0.1:9/analytics"
+filter = { all = [ { exact = { "data.direction" = "inbound" } }, { not = { prefix = { "data.metadata.campaign" = "spring_" } } } ] }
+omit = ["data.transcript", "data.vendor_extra"]
+mask_numbers = true
+
+[routes.plain]
+url = "http://127.0.0.1:9/plain"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        r#"    filter all(exact(data.direction = "inbound"), not(prefix(data.metadata.campaign = "spring_")))"#,
+        "    omit [data.transcript, data.vendor_extra], mask_numbers yes",
+        "    filter none (every event)",
+        "    omit [], mask_numbers no",
+    ] {
+        assert!(out.lines().any(|l| l == line), "`{line}` missing from:\n{out}");
+    }
+
+    // Every problem at once, each under the key of its expression.
+    std::fs::write(
+        &path,
+        r#"
+[routes.analytics]
+url = "http://127.0.0.1:9/analytics"
+filter = { any = [ { exact = { "data.directon" = "inbound" } }, { glob = { type = "call.*" } }, { all = [] } ] }
+omit = ["id", "data.nope"]
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{out}");
+    for needle in [
+        "routes.analytics.filter.any[0].exact: no canonical event has `data.directon`",
+        "routes.analytics.filter.any[1].glob: unknown filter dialect",
+        "routes.analytics.filter.any[2].all: needs at least one filter expression",
+        "routes.analytics.omit: `id` is required by CloudEvents and cannot be omitted",
+        "routes.analytics.omit: no canonical event has `data.nope`",
+    ] {
+        assert!(err.contains(needle), "`{needle}` missing from:\n{err}");
+    }
+}
+
+#[test]
 fn normalize_prints_json_lines_or_the_schema_errors() {
     let dir = temp_dir();
     let good = dir.path().join("good.json");

@@ -7,6 +7,7 @@ mod cli;
 mod dedup;
 mod e2e;
 mod edges;
+mod filters;
 mod fuzz_regressions;
 mod golden;
 mod inbound;

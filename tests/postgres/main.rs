@@ -11,6 +11,8 @@ mod dedup;
 mod e2e;
 #[path = "../it/edges.rs"]
 mod edges;
+#[path = "../it/filters.rs"]
+mod filters;
 #[path = "../it/golden.rs"]
 mod golden;
 #[path = "../it/inbound.rs"]
