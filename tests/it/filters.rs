@@ -149,9 +149,11 @@ async fn omitted_and_masked_values_never_reach_the_route_and_the_signature_cover
             &receiver,
             "analytics",
             &format!(
-                "{common}\nomit = [\"data.transcript\", \"data.vendor_extra\", \"data.variables\"]\nmask_numbers = true"
+                "{common}\nomit = [\"data.transcript\", \"data.vendor_extra\", \"data.variables\"]\nmask_numbers = true\n[routes.analytics.retry]\nschedule = [\"50ms\"]"
             ),
         );
+    // The first attempt fails: its retry is trimmed and signed the same way.
+    receiver.respond("/analytics", &[500]);
     let gateway = Gateway::start(dir.path(), &config).await;
     let mut ids = Vec::new();
     for (source, path) in [
@@ -171,8 +173,9 @@ async fn omitted_and_masked_values_never_reach_the_route_and_the_signature_cover
         .map(|r| (r.json()["id"].as_str().unwrap().to_owned(), r))
         .collect();
     let whole: BTreeMap<&String, Value> = whole_requests.iter().map(|(id, r)| (id, r.json())).collect();
-    let trimmed = receiver.wait_for("/analytics", 7).await;
-    gateway.wait_metric("callgate_delivery_backlog{route=\"analytics\"}", 0.0).await;
+    let trimmed = receiver.wait_for("/analytics", 8).await;
+    gateway.wait_metric("callgate_deliveries_total{route=\"analytics\",outcome=\"success\"}", 7.0).await;
+    assert_eq!(gateway.metric("callgate_deliveries_total{route=\"analytics\",outcome=\"retry\"}").await, 1.0);
 
     for request in &trimmed {
         // Signed over exactly the bytes received.
