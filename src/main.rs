@@ -586,6 +586,10 @@ fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file:
             for d in normalized.degraded {
                 eprintln!("callgate: degraded {} at {}: {}", d.field, d.pointer, d.problem);
             }
+            // What the drift report would count (degraded fields are listed above).
+            for d in normalized.drift.iter().filter(|d| d.kind != vendors::DriftKind::Degraded) {
+                eprintln!("callgate: drift {} at {}: {}", d.kind.as_str(), d.path, d.example);
+            }
             ExitCode::SUCCESS
         }
         Err(rejection) => {
