@@ -111,6 +111,17 @@ async fn a_new_field_and_a_new_enum_value_show_in_the_drift_report() {
     let (status, wrong) = report(&gateway, "?route=crm").await;
     assert_eq!(status, 400, "{wrong}");
 
+    // The CLI prints the same report as a table.
+    let out = std::process::Command::new(crate::support::binary())
+        .args(["drift", "--source", "vox", "--url", &gateway.ops_url(""), "--token", TOKEN])
+        .env_remove("CALLGATE_CONFIG")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = table.lines().find(|l| l.contains("call.disconnection_reason")).unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains("unknown_value") && line.contains("hangup_by_carrier") && line.contains(" 3 "), "{table}");
+
     // No phone number in the stored report.
     let stored = store_rows(dir.path(), "SELECT path, value, example FROM drift");
     assert!(!stored.is_empty());
