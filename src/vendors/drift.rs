@@ -165,7 +165,7 @@ pub fn of(known: &Known, extra: &Map<String, Value>, degraded: &[Degraded], unkn
         }
     };
     let mut fields = Vec::new();
-    new_fields(known, extra, "", &mut fields);
+    new_fields(known, extra, &mut String::new(), &mut fields);
     for (path, example) in fields {
         add(DriftKind::UnknownField, path, String::new(), example);
     }
@@ -178,33 +178,41 @@ pub fn of(known: &Known, extra: &Map<String, Value>, degraded: &[Degraded], unkn
     out
 }
 
-/// The undeclared keys under `map` (at `at`), with the shape of each value; a new key is
-/// reported once, not every key inside it. The walk stops after [`MAX_COUNTED`] of them.
-fn new_fields(known: &Known, map: &Map<String, Value>, at: &str, out: &mut Vec<(String, String)>) {
+/// The undeclared keys under `map` (at `at`, a buffer the walk reuses), with the shape of
+/// each value; a new key is reported once, not every key inside it. The walk stops after
+/// [`MAX_COUNTED`] of them.
+fn new_fields(known: &Known, map: &Map<String, Value>, at: &mut String, out: &mut Vec<(String, String)>) {
+    let len = at.len();
     for (key, value) in map {
         if out.len() >= MAX_COUNTED {
             return;
         }
-        let path = join(at, key);
-        match known.get(&path) {
-            Some(false) => {}
-            Some(true) => descend(known, value, &path, out),
-            None => out.push((cut(&path, MAX_MESSAGE_CHARS).into_owned(), shape(value))),
+        if len > 0 {
+            at.push('.');
         }
+        at.push_str(key);
+        match known.get(at) {
+            Some(false) => {}
+            Some(true) => descend(known, value, at, out),
+            None => out.push((cut(at, MAX_MESSAGE_CHARS).into_owned(), shape(value))),
+        }
+        at.truncate(len);
     }
 }
 
-fn descend(known: &Known, value: &Value, at: &str, out: &mut Vec<(String, String)>) {
+fn descend(known: &Known, value: &Value, at: &mut String, out: &mut Vec<(String, String)>) {
     match value {
         Value::Object(map) => new_fields(known, map, at, out),
         // Items are not fields: only keys inside declared items are judged.
         Value::Array(items) => {
-            let path = format!("{at}[]");
-            if known.get(&path) == Some(true) {
+            let len = at.len();
+            at.push_str("[]");
+            if known.get(at) == Some(true) {
                 for item in items {
-                    descend(known, item, &path, out);
+                    descend(known, item, at, out);
                 }
             }
+            at.truncate(len);
         }
         _ => {}
     }
@@ -241,7 +249,18 @@ pub fn shape(value: &Value) -> String {
         },
         Value::Object(map) if map.is_empty() => "an empty object".to_owned(),
         Value::Object(map) => {
-            format!("an object with keys {}", map.keys().map(String::as_str).collect::<Vec<_>>().join(", "))
+            // Only as many key names as an example shows (a hostile object may have many).
+            let mut text = "an object with keys ".to_owned();
+            for (i, key) in map.keys().enumerate() {
+                if text.len() > 2 * MAX_ECHO_CHARS {
+                    break;
+                }
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                text.push_str(cut(key, MAX_ECHO_CHARS).as_ref());
+            }
+            text
         }
     };
     cut(&text, MAX_ECHO_CHARS).into_owned()
@@ -315,6 +334,9 @@ mod tests {
         );
         let many: Map<String, Value> = (0..500).map(|i| (format!("k{i}"), json!(i))).collect();
         assert_eq!(of(&Known::default(), &many, &[], &[]).len(), MAX_PER_PAYLOAD);
+        let wide: Map<String, Value> = (0..10_000).map(|i| (format!("key{i}"), json!(i))).collect();
+        let example = shape(&Value::Object(wide));
+        assert!(example.starts_with("an object with keys ") && example.chars().count() <= MAX_ECHO_CHARS + 1);
         let long = UnknownValue::new("reason", "/reason", &"z".repeat(10_000));
         assert_eq!(long.raw.chars().count(), MAX_ECHO_CHARS + 1, "cut, with an ellipsis");
     }
