@@ -194,7 +194,10 @@ fn new_fields(known: &Known, map: &Map<String, Value>, at: &mut String, out: &mu
         match known.get(at) {
             Some(false) => {}
             Some(true) => descend(known, value, at, out),
-            None => out.push((cut(at, MAX_MESSAGE_CHARS).into_owned(), shape(value))),
+            None => {
+                let reported = format!("{}{}", &at[..at.len() - key.len()], mask(key));
+                out.push((cut(&reported, MAX_MESSAGE_CHARS).into_owned(), shape(value)));
+            }
         }
         at.truncate(len);
     }
@@ -215,6 +218,17 @@ fn descend(known: &Known, value: &Value, at: &mut String, out: &mut Vec<(String,
             at.truncate(len);
         }
         _ => {}
+    }
+}
+
+/// A vendor's key name as the report shows it: a key with more than 3 digits (a phone number
+/// or an id used as a key, as in a map keyed by number) has its digits shown as `#`, so no
+/// number reaches the store and such keys fold into one row.
+fn mask(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.bytes().filter(u8::is_ascii_digit).count() > 3 {
+        key.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect::<String>().into()
+    } else {
+        key.into()
     }
 }
 
@@ -258,7 +272,7 @@ pub fn shape(value: &Value) -> String {
                 if i > 0 {
                     text.push_str(", ");
                 }
-                text.push_str(cut(key, MAX_ECHO_CHARS).as_ref());
+                text.push_str(cut(&mask(key), MAX_ECHO_CHARS).as_ref());
             }
             text
         }
@@ -337,6 +351,10 @@ mod tests {
         let wide: Map<String, Value> = (0..10_000).map(|i| (format!("key{i}"), json!(i))).collect();
         let example = shape(&Value::Object(wide));
         assert!(example.starts_with("an object with keys ") && example.chars().count() <= MAX_ECHO_CHARS + 1);
+        let keyed_by_number = json!({"+998901234567": {"+14155550100": 1, "v2_flag": true}});
+        let drift = of(&Known::default(), keyed_by_number.as_object().unwrap(), &[], &[]);
+        assert_eq!(drift[0].path, "+############", "a number used as a key is masked");
+        assert_eq!(drift[0].example, "an object with keys +###########, v2_flag");
         let long = UnknownValue::new("reason", "/reason", &"z".repeat(10_000));
         assert_eq!(long.raw.chars().count(), MAX_ECHO_CHARS + 1, "cut, with an ellipsis");
     }
