@@ -1,5 +1,5 @@
 //! The admin API (`/v1/admin/...`): routes (pause, resume), dead letters (list, inspect,
-//! replay) and the quarantine (list, inspect, replay). Every call needs
+//! replay), the quarantine (list, inspect, replay) and the vendor drift report. Every call needs
 //! `Authorization: Bearer <[admin] token>`; without a configured token the API is off.
 //!
 //! **Invariant:** the admin API changes the store only through the `Store` trait and tells
@@ -20,10 +20,11 @@ use serde_json::json;
 
 use crate::{
     auth,
+    drift::MAX_ROWS_PER_SOURCE,
     http::{cut, error_response},
     ingress::{self, IngressError, OnReject},
     server::App,
-    store::{Filter, Millis, StoreError, now_ms},
+    store::{Filter, Millis, StoreError, now_ms, rfc3339},
     telemetry::IngressOutcome,
 };
 
@@ -40,6 +41,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/quarantine/replay", post(replay_quarantine))
         .route("/v1/admin/quarantine/{id}", get(quarantined))
         .route("/v1/admin/quarantine/{id}/replay", post(replay_quarantined))
+        .route("/v1/admin/drift", get(drift))
         .layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
 }
@@ -385,6 +387,34 @@ async fn replay_quarantine_matching(app: &App, filter: &Filter, most: usize) -> 
     }
     tracing::info!(count = replay.results.len(), "Quarantined payloads replayed by an operator.");
     Ok(replay)
+}
+
+/// The vendor drift report (`source`, `since` and `limit` narrow it), most recently seen
+/// first. This replica's own sums are written first, so it shows everything this replica
+/// accepted; other replicas' are at most `drift::FLUSH_EVERY` late.
+async fn drift(State(app): State<Arc<App>>, AdminQuery(params): AdminQuery<Params>) -> Result<Response, AdminError> {
+    if params.route.is_some() || params.before_id.is_some() || params.after_id.is_some() || params.all {
+        return Err(AdminError::BadRequest("the drift report takes only `source`, `since` and `limit`".into()));
+    }
+    app.drift.flush().await?;
+    let rows = app.store.drift(&params.filter(params.source.as_ref())?).await?;
+    let list: Vec<_> = rows
+        .into_iter()
+        .map(|d| {
+            json!({
+                "source": d.source,
+                "vendor_event": d.vendor_event,
+                "kind": d.kind,
+                "path": d.path,
+                "value": (!d.value.is_empty()).then_some(d.value),
+                "count": d.count,
+                "first_seen": rfc3339(d.first_seen),
+                "last_seen": rfc3339(d.last_seen),
+                "example": d.example,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "drift": list, "max_rows_per_source": MAX_ROWS_PER_SOURCE })).into_response())
 }
 
 fn interrupted(replay: &QuarantineReplay, e: StoreError) -> AdminError {

@@ -1,4 +1,4 @@
-//! The operator commands (`callgate dead-letters|quarantine|routes …`): thin clients of the
+//! The operator commands (`callgate dead-letters|quarantine|routes|drift …`): thin clients of the
 //! admin API, so that a running gateway stays the only writer of its store.
 
 use std::fmt::Write as _;

@@ -392,7 +392,8 @@ pub async fn accept(
         }
         Err(e) => return Err(e),
     };
-    let Prepared { ingest, kinds, degraded, keyed_by } = prepared;
+    let Prepared { ingest, kinds, degraded, drift, schema, keyed_by } = prepared;
+    let at = ingest.received_at;
     if keyed_by == KeyedBy::BodyFallback {
         telemetry::dedup_fallback(source, vendor.as_str());
     }
@@ -402,6 +403,7 @@ pub async fn accept(
             for kind in kinds {
                 telemetry::event(source, kind);
             }
+            app.drift.observe(source, schema, &drift, at);
             if !degraded.is_empty() {
                 let fields: Vec<&str> = degraded.iter().map(|d| d.field).collect();
                 fields.iter().for_each(|field| telemetry::degraded(source, vendor.as_str(), field));
@@ -424,6 +426,10 @@ struct Prepared {
     kinds: Vec<&'static str>,
     /// Descriptive fields the adapter could not read (counted once committed).
     degraded: Vec<vendors::Degraded>,
+    /// What the payload shows that the mapping does not know (for the drift report, once
+    /// committed), and the schema name of its vendor event.
+    drift: Vec<vendors::Drift>,
+    schema: &'static str,
     /// What the dedup key was computed from (a fallback to the body is counted).
     keyed_by: KeyedBy,
 }
@@ -434,7 +440,7 @@ struct Prepared {
 fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc>) -> Result<Prepared, IngressError> {
     let source_config = config.sources.get(source).ok_or(IngressError::UnknownSource)?;
     let origin = Origin { source, vendor: source_config.vendor, phone_region: source_config.phone_region };
-    let vendors::Normalized { events, degraded, key } =
+    let vendors::Normalized { events, degraded, drift, schema, key } =
         vendors::normalize_keyed(&origin, body, source_config.dedup, received_at)?;
     let kinds = events.iter().map(|e| e.kind.as_str()).collect();
     let events: Vec<NewEvent> = events.iter().map(|e| new_event(config, e)).collect::<Result<_, _>>()?;
@@ -447,7 +453,7 @@ fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc
         received_at: received_at.timestamp_millis(),
         events,
     };
-    Ok(Prepared { ingest, kinds, degraded, keyed_by: key.by })
+    Ok(Prepared { ingest, kinds, degraded, drift, schema, keyed_by: key.by })
 }
 
 fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressError> {

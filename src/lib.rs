@@ -6,6 +6,7 @@
 //! The pipeline reads top to bottom: [`ingress`] (HTTP, auth, status codes) →
 //! [`vendors`] (schema validation + mapping, pure) → [`canonical`] (the event model) →
 //! [`store`] (durable SQLite outbox) → [`delivery`] (routes, retries, dead letters).
+//! [`drift`] sums what payloads show that the mapping does not know, for the drift report.
 //! [`config`], [`telemetry`] and [`server`] wire it together; `main.rs` is the CLI.
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod canonical;
 pub mod config;
 pub mod delivery;
+pub mod drift;
 pub mod http;
 pub mod ingress;
 pub mod receiver;

@@ -71,6 +71,20 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The vendor drift report: fields, values and shapes vendors send that the mapping does
+    /// not know (through the admin API).
+    Drift {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only what was last seen since then (RFC 3339, or a duration back from now: 24h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// List routes with their backlog, or pause and resume one (through the admin API).
     Routes {
         #[command(subcommand)]
@@ -201,6 +215,7 @@ fn main() -> ExitCode {
         Command::DeadLetters { action, admin } => operate(admin, Target::DeadLetters(action)),
         Command::Quarantine { action, admin } => operate(admin, Target::Quarantine(action)),
         Command::Routes { action, admin } => operate(admin, Target::Routes(action)),
+        Command::Drift { source, since, limit, admin } => operate(admin, Target::Drift { source, since, limit }),
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
         Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
     }
@@ -305,6 +320,7 @@ enum Target {
     DeadLetters(Action),
     Quarantine(Action),
     Routes(RouteAction),
+    Drift { source: Option<String>, since: Option<String>, limit: usize },
 }
 
 /// Runs an operator command against the admin API and prints the answer.
@@ -358,6 +374,7 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
         Target::DeadLetters(_) => ("/v1/admin/dead-letters", "route"),
         Target::Quarantine(_) => ("/v1/admin/quarantine", "source"),
         Target::Routes(_) => ("/v1/admin/routes", ""),
+        Target::Drift { .. } => ("/v1/admin/drift", "source"),
     };
     match target {
         Target::DeadLetters(action) | Target::Quarantine(action) => match action {
@@ -418,6 +435,27 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
                 Ok(pretty(answer))
             }
         },
+        Target::Drift { source, since, limit } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(source.map(|s| (key, s)));
+            query.extend(since.map(|s| ("since", s)));
+            let answer = client.call(Method::GET, path, &query).await?;
+            let rows = answer["drift"].as_array().cloned().unwrap_or_default();
+            Ok(admin_client::table(
+                &rows,
+                &[
+                    ("SOURCE", "source"),
+                    ("EVENT", "vendor_event"),
+                    ("KIND", "kind"),
+                    ("PATH", "path"),
+                    ("VALUE", "value"),
+                    ("COUNT", "count"),
+                    ("FIRST SEEN", "first_seen"),
+                    ("LAST SEEN", "last_seen"),
+                    ("EXAMPLE", "example"),
+                ],
+            ))
+        }
         Target::Routes(RouteAction::List) => {
             let answer = client.call(Method::GET, path, &[]).await?;
             let rows = answer["routes"].as_array().cloned().unwrap_or_default();
@@ -587,6 +625,10 @@ fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file:
             // Accepted all the same: the unread values are in vendor_extra.
             for d in normalized.degraded {
                 eprintln!("callgate: degraded {} at {}: {}", d.field, d.pointer, d.problem);
+            }
+            // What the drift report would count (degraded fields are listed above).
+            for d in normalized.drift.iter().filter(|d| d.kind != vendors::DriftKind::Degraded) {
+                eprintln!("callgate: drift {} at {}: {}", d.kind.as_str(), d.path, d.example);
             }
             ExitCode::SUCCESS
         }

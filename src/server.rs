@@ -18,6 +18,7 @@ use crate::{
     admin,
     config::{Config, StorageUrl},
     delivery::Dispatcher,
+    drift::DriftRecorder,
     http::{error_response, json_errors, panic_response},
     ingress::{self, Admission, Offload},
     store::{
@@ -44,6 +45,8 @@ pub struct App {
     pub offload: Offload,
     /// The lookups of the sources that answer an inbound webhook (`/v1/inbound`).
     pub lookups: ingress::inbound::Lookups,
+    /// Drift of accepted payloads, summed in memory until it is written to the store.
+    pub drift: Arc<DriftRecorder>,
 }
 
 /// The listeners a gateway serves on.
@@ -103,6 +106,9 @@ pub async fn run(
     let store = open_store(&config).await?;
     let metrics = telemetry::metrics_handle();
     let dispatcher = Dispatcher::start(&config, store.clone()).await?;
+    let drift = Arc::new(DriftRecorder::new(store.clone()));
+    let (drift_stop, drift_stopped) = tokio::sync::oneshot::channel::<()>();
+    let drift_writer = tokio::spawn(drift.clone().run(async move { drop(drift_stopped.await) }));
     let app = Arc::new(App {
         config: config.clone(),
         store: store.clone(),
@@ -111,6 +117,7 @@ pub async fn run(
         admission: Admission::new(&config),
         offload: Offload::per_core(),
         lookups: ingress::inbound::Lookups::new(&config)?,
+        drift,
     });
 
     let upkeep = tokio::spawn(async move {
@@ -166,6 +173,11 @@ pub async fn run(
     }
     upkeep.abort();
     pruner.abort();
+    // After the requests: their drift is in memory now, and is written once more.
+    let _ = drift_stop.send(());
+    if tokio::time::timeout(grace, drift_writer).await.is_err() {
+        tracing::warn!("The last vendor drift counts were not written within the grace period.");
+    }
     match Arc::try_unwrap(app) {
         Ok(app) => app.dispatcher.shutdown(grace).await,
         Err(_) => tracing::warn!("Request handlers outlived the grace period; deliveries stop with the process."),
@@ -192,6 +204,7 @@ async fn prune_forever(store: Arc<dyn Store>, config: Arc<Config>) {
                     total.payloads += p.payloads;
                     total.attempts += p.attempts;
                     total.quarantine += p.quarantine;
+                    total.drift += p.drift;
                     if !more {
                         break;
                     }
@@ -209,6 +222,7 @@ async fn prune_forever(store: Arc<dyn Store>, config: Arc<Config>) {
                 payloads = total.payloads,
                 attempts = total.attempts,
                 quarantine = total.quarantine,
+                drift = total.drift,
                 "Pruned old records."
             );
         }

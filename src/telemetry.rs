@@ -23,6 +23,7 @@ pub const DEAD_LETTERS: &str = "callgate_dead_letters";
 pub const ROUTE_PAUSED: &str = "callgate_route_paused";
 pub const HEADER_VALUES_TRUNCATED: &str = "callgate_header_values_truncated_total";
 pub const DEGRADED_FIELDS: &str = "callgate_degraded_fields_total";
+pub const VENDOR_DRIFT: &str = "callgate_vendor_drift_total";
 pub const INBOUND_REQUESTS: &str = "callgate_inbound_requests_total";
 pub const INBOUND_DURATION: &str = "callgate_inbound_duration_seconds";
 pub const DEDUP_FALLBACKS: &str = "callgate_dedup_body_fallbacks_total";
@@ -141,6 +142,10 @@ fn describe() {
         "Descriptive fields of accepted payloads in a shape callgate cannot read (kept in vendor_extra), by source, vendor and field."
     );
     describe_counter!(
+        VENDOR_DRIFT,
+        "Drift seen in accepted payloads, by source and kind (unknown_field, unknown_value, degraded); GET /v1/admin/drift says where."
+    );
+    describe_counter!(
         INBOUND_REQUESTS,
         "Inbound webhook requests by source and outcome (answered, or the fallback after a timeout, failed or malformed lookup, or rejected)."
     );
@@ -171,6 +176,12 @@ pub fn event(source: &str, kind: &'static str) {
 pub fn degraded(source: &str, vendor: &str, field: &'static str) {
     counter!(DEGRADED_FIELDS, "source" => source.to_owned(), "vendor" => vendor.to_owned(), "field" => field)
         .increment(1);
+}
+
+/// Drift in an accepted payload: `kind` is one of `vendors::DriftKind` (a closed set; the path
+/// and value are never labels, they are unbounded).
+pub fn vendor_drift(source: &str, kind: &'static str, count: u64) {
+    counter!(VENDOR_DRIFT, "source" => source.to_owned(), "kind" => kind).increment(count);
 }
 
 /// A payload of a `dedup = "event"` source without its identity fields, keyed by its body.

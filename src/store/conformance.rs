@@ -8,7 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    Attempt, Filter, Ingest, IngestOutcome, Notice, OutcomeKind, Pruned, Quarantined, Store, now_ms,
+    Attempt, DRIFT_OVERFLOW, DriftCount, Filter, Ingest, IngestOutcome, Notice, OutcomeKind, Pruned, Quarantined,
+    Store, now_ms,
     test_support::{claim, delivered, ingest, outcome},
 };
 
@@ -225,15 +226,71 @@ pub(crate) async fn prune_removes_old_delivered_data_but_keeps_what_is_pending(h
         })
         .await
         .unwrap();
+    let recent = now_ms();
+    store.record_drift(vec![drift("vox", "old", 1, 1_000), drift("vox", "recent", 1, recent)], 10).await.unwrap();
     // received_at of both payloads is 1_000 (see `ingest`): everything is old.
     let pruned = store.prune(2_000, 2_000).await.unwrap();
-    assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 0, quarantine: 1 });
+    assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 0, quarantine: 1, drift: 1 });
+    let kept: Vec<String> = store.drift(&Filter::default()).await.unwrap().into_iter().map(|d| d.path).collect();
+    assert_eq!(kept, ["recent"], "drift seen within the retention is kept");
     assert_eq!(claim(store, "r", now_ms(), 10).await[0].event_id, "b", "pending work is kept");
     // The redelivery window outlived: the old body is accepted again.
     let again = store.ingest(ingest("vox", "old-delivered", &[("a2", "x", &["r"])])).await.unwrap();
     assert_eq!(again, IngestOutcome::Accepted(vec!["a2".into()]));
     let dup = store.ingest(ingest("vox", "old-pending", &[("b2", "y", &["r"])])).await.unwrap();
     assert_eq!(dup, IngestOutcome::Duplicate(vec!["b".into()]), "a payload with pending events is kept");
+}
+
+/// A drift count of `path` in `source` at `at`.
+fn drift(source: &str, path: &str, count: i64, at: i64) -> DriftCount {
+    DriftCount {
+        source: source.into(),
+        vendor_event: "call_ended".into(),
+        kind: "unknown_field".into(),
+        path: path.into(),
+        value: String::new(),
+        count,
+        first_seen: at,
+        last_seen: at,
+        example: format!("seen at {at}"),
+    }
+}
+
+pub(crate) async fn drift_adds_up_across_stores_and_each_source_is_capped(h: &dyn Harness) {
+    let t = now_ms();
+    let first = h.open().await;
+    first.record_drift(vec![drift("vox", "a", 2, t), drift("vox", "b", 1, t + 5)], 3).await.unwrap();
+    drop(first);
+    // Another replica (PostgreSQL) or the same file reopened (SQLite) adds to the same rows.
+    let store = h.open().await;
+    let mut again = drift("vox", "a", 3, t + 10);
+    again.first_seen = t - 10;
+    store.record_drift(vec![again], 3).await.unwrap();
+    let a = store.drift(&Filter::default()).await.unwrap().into_iter().find(|d| d.path == "a").unwrap();
+    assert_eq!((a.count, a.first_seen, a.last_seen), (5, t - 10, t + 10), "counts add up, times widen");
+    assert_eq!(a.example, format!("seen at {}", t + 10), "the latest example wins");
+    // An older sighting does not replace the example or move last_seen back.
+    store.record_drift(vec![drift("vox", "a", 1, t)], 3).await.unwrap();
+    let a = store.drift(&Filter::default()).await.unwrap().into_iter().find(|d| d.path == "a").unwrap();
+    assert_eq!((a.count, a.last_seen, a.example.as_str()), (6, t + 10, format!("seen at {}", t + 10).as_str()));
+
+    // Cap 3: vox holds a and b, so c fits; d and e overflow; known rows still count.
+    let batch = vec![drift("vox", "c", 1, t + 20), drift("vox", "d", 4, t + 21), drift("vox", "e", 1, t + 22)];
+    store.record_drift(batch, 3).await.unwrap();
+    store.record_drift(vec![drift("vox", "b", 1, t + 30), drift("salpre", "x", 1, t + 30)], 3).await.unwrap();
+    let rows = store.drift(&Filter { name: Some("vox".into()), ..Filter::default() }).await.unwrap();
+    let seen: Vec<(&str, &str, i64)> = rows.iter().map(|d| (d.kind.as_str(), d.path.as_str(), d.count)).collect();
+    assert_eq!(
+        seen,
+        [("unknown_field", "b", 2), (DRIFT_OVERFLOW, "", 5), ("unknown_field", "c", 1), ("unknown_field", "a", 6)]
+    );
+    // Filters: source, and last seen since.
+    let recent = store.drift(&Filter { since: Some(t + 25), ..Filter::default() }).await.unwrap();
+    let mut sources: Vec<&str> = recent.iter().map(|d| d.source.as_str()).collect();
+    sources.sort_unstable();
+    assert_eq!(sources, ["salpre", "vox"], "only rows last seen since then");
+    let limited = store.drift(&Filter { limit: Some(2), ..Filter::default() }).await.unwrap();
+    assert_eq!(limited.len(), 2);
 }
 
 pub(crate) async fn counts_follow_every_change_and_survive_reopening(h: &dyn Harness) {
@@ -308,6 +365,7 @@ macro_rules! all_checks {
             prune_removes_old_delivered_data_but_keeps_what_is_pending,
             counts_follow_every_change_and_survive_reopening,
             released_leases_are_claimable_at_once_and_stale_ones_change_nothing,
+            drift_adds_up_across_stores_and_each_source_is_capped,
         );
     };
 }

@@ -4,7 +4,7 @@
 //! What is copied, ids kept: every payload (the dedup window: a vendor's redelivery after the
 //! move is still a duplicate with the original ids), the events still delivered or dead
 //! lettered, the outbox (ids, `next_at`, attempts: a call's order and its retry schedule), the
-//! dead letters, the attempts of both, the quarantine and the paused routes. Events already
+//! dead letters, the attempts of both, the quarantine, the paused routes and the drift report. Events already
 //! delivered and their attempts are history nothing reads, and are left behind.
 //!
 //! The SQLite file is opened read-only and read in one transaction (one snapshot); the
@@ -31,7 +31,8 @@ const BODY_CHUNK: i64 = 100;
 
 /// The tables the move fills, which an empty target has no row in (`health` is only the
 /// readiness probe's scratch row).
-const TABLES: &[&str] = &["payloads", "events", "outbox", "dead_letters", "attempts", "quarantine", "paused_routes"];
+const TABLES: &[&str] =
+    &["payloads", "events", "outbox", "dead_letters", "attempts", "quarantine", "paused_routes", "drift"];
 
 /// What the move copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub struct Copied {
     pub attempts: u64,
     pub quarantined: u64,
     pub paused_routes: u64,
+    /// Rows of the drift report.
+    pub drift: u64,
 }
 
 impl fmt::Display for Copied {
@@ -56,6 +59,7 @@ impl fmt::Display for Copied {
             ("attempts", self.attempts, "(of pending deliveries and dead letters)"),
             ("quarantined", self.quarantined, ""),
             ("paused routes", self.paused_routes, ""),
+            ("drift rows", self.drift, "(the drift report)"),
         ];
         for (name, n, note) in rows {
             let line = format!("  {name:<14}{n:>10}  {note}");
@@ -156,6 +160,7 @@ async fn copy(source: &Source, tx: &mut PgConnection, target: &str) -> Result<Co
         attempts: copy_attempts(source, tx).await.map_err(on_target)?,
         quarantined: copy_quarantine(source, tx).await.map_err(on_target)?,
         paused_routes: copy_paused(source, tx).await.map_err(on_target)?,
+        drift: copy_drift(source, tx).await.map_err(on_target)?,
     };
 
     // Past every id SQLite ever handed out: the outbox's is its AUTOINCREMENT high-water mark
@@ -603,6 +608,44 @@ async fn copy_paused(source: &Source, tx: &mut PgConnection) -> Result<u64, Copy
     .bind(&routes)
     .bind(&since)
     .bind(&reasons)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected())
+}
+
+async fn copy_drift(source: &Source, tx: &mut PgConnection) -> Result<u64, CopyError> {
+    // Bounded by the cap of rows per source: no chunks. The keyset parameters are unused.
+    let rows = source.chunk(
+        "SELECT source, vendor_event, kind, path, value, count, first_seen, last_seen, example FROM drift
+          WHERE ?1 = ?1 ORDER BY source, vendor_event, kind, path, value LIMIT ?2",
+        0,
+        i64::MAX,
+        |r| {
+            Ok((
+                [r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(8)?],
+                [r.get::<_, i64>(5)?, r.get(6)?, r.get(7)?],
+            ))
+        },
+    )?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let text = |i: usize| rows.iter().map(|(t, _)| t[i].clone()).collect::<Vec<String>>();
+    let number = |i: usize| rows.iter().map(|(_, n)| n[i]).collect::<Vec<i64>>();
+    Ok(sqlx::query(
+        "INSERT INTO drift (source, vendor_event, kind, path, value, count, first_seen, last_seen, example)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::int8[], $7::int8[], $8::int8[], $9::text[])",
+    )
+    .bind(text(0))
+    .bind(text(1))
+    .bind(text(2))
+    .bind(text(3))
+    .bind(text(4))
+    .bind(number(0))
+    .bind(number(1))
+    .bind(number(2))
+    .bind(text(5))
     .execute(&mut *tx)
     .await?
     .rows_affected())

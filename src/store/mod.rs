@@ -22,7 +22,7 @@ mod conformance;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 
@@ -251,6 +251,8 @@ pub struct Pruned {
     pub payloads: usize,
     pub attempts: usize,
     pub quarantine: usize,
+    /// Drift report rows not seen since the retention.
+    pub drift: usize,
 }
 
 /// A paused route and why.
@@ -266,6 +268,99 @@ pub struct Pause {
 pub struct Counts {
     pub backlog: BTreeMap<String, i64>,
     pub dead: BTreeMap<String, i64>,
+}
+
+/// Drift of one kind at one place of one source's vendor event, aggregated: a row of the
+/// drift report (`GET /v1/admin/drift`), keyed by (source, vendor_event, kind, path, value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftCount {
+    pub source: String,
+    /// The vendor event as its schema is named (`v2/call_ended`); empty on an overflow row.
+    pub vendor_event: String,
+    /// `unknown_field`, `unknown_value`, `degraded`, or [`DRIFT_OVERFLOW`].
+    pub kind: String,
+    /// Where in the payload (`call.transcript[].role`); empty on an overflow row.
+    pub path: String,
+    /// The raw value of an unknown value, else empty.
+    pub value: String,
+    pub count: i64,
+    pub first_seen: Millis,
+    pub last_seen: Millis,
+    /// Short, never a vendor's field value (see `vendors::Drift::example`); the latest one.
+    pub example: String,
+}
+
+/// The `kind` of a source's overflow row: drift counted after the source reached its cap of
+/// distinct rows, when there was no row left to count it in.
+pub const DRIFT_OVERFLOW: &str = "overflow";
+
+type DriftKey = (String, String, String, String, String);
+
+impl DriftCount {
+    fn key(&self) -> DriftKey {
+        (self.source.clone(), self.vendor_event.clone(), self.kind.clone(), self.path.clone(), self.value.clone())
+    }
+
+    /// Adds `other` (of the same key) to this count.
+    pub fn merge(&mut self, other: &DriftCount) {
+        self.count += other.count;
+        self.first_seen = self.first_seen.min(other.first_seen);
+        if other.last_seen >= self.last_seen {
+            self.last_seen = other.last_seen;
+            self.example.clone_from(&other.example);
+        }
+    }
+
+    /// The overflow row of `source` holding `count` at `first_seen`..`last_seen`.
+    pub fn overflow(source: &str, count: i64, first_seen: Millis, last_seen: Millis) -> DriftCount {
+        DriftCount {
+            source: source.to_owned(),
+            vendor_event: String::new(),
+            kind: DRIFT_OVERFLOW.to_owned(),
+            path: String::new(),
+            value: String::new(),
+            count,
+            first_seen,
+            last_seen,
+            example: String::new(),
+        }
+    }
+}
+
+/// What a drift write upserts, shared by both backends: every count whose row is `stored`,
+/// new rows while their source has fewer than `max_rows` (`rows`: its rows now, overflow not
+/// counted), and the rest folded into the source's overflow row. One entry per key.
+fn admit_drift(
+    counts: Vec<DriftCount>,
+    stored: &HashSet<DriftKey>,
+    rows: &HashMap<String, i64>,
+    max_rows: usize,
+) -> Vec<DriftCount> {
+    let mut rows = rows.clone();
+    let mut out: Vec<DriftCount> = Vec::with_capacity(counts.len());
+    let mut at: HashMap<DriftKey, usize> = HashMap::new();
+    for count in counts {
+        let key = count.key();
+        let admitted = if count.kind == DRIFT_OVERFLOW || stored.contains(&key) || at.contains_key(&key) {
+            count
+        } else {
+            let held = rows.entry(count.source.clone()).or_insert(0);
+            if (*held as usize) < max_rows {
+                *held += 1;
+                count
+            } else {
+                DriftCount::overflow(&count.source, count.count, count.first_seen, count.last_seen)
+            }
+        };
+        match at.get(&admitted.key()) {
+            Some(&i) => out[i].merge(&admitted),
+            None => {
+                at.insert(admitted.key(), out.len());
+                out.push(admitted);
+            }
+        }
+    }
+    out
 }
 
 /// Why the store could not do something.
@@ -348,9 +443,22 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a quarantined payload (after a replay accepted it).
     async fn release_quarantined(&self, id: i64) -> Result<(), StoreError>;
 
-    /// Deletes what is older than the retention and the redelivery window (one replica at a
-    /// time; another replica's call returns nothing pruned).
+    /// Deletes what is older than the retention and the redelivery window, and drift rows
+    /// last seen before the retention (one replica at a time; another replica's call returns
+    /// nothing pruned).
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError>;
+
+    /// Adds aggregated drift counts to the drift report, for every replica: count added,
+    /// `first_seen` the earliest, `last_seen` and `example` the latest. A source holds at most
+    /// `max_rows` rows (besides its overflow row); a count that would need one more goes to
+    /// its source's [`DRIFT_OVERFLOW`] row. Not synced to disk on its own (a crash may lose
+    /// the last write: drift is a report, not a payload).
+    async fn record_drift(&self, counts: Vec<DriftCount>, max_rows: usize) -> Result<(), StoreError>;
+
+    /// The drift report: rows of source `filter.name` (all when `None`) last seen at or after
+    /// `filter.since`, most recently seen first, at most `filter.limit` (100 by default, 1000
+    /// at most).
+    async fn drift(&self, filter: &Filter) -> Result<Vec<DriftCount>, StoreError>;
 
     /// Subscribes to this store's [`Notice`]s (a lagging subscriber should treat the lag as
     /// [`Notice::Lost`]).

@@ -43,13 +43,16 @@ use sqlx::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    Attempt, AttemptRecord, Claimed, Completed, Counts, DeadLetter, DeadLetterDetail, Delivery, Filter, Ingest,
-    IngestOutcome, Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store,
-    StoreError, now_ms, rfc3339,
+    Attempt, AttemptRecord, Claimed, Completed, Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, Delivery,
+    DriftCount, Filter, Ingest, IngestOutcome, Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned,
+    QuarantineItem, Quarantined, Store, StoreError, admit_drift, now_ms, rfc3339,
 };
 
 /// The migrations, embedded (sqlx's `migrate!` needs its `macros` feature, which we leave out).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../../migrations/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
+    (2, "vendor drift", include_str!("../../migrations/postgres/0002_vendor_drift.sql")),
+];
 
 /// Most jobs one ingest transaction takes: bounds the latency a batch adds to its first member.
 const MAX_BATCH: usize = 256;
@@ -1441,12 +1444,118 @@ impl Store for PostgresStore {
             retention_before,
         )
         .await?;
+        // Bounded by the cap of rows per source.
+        let drift = sqlx::query("DELETE FROM drift WHERE last_seen < $1")
+            .bind(retention_before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as usize;
         tx.commit().await?;
-        Ok(Pruned { events, payloads, attempts, quarantine })
+        Ok(Pruned { events, payloads, attempts, quarantine, drift })
     }
 
     fn notices(&self) -> broadcast::Receiver<Notice> {
         self.shared.notices.subscribe()
+    }
+
+    async fn record_drift(&self, mut counts: Vec<DriftCount>, max_rows: usize) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        for c in &mut counts {
+            (c.first_seen, c.last_seen) = (self.clock.on_db(c.first_seen), self.clock.on_db(c.last_seen));
+        }
+        let column = |f: fn(&DriftCount) -> &String| counts.iter().map(|c| f(c).clone()).collect::<Vec<String>>();
+        let keys = (
+            column(|c| &c.source),
+            column(|c| &c.vendor_event),
+            column(|c| &c.kind),
+            column(|c| &c.path),
+            column(|c| &c.value),
+        );
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+        let stored = sqlx::query(
+            "SELECT d.source, d.vendor_event, d.kind, d.path, d.value FROM drift d
+               JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                    AS i(source, vendor_event, kind, path, value) USING (source, vendor_event, kind, path, value)",
+        )
+        .bind(&keys.0)
+        .bind(&keys.1)
+        .bind(&keys.2)
+        .bind(&keys.3)
+        .bind(&keys.4)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+        let rows =
+            sqlx::query("SELECT source, count(*) FROM drift WHERE source = ANY($1) AND kind <> $2 GROUP BY source")
+                .bind(&keys.0)
+                .bind(DRIFT_OVERFLOW)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+        let mut upserts = admit_drift(counts, &stored, &rows, max_rows);
+        // One lock order for every replica: two flushes of the same keys never deadlock.
+        upserts.sort_by_key(|c| c.key());
+        let text = |f: fn(&DriftCount) -> &String| upserts.iter().map(|c| f(c).clone()).collect::<Vec<String>>();
+        let number = |f: fn(&DriftCount) -> i64| upserts.iter().map(f).collect::<Vec<i64>>();
+        sqlx::query(
+            "INSERT INTO drift (source, vendor_event, kind, path, value, count, first_seen, last_seen, example)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::int8[], $7::int8[], $8::int8[], $9::text[])
+             ON CONFLICT (source, vendor_event, kind, path, value) DO UPDATE SET
+                 count = drift.count + EXCLUDED.count,
+                 first_seen = LEAST(drift.first_seen, EXCLUDED.first_seen),
+                 last_seen = GREATEST(drift.last_seen, EXCLUDED.last_seen),
+                 example = CASE WHEN EXCLUDED.last_seen >= drift.last_seen THEN EXCLUDED.example ELSE drift.example END",
+        )
+        .bind(text(|c| &c.source))
+        .bind(text(|c| &c.vendor_event))
+        .bind(text(|c| &c.kind))
+        .bind(text(|c| &c.path))
+        .bind(text(|c| &c.value))
+        .bind(number(|c| c.count))
+        .bind(number(|c| c.first_seen))
+        .bind(number(|c| c.last_seen))
+        .bind(text(|c| &c.example))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn drift(&self, filter: &Filter) -> Result<Vec<DriftCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, vendor_event, kind, path, value, count, first_seen, last_seen, example FROM drift
+              WHERE ($1::text IS NULL OR source = $1) AND ($2::int8 IS NULL OR last_seen >= $2)
+              ORDER BY last_seen DESC, source, vendor_event, kind, path, value LIMIT $3",
+        )
+        .bind(&filter.name)
+        .bind(filter.since.map(|t| self.clock.on_db(t)))
+        .bind(limit(filter))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(DriftCount {
+                    source: r.try_get(0)?,
+                    vendor_event: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    path: r.try_get(3)?,
+                    value: r.try_get(4)?,
+                    count: r.try_get(5)?,
+                    first_seen: self.clock.on_local(r.try_get(6)?),
+                    last_seen: self.clock.on_local(r.try_get(7)?),
+                    example: r.try_get(8)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 }
 

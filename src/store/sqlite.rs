@@ -16,7 +16,7 @@
 //! `(route, next_at)` index and stop at the first row not yet due, whatever the backlog.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -31,9 +31,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Savepoint, p
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    AttemptRecord, Claimed, Completed, Counts, DeadLetter, DeadLetterDetail, Delivery, Filter, Ingest, IngestOutcome,
-    Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, now_ms,
-    rfc3339,
+    AttemptRecord, Claimed, Completed, Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, Delivery, DriftCount,
+    Filter, Ingest, IngestOutcome, Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned, QuarantineItem,
+    Quarantined, Store, StoreError, admit_drift, now_ms, rfc3339,
 };
 
 /// Errors that say "not now" (busy, full, read-only, I/O) rather than "never".
@@ -85,6 +85,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_events_without_unique_id.sql"),
     include_str!("../../migrations/sqlite/0003_subject_per_source.sql"),
     include_str!("../../migrations/sqlite/0004_health.sql"),
+    include_str!("../../migrations/sqlite/0005_vendor_drift.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this callgate migrates a database to.
@@ -998,6 +999,62 @@ impl Store for SqliteStore {
         self.notices.subscribe()
     }
 
+    async fn record_drift(&self, counts: Vec<DriftCount>, max_rows: usize) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        // Bookkeeping, not an acknowledged payload: it rides on the next fsync.
+        self.submit(false, move |tx, _| {
+            let mut stored = HashSet::new();
+            let mut rows = HashMap::new();
+            {
+                let mut exists = tx.prepare_cached(
+                    "SELECT 1 FROM drift WHERE source = ?1 AND vendor_event = ?2 AND kind = ?3 AND path = ?4 AND value = ?5",
+                )?;
+                let mut held = tx.prepare_cached("SELECT count(*) FROM drift WHERE source = ?1 AND kind <> ?2")?;
+                for c in &counts {
+                    if exists.exists(params![c.source, c.vendor_event, c.kind, c.path, c.value])? {
+                        stored.insert(c.key());
+                    }
+                    if !rows.contains_key(&c.source) {
+                        let n: i64 = held.query_row(params![c.source, DRIFT_OVERFLOW], |r| r.get(0))?;
+                        rows.insert(c.source.clone(), n);
+                    }
+                }
+            }
+            let mut upsert = tx.prepare_cached(DRIFT_UPSERT)?;
+            for c in admit_drift(counts, &stored, &rows, max_rows) {
+                upsert.execute(params![
+                    c.source,
+                    c.vendor_event,
+                    c.kind,
+                    c.path,
+                    c.value,
+                    c.count,
+                    c.first_seen,
+                    c.last_seen,
+                    c.example
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn drift(&self, filter: &Filter) -> Result<Vec<DriftCount>, StoreError> {
+        let (source, since, limit) = (filter.name.clone(), filter.since, limit(filter));
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT source, vendor_event, kind, path, value, count, first_seen, last_seen, example FROM drift
+                  WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR last_seen >= ?2)
+                  ORDER BY last_seen DESC, source, vendor_event, kind, path, value LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![source, since, limit], drift_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError> {
         self.write(move |tx, _| {
             let chunk = PRUNE_CHUNK as i64;
@@ -1030,10 +1087,36 @@ impl Store for SqliteStore {
                 "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < ?1 LIMIT ?2)",
                 params![retention_before, chunk],
             )?;
-            Ok(Pruned { events, payloads, attempts, quarantine })
+            // Bounded by the cap of rows per source.
+            let drift = tx.execute("DELETE FROM drift WHERE last_seen < ?1", params![retention_before])?;
+            Ok(Pruned { events, payloads, attempts, quarantine, drift })
         })
         .await
     }
+}
+
+/// Adds one aggregated count to its drift row (the example of the latest sighting wins).
+const DRIFT_UPSERT: &str =
+    "INSERT INTO drift (source, vendor_event, kind, path, value, count, first_seen, last_seen, example)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+     ON CONFLICT (source, vendor_event, kind, path, value) DO UPDATE SET
+         count = drift.count + excluded.count,
+         first_seen = min(drift.first_seen, excluded.first_seen),
+         last_seen = max(drift.last_seen, excluded.last_seen),
+         example = CASE WHEN excluded.last_seen >= drift.last_seen THEN excluded.example ELSE drift.example END";
+
+fn drift_row(r: &rusqlite::Row<'_>) -> Result<DriftCount, rusqlite::Error> {
+    Ok(DriftCount {
+        source: r.get(0)?,
+        vendor_event: r.get(1)?,
+        kind: r.get(2)?,
+        path: r.get(3)?,
+        value: r.get(4)?,
+        count: r.get(5)?,
+        first_seen: r.get(6)?,
+        last_seen: r.get(7)?,
+        example: r.get(8)?,
+    })
 }
 
 fn dead_letter_row(r: &rusqlite::Row<'_>) -> Result<DeadLetter, rusqlite::Error> {

@@ -355,6 +355,44 @@ mod tests {
         assert_eq!(extra["call"]["metadata"], json!([1]));
     }
 
+    /// A `disconnection_reason`, role or sentiment outside the tables is `unknown` with its
+    /// raw value, and the payload reports it where it is (for the drift report); known values
+    /// are not reported.
+    #[test]
+    fn unknown_values_are_reported_with_their_raw_value() {
+        let body = json!({"event": "call_ended", "call": {
+            "call_id": "c1", "disconnection_reason": "hangup_by_carrier", "duration_ms": 1000,
+            "transcript": [
+                {"role": "agent", "content": "hi"},
+                {"role": "narrator", "content": "(music)"},
+                {"role": "narrator", "content": "(more music)"}
+            ],
+            "call_analysis": {"user_sentiment": "Elated"}
+        }});
+        let origin = Origin { source: "vox", vendor: Vendor::Vox, phone_region: None };
+        let normalized = normalize(&origin, &serde_json::to_vec(&body).unwrap(), Utc::now()).unwrap();
+        let end = normalized.events[0].data.details.end.clone().unwrap();
+        assert_eq!((end.reason, end.reason_raw.as_deref()), (EndReason::Unknown, Some("hangup_by_carrier")));
+        assert_eq!(normalized.schema, "v1/call_ended");
+        let mut drift: Vec<(&str, &str, &str, u64)> = normalized
+            .drift
+            .iter()
+            .map(|d| (d.kind.as_str(), d.path.as_str(), d.value.as_str(), d.count))
+            .collect();
+        drift.sort_unstable();
+        assert_eq!(
+            drift,
+            [
+                ("unknown_value", "call.call_analysis.user_sentiment", "Elated", 1),
+                ("unknown_value", "call.disconnection_reason", "hangup_by_carrier", 1),
+                ("unknown_value", "call.transcript[].role", "narrator", 2),
+            ]
+        );
+        let known = json!({"event": "call_ended", "call": {"call_id": "c1", "disconnection_reason": "user_hangup"}});
+        let normalized = normalize(&origin, &serde_json::to_vec(&known).unwrap(), Utc::now()).unwrap();
+        assert!(normalized.drift.is_empty(), "{:?}", normalized.drift);
+    }
+
     fn fixture(name: &str) -> Value {
         let path = format!("{}/tests/fixtures/vox/{name}", env!("CARGO_MANIFEST_DIR"));
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

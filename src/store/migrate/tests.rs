@@ -32,6 +32,21 @@ async fn release(store: &dyn Store, claimed: &Claimed) {
     store.release(claimed.deliveries.iter().map(|d| (d.id, d.lease)).collect()).await.unwrap();
 }
 
+/// A row of the drift report.
+fn drift_count() -> crate::store::DriftCount {
+    crate::store::DriftCount {
+        source: "vox".into(),
+        vendor_event: "v1/call_ended".into(),
+        kind: "unknown_field".into(),
+        path: "call.new_field".into(),
+        value: String::new(),
+        count: 3,
+        first_seen: T,
+        last_seen: T + 10,
+        example: "a string of 5 characters".into(),
+    }
+}
+
 /// The payloads, in the order they were accepted.
 fn payloads() -> Vec<Ingest> {
     vec![
@@ -95,6 +110,7 @@ async fn fill(path: &Path) -> (Vec<(i64, String, u32)>, Vec<(i64, String, u32)>,
         .await
         .unwrap();
     store.set_paused("archive", Some("operator"), T).await.unwrap();
+    store.record_drift(vec![drift_count()], 1000).await.unwrap();
 
     // What the moved store must show the same way.
     let crm = store.claim("crm", T + 5_000, 10, T + 5_000 + LEASE).await.unwrap();
@@ -125,6 +141,7 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
             attempts: 3,
             quarantined: 1,
             paused_routes: 1,
+            drift: 1,
         }
     );
 
@@ -173,6 +190,7 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
     assert_eq!(quarantined[0].reason, "schema_violation");
     assert_eq!(pg.paused().await.unwrap().iter().map(|p| p.route.as_str()).collect::<Vec<_>>(), ["archive"]);
     assert!(pg.claim("archive", T, 10, T + LEASE).await.unwrap().paused);
+    assert_eq!(pg.drift(&Filter::default()).await.unwrap(), [drift_count()], "the drift report, as it was");
     let again = payloads();
     assert_eq!(pg.ingest(again[2].clone()).await.unwrap(), IngestOutcome::Duplicate(vec!["ev-c1".into()]));
     assert_eq!(
