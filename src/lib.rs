@@ -6,7 +6,8 @@
 //! The pipeline reads top to bottom: [`ingress`] (HTTP, auth, status codes) →
 //! [`vendors`] (schema validation + mapping, pure) → [`canonical`] (the event model) →
 //! [`store`] (durable SQLite outbox) → [`delivery`] (routes, retries, dead letters).
-//! [`config`], [`telemetry`] and [`server`] wire it together; `main.rs` is the CLI.
+//! [`config`], [`telemetry`] and [`server`] wire it together, [`reload`] swaps in a new
+//! configuration while running; `main.rs` is the CLI.
 
 pub mod admin;
 pub mod admin_client;
@@ -17,6 +18,7 @@ pub mod delivery;
 pub mod http;
 pub mod ingress;
 pub mod receiver;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -71,7 +71,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// List routes with their backlog, or pause and resume one (through the admin API).
+    /// Make the running gateway read its configuration file again (as SIGHUP does) and print
+    /// what changed, or every error of a file it rejected (through the admin API).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List routes with their backlog, pause and resume one, or discard the backlog of a route
+    /// no longer configured (through the admin API).
     Routes {
         #[command(subcommand)]
         action: RouteAction,
@@ -184,8 +191,16 @@ enum Action {
 #[derive(Subcommand)]
 enum RouteAction {
     List,
-    Pause { name: String },
-    Resume { name: String },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Delete the waiting deliveries of a route removed from the configuration (or disabled).
+    DiscardBacklog {
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -201,6 +216,7 @@ fn main() -> ExitCode {
         Command::DeadLetters { action, admin } => operate(admin, Target::DeadLetters(action)),
         Command::Quarantine { action, admin } => operate(admin, Target::Quarantine(action)),
         Command::Routes { action, admin } => operate(admin, Target::Routes(action)),
+        Command::Reload { admin } => operate(admin, Target::Reload),
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
         Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
     }
@@ -305,6 +321,7 @@ enum Target {
     DeadLetters(Action),
     Quarantine(Action),
     Routes(RouteAction),
+    Reload,
 }
 
 /// Runs an operator command against the admin API and prints the answer.
@@ -358,6 +375,7 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
         Target::DeadLetters(_) => ("/v1/admin/dead-letters", "route"),
         Target::Quarantine(_) => ("/v1/admin/quarantine", "source"),
         Target::Routes(_) => ("/v1/admin/routes", ""),
+        Target::Reload => ("/v1/admin/reload", ""),
     };
     match target {
         Target::DeadLetters(action) | Target::Quarantine(action) => match action {
@@ -428,6 +446,7 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
                     ("ENABLED", "enabled"),
                     ("PAUSED", "paused"),
                     ("BACKLOG", "backlog"),
+                    ("ORPHANED", "orphaned"),
                     ("DEAD LETTERS", "dead_letters"),
                     ("PAUSED REASON", "paused_reason"),
                 ],
@@ -439,6 +458,10 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
         Target::Routes(RouteAction::Resume { name }) => {
             client.call(Method::POST, &format!("{path}/{name}/resume"), &[]).await.map(pretty)
         }
+        Target::Routes(RouteAction::DiscardBacklog { name }) => {
+            client.call(Method::DELETE, &format!("{path}/{name}/backlog"), &[]).await.map(pretty)
+        }
+        Target::Reload => client.call(Method::POST, path, &[]).await.map(pretty),
     }
 }
 

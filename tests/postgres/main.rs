@@ -17,6 +17,8 @@ mod golden;
 mod inbound;
 #[path = "../it/reliability.rs"]
 mod reliability;
+#[path = "../it/reload.rs"]
+mod reload;
 #[path = "../it/retell.rs"]
 mod retell;
 #[path = "../it/security.rs"]
