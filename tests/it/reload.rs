@@ -154,6 +154,7 @@ async fn a_removed_routes_backlog_is_kept_visible_and_delivered_when_it_returns(
     // the removed one.
     let y1 = post(&gateway, started("call-y", 1)).await;
     receiver.wait_for("/keep", 3).await;
+    gateway.wait_metric("callgate_delivery_backlog{route=\"keep\"}", 0.0).await;
     assert_eq!(ids(&receiver.at("/gone")), [x1.as_str()], "nothing more went to the removed route");
     let entry = route_entry(&gateway, "gone").await;
     assert_eq!(
