@@ -45,6 +45,18 @@ async fn admin(gateway: &Gateway, method: Method, path: &str, token: &str) -> (u
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `callgate <args>` against the gateway's admin API: (exit code, stdout, stderr).
+fn cli(gateway: &Gateway, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .args(["--url", &gateway.ops_url(""), "--token", TOKEN])
+        .env_remove("CALLGATE_CONFIG")
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
 async fn reload(gateway: &Gateway) -> (u16, Value) {
     admin(gateway, Method::POST, "/v1/admin/reload", TOKEN).await
 }
@@ -197,9 +209,13 @@ async fn a_removed_routes_backlog_can_be_discarded_through_the_admin_api() {
     assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("conflict")), "{refused}");
 
     rewrite(dir.path(), &base);
-    assert_eq!(reload(&gateway).await.0, 200);
-    let (status, discarded) = admin(&gateway, Method::DELETE, "/v1/admin/routes/d/backlog", TOKEN).await;
-    assert_eq!(status, 200, "{discarded}");
+    let (code, out, err) = cli(&gateway, &["reload"]);
+    assert_eq!(code, 0, "{err}");
+    let changes: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(changes["routes"]["removed"], serde_json::json!(["d"]), "{out}");
+    let (code, out, err) = cli(&gateway, &["routes", "discard-backlog", "d"]);
+    assert_eq!(code, 0, "{err}");
+    let discarded: Value = serde_json::from_str(&out).unwrap();
     assert_eq!((&discarded["discarded"], &discarded["backlog"]), (&1.into(), &1.into()), "z2 gone, z1 in flight");
 
     receiver.release();
@@ -240,8 +256,14 @@ async fn a_broken_file_is_rejected_with_every_error_and_the_old_configuration_se
         assert!(keys.contains(key), "{key} missing from {answer}");
     }
     gateway.wait_metric(REJECTED, 1.0).await;
+    let (code, _, err) = cli(&gateway, &["reload"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("422") && err.contains("- routes.r2.timeout:") && err.contains("- sources.bad.vendor:"),
+        "{err}"
+    );
     sighup(&gateway);
-    gateway.wait_metric(REJECTED, 2.0).await;
+    gateway.wait_metric(REJECTED, 3.0).await;
     let line = gateway.wait_log("Configuration reload rejected").await;
     assert!(line.contains("routes.r2.timeout") && line.contains("sources.bad.vendor"), "{line}");
 

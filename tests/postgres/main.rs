@@ -29,4 +29,5 @@ mod support;
 // PostgreSQL only: several replicas on one database, and the database going away.
 mod cluster;
 mod outage;
+mod reload_replicas;
 mod replicas;
