@@ -584,6 +584,36 @@ mod tests {
         assert_ne!(thread, runtime_thread);
     }
 
+    /// A reload changes an unverified source's share in place: permits held by requests in
+    /// flight still count, so the source never holds more than its new share once they end.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reload_resizes_a_sources_share_in_place_counting_requests_in_flight() {
+        let config = |toml: &str| Config::from_toml(toml, &crate::config::ProcessEnv).unwrap();
+        let base = "[server]\nmax_concurrent_requests = 8\n[sources.a]\nvendor = \"vox\"\n";
+        let one = config(base); // share: 8 / (1 + 1) = 4
+        let two = config(&format!("{base}[sources.b]\nvendor = \"salpre\"\n")); // 8 / 3 = 2
+        let admission = Admission::new(&one);
+        let take = |source: &str| admission.unverified(source).ok().flatten();
+        let mut held: Vec<_> = (0..4).map(|_| take("a").unwrap()).collect();
+        assert!(take("a").is_none(), "the share is 4");
+
+        admission.reconfigure(&two);
+        tokio::task::yield_now().await; // lets the shrink queue up for the permits still held
+        assert!(take("b").is_some(), "a new source has its share at once");
+        held.truncate(1); // three requests end: two of their permits are the shrink's
+        let fourth = take("a").expect("one free beside the one still held");
+        assert!(take("a").is_none(), "never more than the new share of 2");
+        drop((held, fourth));
+        let now: Vec<_> = (0..2).map(|_| take("a").unwrap()).collect();
+        assert!(take("a").is_none());
+
+        admission.reconfigure(&one); // b removed: back to 4
+        assert!(take("b").is_none() && admission.unverified("b").is_ok(), "a removed source has no share");
+        let more: Vec<_> = (0..2).map(|_| take("a").unwrap()).collect();
+        assert!(take("a").is_none());
+        drop((now, more));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_pool_runs_at_most_its_size_at_once() {
         let offload = Arc::new(Offload::new(1));

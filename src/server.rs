@@ -184,6 +184,7 @@ pub async fn run(
 
 /// Reloads the configuration on every SIGHUP. Installed before the gateway says it listens,
 /// so a SIGHUP from then on never takes the default action (ending the process).
+#[cfg(unix)]
 fn reload_on_sighup(app: Arc<App>) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("listening for SIGHUP: {e}"))?;
@@ -193,6 +194,13 @@ fn reload_on_sighup(app: Arc<App>) -> anyhow::Result<impl Future<Output = ()> + 
             let _ = crate::reload::reload(&app, "SIGHUP").await;
         }
     })
+}
+
+/// Without SIGHUP, `POST /v1/admin/reload` is the only way to reload.
+#[cfg(not(unix))]
+fn reload_on_sighup(app: Arc<App>) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    drop(app);
+    Ok(std::future::pending())
 }
 
 /// Deletes what retention and the redelivery window allow, at start and then every
