@@ -466,7 +466,7 @@ impl Worker {
             }
             if self.retire.is_cancelled() && attempts.is_empty() && recording.is_empty() {
                 if !self.stop.is_cancelled() {
-                    tracing::info!(route = %self.name, "The route left the configuration: its worker stopped after its attempts in flight; its backlog stays in the store.");
+                    tracing::info!(route = %self.name, "The route was removed or disabled by a reload: its worker stopped after its attempts in flight; its backlog stays in the store.");
                 }
                 return;
             }
