@@ -13,7 +13,7 @@ use axum::{
     http::{StatusCode, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
@@ -21,6 +21,7 @@ use serde_json::json;
 use crate::{
     auth,
     drift::MAX_ROWS_PER_SOURCE,
+    config::ConfigErrors,
     http::{cut, error_response},
     ingress::{self, IngressError, OnReject},
     server::App,
@@ -33,6 +34,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/routes", get(routes))
         .route("/v1/admin/routes/{name}/pause", post(pause))
         .route("/v1/admin/routes/{name}/resume", post(resume))
+        .route("/v1/admin/routes/{name}/backlog", delete(discard_backlog))
+        .route("/v1/admin/reload", post(reload))
         .route("/v1/admin/dead-letters", get(dead_letters))
         .route("/v1/admin/dead-letters/replay", post(replay_dead_letters))
         .route("/v1/admin/dead-letters/{id}", get(dead_letter))
@@ -53,6 +56,10 @@ enum AdminError {
     Unauthorized,
     NotFound(String),
     BadRequest(String),
+    /// 409: the request does not fit the running configuration.
+    Conflict(String),
+    /// 422: the configuration file has errors; the running configuration stays.
+    InvalidConfig(ConfigErrors),
     Store(StoreError),
     /// A bulk operation stopped part-way because the store failed: what was done before.
     Interrupted {
@@ -115,6 +122,17 @@ impl IntoResponse for AdminError {
             ),
             AdminError::NotFound(what) => error_response::<()>(StatusCode::NOT_FOUND, "not_found", &what, &[]),
             AdminError::BadRequest(why) => error_response::<()>(StatusCode::BAD_REQUEST, "bad_request", &why, &[]),
+            AdminError::Conflict(why) => error_response::<()>(StatusCode::CONFLICT, "conflict", &why, &[]),
+            AdminError::InvalidConfig(errors) => {
+                let details: Vec<_> =
+                    errors.errors.iter().map(|e| json!({ "key": e.key, "message": e.message })).collect();
+                let message = format!(
+                    "{} has {} problem(s); nothing was applied and the running configuration stays",
+                    errors.path.display(),
+                    errors.errors.len()
+                );
+                error_response(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", &message, &details)
+            }
             AdminError::Store(e) => {
                 tracing::error!(error = %e, "Admin request failed in the store.");
                 error_response::<()>(
@@ -140,10 +158,13 @@ impl IntoResponse for AdminError {
 }
 
 async fn require_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    let Some(token) = &app.config.admin.token else { return AdminError::Disabled.into_response() };
+    // The running configuration's token: a reload rotates it.
+    let config = app.config.load();
+    let Some(token) = &config.admin.token else { return AdminError::Disabled.into_response() };
     if !auth::bearer_matches(request.headers(), token) {
         return AdminError::Unauthorized.into_response();
     }
+    drop(config);
     next.run(request).await
 }
 
@@ -200,22 +221,28 @@ fn parse_since(text: &str) -> Result<Millis, AdminError> {
 async fn routes(State(app): State<Arc<App>>) -> Result<Response, AdminError> {
     let counts = app.store.counts().await?;
     let paused = app.store.paused().await?;
-    let mut names: BTreeSet<&String> = app.config.routes.keys().collect();
+    let running = app.config.load_full();
+    let mut names: BTreeSet<&String> = running.routes.keys().collect();
     names.extend(counts.backlog.keys());
     names.extend(counts.dead.keys());
     let list: Vec<_> = names
         .into_iter()
         .map(|name| {
-            let config = app.config.routes.get(name);
+            let config = running.routes.get(name);
             let pause = paused.iter().find(|p| &p.route == name);
+            let backlog = counts.backlog.get(name).copied().unwrap_or(0);
+            let enabled = config.is_some_and(|c| c.enabled);
             json!({
                 "name": name,
                 "configured": config.is_some(),
-                "enabled": config.is_some_and(|c| c.enabled),
+                "enabled": enabled,
+                // Waiting for a route this gateway does not deliver (removed or disabled): kept
+                // until the route returns or an operator discards it.
+                "orphaned": backlog > 0 && !enabled,
                 "paused": pause.is_some(),
                 "paused_since": pause.map(|p| &p.since),
                 "paused_reason": pause.map(|p| &p.reason),
-                "backlog": counts.backlog.get(name).copied().unwrap_or(0),
+                "backlog": backlog,
                 "dead_letters": counts.dead.get(name).copied().unwrap_or(0),
             })
         })
@@ -232,13 +259,41 @@ async fn resume(State(app): State<Arc<App>>, AdminPath(name): AdminPath<String>)
 }
 
 async fn set_paused(app: &App, name: &str, paused: bool) -> Result<Response, AdminError> {
-    if !app.config.routes.contains_key(name) {
+    if !app.config.load().routes.contains_key(name) {
         return Err(AdminError::NotFound(format!("no route named `{}`", cut(name, ECHO))));
     }
     // The store tells every worker (of every replica) through its notices.
     app.store.set_paused(name, paused.then_some("paused by an operator"), now_ms()).await?;
     tracing::info!(route = %name, paused, "Route pause changed by an operator.");
     Ok(Json(json!({ "route": name, "paused": paused })).into_response())
+}
+
+/// `DELETE /v1/admin/routes/{name}/backlog`: drops the waiting deliveries of a route this
+/// gateway no longer delivers (removed from the configuration, or disabled). Deliveries in
+/// flight finish; dead letters stay.
+async fn discard_backlog(
+    State(app): State<Arc<App>>,
+    AdminPath(name): AdminPath<String>,
+) -> Result<Response, AdminError> {
+    let enabled = app.config.load().routes.get(&name).is_some_and(|r| r.enabled);
+    if enabled || app.dispatcher.delivers(&name) {
+        return Err(AdminError::Conflict(format!(
+            "route `{}` is configured and delivering; remove it from the configuration (or disable it) and reload first",
+            cut(&name, ECHO)
+        )));
+    }
+    let discarded = app.store.discard_backlog(&name, now_ms()).await?;
+    let left = app.store.counts().await?.backlog.get(&name).copied().unwrap_or(0);
+    tracing::warn!(route = %name, discarded, left, "An operator discarded the backlog of a route that is not delivered.");
+    Ok(Json(json!({ "route": name, "discarded": discarded, "backlog": left })).into_response())
+}
+
+/// `POST /v1/admin/reload`: reads the configuration file again and applies it (as SIGHUP).
+async fn reload(State(app): State<Arc<App>>) -> Result<Response, AdminError> {
+    match crate::reload::reload(&app, "admin API").await {
+        Ok(changes) => Ok(Json(changes).into_response()),
+        Err(errors) => Err(AdminError::InvalidConfig(errors)),
+    }
 }
 
 async fn dead_letters(
@@ -365,7 +420,9 @@ async fn replay_quarantine_matching(app: &App, filter: &Filter, most: usize) -> 
                 return Ok(replay);
             }
             after = Some(id);
-            let result = ingress::accept(app, &source, body.into(), chrono::Utc::now(), OnReject::Report).await;
+            let config = app.config.load_full();
+            let result =
+                ingress::accept(app, &config, &source, body.into(), chrono::Utc::now(), OnReject::Report).await;
             let entry = match result {
                 Ok((outcome, ids)) => {
                     app.store.release_quarantined(id).await.map_err(|e| interrupted(&replay, e))?;

@@ -50,7 +50,14 @@ impl Client {
             Ok(body)
         } else {
             let message = body["error"]["message"].as_str().unwrap_or("no detail");
-            Err(format!("{status}: {message}"))
+            let mut text = format!("{status}: {message}");
+            // Keyed details (a rejected configuration's errors), one per line.
+            for detail in body["error"]["details"].as_array().into_iter().flatten() {
+                if let (Some(key), Some(problem)) = (detail["key"].as_str(), detail["message"].as_str()) {
+                    let _ = write!(text, "\n  - {key}: {problem}");
+                }
+            }
+            Err(text)
         }
     }
 }

@@ -258,7 +258,7 @@ pub struct DeliveryConfig {
 }
 
 /// `[sources.NAME]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub vendor: Vendor,
     /// Region for national-format phone numbers (`KR`, `UZ`…).
@@ -277,7 +277,7 @@ pub const DEFAULT_INBOUND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `[sources.NAME.inbound]`: how `POST /v1/inbound/NAME` finds the variables of a call about
 /// to start.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct InboundConfig {
     /// Where the `call.inbound_lookup` CloudEvent is posted (the CRM's endpoint).
     pub url: reqwest::Url,
@@ -346,8 +346,9 @@ pub enum HmacEncoding {
     Base64,
 }
 
-/// `[routes.NAME]`.
-#[derive(Clone)]
+/// `[routes.NAME]`. A reload compares whole `RouteConfig`s (`PartialEq`), so every key
+/// added here is picked up by a reload without further code.
+#[derive(Clone, PartialEq)]
 pub struct RouteConfig {
     pub url: reqwest::Url,
     /// Glob patterns over canonical types (`call.*`, `transcript.final`).

@@ -7,7 +7,8 @@
 //! [`vendors`] (schema validation + mapping, pure) → [`canonical`] (the event model) →
 //! [`store`] (durable SQLite outbox) → [`delivery`] (routes, retries, dead letters).
 //! [`drift`] sums what payloads show that the mapping does not know, for the drift report.
-//! [`config`], [`telemetry`] and [`server`] wire it together; `main.rs` is the CLI.
+//! [`config`], [`telemetry`] and [`server`] wire it together, [`reload`] swaps in a new
+//! configuration while running; `main.rs` is the CLI.
 
 pub mod admin;
 pub mod admin_client;
@@ -19,6 +20,7 @@ pub mod drift;
 pub mod http;
 pub mod ingress;
 pub mod receiver;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod telemetry;

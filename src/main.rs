@@ -85,7 +85,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// List routes with their backlog, or pause and resume one (through the admin API).
+    /// Make the running gateway read its configuration file again (as SIGHUP does) and print
+    /// what changed, or every error of a file it rejected (through the admin API).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List routes with their backlog, pause and resume one, or discard the backlog of a route
+    /// no longer configured (through the admin API).
     Routes {
         #[command(subcommand)]
         action: RouteAction,
@@ -198,8 +205,16 @@ enum Action {
 #[derive(Subcommand)]
 enum RouteAction {
     List,
-    Pause { name: String },
-    Resume { name: String },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Delete the waiting deliveries of a route removed from the configuration (or disabled).
+    DiscardBacklog {
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -216,6 +231,7 @@ fn main() -> ExitCode {
         Command::Quarantine { action, admin } => operate(admin, Target::Quarantine(action)),
         Command::Routes { action, admin } => operate(admin, Target::Routes(action)),
         Command::Drift { source, since, limit, admin } => operate(admin, Target::Drift { source, since, limit }),
+        Command::Reload { admin } => operate(admin, Target::Reload),
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
         Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
     }
@@ -321,6 +337,7 @@ enum Target {
     Quarantine(Action),
     Routes(RouteAction),
     Drift { source: Option<String>, since: Option<String>, limit: usize },
+    Reload,
 }
 
 /// Runs an operator command against the admin API and prints the answer.
@@ -375,6 +392,7 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
         Target::Quarantine(_) => ("/v1/admin/quarantine", "source"),
         Target::Routes(_) => ("/v1/admin/routes", ""),
         Target::Drift { .. } => ("/v1/admin/drift", "source"),
+        Target::Reload => ("/v1/admin/reload", ""),
     };
     match target {
         Target::DeadLetters(action) | Target::Quarantine(action) => match action {
@@ -466,6 +484,7 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
                     ("ENABLED", "enabled"),
                     ("PAUSED", "paused"),
                     ("BACKLOG", "backlog"),
+                    ("ORPHANED", "orphaned"),
                     ("DEAD LETTERS", "dead_letters"),
                     ("PAUSED REASON", "paused_reason"),
                 ],
@@ -477,6 +496,10 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
         Target::Routes(RouteAction::Resume { name }) => {
             client.call(Method::POST, &format!("{path}/{name}/resume"), &[]).await.map(pretty)
         }
+        Target::Routes(RouteAction::DiscardBacklog { name }) => {
+            client.call(Method::DELETE, &format!("{path}/{name}/backlog"), &[]).await.map(pretty)
+        }
+        Target::Reload => client.call(Method::POST, path, &[]).await.map(pretty),
     }
 }
 

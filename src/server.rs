@@ -2,6 +2,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use axum::{
     Router,
     extract::State,
@@ -31,8 +32,11 @@ use crate::{
 
 /// State shared by every request handler.
 pub struct App {
-    /// The validated configuration, immutable while running.
-    pub config: Arc<Config>,
+    /// The running configuration: each request takes one snapshot (`load_full`) and keeps it
+    /// to the end; a reload (`reload::reload`) swaps in a whole new one.
+    pub config: ArcSwap<Config>,
+    /// Held by the reload in progress: two reloads never interleave.
+    pub reloading: tokio::sync::Mutex<()>,
     /// Where accepted payloads, deliveries and the quarantine live.
     pub store: Arc<dyn Store>,
     /// Wakes route workers after a commit adds deliveries.
@@ -110,7 +114,8 @@ pub async fn run(
     let (drift_stop, drift_stopped) = tokio::sync::oneshot::channel::<()>();
     let drift_writer = tokio::spawn(drift.clone().run(async move { drop(drift_stopped.await) }));
     let app = Arc::new(App {
-        config: config.clone(),
+        config: ArcSwap::new(config.clone()),
+        reloading: tokio::sync::Mutex::new(()),
         store: store.clone(),
         dispatcher,
         metrics: metrics.clone(),
@@ -128,6 +133,7 @@ pub async fn run(
         }
     });
     let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
+    let hangups = tokio::spawn(reload_on_sighup(app.clone())?);
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let limits = crate::http::Limits {
@@ -178,12 +184,35 @@ pub async fn run(
     if tokio::time::timeout(grace, drift_writer).await.is_err() {
         tracing::warn!("The last vendor drift counts were not written within the grace period.");
     }
+    hangups.abort();
+    let _ = hangups.await; // drops its `App`, so the dispatcher below can be taken
     match Arc::try_unwrap(app) {
         Ok(app) => app.dispatcher.shutdown(grace).await,
         Err(_) => tracing::warn!("Request handlers outlived the grace period; deliveries stop with the process."),
     }
     tracing::info!("callgate stopped.");
     Ok(())
+}
+
+/// Reloads the configuration on every SIGHUP. Installed before the gateway says it listens,
+/// so a SIGHUP from then on never takes the default action (ending the process).
+#[cfg(unix)]
+fn reload_on_sighup(app: Arc<App>) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("listening for SIGHUP: {e}"))?;
+    Ok(async move {
+        while hangups.recv().await.is_some() {
+            // The outcome is logged and counted by the reload itself.
+            let _ = crate::reload::reload(&app, "SIGHUP").await;
+        }
+    })
+}
+
+/// Without SIGHUP, `POST /v1/admin/reload` is the only way to reload.
+#[cfg(not(unix))]
+fn reload_on_sighup(app: Arc<App>) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    drop(app);
+    Ok(std::future::pending())
 }
 
 /// Deletes what retention and the redelivery window allow, at start and then every
@@ -230,7 +259,8 @@ async fn prune_forever(store: Arc<dyn Store>, config: Arc<Config>) {
 }
 
 fn ingress_router(app: Arc<App>) -> Router {
-    let timeout = app.config.server.request_timeout;
+    // `[server]` needs a restart: the snapshot taken at start is the one in force.
+    let timeout = app.config.load().server.request_timeout;
     Router::new()
         .route("/v1/ingest/{source}", post(ingress::ingest))
         .route("/v1/inbound/{source}", post(ingress::inbound::inbound))
@@ -260,7 +290,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Ok(counts) = app.store.counts().await {
-        telemetry::set_store_gauges(app.config.routes.keys(), &counts);
+        telemetry::set_store_gauges(app.config.load().routes.keys(), &counts);
     }
     ([("content-type", "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }

@@ -2,7 +2,10 @@
 //! values come from closed sets (source and route names from the config, fixed outcomes),
 //! never from request data.
 
-use std::sync::OnceLock;
+use std::{
+    collections::BTreeSet,
+    sync::{Mutex, OnceLock},
+};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -27,6 +30,7 @@ pub const VENDOR_DRIFT: &str = "callgate_vendor_drift_total";
 pub const INBOUND_REQUESTS: &str = "callgate_inbound_requests_total";
 pub const INBOUND_DURATION: &str = "callgate_inbound_duration_seconds";
 pub const DEDUP_FALLBACKS: &str = "callgate_dedup_body_fallbacks_total";
+pub const CONFIG_RELOADS: &str = "callgate_config_reloads_total";
 
 /// Histogram buckets (seconds) for both latency series.
 const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -83,6 +87,24 @@ impl InboundOutcome {
             InboundOutcome::Failed => "failed",
             InboundOutcome::Malformed => "malformed",
             InboundOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// Reload outcomes, the `outcome` label of `callgate_config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The file was valid and its reloadable parts now run.
+    Applied,
+    /// The file had errors; the running configuration stays.
+    Rejected,
+}
+
+impl ReloadOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Applied => "applied",
+            ReloadOutcome::Rejected => "rejected",
         }
     }
 }
@@ -155,6 +177,14 @@ fn describe() {
         DEDUP_FALLBACKS,
         "Payloads of a `dedup = \"event\"` source keyed by their body because they lack their event identity fields, by source and vendor."
     );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads (SIGHUP or POST /v1/admin/reload) by outcome: applied, or rejected with the running configuration kept."
+    );
+}
+
+pub fn config_reload(outcome: ReloadOutcome) {
+    counter!(CONFIG_RELOADS, "outcome" => outcome.as_str()).increment(1);
 }
 
 pub fn ingress(source: &str, vendor: &str, outcome: IngressOutcome, seconds: f64) {
@@ -202,15 +232,22 @@ pub fn route_paused(route: &str, paused: bool) {
     gauge!(ROUTE_PAUSED, "route" => route.to_owned()).set(if paused { 1.0 } else { 0.0 });
 }
 
+/// Routes whose store gauges were ever set: a route removed by a reload whose backlog was then
+/// discarded is in neither the configuration nor the counts, and its gauges must still drop
+/// to zero rather than keep their last value. Bounded by the route names ever configured.
+static GAUGED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
 /// Sets the backlog and dead-letter gauges from the store's counts, for every known route
 /// (zero when the store has none), so the gauges always equal the store.
 pub fn set_store_gauges<'a>(routes: impl IntoIterator<Item = &'a String>, counts: &Counts) {
-    let mut names: Vec<&String> = routes.into_iter().collect();
-    names.extend(counts.backlog.keys());
-    names.extend(counts.dead.keys());
-    names.sort();
-    names.dedup();
-    for route in names {
+    let mut names: BTreeSet<String> = routes.into_iter().cloned().collect();
+    names.extend(counts.backlog.keys().cloned());
+    names.extend(counts.dead.keys().cloned());
+    if let Ok(mut gauged) = GAUGED.lock() {
+        gauged.extend(names.iter().cloned());
+        names.clone_from(&gauged);
+    }
+    for route in &names {
         gauge!(BACKLOG, "route" => route.clone()).set(counts.backlog.get(route).copied().unwrap_or(0) as f64);
         gauge!(DEAD_LETTERS, "route" => route.clone()).set(counts.dead.get(route).copied().unwrap_or(0) as f64);
     }

@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use reqwest::{
     StatusCode,
     header::{self, HeaderMap, HeaderName, HeaderValue},
@@ -47,19 +48,62 @@ const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(6 * 3600);
 
 /// The delivery side of a running gateway: a worker per enabled route, woken by the store's
-/// notices (ingress and the admin API only talk to the store).
+/// notices (ingress and the admin API only talk to the store). [`Dispatcher::reconfigure`]
+/// starts, retires and re-dresses workers when a reload changes the routes.
 pub struct Dispatcher {
-    tasks: JoinSet<()>,
+    workers: std::sync::Mutex<Workers>,
+    /// What the relay wakes, by route: the enabled routes of the running configuration.
+    handles: Handles,
+    client: reqwest::Client,
+    store: Arc<dyn Store>,
+    /// `[delivery]` and the grace period (restart-only keys): the same for every worker.
+    settings: Settings,
     stop: CancellationToken,
+}
+
+type Handles = Arc<std::sync::RwLock<BTreeMap<String, Arc<RouteHandle>>>>;
+
+/// The settings every worker shares.
+#[derive(Clone, Copy)]
+struct Settings {
+    concurrency: usize,
+    grace: Duration,
+    lease_margin: Duration,
+}
+
+#[derive(Default)]
+struct Workers {
+    /// Every worker task (running or draining after its route was removed) and the relay.
+    tasks: JoinSet<()>,
+    /// The worker of each enabled route.
+    running: BTreeMap<String, Running>,
+}
+
+/// A running worker, as a reload reaches it.
+struct Running {
+    /// Its route's settings: swapped by a reload, read at each claim.
+    route: Arc<ArcSwap<RouteRuntime>>,
+    /// Cancelled when the route is removed or disabled: the worker claims nothing more and
+    /// ends once its attempts in flight have recorded their outcomes.
+    retire: CancellationToken,
+}
+
+/// What a reload changed on the delivery side, by route name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    pub started: Vec<String>,
+    pub retired: Vec<String>,
+    pub updated: Vec<String>,
 }
 
 /// Passes the store's notices on to the route workers until `stop`.
 async fn relay(
     mut notices: broadcast::Receiver<Notice>,
-    routes: Arc<BTreeMap<String, Arc<RouteHandle>>>,
+    routes: Handles,
     store: Arc<dyn Store>,
     stop: CancellationToken,
 ) {
+    let handle = |route: &str| routes.read().ok().and_then(|r| r.get(route).cloned());
     loop {
         let notice = tokio::select! {
             notice = notices.recv() => notice,
@@ -67,13 +111,13 @@ async fn relay(
         };
         match notice {
             Ok(Notice::Due(route)) => {
-                if let Some(handle) = routes.get(&route) {
+                if let Some(handle) = handle(&route) {
                     handle.notify.notify_one();
                 }
             }
             Ok(Notice::Paused { route, paused }) => {
                 telemetry::route_paused(&route, paused);
-                if let Some(handle) = routes.get(&route) {
+                if let Some(handle) = handle(&route) {
                     if !paused {
                         handle.failing.store(0, Ordering::Relaxed);
                     }
@@ -83,9 +127,15 @@ async fn relay(
             // Something may have been missed: every worker looks again, and the pause gauges
             // are read again from the store (a pause or resume may have been among it).
             Ok(Notice::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                routes.values().for_each(|handle| handle.notify.notify_one());
+                let names: Vec<String> = match routes.read() {
+                    Ok(routes) => {
+                        routes.values().for_each(|handle| handle.notify.notify_one());
+                        routes.keys().cloned().collect()
+                    }
+                    Err(_) => Vec::new(),
+                };
                 if let Ok(paused) = store.paused().await {
-                    for route in routes.keys() {
+                    for route in &names {
                         telemetry::route_paused(route, paused.iter().any(|p| &p.route == route));
                     }
                 }
@@ -114,43 +164,113 @@ impl Dispatcher {
         // Subscribed before anything is read, so no notice falls between the two.
         let notices = store.notices();
         let paused: Vec<String> = store.paused().await?.into_iter().map(|p| p.route).collect();
-        let stop = CancellationToken::new();
-        let mut routes = BTreeMap::new();
-        let mut tasks = JoinSet::new();
-        for (name, route) in config.routes.iter().filter(|(_, r)| r.enabled) {
-            let handle = Arc::new(RouteHandle { notify: Notify::new(), failing: AtomicU32::new(0) });
-            if paused.contains(name) {
-                tracing::warn!(route = %name, "Route is paused; resume it with `callgate routes resume {name}`.");
-            }
-            telemetry::route_paused(name, paused.contains(name));
-            routes.insert(name.clone(), handle.clone());
-            let worker = Worker {
-                name: name.clone(),
-                route: Arc::new(RouteRuntime::new(name, route)),
-                handle,
-                store: store.clone(),
-                client: client.clone(),
+        let dispatcher = Dispatcher {
+            workers: std::sync::Mutex::new(Workers::default()),
+            handles: Handles::default(),
+            client,
+            store: store.clone(),
+            settings: Settings {
                 concurrency: config.delivery.concurrency,
                 grace: config.server.shutdown_grace,
                 lease_margin: config.delivery.lease_margin,
-                stop: stop.clone(),
-            };
-            tasks.spawn(worker.run());
+            },
+            stop: CancellationToken::new(),
+        };
+        {
+            let mut workers = dispatcher.workers.lock().map_err(|_| anyhow::anyhow!("dispatcher lock poisoned"))?;
+            for (name, route) in config.routes.iter().filter(|(_, r)| r.enabled) {
+                dispatcher.spawn_worker(&mut workers, name, route, paused.contains(name));
+            }
+            workers.tasks.spawn(relay(notices, dispatcher.handles.clone(), store, dispatcher.stop.clone()));
         }
-        let routes = Arc::new(routes);
-        tasks.spawn(relay(notices, routes.clone(), store.clone(), stop.clone()));
-        Ok(Dispatcher { tasks, stop })
+        Ok(dispatcher)
+    }
+
+    fn spawn_worker(&self, workers: &mut Workers, name: &str, route: &RouteConfig, paused: bool) {
+        let handle = Arc::new(RouteHandle { notify: Notify::new(), failing: AtomicU32::new(0) });
+        if paused {
+            tracing::warn!(route = %name, "Route is paused; resume it with `callgate routes resume {name}`.");
+        }
+        telemetry::route_paused(name, paused);
+        if let Ok(mut handles) = self.handles.write() {
+            handles.insert(name.to_owned(), handle.clone());
+        }
+        let runtime = Arc::new(ArcSwap::from_pointee(RouteRuntime::new(name, route)));
+        let retire = self.stop.child_token();
+        let worker = Worker {
+            name: name.to_owned(),
+            route: runtime.clone(),
+            handle,
+            store: self.store.clone(),
+            client: self.client.clone(),
+            concurrency: self.settings.concurrency,
+            grace: self.settings.grace,
+            lease_margin: self.settings.lease_margin,
+            stop: self.stop.clone(),
+            retire: retire.clone(),
+        };
+        workers.tasks.spawn(worker.run());
+        workers.running.insert(name.to_owned(), Running { route: runtime, retire });
+    }
+
+    /// Brings the workers in line with `config`'s enabled routes: a new route gets a worker; a
+    /// removed (or disabled) route's worker claims nothing more and ends once its attempts in
+    /// flight have recorded their outcomes under the settings they were sent with (its
+    /// deliveries stay in the store); a changed route's worker uses the new settings from its
+    /// next claim on. No delivery is lost or sent twice: every one is leased in the store.
+    pub async fn reconfigure(&self, config: &Config) -> Reconfigured {
+        let wanted: BTreeMap<&String, &RouteConfig> = config.routes.iter().filter(|(_, r)| r.enabled).collect();
+        // Read before the lock (a new route's pause gauge); a failure only costs the warning.
+        let paused: Vec<String> =
+            self.store.paused().await.map(|p| p.into_iter().map(|p| p.route).collect()).unwrap_or_default();
+        let mut done = Reconfigured::default();
+        let Ok(mut workers) = self.workers.lock() else { return done };
+        let gone: Vec<String> = workers.running.keys().filter(|n| !wanted.contains_key(n)).cloned().collect();
+        for name in gone {
+            if let Some(running) = workers.running.remove(&name) {
+                running.retire.cancel();
+            }
+            if let Ok(mut handles) = self.handles.write() {
+                handles.remove(&name);
+            }
+            done.retired.push(name);
+        }
+        for (name, route) in wanted {
+            match workers.running.get(name) {
+                Some(running) if running.route.load().config == *route => {}
+                Some(running) => {
+                    running.route.store(Arc::new(RouteRuntime::new(name, route)));
+                    done.updated.push(name.clone());
+                }
+                None => {
+                    self.spawn_worker(&mut workers, name, route, paused.contains(name));
+                    done.started.push(name.clone());
+                }
+            }
+        }
+        // Workers of removed routes that have finished.
+        while workers.tasks.try_join_next().is_some() {}
+        done
+    }
+
+    /// Whether a worker delivers `route` in this process now.
+    pub fn delivers(&self, route: &str) -> bool {
+        self.workers.lock().is_ok_and(|w| w.running.contains_key(route))
     }
 
     /// Stops taking new deliveries and waits up to the grace period for in-flight attempts;
     /// each worker then gives the leases of what is not finished back to the store, so it is
     /// claimed again at once (here after a restart, or by another replica).
-    pub async fn shutdown(mut self, grace: Duration) {
+    pub async fn shutdown(self, grace: Duration) {
         self.stop.cancel();
-        let all = async { while self.tasks.join_next().await.is_some() {} };
+        let mut tasks = match self.workers.lock() {
+            Ok(mut workers) => std::mem::take(&mut workers.tasks),
+            Err(_) => return,
+        };
+        let all = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace + RELEASE_WAIT, all).await.is_err() {
             tracing::warn!(grace = ?grace, "Deliveries still in flight at the end of the grace period; they will be retried after restart.");
-            self.tasks.abort_all();
+            tasks.abort_all();
         }
     }
 }
@@ -310,7 +430,8 @@ impl RouteRuntime {
 
 struct Worker {
     name: String,
-    route: Arc<RouteRuntime>,
+    /// The route's current settings; each attempt keeps the ones it was claimed with.
+    route: Arc<ArcSwap<RouteRuntime>>,
     handle: Arc<RouteHandle>,
     store: Arc<dyn Store>,
     client: reqwest::Client,
@@ -320,7 +441,11 @@ struct Worker {
     grace: Duration,
     /// What a lease lasts beyond the route's timeout (`delivery.lease_margin`).
     lease_margin: Duration,
+    /// The gateway shuts down: in-flight attempts get the grace period, then are cut off.
     stop: CancellationToken,
+    /// The route left the configuration (or the gateway shuts down: a child of `stop`): claim
+    /// nothing more, and end once every attempt in flight has recorded its outcome.
+    retire: CancellationToken,
 }
 
 impl Worker {
@@ -345,11 +470,13 @@ impl Worker {
             // Refill in batches: asking the store for one delivery per completion would cost a
             // query per delivery under load.
             let worth_asking = free > 0 && (attempts.is_empty() || free >= limit.div_ceil(4));
-            if worth_asking && !self.stop.is_cancelled() {
+            if worth_asking && !self.retire.is_cancelled() {
                 let now = now_ms();
+                // The settings of this claim's attempts, whatever a reload does meanwhile.
+                let route = self.route.load_full();
                 // The attempt always ends (reqwest's total timeout) before the lease does, so no
                 // other replica takes a delivery over while it is still being sent.
-                let lease_until = now + (self.route.config.timeout + self.lease_margin).as_millis() as Millis;
+                let lease_until = now + (route.config.timeout + self.lease_margin).as_millis() as Millis;
                 match self.store.claim(&self.name, now, free, lease_until).await {
                     // Paused (on any replica): the resume notice wakes us; MAX_IDLE otherwise.
                     Ok(Claimed { paused: true, .. }) => backoff = Duration::from_millis(100),
@@ -358,12 +485,8 @@ impl Worker {
                         let exhausted = deliveries.len() < free;
                         for delivery in deliveries {
                             let lease = (delivery.id, delivery.lease);
-                            let handle = attempts.spawn(send(
-                                self.client.clone(),
-                                self.route.clone(),
-                                self.handle.clone(),
-                                delivery,
-                            ));
+                            let handle =
+                                attempts.spawn(send(self.client.clone(), route.clone(), self.handle.clone(), delivery));
                             leases.insert(handle.id(), lease);
                         }
                         idle_for = if exhausted { self.idle_time(now).await } else { Duration::ZERO };
@@ -375,10 +498,13 @@ impl Worker {
                     }
                 }
             }
-            if self.stop.is_cancelled() {
-                if attempts.is_empty() && recording.is_empty() {
-                    return;
+            if self.retire.is_cancelled() && attempts.is_empty() && recording.is_empty() {
+                if !self.stop.is_cancelled() {
+                    tracing::info!(route = %self.name, "The route was removed or disabled by a reload: its worker stopped after its attempts in flight; its backlog stays in the store.");
                 }
+                return;
+            }
+            if self.stop.is_cancelled() {
                 let cut_off_at = *cut_off_at.get_or_insert_with(|| tokio::time::Instant::now() + self.grace);
                 if tokio::time::Instant::now() >= cut_off_at {
                     attempts.abort_all();
@@ -416,7 +542,7 @@ impl Worker {
                                 if sent.gone {
                                     tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name);
                                 }
-                                let handle = recording.spawn(record(self.route.clone(), self.store.clone(), sent));
+                                let handle = recording.spawn(record(self.name.clone(), self.store.clone(), sent));
                                 if let Some(lease) = lease {
                                     leases.insert(handle.id(), lease);
                                 }
@@ -443,8 +569,9 @@ impl Worker {
                     }
                 }
                 () = cut_off => {}
-                _ = self.handle.notify.notified(), if !self.stop.is_cancelled() => {}
-                _ = tokio::time::sleep(idle_for), if !self.stop.is_cancelled() => {}
+                _ = self.handle.notify.notified(), if !self.retire.is_cancelled() => {}
+                _ = tokio::time::sleep(idle_for), if !self.retire.is_cancelled() => {}
+                _ = self.retire.cancelled(), if !self.retire.is_cancelled() => {}
                 _ = self.stop.cancelled(), if !self.stop.is_cancelled() => {}
             }
         }
@@ -533,8 +660,8 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
 
 /// Records an answered attempt's outcome, retrying until the store takes it. The call's next
 /// event is claimable only once it is recorded (the lease holds it back until then).
-async fn record(route: Arc<RouteRuntime>, store: Arc<dyn Store>, sent: Sent) {
-    let name = &route.name;
+async fn record(name: String, store: Arc<dyn Store>, sent: Sent) {
+    let name = &name;
     let Sent { outcome, event_id, counted, seconds, .. } = sent;
     let mut wait = Duration::from_millis(50);
     let completed = loop {

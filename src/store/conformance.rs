@@ -337,6 +337,30 @@ pub(crate) async fn released_leases_are_claimable_at_once_and_stale_ones_change_
     assert_eq!(claim(store, "r", now, 10).await[0].event_id, "b");
 }
 
+pub(crate) async fn a_discarded_backlog_is_gone_but_leased_rows_and_other_routes_stay(h: &dyn Harness) {
+    let owned = h.open().await;
+    let store = &*owned;
+    let now = now_ms();
+    store
+        .ingest(ingest("vox", "1", &[("a", "x", &["gone", "kept"]), ("b", "y", &["gone"]), ("c", "z", &["gone"])]))
+        .await
+        .unwrap();
+    let in_flight = claim(store, "gone", now, 1).await;
+    assert_eq!(in_flight.len(), 1);
+    assert_eq!(store.discard_backlog("gone", now).await.unwrap(), 2, "all but the leased row");
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.backlog.get("gone"), counts.backlog.get("kept")), (Some(&1), Some(&1)));
+    assert!(claim(store, "gone", now, 10).await.is_empty(), "nothing discarded is claimable");
+    // The attempt in flight records its outcome as usual.
+    assert_eq!(store.complete(vec![delivered(&in_flight[0])], now).await.unwrap().stale, 0);
+    assert_eq!(store.counts().await.unwrap().backlog.get("gone"), None);
+    assert_eq!(store.discard_backlog("gone", now).await.unwrap(), 0);
+    assert_eq!(claim(store, "kept", now, 10).await[0].event_id, "a", "another route's deliveries stay");
+    drop(owned);
+    let reopened = h.open().await;
+    assert_eq!(reopened.counts().await.unwrap().backlog.get("gone"), None, "the discard was durable");
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -366,6 +390,7 @@ macro_rules! all_checks {
             counts_follow_every_change_and_survive_reopening,
             released_leases_are_claimable_at_once_and_stale_ones_change_nothing,
             drift_adds_up_across_stores_and_each_source_is_capped,
+            a_discarded_backlog_is_gone_but_leased_rows_and_other_routes_stay,
         );
     };
 }

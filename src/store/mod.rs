@@ -411,6 +411,12 @@ pub trait Store: Send + Sync + 'static {
     /// lease already taken over is left alone. Sends [`Notice::Due`] for their routes.
     async fn release(&self, leases: Vec<(i64, Lease)>) -> Result<(), StoreError>;
 
+    /// Deletes the waiting deliveries of `route` (the backlog a route removed from the
+    /// configuration left behind), except those leased at `now`: an attempt in flight on any
+    /// replica finishes and records its outcome. Dead letters stay. Returns how many were
+    /// deleted; [`Store::counts`] drops by as many.
+    async fn discard_backlog(&self, route: &str, now: Millis) -> Result<usize, StoreError>;
+
     /// Backlog and dead letters per route, straight from the store (every replica agrees).
     async fn counts(&self) -> Result<Counts, StoreError>;
 

@@ -1163,6 +1163,19 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn discard_backlog(&self, route: &str, now: Millis) -> Result<usize, StoreError> {
+        // A row a claim is leasing right now is locked: the delete waits for that claim and
+        // then sees its live lease, so it never takes a row out from under an attempt.
+        let deleted = sqlx::query("DELETE FROM outbox WHERE route = $1 AND (lease_until IS NULL OR lease_until <= $2)")
+            .bind(route)
+            .bind(self.clock.on_db(now))
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        self.shared.counts_changed();
+        Ok(deleted as usize)
+    }
+
     async fn counts(&self) -> Result<Counts, StoreError> {
         if let Ok(cached) = self.shared.counts.lock()
             && let Some((at, counts)) = cached.as_ref()

@@ -834,6 +834,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn discard_backlog(&self, route: &str, now: Millis) -> Result<usize, StoreError> {
+        // Leases live in this process: the rows in flight are named to the statement.
+        let leased: Vec<i64> = {
+            let leases = self.leases.lock().map_err(|_| StoreError::Closed)?;
+            leases
+                .held
+                .iter()
+                .filter(|(_, h)| h.route == route && h.done.is_none() && h.until > now)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let leased = serde_json::to_string(&leased).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let route = route.to_owned();
+        self.write(move |tx, delta| {
+            let deleted = tx
+                .prepare_cached("DELETE FROM outbox WHERE route = ?1 AND id NOT IN (SELECT value FROM json_each(?2))")?
+                .execute(params![route, leased])?;
+            delta.backlog(&route, -(deleted as i64));
+            Ok(deleted)
+        })
+        .await
+    }
+
     async fn counts(&self) -> Result<Counts, StoreError> {
         self.counts.lock().map(|c| c.clone()).map_err(|_| StoreError::Closed)
     }

@@ -13,6 +13,7 @@ mod fuzz_regressions;
 mod golden;
 mod inbound;
 mod reliability;
+mod reload;
 mod retell;
 mod security;
 mod support;

@@ -21,6 +21,8 @@ mod golden;
 mod inbound;
 #[path = "../it/reliability.rs"]
 mod reliability;
+#[path = "../it/reload.rs"]
+mod reload;
 #[path = "../it/retell.rs"]
 mod retell;
 #[path = "../it/security.rs"]
@@ -31,4 +33,5 @@ mod support;
 // PostgreSQL only: several replicas on one database, and the database going away.
 mod cluster;
 mod outage;
+mod reload_replicas;
 mod replicas;
