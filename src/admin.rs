@@ -20,8 +20,8 @@ use serde_json::json;
 
 use crate::{
     auth,
-    drift::MAX_ROWS_PER_SOURCE,
     config::ConfigErrors,
+    drift::MAX_ROWS_PER_SOURCE,
     http::{cut, error_response},
     ingress::{self, IngressError, OnReject},
     server::App,
