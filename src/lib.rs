@@ -6,6 +6,7 @@
 //! The pipeline reads top to bottom: [`ingress`] (HTTP, auth, status codes) →
 //! [`vendors`] (schema validation + mapping, pure) → [`canonical`] (the event model) →
 //! [`store`] (durable SQLite outbox) → [`delivery`] (routes, retries, dead letters).
+//! [`tail`] streams accepted events and delivery outcomes live to operators.
 //! [`config`], [`telemetry`] and [`server`] wire it together; `main.rs` is the CLI.
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod ingress;
 pub mod receiver;
 pub mod server;
 pub mod store;
+pub mod tail;
 pub mod telemetry;
 pub mod vendor_client;
 pub mod vendors;

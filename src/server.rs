@@ -25,6 +25,7 @@ use crate::{
         postgres::{PgOptions, PostgresStore},
         sqlite::SqliteStore,
     },
+    tail::Tail,
     telemetry, vendors,
 };
 
@@ -44,6 +45,8 @@ pub struct App {
     pub offload: Offload,
     /// The lookups of the sources that answer an inbound webhook (`/v1/inbound`).
     pub lookups: ingress::inbound::Lookups,
+    /// The live tail (`/v1/admin/stream`): fed by ingress and the delivery workers.
+    pub tail: Arc<Tail>,
 }
 
 /// The listeners a gateway serves on.
@@ -102,7 +105,8 @@ pub async fn run(
     let config = Arc::new(config);
     let store = open_store(&config).await?;
     let metrics = telemetry::metrics_handle();
-    let dispatcher = Dispatcher::start(&config, store.clone()).await?;
+    let tail = Tail::start(&config, store.clone());
+    let dispatcher = Dispatcher::start(&config, store.clone(), tail.clone()).await?;
     let app = Arc::new(App {
         config: config.clone(),
         store: store.clone(),
@@ -111,6 +115,7 @@ pub async fn run(
         admission: Admission::new(&config),
         offload: Offload::per_core(),
         lookups: ingress::inbound::Lookups::new(&config)?,
+        tail: tail.clone(),
     });
 
     let upkeep = tokio::spawn(async move {
@@ -159,6 +164,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "Shutting down: no new requests; finishing in-flight work.");
     let _ = stop_tx.send(());
+    // Open live tails end now, or they would hold the drain for the whole grace period.
+    tail.close();
     let grace = config.server.shutdown_grace;
     let servers_done = async { while servers.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, servers_done).await.is_err() {

@@ -14,4 +14,5 @@ mod reliability;
 mod retell;
 mod security;
 mod support;
+mod tail;
 mod vendors_cli;
