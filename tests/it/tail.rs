@@ -291,6 +291,9 @@ async fn a_reader_that_stops_reading_is_dropped_with_a_notice_while_ingest_goes_
     // Room for a reader that keeps up on a busy machine; the one that stops reading fills it.
     let gateway = Gateway::start(dir.path(), &config(dir.path(), &receiver, BUFFER)).await;
     let mut stalled = stalled_reader(&gateway).await;
+    // `callgate tail` whose output nobody reads: it stops reading the stream once its pipe is full.
+    let (go, hold) = std::sync::mpsc::channel();
+    let cli = TailCli::start_held(&gateway, &[], Some(hold)).await;
     // A reader that keeps up sees everything, all along.
     let mut healthy = Stream::open(&gateway, "type=call.connected").await;
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -305,17 +308,18 @@ async fn a_reader_that_stops_reading_is_dropped_with_a_notice_while_ingest_goes_
             }
         })
     };
-    gateway.wait_metric("callgate_tail_readers", 2.0).await;
+    gateway.wait_metric("callgate_tail_readers", 3.0).await;
 
-    // Ingest goes on, answered as always, until the stalled reader's socket buffers and its
-    // place in the gateway are full and it is dropped.
+    // Ingest goes on, answered as always, until the stalled readers' pipe and socket buffers
+    // and their places in the gateway are full and they are dropped.
     let dropped = "callgate_tail_dropped_total{reason=\"slow\"}";
     let mut posted = Vec::new();
-    while metric_value(&gateway.metrics().await, dropped) == 0.0 {
-        assert!(posted.len() < 5000, "the stalled reader was never dropped");
-        for _ in 0..20 {
-            posted.push(post_id(&gateway, "oneinbox", call_body(&format!("s{}", posted.len()), false)).await);
-        }
+    while metric_value(&gateway.metrics().await, dropped) < 2.0 {
+        assert!(posted.len() < 20_000, "the stalled readers were never dropped");
+        let start = posted.len();
+        let bodies: Vec<String> = (start..start + 20).map(|n| call_body(&format!("s{n}"), false)).collect();
+        posted
+            .extend(futures_util::future::join_all(bodies.into_iter().map(|b| post_id(&gateway, "oneinbox", b))).await);
     }
     gateway.wait_metric("callgate_tail_readers", 1.0).await;
     assert!(gateway.logs().contains("A live tail reader fell behind and was dropped."));
@@ -331,7 +335,17 @@ async fn a_reader_that_stops_reading_is_dropped_with_a_notice_while_ingest_goes_
     assert!(last.contains(r#""reason":"slow""#) && last.contains(&format!("fell {BUFFER} messages behind")), "{last}");
     let got = text.matches("event: accepted").count();
     assert!(got < posted.len(), "it got {got} of {} events", posted.len());
-    eprintln!("the stalled reader was dropped after {} payloads; {got} of their events reached it", posted.len());
+    eprintln!(
+        "the stalled readers were dropped after {} payloads; {got} of their events reached the raw one",
+        posted.len()
+    );
+
+    // The command prints what reached it, then says it was dropped and exits 3.
+    go.send(()).unwrap();
+    cli.wait_stderr("callgate: the gateway dropped this tail: this reader fell").await;
+    let printed = cli.lines.try_iter().count();
+    assert!(printed > 0 && printed < 3 * posted.len(), "{printed} lines");
+    assert_eq!(cli.exit_code().await, Some(3));
 
     let deadline = Instant::now() + DEADLINE;
     while seen.lock().unwrap().len() < posted.len() {
@@ -343,7 +357,10 @@ async fn a_reader_that_stops_reading_is_dropped_with_a_notice_while_ingest_goes_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(*seen.lock().unwrap(), posted, "every event, in acceptance order");
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    posted.sort();
+    assert_eq!(seen, posted, "every event");
     reading.abort();
 }
 
@@ -356,6 +373,11 @@ struct TailCli {
 
 impl TailCli {
     async fn start(gateway: &Gateway, args: &[&str]) -> TailCli {
+        Self::start_held(gateway, args, None).await
+    }
+
+    /// With `hold`, its output is read only once `hold` says so.
+    async fn start_held(gateway: &Gateway, args: &[&str], hold: Option<std::sync::mpsc::Receiver<()>>) -> TailCli {
         let mut child = Command::new(binary())
             .arg("tail")
             .args(["--url", &gateway.ops_url(""), "--token", TOKEN])
@@ -367,6 +389,9 @@ impl TailCli {
         let (tx, lines) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
+            if let Some(hold) = hold {
+                let _ = hold.recv();
+            }
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
