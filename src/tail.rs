@@ -204,15 +204,18 @@ impl Tail {
     /// The tail of a gateway on `store`; on a store that other processes share, also its
     /// relay, heartbeat and listener tasks (they end with [`Tail::close`]).
     pub fn start(config: &Config, store: Arc<dyn Store>) -> Arc<Tail> {
-        let feed = store.tail_feed();
-        let (relay, relay_rx) = match feed {
-            Some(_) => {
-                let (tx, rx) = mpsc::channel(RELAY_QUEUE);
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        let tail = Arc::new(Tail {
+        let Some(feed) = store.tail_feed() else { return Tail::new(config.admin.stream_buffer, None) };
+        let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
+        let tail = Tail::new(config.admin.stream_buffer, Some(relay));
+        tokio::spawn(relay_out(tail.clone(), store.clone(), relay_rx));
+        tokio::spawn(heartbeat(tail.clone(), store));
+        tokio::spawn(relay_in(tail.clone(), feed));
+        tail
+    }
+
+    fn new(buffer: usize, relay: Option<mpsc::Sender<Message>>) -> Arc<Tail> {
+        crate::telemetry::tail_readers(0);
+        Arc::new(Tail {
             bus: broadcast::channel(BUS).0,
             readers: AtomicUsize::new(0),
             remote_until: AtomicU64::new(0),
@@ -220,18 +223,11 @@ impl Tail {
             relay,
             relay_lost: AtomicU64::new(0),
             replica: format!("{:016x}", fastrand::u64(..)),
-            buffer: config.admin.stream_buffer,
+            buffer,
             announce: Notify::new(),
             closing: CancellationToken::new(),
             tickets: Tickets::default(),
-        });
-        crate::telemetry::tail_readers(0);
-        if let (Some(feed), Some(relay_rx)) = (feed, relay_rx) {
-            tokio::spawn(relay_out(tail.clone(), store.clone(), relay_rx));
-            tokio::spawn(heartbeat(tail.clone(), store));
-            tokio::spawn(relay_in(tail.clone(), feed));
-        }
-        tail
+        })
     }
 
     /// Ends every stream (with `event: closed`) and the relay tasks: at shutdown, so open
@@ -530,51 +526,57 @@ async fn relay_out(tail: Arc<Tail>, store: Arc<dyn Store>, mut queue: mpsc::Rece
         {
             batch.push(more);
         }
-        let mut lost = tail.relay_lost.swap(0, Ordering::Relaxed);
-        let mut payloads = Vec::new();
-        let mut messages: Vec<String> = Vec::new();
-        let mut size = 0;
-        // The frame around the messages, with room for any `lost` count.
-        let frame = serde_json::to_string(&Relayed { r: tail.replica.clone(), on: false, lost: u64::MAX, m: vec![] })
-            .map_or(64, |f| f.len())
-            + 8;
-        let close = |messages: &mut Vec<String>, lost: &mut u64, payloads: &mut Vec<String>| {
-            if messages.is_empty() && *lost == 0 {
-                return;
-            }
-            let mut payload = format!(r#"{{"r":"{}""#, tail.replica);
-            if *lost > 0 {
-                payload.push_str(&format!(r#","lost":{lost}"#));
-            }
-            payload.push_str(r#","m":["#);
-            payload.push_str(&messages.join(","));
-            payload.push_str("]}");
-            payloads.push(payload);
-            messages.clear();
-            *lost = 0;
-        };
-        for message in &batch {
-            let Ok(text) = serde_json::to_string(message) else {
-                lost += 1;
-                continue;
-            };
-            if frame + text.len() > TAIL_PAYLOAD_MAX {
-                lost += 1; // one message too large for any notification
-                continue;
-            }
-            if frame + size + text.len() + 1 > TAIL_PAYLOAD_MAX {
-                close(&mut messages, &mut lost, &mut payloads);
-                size = 0;
-            }
-            size += text.len() + 1;
-            messages.push(text);
-        }
-        close(&mut messages, &mut lost, &mut payloads);
+        let payloads = frame(&tail.replica, &batch, tail.relay_lost.swap(0, Ordering::Relaxed));
         if let Err(e) = store.send_tail(payloads).await {
             tracing::debug!(error = %e, "Could not relay live tail messages to the other replicas.");
             tail.relay_lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
     }
+}
+
+/// `messages` as relay payloads of at most [`TAIL_PAYLOAD_MAX`] bytes each, in order; the
+/// first says how many were `lost` before them, and a message too large for any payload is
+/// counted as lost in the next one.
+fn frame(replica: &str, messages: &[Message], mut lost: u64) -> Vec<String> {
+    // The frame around the messages, with room for any `lost` count.
+    let overhead = format!(r#"{{"r":"{replica}","lost":{},"m":[]}}"#, u64::MAX).len();
+    let mut payloads = Vec::new();
+    let mut texts: Vec<String> = Vec::new();
+    let mut size = overhead;
+    let close = |texts: &mut Vec<String>, lost: &mut u64, payloads: &mut Vec<String>| {
+        if texts.is_empty() && *lost == 0 {
+            return;
+        }
+        let mut payload = format!(r#"{{"r":"{replica}""#);
+        if *lost > 0 {
+            payload.push_str(&format!(r#","lost":{lost}"#));
+        }
+        payload.push_str(r#","m":["#);
+        payload.push_str(&texts.join(","));
+        payload.push_str("]}");
+        payloads.push(payload);
+        texts.clear();
+        *lost = 0;
+    };
+    for message in messages {
+        let Ok(text) = serde_json::to_string(message) else {
+            lost += 1;
+            continue;
+        };
+        if overhead + text.len() > TAIL_PAYLOAD_MAX {
+            lost += 1;
+            continue;
+        }
+        // A comma before every message but the first.
+        if size + text.len() + 1 > TAIL_PAYLOAD_MAX {
+            close(&mut texts, &mut lost, &mut payloads);
+            size = overhead;
+        }
+        size += text.len() + 1;
+        texts.push(text);
+    }
+    close(&mut texts, &mut lost, &mut payloads);
+    payloads
 }
 
 /// While this process has readers, says so to the other replicas: at once when a reader
@@ -784,6 +786,90 @@ mod tests {
         assert!(by_route.matches(&ended) && !by_route.matches(&transcript));
         assert!(by_type.matches(&ended) && !by_type.matches(&transcript));
         assert!(!by_source.matches(&ended));
+    }
+
+    #[test]
+    fn relayed_messages_are_split_into_payloads_that_fit_a_notification_in_order() {
+        let replica = "00000000deadbeef";
+        let messages: Vec<Message> = (0..500)
+            .map(|n| match accepted("call.ended", &["crm"]) {
+                Message::Accepted(a) => Message::Accepted(Accepted { id: format!("ce_{n}"), ..a }),
+                other => other,
+            })
+            .collect();
+        let mut huge = accepted("call.ended", &["crm"]);
+        if let Message::Accepted(a) = &mut huge {
+            a.subject = "x".repeat(TAIL_PAYLOAD_MAX);
+        }
+        let mut all = messages.clone();
+        all.insert(10, huge);
+        let payloads = frame(replica, &all, 3);
+        assert!(payloads.len() > 5, "{} payloads", payloads.len());
+        let mut got = Vec::new();
+        let mut lost = 0;
+        for payload in &payloads {
+            assert!(payload.len() <= TAIL_PAYLOAD_MAX, "{}", payload.len());
+            let relayed: Relayed = serde_json::from_str(payload).unwrap();
+            assert_eq!((relayed.r.as_str(), relayed.on), (replica, false));
+            lost += relayed.lost;
+            got.extend(relayed.m);
+        }
+        assert_eq!(got, messages, "every message that fits, in order");
+        assert_eq!(lost, 3 + 1, "the earlier losses and the message too large to relay");
+        assert!(frame(replica, &[], 0).is_empty());
+        let only_lost: Relayed = serde_json::from_str(&frame(replica, &[], 2)[0]).unwrap();
+        assert_eq!((only_lost.lost, only_lost.m.len()), (2, 0));
+    }
+
+    async fn next(items: &mut mpsc::Receiver<Item>) -> Result<String, End> {
+        match items.recv().await.expect("an item before the queue closes") {
+            Item::Message(feed) => match &*feed {
+                Feed::Message(Message::Accepted(a)) => Ok(a.id.clone()),
+                other => panic!("{other:?}"),
+            },
+            Item::End(end) => Err(end),
+        }
+    }
+
+    fn numbered(n: usize, kind: &str) -> Message {
+        match accepted(kind, &["crm"]) {
+            Message::Accepted(a) => Message::Accepted(Accepted { id: format!("ce_{n}"), ..a }),
+            other => other,
+        }
+    }
+
+    /// On one thread the forwarders run only while the test awaits, so everything published
+    /// before is in their bus when they look: what they do with it is determined.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_reader_is_ended_with_its_notice_while_the_others_go_on() {
+        let tail = Tail::new(3, None);
+        assert!(!tail.active());
+        let mut slow = tail.subscribe(Filter::default());
+        let mut transcripts =
+            tail.subscribe(Filter { types: Some(vec![WildMatch::new("transcript.*")]), ..Filter::default() });
+        assert!(tail.active());
+        for n in 0..5 {
+            tail.publish(numbered(n, "call.ended"));
+        }
+        tail.publish(numbered(5, "transcript.ready"));
+        // Two messages fit beside the slot kept for the notice.
+        assert_eq!(next(&mut slow).await, Ok("ce_0".into()));
+        assert_eq!(next(&mut slow).await, Ok("ce_1".into()));
+        assert_eq!(next(&mut slow).await, Err(End::Slow));
+        assert!(slow.recv().await.is_none(), "nothing after the notice");
+        assert_eq!(next(&mut transcripts).await, Ok("ce_5".into()), "the filtered reader skipped the rest");
+        assert_eq!(tail.readers.load(Ordering::Relaxed), 1);
+
+        // A gap ends every reader; shutdown ends them too.
+        let mut second = tail.subscribe(Filter::default());
+        let _ = tail.bus.send(Arc::new(Feed::Gap));
+        assert_eq!(next(&mut transcripts).await, Err(End::Missed));
+        assert_eq!(next(&mut second).await, Err(End::Missed));
+        let mut last = tail.subscribe(Filter::default());
+        tail.close();
+        assert_eq!(next(&mut last).await, Err(End::Shutdown));
+        assert_eq!(tail.readers.load(Ordering::Relaxed), 0);
+        assert!(!tail.active());
     }
 
     #[test]
