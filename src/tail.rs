@@ -40,6 +40,7 @@ use std::{
 };
 
 use axum::{
+    Extension,
     extract::{Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{
@@ -58,7 +59,7 @@ use wildmatch::WildMatch;
 use crate::{
     auth,
     config::{Config, Secret},
-    http::{cut, error_response},
+    http::{ConnectionClose, cut, error_response},
     server::App,
     store::{Delivery, Millis, NewEvent, Store, TAIL_PAYLOAD_MAX, TailFeed, now_ms, rfc3339},
 };
@@ -75,6 +76,11 @@ pub const REMOTE_TTL: Duration = Duration::from_secs(15);
 pub const TICKET_TTL: Duration = Duration::from_secs(60);
 /// A comment line this often keeps proxies from cutting an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long a dropped reader has to take its notice before its connection is closed (its
+/// answer cannot finish while it does not read, and would hold the connection for good).
+pub const END_FLUSH: Duration = Duration::from_secs(30);
+/// The same at shutdown, so a stuck reader never holds the drain for the grace period.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// Longest error text carried in an `outcome` (the whole one is in the store's attempts).
 const ERROR_MAX: usize = 300;
 
@@ -283,15 +289,16 @@ impl Tail {
         self.publish(Message::Outcome(attempted));
     }
 
-    /// Opens a reader: its queue, fed by its own forwarding task until the stream ends.
-    fn subscribe(self: &Arc<Self>, filter: Filter) -> mpsc::Receiver<Item> {
+    /// Opens a reader: its queue, fed by its own forwarding task until the stream ends, which
+    /// closes `connection` if the reader does not take its last message.
+    fn subscribe(self: &Arc<Self>, filter: Filter, connection: Option<ConnectionClose>) -> mpsc::Receiver<Item> {
         // On the bus before counted as a reader: nothing published after that is missed.
         let bus = self.bus.subscribe();
         let (queue, items) = mpsc::channel(self.buffer);
         let open = self.readers.fetch_add(1, Ordering::Relaxed) + 1;
         crate::telemetry::tail_readers(open);
         self.announce.notify_one();
-        tokio::spawn(forward(self.clone(), bus, queue, filter));
+        tokio::spawn(forward(self.clone(), bus, queue, filter, connection));
         items
     }
 }
@@ -450,8 +457,16 @@ impl Filter {
 }
 
 /// Takes what `filter` matches off the bus into the reader's queue, until the reader goes
-/// away, falls behind (its queue full), a gap, or shutdown.
-async fn forward(tail: Arc<Tail>, mut bus: broadcast::Receiver<Arc<Feed>>, queue: mpsc::Sender<Item>, filter: Filter) {
+/// away, falls behind (its queue full), a gap, or shutdown; then, unless the reader went away,
+/// gives it [`END_FLUSH`] (at shutdown [`SHUTDOWN_FLUSH`]) to take its last message and
+/// closes its `connection` (a stream answer has `Connection: close`: it is the last of it).
+async fn forward(
+    tail: Arc<Tail>,
+    mut bus: broadcast::Receiver<Arc<Feed>>,
+    queue: mpsc::Sender<Item>,
+    filter: Filter,
+    connection: Option<ConnectionClose>,
+) {
     let end = loop {
         let feed = tokio::select! {
             feed = bus.recv() => feed,
@@ -489,8 +504,22 @@ async fn forward(tail: Arc<Tail>, mut bus: broadcast::Receiver<Arc<Feed>>, queue
     if let Some(end) = end {
         let _ = queue.try_send(Item::End(end));
     }
+    drop(queue);
     let open = tail.readers.fetch_sub(1, Ordering::Relaxed) - 1;
     crate::telemetry::tail_readers(open);
+    if let (Some(end), Some(connection)) = (end, connection) {
+        if end != End::Shutdown {
+            tokio::select! {
+                () = tokio::time::sleep(END_FLUSH) => {}
+                () = tail.closing.cancelled() => {}
+            }
+        }
+        if tail.closing.is_cancelled() {
+            tokio::time::sleep(SHUTDOWN_FLUSH).await;
+        }
+        // Done by now unless its reader stopped reading; then this cuts it off.
+        connection.close();
+    }
 }
 
 /// What replicas say to each other on the store's tail channel.
@@ -684,6 +713,7 @@ impl StreamParams {
 /// bearer token, or by a ticket (`?ticket=`) for a browser's `EventSource`.
 pub async fn stream(
     State(app): State<Arc<App>>,
+    connection: Option<Extension<ConnectionClose>>,
     headers: HeaderMap,
     query: Result<Query<StreamParams>, QueryRejection>,
 ) -> Response {
@@ -722,7 +752,7 @@ pub async fn stream(
         json!({ "buffer": buffer, "route": list(&params.route), "source": list(&params.source), "type": list(&params.kind) })
             .to_string(),
     );
-    let items = tail.subscribe(filter);
+    let items = tail.subscribe(filter, connection.map(|Extension(c)| c));
     let events = futures_util::stream::unfold((Some(ready), Some(items)), move |(first, items)| async move {
         if let Some(first) = first {
             return Some((Ok::<_, Infallible>(first), (None, items)));
@@ -745,6 +775,8 @@ pub async fn stream(
     // Proxies that buffer responses (nginx) pass this one through as it comes.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // The connection ends with the stream: its close at the end never cuts another request.
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
@@ -844,9 +876,9 @@ mod tests {
     async fn a_full_reader_is_ended_with_its_notice_while_the_others_go_on() {
         let tail = Tail::new(3, None);
         assert!(!tail.active());
-        let mut slow = tail.subscribe(Filter::default());
+        let mut slow = tail.subscribe(Filter::default(), None);
         let mut transcripts =
-            tail.subscribe(Filter { types: Some(vec![WildMatch::new("transcript.*")]), ..Filter::default() });
+            tail.subscribe(Filter { types: Some(vec![WildMatch::new("transcript.*")]), ..Filter::default() }, None);
         assert!(tail.active());
         for n in 0..5 {
             tail.publish(numbered(n, "call.ended"));
@@ -861,11 +893,11 @@ mod tests {
         assert_eq!(tail.readers.load(Ordering::Relaxed), 1);
 
         // A gap ends every reader; shutdown ends them too.
-        let mut second = tail.subscribe(Filter::default());
+        let mut second = tail.subscribe(Filter::default(), None);
         let _ = tail.bus.send(Arc::new(Feed::Gap));
         assert_eq!(next(&mut transcripts).await, Err(End::Missed));
         assert_eq!(next(&mut second).await, Err(End::Missed));
-        let mut last = tail.subscribe(Filter::default());
+        let mut last = tail.subscribe(Filter::default(), None);
         tail.close();
         assert_eq!(next(&mut last).await, Err(End::Shutdown));
         assert_eq!(tail.readers.load(Ordering::Relaxed), 0);

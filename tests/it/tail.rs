@@ -289,8 +289,12 @@ async fn a_reader_that_stops_reading_is_dropped_with_a_notice_while_ingest_goes_
     let dir = temp_dir();
     let receiver = Receiver::start().await;
     // Room for a reader that keeps up on a busy machine; the one that stops reading fills it.
-    let gateway = Gateway::start(dir.path(), &config(dir.path(), &receiver, BUFFER)).await;
+    // A grace period longer than any test: a stuck stream holding the drain would hold the exit.
+    let config = config(dir.path(), &receiver, BUFFER).replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1h\"");
+    let gateway = Gateway::start(dir.path(), &config).await;
     let mut stalled = stalled_reader(&gateway).await;
+    // One that never reads again.
+    let _gone = stalled_reader(&gateway).await;
     // `callgate tail` whose output nobody reads: it stops reading the stream once its pipe is full.
     let (go, hold) = std::sync::mpsc::channel();
     let cli = TailCli::start_held(&gateway, &[], Some(hold)).await;
@@ -308,13 +312,13 @@ async fn a_reader_that_stops_reading_is_dropped_with_a_notice_while_ingest_goes_
             }
         })
     };
-    gateway.wait_metric("callgate_tail_readers", 3.0).await;
+    gateway.wait_metric("callgate_tail_readers", 4.0).await;
 
     // Ingest goes on, answered as always, until the stalled readers' pipe and socket buffers
     // and their places in the gateway are full and they are dropped.
     let dropped = "callgate_tail_dropped_total{reason=\"slow\"}";
     let mut posted = Vec::new();
-    while metric_value(&gateway.metrics().await, dropped) < 2.0 {
+    while metric_value(&gateway.metrics().await, dropped) < 3.0 {
         assert!(posted.len() < 20_000, "the stalled readers were never dropped");
         let start = posted.len();
         let bodies: Vec<String> = (start..start + 20).map(|n| call_body(&format!("s{n}"), false)).collect();
@@ -361,7 +365,12 @@ async fn a_reader_that_stops_reading_is_dropped_with_a_notice_while_ingest_goes_
     seen.sort();
     posted.sort();
     assert_eq!(seen, posted, "every event");
+
+    // The one that never reads again cannot take its notice: at shutdown its connection is
+    // closed instead of holding the drain for the hour-long grace period.
     reading.abort();
+    let exit = tokio::time::timeout(DEADLINE, gateway.terminate()).await.expect("a stuck stream held the shutdown");
+    assert!(exit.success(), "{exit:?}");
 }
 
 /// `callgate tail <args>` against `gateway`, with its stdout lines and stderr gathered.
