@@ -5,11 +5,12 @@
 //! Ingress publishes `accepted` after the store committed the payload, the delivery worker
 //! publishes `outcome` after the store took the attempt's outcome. Nothing is built or sent
 //! while no reader is open anywhere: publishing starts with a check of two atomics (and of the
-//! clock, once another replica has had readers). Each
-//! reader has a forwarding task that takes what its filter matches off this replica's bus into
-//! the reader's own queue of `admin.stream_buffer` messages; a reader whose queue is full (it
-//! stopped reading, or reads slower than events come) is sent `event: dropped` and its stream
-//! ends. Memory is bounded per reader, and ingest never waits for a reader.
+//! clock, once another replica has had readers). Each reader has a forwarding task that takes
+//! what its filter matches off this replica's bus into the reader's own queue of
+//! `admin.stream_buffer` messages; a reader whose queue is full (it stopped reading, or reads
+//! slower than events come) is sent `event: dropped` and its stream ends, and if it does not
+//! take that notice within [`END_FLUSH`] its connection is closed. Memory is bounded per
+//! reader, and ingest never waits for a reader.
 //!
 //! On a store that several replicas share (PostgreSQL), a replica with readers says so every
 //! [`HEARTBEAT`] through [`Store::send_tail`]; a replica that heard it within [`REMOTE_TTL`]
