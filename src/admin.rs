@@ -1,6 +1,7 @@
 //! The admin API (`/v1/admin/...`): routes (pause, resume), dead letters (list, inspect,
-//! replay), the quarantine (list, inspect, replay) and the vendor drift report. Every call needs
-//! `Authorization: Bearer <[admin] token>`; without a configured token the API is off.
+//! replay), the quarantine (list, inspect, replay), the vendor drift report and the live tail
+//! (`tail.rs`). Every call needs `Authorization: Bearer <[admin] token>` (the tail also takes a
+//! stream ticket); without a configured token the API is off.
 //!
 //! **Invariant:** the admin API changes the store only through the `Store` trait and tells
 //! the delivery workers through the `Dispatcher`, so counts, gauges and workers stay true.
@@ -30,7 +31,10 @@ use crate::{
 };
 
 pub fn router(app: Arc<App>) -> Router {
+    // The live tail checks its own credentials: a browser's EventSource brings a ticket.
+    let stream = Router::new().route("/v1/admin/stream", get(crate::tail::stream)).with_state(app.clone());
     Router::new()
+        .route("/v1/admin/stream/tickets", post(crate::tail::ticket))
         .route("/v1/admin/routes", get(routes))
         .route("/v1/admin/routes/{name}/pause", post(pause))
         .route("/v1/admin/routes/{name}/resume", post(resume))
@@ -47,6 +51,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/drift", get(drift))
         .layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
+        .merge(stream)
 }
 
 /// Errors of the admin API.

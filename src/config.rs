@@ -211,7 +211,7 @@ pub struct StorageConfig {
 }
 
 /// `[admin]`: where the operational endpoints listen.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Serve `/metrics`, `/healthz`, `/readyz` (and the admin API) here instead of on
@@ -219,7 +219,24 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// Bearer token of the admin API.
     pub token: Option<Secret>,
+    /// Live tail (`/v1/admin/stream`): messages held for one reader that is not keeping up;
+    /// when they are all waiting, the reader is dropped with a notice.
+    #[serde(default = "default_stream_buffer")]
+    pub stream_buffer: usize,
 }
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: None, token: None, stream_buffer: default_stream_buffer() }
+    }
+}
+
+fn default_stream_buffer() -> usize {
+    1000
+}
+
+/// Bounds of `admin.stream_buffer` (one slot is kept for the notice that ends a stream).
+pub const STREAM_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 2..=100_000;
 
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -650,6 +667,12 @@ impl Config {
         if delivery.lease_margin < Duration::from_secs(1) {
             // An attempt ends at its route's timeout; a lease must outlive it by a safe margin.
             errors.push(ConfigError { key: "delivery.lease_margin".into(), message: "must be at least 1s".into() });
+        }
+        if !STREAM_BUFFER_RANGE.contains(&admin.stream_buffer) {
+            errors.push(ConfigError {
+                key: "admin.stream_buffer".into(),
+                message: format!("must be between {} and {}", STREAM_BUFFER_RANGE.start(), STREAM_BUFFER_RANGE.end()),
+            });
         }
         if delivery.concurrency == 0 {
             errors.push(ConfigError { key: "delivery.concurrency".into(), message: "must be greater than 0".into() });

@@ -452,9 +452,14 @@ pub async fn accept(
     if keyed_by == KeyedBy::BodyFallback {
         telemetry::dedup_fallback(source, vendor.as_str());
     }
+    // Kept for the live tail only while someone reads it.
+    let tailed = app.tail.active().then(|| crate::tail::summaries(source, &ingest.events));
     // The store wakes the routes' workers (its notices) once it has committed.
     match app.store.ingest(ingest).await {
         Ok(IngestOutcome::Accepted(ids)) => {
+            if let Some(accepted) = tailed {
+                app.tail.accepted(accepted);
+            }
             for kind in kinds {
                 telemetry::event(source, kind);
             }

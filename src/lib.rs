@@ -7,6 +7,7 @@
 //! [`vendors`] (schema validation + mapping, pure) → [`canonical`] (the event model) →
 //! [`store`] (durable SQLite outbox) → [`delivery`] (routes, retries, dead letters).
 //! [`drift`] sums what payloads show that the mapping does not know, for the drift report.
+//! [`tail`] streams accepted events and delivery outcomes live to operators.
 //! [`config`], [`telemetry`] and [`server`] wire it together, [`reload`] swaps in a new
 //! configuration while running; `main.rs` is the CLI.
 
@@ -23,6 +24,7 @@ pub mod receiver;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub mod tail;
 pub mod telemetry;
 pub mod vendor_client;
 pub mod vendors;

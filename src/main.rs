@@ -1,5 +1,5 @@
-//! The `callgate` command: `serve` (the default), `check`, `normalize`, the operator commands,
-//! `store migrate` and `vendors`.
+//! The `callgate` command: `serve` (the default), `check`, `normalize`, the operator commands
+//! (`tail` among them), `store migrate` and `vendors`.
 
 use std::{
     io::{Read, Write},
@@ -96,6 +96,24 @@ enum Command {
     Routes {
         #[command(subcommand)]
         action: RouteAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print accepted events and delivery outcomes as they happen (the live tail, through the
+    /// admin API), one line each, until stopped; on PostgreSQL every replica's.
+    Tail {
+        /// Only these routes (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',')]
+        route: Vec<String>,
+        /// Only these sources.
+        #[arg(long, value_delimiter = ',')]
+        source: Vec<String>,
+        /// Only these canonical types (globs such as `call.*`).
+        #[arg(long = "type", value_delimiter = ',')]
+        kind: Vec<String>,
+        /// Print each message as the JSON the gateway sent: {"event": ..., "data": {...}}.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -232,6 +250,7 @@ fn main() -> ExitCode {
         Command::Routes { action, admin } => operate(admin, Target::Routes(action)),
         Command::Drift { source, since, limit, admin } => operate(admin, Target::Drift { source, since, limit }),
         Command::Reload { admin } => operate(admin, Target::Reload),
+        Command::Tail { route, source, kind, json, admin } => tail(admin, &route, &source, &kind, json),
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
         Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
     }
@@ -340,8 +359,8 @@ enum Target {
     Reload,
 }
 
-/// Runs an operator command against the admin API and prints the answer.
-fn operate(args: AdminArgs, target: Target) -> ExitCode {
+/// The admin API client and a runtime for an operator command, or how it failed.
+fn admin_client(args: AdminArgs) -> Result<(admin_client::Client, tokio::runtime::Runtime), ExitCode> {
     let config = if args.url.is_some() && args.token.is_some() {
         None
     } else {
@@ -349,7 +368,7 @@ fn operate(args: AdminArgs, target: Target) -> ExitCode {
             Ok(config) => Some(config),
             Err(errors) => {
                 eprint!("callgate: {errors}");
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
         }
     };
@@ -357,17 +376,58 @@ fn operate(args: AdminArgs, target: Target) -> ExitCode {
         Ok(client) => client,
         Err(e) => {
             eprintln!("callgate: {e}");
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => Ok((client, rt)),
         Err(e) => {
             eprintln!("callgate: {e}");
-            return ExitCode::FAILURE;
+            Err(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Runs an operator command against the admin API and prints the answer.
+fn operate(args: AdminArgs, target: Target) -> ExitCode {
+    match admin_client(args) {
+        Ok((client, runtime)) => printed(runtime.block_on(run_operation(&client, target))),
+        Err(code) => code,
+    }
+}
+
+/// `callgate tail`: exits 3 when the gateway dropped this reader (it fell behind), 1 when the
+/// stream ended otherwise (shutdown, a cut connection) or could not start.
+fn tail(args: AdminArgs, routes: &[String], sources: &[String], kinds: &[String], json: bool) -> ExitCode {
+    let (client, runtime) = match admin_client(args) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
-    printed(runtime.block_on(run_operation(&client, target)))
+    let mut query = Vec::new();
+    for (key, values) in [("route", routes), ("source", sources), ("type", kinds)] {
+        if !values.is_empty() {
+            query.push((key, values.join(",")));
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    match runtime.block_on(client.tail(&query, json, &mut out)) {
+        Ok(admin_client::TailEnd::Dropped(message)) => {
+            eprintln!("callgate: the gateway dropped this tail: {message}");
+            ExitCode::from(3)
+        }
+        Ok(admin_client::TailEnd::Closed(message)) => {
+            eprintln!("callgate: the tail ended: {message}");
+            ExitCode::FAILURE
+        }
+        Ok(admin_client::TailEnd::Cut) => {
+            eprintln!("callgate: the connection to the gateway ended without a word");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A command's outcome: its text on stdout, or its error on stderr.

@@ -127,9 +127,13 @@ pub fn plan(current: &Config, loaded: Config) -> Result<(Config, Changes), Confi
         [concurrency, connect_timeout, lease_margin,]
     );
     // `token` is reloadable (a rotation needs no restart); `listen` is bound at start.
-    let AdminConfig { listen: _, token: _ } = &current.admin;
+    let AdminConfig { listen: _, token: _, stream_buffer: _ } = &current.admin;
     if current.admin.listen != loaded.admin.listen {
         restart.push("admin.listen".to_owned());
+    }
+    // Each live tail reader's buffer is sized when the tail starts.
+    if current.admin.stream_buffer != loaded.admin.stream_buffer {
+        restart.push("admin.stream_buffer".to_owned());
     }
 
     let next = Config {
@@ -137,7 +141,11 @@ pub fn plan(current: &Config, loaded: Config) -> Result<(Config, Changes), Confi
         server: current.server.clone(),
         storage: current.storage.clone(),
         storage_url: current.storage_url.clone(),
-        admin: AdminConfig { listen: current.admin.listen, token: loaded.admin.token },
+        admin: AdminConfig {
+            listen: current.admin.listen,
+            token: loaded.admin.token,
+            stream_buffer: current.admin.stream_buffer,
+        },
         log: current.log.clone(),
         delivery: current.delivery.clone(),
         sources: loaded.sources,

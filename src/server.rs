@@ -27,6 +27,7 @@ use crate::{
         postgres::{PgOptions, PostgresStore},
         sqlite::SqliteStore,
     },
+    tail::Tail,
     telemetry, vendors,
 };
 
@@ -51,6 +52,8 @@ pub struct App {
     pub lookups: ingress::inbound::Lookups,
     /// Drift of accepted payloads, summed in memory until it is written to the store.
     pub drift: Arc<DriftRecorder>,
+    /// The live tail (`/v1/admin/stream`): fed by ingress and the delivery workers.
+    pub tail: Arc<Tail>,
 }
 
 /// The listeners a gateway serves on.
@@ -109,7 +112,8 @@ pub async fn run(
     let config = Arc::new(config);
     let store = open_store(&config).await?;
     let metrics = telemetry::metrics_handle();
-    let dispatcher = Dispatcher::start(&config, store.clone()).await?;
+    let tail = Tail::start(&config, store.clone());
+    let dispatcher = Dispatcher::start(&config, store.clone(), tail.clone()).await?;
     let drift = Arc::new(DriftRecorder::new(store.clone()));
     let (drift_stop, drift_stopped) = tokio::sync::oneshot::channel::<()>();
     let drift_writer = tokio::spawn(drift.clone().run(async move { drop(drift_stopped.await) }));
@@ -123,6 +127,7 @@ pub async fn run(
         offload: Offload::per_core(),
         lookups: ingress::inbound::Lookups::new(&config)?,
         drift,
+        tail: tail.clone(),
     });
 
     let upkeep = tokio::spawn(async move {
@@ -172,6 +177,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "Shutting down: no new requests; finishing in-flight work.");
     let _ = stop_tx.send(());
+    // Open live tails end now, or they would hold the drain for the whole grace period.
+    tail.close();
     let grace = config.server.shutdown_grace;
     let servers_done = async { while servers.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, servers_done).await.is_err() {

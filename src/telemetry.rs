@@ -31,6 +31,8 @@ pub const INBOUND_REQUESTS: &str = "callgate_inbound_requests_total";
 pub const INBOUND_DURATION: &str = "callgate_inbound_duration_seconds";
 pub const DEDUP_FALLBACKS: &str = "callgate_dedup_body_fallbacks_total";
 pub const CONFIG_RELOADS: &str = "callgate_config_reloads_total";
+pub const TAIL_READERS: &str = "callgate_tail_readers";
+pub const TAIL_DROPPED: &str = "callgate_tail_dropped_total";
 
 /// Histogram buckets (seconds) for both latency series.
 const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -181,6 +183,20 @@ fn describe() {
         CONFIG_RELOADS,
         "Configuration reloads (SIGHUP or POST /v1/admin/reload) by outcome: applied, or rejected with the running configuration kept."
     );
+    describe_gauge!(TAIL_READERS, "Live tail streams (/v1/admin/stream) open on this replica.");
+    describe_counter!(
+        TAIL_DROPPED,
+        "Live tail streams ended with a `dropped` notice, by reason (slow: the reader fell behind; missed: messages of other replicas may have been lost)."
+    );
+}
+
+pub fn tail_readers(open: usize) {
+    gauge!(TAIL_READERS).set(open as f64);
+}
+
+/// `reason` is one of the tail's fixed reasons (`slow`, `missed`).
+pub fn tail_dropped(reason: &'static str) {
+    counter!(TAIL_DROPPED, "reason" => reason).increment(1);
 }
 
 pub fn config_reload(outcome: ReloadOutcome) {

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Config, HEADER_VALUE_MAX, HeaderTemplate, RouteConfig, Secret, TEMPLATED_HEADERS_MAX},
     store::{Attempt, Claimed, Delivery, Lease, Millis, Notice, Outcome, OutcomeKind, Store, now_ms},
+    tail::{Attempted, Sending, Tail},
     telemetry::{self, DeliveryOutcome},
 };
 
@@ -56,6 +57,8 @@ pub struct Dispatcher {
     handles: Handles,
     client: reqwest::Client,
     store: Arc<dyn Store>,
+    /// Told every outcome while someone reads the live tail.
+    tail: Arc<Tail>,
     /// `[delivery]` and the grace period (restart-only keys): the same for every worker.
     settings: Settings,
     stop: CancellationToken,
@@ -158,8 +161,8 @@ struct RouteHandle {
 const PROBE_AFTER: u32 = 3;
 
 impl Dispatcher {
-    /// Starts a worker for every enabled route.
-    pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Dispatcher> {
+    /// Starts a worker for every enabled route; each tells `tail` its outcomes.
+    pub async fn start(config: &Config, store: Arc<dyn Store>, tail: Arc<Tail>) -> anyhow::Result<Dispatcher> {
         let client = client(config.delivery.connect_timeout)?;
         // Subscribed before anything is read, so no notice falls between the two.
         let notices = store.notices();
@@ -169,6 +172,7 @@ impl Dispatcher {
             handles: Handles::default(),
             client,
             store: store.clone(),
+            tail,
             settings: Settings {
                 concurrency: config.delivery.concurrency,
                 grace: config.server.shutdown_grace,
@@ -195,7 +199,7 @@ impl Dispatcher {
         if let Ok(mut handles) = self.handles.write() {
             handles.insert(name.to_owned(), handle.clone());
         }
-        let runtime = Arc::new(ArcSwap::from_pointee(RouteRuntime::new(name, route)));
+        let runtime = Arc::new(ArcSwap::from_pointee(RouteRuntime::new(name, route, self.tail.clone())));
         let retire = self.stop.child_token();
         let worker = Worker {
             name: name.to_owned(),
@@ -239,7 +243,7 @@ impl Dispatcher {
             match workers.running.get(name) {
                 Some(running) if running.route.load().config == *route => {}
                 Some(running) => {
-                    running.route.store(Arc::new(RouteRuntime::new(name, route)));
+                    running.route.store(Arc::new(RouteRuntime::new(name, route, self.tail.clone())));
                     done.updated.push(name.clone());
                 }
                 None => {
@@ -381,15 +385,18 @@ struct RouteRuntime {
     /// Whether a cut header value was logged already (once per route, not per attempt).
     header_cut_logged: AtomicBool,
     egress: Egress,
+    /// Where outcomes are told while someone reads the live tail.
+    tail: Arc<Tail>,
 }
 
 impl RouteRuntime {
-    fn new(name: &str, config: &RouteConfig) -> Self {
+    fn new(name: &str, config: &RouteConfig, tail: Arc<Tail>) -> Self {
         RouteRuntime {
             name: name.to_owned(),
             config: config.clone(),
             header_cut_logged: AtomicBool::new(false),
             egress: Egress::new(&config.headers, &config.signing_secrets),
+            tail,
         }
     }
 
@@ -542,7 +549,7 @@ impl Worker {
                                 if sent.gone {
                                     tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name);
                                 }
-                                let handle = recording.spawn(record(self.name.clone(), self.store.clone(), sent));
+                                let handle = recording.spawn(record(self.name.clone(), self.store.clone(), self.route.load().tail.clone(), sent));
                                 if let Some(lease) = lease {
                                     leases.insert(handle.id(), lease);
                                 }
@@ -596,6 +603,9 @@ struct Sent {
     seconds: f64,
     /// The route answered 410 Gone (it is paused when the outcome is recorded).
     gone: bool,
+    /// The live tail's `outcome` message, told once the store has the outcome (only while
+    /// someone reads the tail).
+    tailed: Option<Attempted>,
 }
 
 /// One attempt: send and classify. The outcome is recorded by [`record`]; until then the
@@ -604,6 +614,7 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
     let name = &route.name;
     let started = Instant::now();
     let at = now_ms();
+    let sending = route.tail.active().then(|| Sending::of(&d, at));
     let result = match route.request(&mut d) {
         Ok((headers, body)) => Ok(client
             .post(route.config.url.clone())
@@ -635,6 +646,7 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
         duration_ms: started.elapsed().as_millis() as i64,
     };
     let done = d.attempts as usize + 1;
+    let tailed = sending.map(|s| (s, record.status, record.duration_ms, record.error.clone()));
     let (kind, counted, gone) = if status.is_some_and(|s| s.is_success()) {
         let recovered = handle.failing.swap(0, Ordering::Relaxed) >= PROBE_AFTER;
         if recovered {
@@ -655,14 +667,23 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
         tracing::warn!(route = %name, event_id = %d.event_id, subject = %d.subject, attempts = done, status = ?record.status, error = ?record.error, "Delivery dead-lettered.");
         (OutcomeKind::Dead { attempt: record }, DeliveryOutcome::DeadLetter, false)
     };
-    Sent { outcome: Outcome { id: d.id, lease: d.lease, kind }, event_id: d.event_id, counted, seconds, gone }
+    let tailed = tailed.map(|(sending, status, duration_ms, error)| {
+        let outcome = match kind {
+            OutcomeKind::Delivered { .. } => "success",
+            OutcomeKind::Retry { .. } => "failed",
+            OutcomeKind::Dead { .. } => "dead",
+            OutcomeKind::Gone { .. } => "gone",
+        };
+        sending.attempted(name, outcome, status, duration_ms, error.as_deref())
+    });
+    Sent { outcome: Outcome { id: d.id, lease: d.lease, kind }, event_id: d.event_id, counted, seconds, gone, tailed }
 }
 
 /// Records an answered attempt's outcome, retrying until the store takes it. The call's next
 /// event is claimable only once it is recorded (the lease holds it back until then).
-async fn record(name: String, store: Arc<dyn Store>, sent: Sent) {
+async fn record(name: String, store: Arc<dyn Store>, tail: Arc<Tail>, sent: Sent) {
     let name = &name;
-    let Sent { outcome, event_id, counted, seconds, .. } = sent;
+    let Sent { outcome, event_id, counted, seconds, tailed, .. } = sent;
     let mut wait = Duration::from_millis(50);
     let completed = loop {
         match store.complete(vec![outcome.clone()], now_ms()).await {
@@ -680,6 +701,9 @@ async fn record(name: String, store: Arc<dyn Store>, sent: Sent) {
     }
     // Counted once the store agrees, so the counters never run ahead of the gauges.
     telemetry::delivery(name, counted, seconds);
+    if let Some(attempted) = tailed {
+        tail.outcome(attempted);
+    }
 }
 
 /// ±20 % jitter, so that retries of many deliveries spread out.

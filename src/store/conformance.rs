@@ -361,6 +361,33 @@ pub(crate) async fn a_discarded_backlog_is_gone_but_leased_rows_and_other_routes
     assert_eq!(reopened.counts().await.unwrap().backlog.get("gone"), None, "the discard was durable");
 }
 
+/// What one process gives `send_tail` reaches the tail feed of every process on the store,
+/// its own included, and a payload over the limit is refused; a store that only one process
+/// opens has no feed and takes payloads without complaint.
+pub(crate) async fn tail_payloads_reach_every_process_sharing_the_store(h: &dyn Harness) {
+    let a = h.open().await;
+    let Some(mut feed_a) = a.tail_feed() else {
+        a.send_tail(vec!["nobody hears this".into()]).await.unwrap();
+        return;
+    };
+    let b = h.open().await;
+    let mut feed_b = b.tail_feed().expect("another process on the same store has a feed too");
+    let big = "x".repeat(super::TAIL_PAYLOAD_MAX + 1);
+    assert!(a.send_tail(vec![big]).await.is_err(), "a payload over the limit is refused");
+    let most = "y".repeat(super::TAIL_PAYLOAD_MAX);
+    a.send_tail(vec!["one".into(), most.clone()]).await.unwrap();
+    for feed in [&mut feed_a, &mut feed_b] {
+        let mut heard = Vec::new();
+        while heard.len() < 2 {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), feed.recv()).await {
+                Ok(Ok(super::TailFeed::Payload(p))) => heard.push(p.to_string()),
+                other => panic!("expected a tail payload, got {other:?}"),
+            }
+        }
+        assert_eq!(heard, ["one".to_owned(), most.clone()]);
+    }
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -391,6 +418,7 @@ macro_rules! all_checks {
             released_leases_are_claimable_at_once_and_stale_ones_change_nothing,
             drift_adds_up_across_stores_and_each_source_is_capped,
             a_discarded_backlog_is_gone_but_leased_rows_and_other_routes_stay,
+            tail_payloads_reach_every_process_sharing_the_store,
         );
     };
 }

@@ -22,7 +22,10 @@ mod conformance;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 
@@ -132,6 +135,19 @@ pub enum Notice {
     /// route again.
     Lost,
 }
+
+/// What a store that several processes share relays between their live tails (`tail.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailFeed {
+    /// A payload that some process (this one included) gave [`Store::send_tail`].
+    Payload(Arc<str>),
+    /// Payloads may have been missed (the listening connection was lost and made again).
+    Lost,
+}
+
+/// Longest payload [`Store::send_tail`] takes: PostgreSQL's `NOTIFY` carries at most 8000
+/// bytes, and the sender's mark goes in front.
+pub const TAIL_PAYLOAD_MAX: usize = 7800;
 
 /// What one attempt found, kept for failed attempts and dead letters.
 #[derive(Debug, Clone, Default)]
@@ -469,6 +485,22 @@ pub trait Store: Send + Sync + 'static {
     /// Subscribes to this store's [`Notice`]s (a lagging subscriber should treat the lag as
     /// [`Notice::Lost`]).
     fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice>;
+
+    /// Sends each payload (at most [`TAIL_PAYLOAD_MAX`] bytes) to the [`Store::tail_feed`] of
+    /// every process sharing this store, this one's included. Nothing is stored: a process not
+    /// listening at that moment never hears it. A store that only one process opens (SQLite)
+    /// has no one to tell and does nothing.
+    async fn send_tail(&self, payloads: Vec<String>) -> Result<(), StoreError> {
+        let _ = payloads;
+        Ok(())
+    }
+
+    /// Subscribes to the payloads [`Store::send_tail`] sent from any process (a lagging
+    /// subscriber should treat the lag as [`TailFeed::Lost`]); `None` for a store that only
+    /// one process opens.
+    fn tail_feed(&self) -> Option<tokio::sync::broadcast::Receiver<TailFeed>> {
+        None
+    }
 }
 
 /// RFC 3339 text of a store time.

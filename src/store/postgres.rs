@@ -18,7 +18,8 @@
 //! Wake-ups: an in-process broadcast for this replica, and after the commit (never inside the
 //! ingest transaction: a pending NOTIFY takes a database-wide lock at commit)
 //! `pg_notify('callgate_due', ..)`, at most once per route per [`PgOptions::notify_interval`].
-//! Pause and resume travel on `callgate_control`, inside their transaction. One dedicated
+//! Pause and resume travel on `callgate_control`, inside their transaction; the live tails'
+//! payloads on `callgate_tail` (`Store::send_tail`, heard by every replica). One dedicated
 //! listening connection reconnects by itself and reports [`Notice::Lost`] after a reconnect,
 //! since notifications may have been missed meanwhile.
 //!
@@ -45,7 +46,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::{
     Attempt, AttemptRecord, Claimed, Completed, Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, Delivery,
     DriftCount, Filter, Ingest, IngestOutcome, Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned,
-    QuarantineItem, Quarantined, Store, StoreError, admit_drift, now_ms, rfc3339,
+    QuarantineItem, Quarantined, Store, StoreError, TAIL_PAYLOAD_MAX, TailFeed, admit_drift, now_ms, rfc3339,
 };
 
 /// The migrations, embedded (sqlx's `migrate!` needs its `macros` feature, which we leave out).
@@ -64,6 +65,10 @@ const PRUNE_CHUNK: i64 = 5000;
 const PRUNE_LOCK: i64 = 0x6361_6c6c_6761_7465 + 1;
 const DUE_CHANNEL: &str = "callgate_due";
 const CONTROL_CHANNEL: &str = "callgate_control";
+/// The live tails' payloads (`Store::send_tail`): "<replica> <payload>", heard by every replica.
+const TAIL_CHANNEL: &str = "callgate_tail";
+/// Tail payloads buffered per subscriber before it lags.
+const TAIL_FEED: usize = 256;
 /// Notices buffered per subscriber before it lags (and must treat the lag as `Lost`).
 const NOTICES: usize = 1024;
 
@@ -248,6 +253,8 @@ struct IngestJob {
 struct Shared {
     pool: PgPool,
     notices: broadcast::Sender<Notice>,
+    /// What `callgate_tail` brought (every replica's payloads, this one's included).
+    tail: broadcast::Sender<TailFeed>,
     /// Routes to announce on `callgate_due` (rate-limited by the notifier task).
     remote: mpsc::UnboundedSender<String>,
     counts: Arc<Mutex<Option<(Instant, Counts)>>>,
@@ -326,13 +333,20 @@ impl PostgresStore {
 
         let replica = fastrand::u64(..);
         let (notices, _) = broadcast::channel(NOTICES);
+        let (tail, _) = broadcast::channel(TAIL_FEED);
         let listener = subscribe(&pool).await?;
-        let listener = tokio::spawn(listen(pool.clone(), listener, notices.clone(), replica));
+        let listener = tokio::spawn(listen(pool.clone(), listener, notices.clone(), tail.clone(), replica));
 
         let (remote, remote_rx) = mpsc::unbounded_channel();
         tokio::spawn(notifier(pool.clone(), remote_rx, options.notify_interval, replica));
-        let shared =
-            Shared { pool, notices, remote, counts: Arc::new(Mutex::new(None)), counts_generation: Arc::default() };
+        let shared = Shared {
+            pool,
+            notices,
+            tail,
+            remote,
+            counts: Arc::new(Mutex::new(None)),
+            counts_generation: Arc::default(),
+        };
         let (jobs, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..options.writers.clamp(1, 8) {
@@ -400,22 +414,35 @@ fn parse_notice(channel: &str, payload: &str, replica: u64) -> Option<Notice> {
     }
 }
 
-/// A listener on both channels, on a connection of the pool's.
+/// A listener on every channel, on a connection of the pool's.
 async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     // A lost connection ends `try_recv` at once: `listen` then makes a new listener.
     listener.eager_reconnect(false);
-    listener.listen_all([DUE_CHANNEL, CONTROL_CHANNEL]).await?;
+    listener.listen_all([DUE_CHANNEL, CONTROL_CHANNEL, TAIL_CHANNEL]).await?;
     Ok(listener)
 }
 
 /// The dedicated listening connection: forwards the other replicas' notifications, and after
-/// every reconnect says [`Notice::Lost`].
-async fn listen(pool: PgPool, mut listener: PgListener, notices: broadcast::Sender<Notice>, replica: u64) {
+/// every reconnect says [`Notice::Lost`] (and [`TailFeed::Lost`]). Tail payloads are passed on
+/// from every replica, this one's included, and only while someone here subscribes.
+async fn listen(
+    pool: PgPool,
+    mut listener: PgListener,
+    notices: broadcast::Sender<Notice>,
+    tail: broadcast::Sender<TailFeed>,
+    replica: u64,
+) {
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {
-                if let Some(notice) = parse_notice(n.channel(), n.payload(), replica) {
+                if n.channel() == TAIL_CHANNEL {
+                    if tail.receiver_count() > 0
+                        && let Some((_, payload)) = n.payload().split_once(' ')
+                    {
+                        let _ = tail.send(TailFeed::Payload(payload.into()));
+                    }
+                } else if let Some(notice) = parse_notice(n.channel(), n.payload(), replica) {
                     let _ = notices.send(notice);
                 }
                 continue;
@@ -443,6 +470,7 @@ async fn listen(pool: PgPool, mut listener: PgListener, notices: broadcast::Send
             }
         };
         let _ = notices.send(Notice::Lost);
+        let _ = tail.send(TailFeed::Lost);
     }
 }
 
@@ -1569,6 +1597,26 @@ impl Store for PostgresStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn send_tail(&self, payloads: Vec<String>) -> Result<(), StoreError> {
+        if let Some(long) = payloads.iter().find(|p| p.len() > TAIL_PAYLOAD_MAX) {
+            return Err(StoreError::Backend(format!(
+                "a tail payload of {} bytes is over the {TAIL_PAYLOAD_MAX} bytes a notification carries",
+                long.len()
+            )));
+        }
+        let marked: Vec<String> = payloads.iter().map(|p| format!("{:x} {p}", self.replica)).collect();
+        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) p")
+            .bind(TAIL_CHANNEL)
+            .bind(&marked)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    fn tail_feed(&self) -> Option<broadcast::Receiver<TailFeed>> {
+        Some(self.shared.tail.subscribe())
     }
 }
 

@@ -17,4 +17,5 @@ mod reload;
 mod retell;
 mod security;
 mod support;
+mod tail;
 mod vendors_cli;

@@ -29,9 +29,12 @@ mod retell;
 mod security;
 #[path = "../it/support.rs"]
 mod support;
+#[path = "../it/tail.rs"]
+mod tail;
 
 // PostgreSQL only: several replicas on one database, and the database going away.
 mod cluster;
 mod outage;
 mod reload_replicas;
 mod replicas;
+mod tail_replicas;
