@@ -1,5 +1,6 @@
-//! The admin API (`/v1/admin/...`): routes (pause, resume), dead letters (list, inspect,
-//! replay) and the quarantine (list, inspect, replay). Every call needs
+//! The admin API (`/v1/admin/...`): routes (pause, resume, test sends, the delivery log),
+//! events (one, with each route's delivery), dead letters (list, inspect, replay) and the
+//! quarantine (list, inspect, replay). Every call needs
 //! `Authorization: Bearer <[admin] token>`; without a configured token the API is off.
 //!
 //! **Invariant:** the admin API changes the store only through the `Store` trait and tells
@@ -20,10 +21,11 @@ use serde_json::json;
 
 use crate::{
     auth,
+    canonical::{EventType, Vendor, sample},
     http::{cut, error_response},
     ingress::{self, IngressError, OnReject},
     server::App,
-    store::{Filter, Millis, StoreError, now_ms},
+    store::{Filter, LogFilter, LogOutcome, Millis, StoreError, TestSend, now_ms},
     telemetry::IngressOutcome,
 };
 
@@ -32,6 +34,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/routes", get(routes))
         .route("/v1/admin/routes/{name}/pause", post(pause))
         .route("/v1/admin/routes/{name}/resume", post(resume))
+        .route("/v1/admin/routes/{name}/deliveries", get(deliveries))
+        .route("/v1/admin/routes/{name}/test", post(test_send))
+        .route("/v1/admin/events/{id}", get(event))
         .route("/v1/admin/dead-letters", get(dead_letters))
         .route("/v1/admin/dead-letters/replay", post(replay_dead_letters))
         .route("/v1/admin/dead-letters/{id}", get(dead_letter))
@@ -237,6 +242,147 @@ async fn set_paused(app: &App, name: &str, paused: bool) -> Result<Response, Adm
     app.store.set_paused(name, paused.then_some("paused by an operator"), now_ms()).await?;
     tracing::info!(route = %name, paused, "Route pause changed by an operator.");
     Ok(Json(json!({ "route": name, "paused": paused })).into_response())
+}
+
+/// Query parameters of the delivery log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogParams {
+    /// RFC 3339 time, or a duration back from now (`2h`, `30m`).
+    since: Option<String>,
+    before_id: Option<i64>,
+    limit: Option<usize>,
+    subject: Option<String>,
+    /// `success`, `failed` or `dead`.
+    outcome: Option<String>,
+    /// Only test sends (`true`) or only deliveries (`false`).
+    test: Option<bool>,
+}
+
+async fn deliveries(
+    State(app): State<Arc<App>>,
+    AdminPath(name): AdminPath<String>,
+    AdminQuery(params): AdminQuery<LogParams>,
+) -> Result<Response, AdminError> {
+    let outcome = match params.outcome.as_deref() {
+        None => None,
+        Some("success") => Some(LogOutcome::Success),
+        Some("failed") => Some(LogOutcome::Failed),
+        Some("dead") => Some(LogOutcome::Dead),
+        Some(other) => {
+            return Err(AdminError::BadRequest(format!(
+                "`outcome` must be success, failed or dead, not `{}`",
+                cut(other, ECHO)
+            )));
+        }
+    };
+    let filter = LogFilter {
+        route: Some(name.clone()),
+        since: params.since.as_deref().map(parse_since).transpose()?,
+        before_id: params.before_id,
+        subject: params.subject.clone(),
+        outcome,
+        test: params.test,
+        limit: params.limit,
+    };
+    let items = app.store.delivery_log(&filter).await?;
+    // A route no longer configured still shows the log it left.
+    if items.is_empty() && !app.config.routes.contains_key(&name) && params.before_id.is_none() {
+        return Err(AdminError::NotFound(format!("no route named `{}`", cut(&name, ECHO))));
+    }
+    let next =
+        (items.len() == params.limit.unwrap_or(100).clamp(1, 1000)).then(|| items.last().map(|d| d.id)).flatten();
+    Ok(Json(json!({ "deliveries": items, "next_before_id": next })).into_response())
+}
+
+async fn event(State(app): State<Arc<App>>, AdminPath(id): AdminPath<String>) -> Result<Response, AdminError> {
+    match app.store.event(&id, now_ms()).await? {
+        Some(detail) => Ok(Json(detail).into_response()),
+        None => Err(AdminError::NotFound(format!("no stored event `{}`", cut(&id, ECHO)))),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestParams {
+    /// The canonical type of the sample event; default: the first the route subscribes to.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// Sends a sample event of a type to a route now, outside the outbox, as a delivery would go
+/// (headers, signature), and answers what the receiver said; kept in the log as a test.
+async fn test_send(
+    State(app): State<Arc<App>>,
+    AdminPath(name): AdminPath<String>,
+    AdminQuery(params): AdminQuery<TestParams>,
+) -> Result<Response, AdminError> {
+    let Some(route) = app.config.routes.get(&name) else {
+        return Err(AdminError::NotFound(format!("no route named `{}`", cut(&name, ECHO))));
+    };
+    let known = || EventType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ");
+    let kind = match params.kind.as_deref() {
+        Some(text) => EventType::parse(text).ok_or_else(|| {
+            AdminError::BadRequest(format!("unknown event type `{}`; known types: {}", cut(text, ECHO), known()))
+        })?,
+        None => {
+            let patterns: Vec<wildmatch::WildMatch> =
+                route.events.iter().map(|p| wildmatch::WildMatch::new(p)).collect();
+            EventType::ALL
+                .iter()
+                .copied()
+                .find(|t| patterns.iter().any(|p| p.matches(t.as_str())))
+                .unwrap_or(EventType::CallEnded)
+        }
+    };
+    let (source, vendor) = sample_source(&app, route);
+    let event = sample::sample(kind, &source, vendor, chrono::Utc::now());
+    let json = serde_json::to_string(&event).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+    let Some(tested) = app.dispatcher.test_send(&name, &event.id, json).await else {
+        return Err(AdminError::NotFound(format!("no route named `{}`", cut(&name, ECHO))));
+    };
+    let attempt = tested.attempt.clone();
+    let send = TestSend {
+        route: name.clone(),
+        event_id: event.id.clone(),
+        kind: kind.as_str().to_owned(),
+        subject: event.subject.clone(),
+        success: tested.success,
+        attempt: tested.attempt,
+    };
+    // The receiver has been answered already: a log the store cannot keep now is said, not
+    // turned into a failure of the send.
+    let log_id = match app.store.record_test(send).await {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::error!(route = %name, error = %e, "Could not keep a test send in the delivery log.");
+            None
+        }
+    };
+    tracing::info!(route = %name, event_type = %kind, status = ?attempt.status, "Test send by an operator.");
+    Ok(Json(json!({
+        "route": name,
+        "event_id": event.id,
+        "type": kind.as_str(),
+        "subject": event.subject,
+        "outcome": if tested.success { "success" } else { "failed" },
+        "status": attempt.status,
+        "duration_ms": attempt.duration_ms,
+        "response": attempt.response,
+        "error": attempt.error,
+        "log_id": log_id,
+    }))
+    .into_response())
+}
+
+/// The source a route's sample event claims to come from: the first of the route's sources,
+/// else the first configured source, with its vendor.
+fn sample_source(app: &App, route: &crate::config::RouteConfig) -> (String, Vendor) {
+    let name = route.sources.as_ref().and_then(|s| s.first()).or_else(|| app.config.sources.keys().next());
+    match name.and_then(|n| app.config.sources.get(n).map(|s| (n, s))) {
+        Some((name, source)) => (name.clone(), source.vendor),
+        None => ("callgate-test".to_owned(), Vendor::ALL[0]),
+    }
 }
 
 async fn dead_letters(

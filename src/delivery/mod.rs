@@ -34,7 +34,7 @@ use crate::{
     telemetry::{self, DeliveryOutcome},
 };
 
-/// Bytes of a failed response kept with the attempt.
+/// Bytes of a response kept with the attempt in the delivery log.
 const SNIPPET_BYTES: usize = 1024;
 /// Longest idle sleep of a worker: it is woken earlier by the store's notices and by its own
 /// finished attempts; this is the fallback for a notice that never arrived (another replica's).
@@ -50,6 +50,10 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(6 * 3600);
 pub struct Dispatcher {
     tasks: JoinSet<()>,
     stop: CancellationToken,
+    /// Every configured route (enabled or not) ready to send: the workers' own, shared with
+    /// test sends, so a test goes out exactly as a delivery would.
+    routes: BTreeMap<String, Arc<RouteRuntime>>,
+    client: reqwest::Client,
 }
 
 /// Passes the store's notices on to the route workers until `stop`.
@@ -116,7 +120,12 @@ impl Dispatcher {
         let stop = CancellationToken::new();
         let mut routes = BTreeMap::new();
         let mut tasks = JoinSet::new();
-        for (name, route) in config.routes.iter().filter(|(_, r)| r.enabled) {
+        let runtimes: BTreeMap<String, Arc<RouteRuntime>> = config
+            .routes
+            .iter()
+            .map(|(name, route)| (name.clone(), Arc::new(RouteRuntime::new(name, route))))
+            .collect();
+        for (name, runtime) in runtimes.iter().filter(|(_, r)| r.config.enabled) {
             let handle = Arc::new(RouteHandle { notify: Notify::new(), failing: AtomicU32::new(0) });
             if paused.contains(name) {
                 tracing::warn!(route = %name, "Route is paused; resume it with `callgate routes resume {name}`.");
@@ -125,7 +134,7 @@ impl Dispatcher {
             routes.insert(name.clone(), handle.clone());
             let worker = Worker {
                 name: name.clone(),
-                route: Arc::new(RouteRuntime::new(name, route)),
+                route: runtime.clone(),
                 handle,
                 store: store.clone(),
                 client: client.clone(),
@@ -138,7 +147,18 @@ impl Dispatcher {
         }
         let routes = Arc::new(routes);
         tasks.spawn(relay(notices, routes.clone(), store.clone(), stop.clone()));
-        Ok(Dispatcher { tasks, stop })
+        Ok(Dispatcher { tasks, stop, routes: runtimes, client })
+    }
+
+    /// Sends the CloudEvent `json` (id `event_id`) to `route` once, now, with the route's
+    /// headers and signature, outside the store: whether the route is enabled or paused, and
+    /// never retried. `None` when no such route is configured.
+    pub async fn test_send(&self, route: &str, event_id: &str, json: String) -> Option<Tested> {
+        let route = self.routes.get(route)?;
+        let (headers, _cut) = route.egress.headers(event_id, &json);
+        let (attempt, _) = post(&self.client, route, headers, json).await;
+        let success = attempt.status.is_some_and(|s| (200..300).contains(&s));
+        Some(Tested { attempt, success })
     }
 
     /// Stops taking new deliveries and waits up to the grace period for in-flight attempts;
@@ -234,6 +254,13 @@ impl Egress {
         }
         (headers, cut)
     }
+}
+
+/// What a test send found.
+pub struct Tested {
+    pub attempt: Attempt,
+    /// The route answered 2xx.
+    pub success: bool,
 }
 
 /// A route prepared for sending: parsed headers and signing keys.
@@ -442,38 +469,19 @@ struct Sent {
 async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<RouteHandle>, mut d: Delivery) -> Sent {
     let name = &route.name;
     let started = Instant::now();
-    let at = now_ms();
     let headers = route.headers(&d);
     // The body is sent once; only its id and subject are needed afterwards.
     let body = std::mem::take(&mut d.json);
-    let result =
-        client.post(route.config.url.clone()).timeout(route.config.timeout).headers(headers).body(body).send().await;
-    let (status, error, response, retry_after) = match result {
-        Ok(resp) if resp.status().is_success() => (Some(resp.status()), None, None, None),
-        Ok(resp) => {
-            let status = resp.status();
-            let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
-                .then(|| retry_after(resp.headers()))
-                .flatten();
-            (Some(status), None, Some(snippet(resp).await), retry_after)
-        }
-        Err(e) => (None, Some(describe(&e, route.config.timeout)), None, None),
-    };
+    let (record, retry_after) = post(&client, &route, headers, body).await;
     let seconds = started.elapsed().as_secs_f64();
-    let record = Attempt {
-        at,
-        status: status.map(|s| s.as_u16()),
-        error,
-        response,
-        duration_ms: started.elapsed().as_millis() as i64,
-    };
+    let status = record.status.and_then(|s| StatusCode::from_u16(s).ok());
     let done = d.attempts as usize + 1;
     let (kind, counted, gone) = if status.is_some_and(|s| s.is_success()) {
         let recovered = handle.failing.swap(0, Ordering::Relaxed) >= PROBE_AFTER;
         if recovered {
             tracing::info!(route = %name, "Route recovered; its waiting retries are due now.");
         }
-        (OutcomeKind::Delivered { recovered }, DeliveryOutcome::Success, false)
+        (OutcomeKind::Delivered { recovered, attempt: record }, DeliveryOutcome::Success, false)
     } else if status == Some(StatusCode::GONE) {
         handle.failing.fetch_add(1, Ordering::Relaxed);
         (OutcomeKind::Gone { attempt: record }, DeliveryOutcome::Retry, true)
@@ -481,7 +489,7 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
         handle.failing.fetch_add(1, Ordering::Relaxed);
         let delay = retry_after.unwrap_or_else(|| jitter(*delay));
         tracing::debug!(route = %name, event_id = %d.event_id, attempt = done, status = ?record.status, error = ?record.error, "Delivery failed; will retry.");
-        let next_at = at + delay.as_millis() as Millis;
+        let next_at = record.at + delay.as_millis() as Millis;
         (OutcomeKind::Retry { next_at, attempt: record }, DeliveryOutcome::Retry, false)
     } else {
         handle.failing.fetch_add(1, Ordering::Relaxed);
@@ -489,6 +497,33 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
         (OutcomeKind::Dead { attempt: record }, DeliveryOutcome::DeadLetter, false)
     };
     Sent { outcome: Outcome { id: d.id, lease: d.lease, kind }, event_id: d.event_id, counted, seconds, gone }
+}
+
+/// One request of `body` to a route with `headers`: what the delivery log keeps of it (status,
+/// the first bytes of the answer, or the transport error; its time and duration), and the
+/// `Retry-After` a 429 or 503 asked for.
+async fn post(
+    client: &reqwest::Client,
+    route: &RouteRuntime,
+    headers: HeaderMap,
+    body: String,
+) -> (Attempt, Option<Duration>) {
+    let started = Instant::now();
+    let at = now_ms();
+    let result =
+        client.post(route.config.url.clone()).timeout(route.config.timeout).headers(headers).body(body).send().await;
+    let (status, error, response, retry_after) = match result {
+        Ok(resp) => {
+            let status = resp.status();
+            let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+                .then(|| retry_after(resp.headers()))
+                .flatten();
+            (Some(status.as_u16()), None, snippet(resp).await, retry_after)
+        }
+        Err(e) => (None, Some(describe(&e, route.config.timeout)), None, None),
+    };
+    let attempt = Attempt { at, status, error, response, duration_ms: started.elapsed().as_millis() as i64 };
+    (attempt, retry_after)
 }
 
 /// Records an answered attempt's outcome, retrying until the store takes it. The call's next
@@ -533,8 +568,9 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(delay.clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX))
 }
 
-/// The first bytes of a response body, for the operator reading a dead letter.
-async fn snippet(mut resp: reqwest::Response) -> String {
+/// The first bytes of a response body, for the operator reading the delivery log; `None` for
+/// an empty body.
+async fn snippet(mut resp: reqwest::Response) -> Option<String> {
     let mut bytes = Vec::new();
     while bytes.len() < SNIPPET_BYTES {
         match resp.chunk().await {
@@ -542,7 +578,7 @@ async fn snippet(mut resp: reqwest::Response) -> String {
             _ => break,
         }
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// A transport error without the URL (which may carry a secret).

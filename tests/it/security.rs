@@ -103,7 +103,11 @@ fn hmac(body: &[u8]) -> Vec<u8> {
 /// An independent Standard Webhooks verifier, written from the specification: the signed
 /// content is `{webhook-id}.{webhook-timestamp}.{body}`, the key is the base64 part of the
 /// `whsec_` secret, and the header lists space-separated `v1,<base64 HMAC-SHA256>` entries.
-fn standard_webhooks_verify(secret: &str, headers: &axum::http::HeaderMap, body: &[u8]) -> Result<(), String> {
+pub(crate) fn standard_webhooks_verify(
+    secret: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<(), String> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).ok_or(format!("missing {name}"));
     let id = get("webhook-id")?;
     let timestamp = get("webhook-timestamp")?;

@@ -7,6 +7,8 @@ const BACKEND: support::Backend = support::Backend::Postgres;
 
 #[path = "../it/dedup.rs"]
 mod dedup;
+#[path = "../it/dlog.rs"]
+mod dlog;
 #[path = "../it/e2e.rs"]
 mod e2e;
 #[path = "../it/edges.rs"]

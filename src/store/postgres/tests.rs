@@ -91,7 +91,7 @@ async fn two_replicas_never_lease_two_deliveries_of_one_call_at_once() {
                     outcomes.push(Outcome {
                         id: d.id,
                         lease: d.lease,
-                        kind: OutcomeKind::Delivered { recovered: false },
+                        kind: OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() },
                     });
                 }
                 assert_eq!(store.complete(outcomes, now).await.unwrap(), Completed { stale: 0 });
@@ -129,8 +129,11 @@ async fn an_expired_lease_is_taken_over_and_the_old_holders_outcome_is_stale() {
     let taken = b.claim("r", now + 1_000, 10, now + 2_000).await.unwrap().deliveries;
     assert_eq!(taken.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["e1"], "taken over, e2 still waits");
     assert_ne!(taken[0].lease, first[0].lease);
-    let delivered =
-        |d: &Delivery| Outcome { id: d.id, lease: d.lease, kind: OutcomeKind::Delivered { recovered: false } };
+    let delivered = |d: &Delivery| Outcome {
+        id: d.id,
+        lease: d.lease,
+        kind: OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() },
+    };
     assert_eq!(a.complete(vec![delivered(&first[0])], now + 1_100).await.unwrap(), Completed { stale: 1 });
     assert_eq!(a.counts().await.unwrap().backlog.get("r"), Some(&2), "the stale outcome changed nothing");
     assert_eq!(b.complete(vec![delivered(&taken[0])], now + 1_200).await.unwrap(), Completed { stale: 0 });
@@ -272,8 +275,11 @@ async fn a_replica_whose_clock_runs_an_hour_ahead_agrees_with_the_others_on_leas
     let b =
         PostgresStore::open(&db.url, PgOptions { pretend_clock_ahead: HOUR, ..PgOptions::default() }).await.unwrap();
     assert!((b.clock.offset() + HOUR).abs() < 1_000, "b measured its clock an hour ahead: {} ms", b.clock.offset());
-    let delivered =
-        |d: &Delivery| Outcome { id: d.id, lease: d.lease, kind: OutcomeKind::Delivered { recovered: false } };
+    let delivered = |d: &Delivery| Outcome {
+        id: d.id,
+        lease: d.lease,
+        kind: OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() },
+    };
     a.ingest(ingest("vox", "1", &[("a", "vox:x", &["r"]), ("b", "vox:x", &["r"])])).await.unwrap();
 
     // a leases the head for a minute; b, an hour ahead, must not see that lease as expired.
