@@ -287,8 +287,11 @@ async fn deliveries(
     };
     let items = app.store.delivery_log(&filter).await?;
     // A route no longer configured still shows the log it left.
-    if items.is_empty() && !app.config.routes.contains_key(&name) && params.before_id.is_none() {
-        return Err(AdminError::NotFound(format!("no route named `{}`", cut(&name, ECHO))));
+    if items.is_empty() && !app.config.routes.contains_key(&name) {
+        let any = LogFilter { route: Some(name.clone()), limit: Some(1), ..LogFilter::default() };
+        if app.store.delivery_log(&any).await?.is_empty() {
+            return Err(AdminError::NotFound(format!("no route named `{}`", cut(&name, ECHO))));
+        }
     }
     let next =
         (items.len() == params.limit.unwrap_or(100).clamp(1, 1000)).then(|| items.last().map(|d| d.id)).flatten();
