@@ -1299,7 +1299,7 @@ impl Store for PostgresStore {
 
     async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterDetail>, StoreError> {
         let row = sqlx::query(
-            "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body
+            "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body, d.event_seq
                FROM dead_letters d JOIN events e ON e.seq = d.event_seq WHERE d.id = $1",
         )
         .bind(id)
@@ -1308,9 +1308,13 @@ impl Store for PostgresStore {
         let Some(row) = row else { return Ok(None) };
         let summary = dead_letter_row(&row)?;
         let body: String = row.try_get(8)?;
+        let seq: i64 = row.try_get(9)?;
+        // Through its event (`attempts_event`): the log has no index by delivery.
         let rows = sqlx::query(
-            "SELECT attempt, at, status, error, response, duration_ms FROM attempts WHERE delivery_id = $1 ORDER BY id",
+            "SELECT attempt, at, status, error, response, duration_ms FROM attempts
+              WHERE event_seq = $1 AND delivery_id = $2 ORDER BY id",
         )
+        .bind(seq)
         .bind(id)
         .fetch_all(self.pool())
         .await?;
@@ -1531,8 +1535,12 @@ impl Store for PostgresStore {
         // One snapshot, so a delivery never shows in two states (or none) at once.
         let mut tx = self.pool().begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         let row = sqlx::query(
-            "SELECT e.seq, e.id, e.type, e.subject, e.body, p.received_at
-               FROM events e JOIN payloads p ON p.id = e.payload_id WHERE e.id = $1 ORDER BY e.seq LIMIT 1",
+            "SELECT x.* FROM generate_series((SELECT max(seq) FROM events) >> 10, (SELECT min(seq) FROM events) >> 10, -1) AS b (k)
+              CROSS JOIN LATERAL (
+                SELECT e.seq, e.id, e.type, e.subject, e.body, p.received_at
+                  FROM events e JOIN payloads p ON p.id = e.payload_id
+                 WHERE (e.seq >> 10) = b.k AND e.id = $1) x
+              LIMIT 1",
         )
         .bind(id)
         .fetch_optional(&mut *tx)

@@ -610,6 +610,18 @@ fn record_attempt(
     Ok(())
 }
 
+/// An event by its id: `events_id` is keyed by buckets of 1024 events (`seq >> 10`) so that
+/// ingest appends to it; the lookup probes each bucket, newest first.
+const EVENT_BY_ID: &str = "
+WITH RECURSIVE bucket (k) AS (
+  SELECT (SELECT MAX(seq) FROM events) >> 10
+  UNION ALL
+  SELECT k - 1 FROM bucket WHERE k > (SELECT MIN(seq) FROM events) >> 10)
+SELECT e.seq, e.id, e.type, e.subject, e.body, p.received_at
+  FROM bucket JOIN events e ON (e.seq >> 10) = bucket.k AND e.id = ?1
+  JOIN payloads p ON p.id = e.payload_id
+ LIMIT 1";
+
 /// The columns of a delivery log entry, over `attempts a LEFT JOIN events e` (a test send has
 /// no event row and keeps its own id, type and subject).
 const LOG_COLUMNS: &str = "a.id, a.route, a.delivery_id, COALESCE(e.id, a.event_id), COALESCE(e.type, a.type),
@@ -937,18 +949,20 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let found = conn
                 .query_row(
-                    "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body
+                    "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body, d.event_seq
                        FROM dead_letters d JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1",
                     [id],
-                    |r| Ok((dead_letter_row(r)?, r.get::<_, String>(8)?)),
+                    |r| Ok((dead_letter_row(r)?, r.get::<_, String>(8)?, r.get::<_, i64>(9)?)),
                 )
                 .optional()?;
-            let Some((summary, body)) = found else { return Ok(None) };
+            let Some((summary, body, seq)) = found else { return Ok(None) };
+            // Through its event (`attempts_event`): the log has no index by delivery.
             let mut stmt = conn.prepare(
-                "SELECT attempt, at, status, error, response, duration_ms FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+                "SELECT attempt, at, status, error, response, duration_ms FROM attempts
+                  WHERE event_seq = ?1 AND delivery_id = ?2 ORDER BY id",
             )?;
             let attempts_log = stmt
-                .query_map([id], |r| {
+                .query_map([seq, id], |r| {
                     Ok(AttemptRecord {
                         attempt: r.get(0)?,
                         at: rfc3339(r.get(1)?),
@@ -1087,21 +1101,16 @@ impl Store for SqliteStore {
         let found = self
             .read(move |conn| {
                 let event = conn
-                    .query_row(
-                        "SELECT e.seq, e.id, e.type, e.subject, e.body, p.received_at
-                           FROM events e JOIN payloads p ON p.id = e.payload_id WHERE e.id = ?1 ORDER BY e.seq LIMIT 1",
-                        [&id],
-                        |r| {
-                            Ok((
-                                r.get::<_, i64>(0)?,
-                                r.get::<_, String>(1)?,
-                                r.get::<_, String>(2)?,
-                                r.get::<_, String>(3)?,
-                                r.get::<_, String>(4)?,
-                                r.get::<_, i64>(5)?,
-                            ))
-                        },
-                    )
+                    .query_row(EVENT_BY_ID, [&id], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, i64>(5)?,
+                        ))
+                    })
                     .optional()?;
                 let Some((seq, id, kind, subject, body, received_at)) = event else { return Ok(None) };
                 let rows = |sql: &str| -> Result<Vec<(i64, String, i64, i64)>, rusqlite::Error> {
