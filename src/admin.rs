@@ -1,7 +1,8 @@
-//! The admin API (`/v1/admin/...`): routes (pause, resume), dead letters (list, inspect,
-//! replay), the quarantine (list, inspect, replay), the vendor drift report and the live tail
-//! (`tail.rs`). Every call needs `Authorization: Bearer <[admin] token>` (the tail also takes a
-//! stream ticket); without a configured token the API is off.
+//! The admin API (`/v1/admin/...`): routes (pause, resume, test sends, the delivery log, the
+//! backlog of a removed route), events (one, with each route's delivery), dead letters (list,
+//! inspect, replay), the quarantine (list, inspect, replay), the vendor drift report, reload and
+//! the live tail (`tail.rs`). Every call needs `Authorization: Bearer <[admin] token>` (the tail
+//! also takes a stream ticket); without a configured token the API is off.
 //!
 //! **Invariant:** the admin API changes the store only through the `Store` trait and tells
 //! the delivery workers through the `Dispatcher`, so counts, gauges and workers stay true.
@@ -21,12 +22,13 @@ use serde_json::json;
 
 use crate::{
     auth,
+    canonical::{EventType, Vendor, sample},
     config::ConfigErrors,
     drift::MAX_ROWS_PER_SOURCE,
     http::{cut, error_response},
     ingress::{self, IngressError, OnReject},
     server::App,
-    store::{Filter, Millis, StoreError, now_ms, rfc3339},
+    store::{Filter, LogFilter, LogOutcome, Millis, StoreError, TestSend, now_ms, rfc3339},
     telemetry::IngressOutcome,
 };
 
@@ -40,6 +42,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/routes/{name}/resume", post(resume))
         .route("/v1/admin/routes/{name}/backlog", delete(discard_backlog))
         .route("/v1/admin/reload", post(reload))
+        .route("/v1/admin/routes/{name}/deliveries", get(deliveries))
+        .route("/v1/admin/routes/{name}/test", post(test_send))
+        .route("/v1/admin/events/{id}", get(event))
         .route("/v1/admin/dead-letters", get(dead_letters))
         .route("/v1/admin/dead-letters/replay", post(replay_dead_letters))
         .route("/v1/admin/dead-letters/{id}", get(dead_letter))
@@ -298,6 +303,149 @@ async fn reload(State(app): State<Arc<App>>) -> Result<Response, AdminError> {
     match crate::reload::reload(&app, "admin API").await {
         Ok(changes) => Ok(Json(changes).into_response()),
         Err(errors) => Err(AdminError::InvalidConfig(errors)),
+    }
+}
+
+/// Query parameters of the delivery log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogParams {
+    /// RFC 3339 time, or a duration back from now (`2h`, `30m`).
+    since: Option<String>,
+    before_id: Option<i64>,
+    limit: Option<usize>,
+    subject: Option<String>,
+    /// `success`, `failed` or `dead`.
+    outcome: Option<String>,
+    /// Only test sends (`true`) or only deliveries (`false`).
+    test: Option<bool>,
+}
+
+async fn deliveries(
+    State(app): State<Arc<App>>,
+    AdminPath(name): AdminPath<String>,
+    AdminQuery(params): AdminQuery<LogParams>,
+) -> Result<Response, AdminError> {
+    let outcome = match params.outcome.as_deref() {
+        None => None,
+        Some("success") => Some(LogOutcome::Success),
+        Some("failed") => Some(LogOutcome::Failed),
+        Some("dead") => Some(LogOutcome::Dead),
+        Some(other) => {
+            return Err(AdminError::BadRequest(format!(
+                "`outcome` must be success, failed or dead, not `{}`",
+                cut(other, ECHO)
+            )));
+        }
+    };
+    let filter = LogFilter {
+        route: Some(name.clone()),
+        since: params.since.as_deref().map(parse_since).transpose()?,
+        before_id: params.before_id,
+        subject: params.subject.clone(),
+        outcome,
+        test: params.test,
+        limit: params.limit,
+    };
+    let items = app.store.delivery_log(&filter).await?;
+    // A route no longer configured still shows the log it left.
+    if items.is_empty() && !app.config.load().routes.contains_key(&name) {
+        let any = LogFilter { route: Some(name.clone()), limit: Some(1), ..LogFilter::default() };
+        if app.store.delivery_log(&any).await?.is_empty() {
+            return Err(AdminError::NotFound(format!("no route named `{}`", cut(&name, ECHO))));
+        }
+    }
+    let next =
+        (items.len() == params.limit.unwrap_or(100).clamp(1, 1000)).then(|| items.last().map(|d| d.id)).flatten();
+    Ok(Json(json!({ "deliveries": items, "next_before_id": next })).into_response())
+}
+
+async fn event(State(app): State<Arc<App>>, AdminPath(id): AdminPath<String>) -> Result<Response, AdminError> {
+    match app.store.event(&id, now_ms()).await? {
+        Some(detail) => Ok(Json(detail).into_response()),
+        None => Err(AdminError::NotFound(format!("no stored event `{}`", cut(&id, ECHO)))),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestParams {
+    /// The canonical type of the sample event; default: the first the route subscribes to.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// Sends a sample event of a type to a route now, outside the outbox, as a delivery would go
+/// (headers, signature), and answers what the receiver said; kept in the log as a test.
+async fn test_send(
+    State(app): State<Arc<App>>,
+    AdminPath(name): AdminPath<String>,
+    AdminQuery(params): AdminQuery<TestParams>,
+) -> Result<Response, AdminError> {
+    let config = app.config.load();
+    let Some(route) = config.routes.get(&name) else {
+        return Err(AdminError::NotFound(format!("no route named `{}`", cut(&name, ECHO))));
+    };
+    let known = || EventType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ");
+    let kind = match params.kind.as_deref() {
+        Some(text) => EventType::parse(text).ok_or_else(|| {
+            AdminError::BadRequest(format!("unknown event type `{}`; known types: {}", cut(text, ECHO), known()))
+        })?,
+        None => {
+            let patterns: Vec<wildmatch::WildMatch> =
+                route.events.iter().map(|p| wildmatch::WildMatch::new(p)).collect();
+            EventType::ALL
+                .iter()
+                .copied()
+                .find(|t| patterns.iter().any(|p| p.matches(t.as_str())))
+                .unwrap_or(EventType::CallEnded)
+        }
+    };
+    let (source, vendor) = sample_source(&config, route);
+    let event = sample::sample(kind, &source, vendor, chrono::Utc::now());
+    let json = serde_json::to_string(&event).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+    let tested = app.dispatcher.test_send(&name, route, &event.id, &event.subject, json).await;
+    let attempt = tested.attempt.clone();
+    let send = TestSend {
+        route: name.clone(),
+        event_id: event.id.clone(),
+        kind: kind.as_str().to_owned(),
+        subject: event.subject.clone(),
+        success: tested.success,
+        attempt: tested.attempt,
+    };
+    // The receiver has been answered already: a log the store cannot keep now is said, not
+    // turned into a failure of the send.
+    let log_id = match app.store.record_test(send).await {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::error!(route = %name, error = %e, "Could not keep a test send in the delivery log.");
+            None
+        }
+    };
+    tracing::info!(route = %name, event_type = %kind, status = ?attempt.status, "Test send by an operator.");
+    Ok(Json(json!({
+        "route": name,
+        "event_id": event.id,
+        "type": kind.as_str(),
+        "subject": event.subject,
+        "outcome": if tested.success { "success" } else { "failed" },
+        "status": attempt.status,
+        "duration_ms": attempt.duration_ms,
+        "response": attempt.response,
+        "error": attempt.error,
+        "log_id": log_id,
+    }))
+    .into_response())
+}
+
+/// The source a route's sample event claims to come from: the first of the route's sources,
+/// else the first configured source, with its vendor.
+fn sample_source(config: &crate::config::Config, route: &crate::config::RouteConfig) -> (String, Vendor) {
+    let name = route.sources.as_ref().and_then(|s| s.first()).or_else(|| config.sources.keys().next());
+    match name.and_then(|n| config.sources.get(n).map(|s| (n, s))) {
+        Some((name, source)) => (name.clone(), source.vendor),
+        None => ("callgate-test".to_owned(), Vendor::ALL[0]),
     }
 }
 

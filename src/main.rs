@@ -91,8 +91,22 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// List routes with their backlog, pause and resume one, or discard the backlog of a route
-    /// no longer configured (through the admin API).
+    /// The delivery log: every attempt of every delivery, and test sends (through the admin API).
+    Deliveries {
+        #[command(subcommand)]
+        action: DeliveriesAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one stored event with each route's delivery state and attempts (through the admin API).
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List routes with their backlog, pause and resume one, send it a test event, or discard
+    /// the backlog of a route no longer configured (through the admin API).
     Routes {
         #[command(subcommand)]
         action: RouteAction,
@@ -233,6 +247,46 @@ enum RouteAction {
     DiscardBacklog {
         name: String,
     },
+    /// Send a sample event (marked `data.test = true`) to the route now, outside the queue,
+    /// and print what the receiver answered.
+    Test {
+        name: String,
+        /// Canonical type of the sample, e.g. call.ended; default: the first the route takes.
+        #[arg(long = "type")]
+        kind: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesAction {
+    /// List a route's attempts, newest first.
+    List {
+        #[arg(long)]
+        route: String,
+        /// Only since this RFC 3339 time or duration ago (e.g. 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only of this subject (`{source}:{call_id}`).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only success, failed or dead.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only test sends (true) or only deliveries (false).
+        #[arg(long)]
+        test: Option<bool>,
+        /// Only ids below this (the previous page's last id).
+        #[arg(long)]
+        before_id: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// Show one event by its id (`ce_…`).
+    Show { id: String },
 }
 
 fn main() -> ExitCode {
@@ -251,6 +305,8 @@ fn main() -> ExitCode {
         Command::Drift { source, since, limit, admin } => operate(admin, Target::Drift { source, since, limit }),
         Command::Reload { admin } => operate(admin, Target::Reload),
         Command::Tail { route, source, kind, json, admin } => tail(admin, &route, &source, &kind, json),
+        Command::Deliveries { action, admin } => operate(admin, Target::Deliveries(action)),
+        Command::Events { action, admin } => operate(admin, Target::Events(action)),
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
         Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
     }
@@ -357,6 +413,8 @@ enum Target {
     Routes(RouteAction),
     Drift { source: Option<String>, since: Option<String>, limit: usize },
     Reload,
+    Deliveries(DeliveriesAction),
+    Events(EventsAction),
 }
 
 /// The admin API client and a runtime for an operator command, or how it failed.
@@ -450,7 +508,8 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
     let (path, key) = match &target {
         Target::DeadLetters(_) => ("/v1/admin/dead-letters", "route"),
         Target::Quarantine(_) => ("/v1/admin/quarantine", "source"),
-        Target::Routes(_) => ("/v1/admin/routes", ""),
+        Target::Routes(_) | Target::Deliveries(_) => ("/v1/admin/routes", ""),
+        Target::Events(_) => ("/v1/admin/events", ""),
         Target::Drift { .. } => ("/v1/admin/drift", "source"),
         Target::Reload => ("/v1/admin/reload", ""),
     };
@@ -560,6 +619,43 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
             client.call(Method::DELETE, &format!("{path}/{name}/backlog"), &[]).await.map(pretty)
         }
         Target::Reload => client.call(Method::POST, path, &[]).await.map(pretty),
+        Target::Routes(RouteAction::Test { name, kind }) => {
+            let query: Vec<(&str, String)> = kind.map(|k| ("type", k)).into_iter().collect();
+            client.call(Method::POST, &format!("{path}/{name}/test"), &query).await.map(pretty)
+        }
+        Target::Deliveries(DeliveriesAction::List { route, since, subject, outcome, test, before_id, limit }) => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(since.map(|s| ("since", s)));
+            query.extend(subject.map(|s| ("subject", s)));
+            query.extend(outcome.map(|o| ("outcome", o)));
+            query.extend(test.map(|t| ("test", t.to_string())));
+            query.extend(before_id.map(|b| ("before_id", b.to_string())));
+            let answer = client.call(Method::GET, &format!("{path}/{route}/deliveries"), &query).await?;
+            let rows = answer["deliveries"].as_array().cloned().unwrap_or_default();
+            let mut text = admin_client::table(
+                &rows,
+                &[
+                    ("ID", "id"),
+                    ("AT", "at"),
+                    ("EVENT", "event_id"),
+                    ("TYPE", "type"),
+                    ("SUBJECT", "subject"),
+                    ("ATTEMPT", "attempt"),
+                    ("OUTCOME", "outcome"),
+                    ("TEST", "test"),
+                    ("STATUS", "status"),
+                    ("MS", "duration_ms"),
+                    ("ERROR", "error"),
+                ],
+            );
+            if let Some(next) = answer["next_before_id"].as_i64() {
+                text.push_str(&format!("(more: --before-id {next})\n"));
+            }
+            Ok(text)
+        }
+        Target::Events(EventsAction::Show { id }) => {
+            client.call(Method::GET, &format!("{path}/{id}"), &[]).await.map(pretty)
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod lookup;
 pub mod paths;
 pub mod payload;
+pub mod sample;
 
 use std::{fmt, sync::Arc};
 
@@ -121,6 +122,11 @@ string_enum! {
 }
 
 impl EventType {
+    /// The type named `text` (`call.ended`), if it is one.
+    pub fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL.iter().copied().find(|t| t.as_str() == text)
+    }
+
     /// The terminal event for a status: `call.ended` ⇔ `completed`, else `call.failed`.
     pub fn for_end(status: Status) -> EventType {
         match status {

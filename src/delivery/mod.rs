@@ -37,7 +37,7 @@ use crate::{
     telemetry::{self, DeliveryOutcome},
 };
 
-/// Bytes of a failed response kept with the attempt.
+/// Bytes of a response kept with the attempt in the delivery log.
 const SNIPPET_BYTES: usize = 1024;
 /// Longest idle sleep of a worker: it is woken earlier by the store's notices and by its own
 /// finished attempts; this is the fallback for a notice that never arrived (another replica's).
@@ -262,6 +262,36 @@ impl Dispatcher {
         self.workers.lock().is_ok_and(|w| w.running.contains_key(route))
     }
 
+    /// Sends the CloudEvent `json` (id `event_id`) to the route `name` configured as `route`
+    /// once, now, exactly as a delivery of it would go (trimmed by its `omit`/`mask_numbers`,
+    /// its headers and signature), outside the store: whether the route is enabled or paused,
+    /// and never retried.
+    pub async fn test_send(
+        &self,
+        name: &str,
+        route: &RouteConfig,
+        event_id: &str,
+        subject: &str,
+        json: String,
+    ) -> Tested {
+        let runtime = RouteRuntime::new(name, route, self.tail.clone());
+        let mut delivery = Delivery {
+            id: 0,
+            route: name.to_owned(),
+            event_id: event_id.to_owned(),
+            subject: subject.to_owned(),
+            attempts: 0,
+            json,
+            lease: Lease(0),
+        };
+        let attempt = match runtime.request(&mut delivery) {
+            Ok((headers, body)) => post(&self.client, &runtime, headers, body).await.0,
+            Err(error) => Attempt { at: now_ms(), status: None, error: Some(error), response: None, duration_ms: 0 },
+        };
+        let success = attempt.status.is_some_and(|s| (200..300).contains(&s));
+        Tested { attempt, success }
+    }
+
     /// Stops taking new deliveries and waits up to the grace period for in-flight attempts;
     /// each worker then gives the leases of what is not finished back to the store, so it is
     /// claimed again at once (here after a restart, or by another replica).
@@ -376,6 +406,13 @@ impl Egress {
         }
         (headers, cut)
     }
+}
+
+/// What a test send found.
+pub struct Tested {
+    pub attempt: Attempt,
+    /// The route answered 2xx.
+    pub success: bool,
 }
 
 /// A route prepared for sending: parsed headers and signing keys.
@@ -613,38 +650,15 @@ struct Sent {
 async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<RouteHandle>, mut d: Delivery) -> Sent {
     let name = &route.name;
     let started = Instant::now();
-    let at = now_ms();
-    let sending = route.tail.active().then(|| Sending::of(&d, at));
-    let result = match route.request(&mut d) {
-        Ok((headers, body)) => Ok(client
-            .post(route.config.url.clone())
-            .timeout(route.config.timeout)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await),
-        Err(error) => Err(error),
-    };
-    let (status, error, response, retry_after) = match result {
-        Ok(Ok(resp)) if resp.status().is_success() => (Some(resp.status()), None, None, None),
-        Ok(Ok(resp)) => {
-            let status = resp.status();
-            let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
-                .then(|| retry_after(resp.headers()))
-                .flatten();
-            (Some(status), None, Some(snippet(resp).await), retry_after)
+    let sending = route.tail.active().then(|| Sending::of(&d, now_ms()));
+    let (record, retry_after) = match route.request(&mut d) {
+        Ok((headers, body)) => post(&client, &route, headers, body).await,
+        Err(error) => {
+            (Attempt { at: now_ms(), status: None, error: Some(error), response: None, duration_ms: 0 }, None)
         }
-        Ok(Err(e)) => (None, Some(describe(&e, route.config.timeout)), None, None),
-        Err(error) => (None, Some(error), None, None),
     };
     let seconds = started.elapsed().as_secs_f64();
-    let record = Attempt {
-        at,
-        status: status.map(|s| s.as_u16()),
-        error,
-        response,
-        duration_ms: started.elapsed().as_millis() as i64,
-    };
+    let status = record.status.and_then(|s| StatusCode::from_u16(s).ok());
     let done = d.attempts as usize + 1;
     let tailed = sending.map(|s| (s, record.status, record.duration_ms, record.error.clone()));
     let (kind, counted, gone) = if status.is_some_and(|s| s.is_success()) {
@@ -652,7 +666,7 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
         if recovered {
             tracing::info!(route = %name, "Route recovered; its waiting retries are due now.");
         }
-        (OutcomeKind::Delivered { recovered }, DeliveryOutcome::Success, false)
+        (OutcomeKind::Delivered { recovered, attempt: record }, DeliveryOutcome::Success, false)
     } else if status == Some(StatusCode::GONE) {
         handle.failing.fetch_add(1, Ordering::Relaxed);
         (OutcomeKind::Gone { attempt: record }, DeliveryOutcome::Retry, true)
@@ -660,7 +674,7 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
         handle.failing.fetch_add(1, Ordering::Relaxed);
         let delay = retry_after.unwrap_or_else(|| jitter(*delay));
         tracing::debug!(route = %name, event_id = %d.event_id, attempt = done, status = ?record.status, error = ?record.error, "Delivery failed; will retry.");
-        let next_at = at + delay.as_millis() as Millis;
+        let next_at = record.at + delay.as_millis() as Millis;
         (OutcomeKind::Retry { next_at, attempt: record }, DeliveryOutcome::Retry, false)
     } else {
         handle.failing.fetch_add(1, Ordering::Relaxed);
@@ -677,6 +691,33 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
         sending.attempted(name, outcome, status, duration_ms, error.as_deref())
     });
     Sent { outcome: Outcome { id: d.id, lease: d.lease, kind }, event_id: d.event_id, counted, seconds, gone, tailed }
+}
+
+/// One request of `body` to a route with `headers`: what the delivery log keeps of it (status,
+/// the first bytes of the answer, or the transport error; its time and duration), and the
+/// `Retry-After` a 429 or 503 asked for.
+async fn post(
+    client: &reqwest::Client,
+    route: &RouteRuntime,
+    headers: HeaderMap,
+    body: String,
+) -> (Attempt, Option<Duration>) {
+    let started = Instant::now();
+    let at = now_ms();
+    let result =
+        client.post(route.config.url.clone()).timeout(route.config.timeout).headers(headers).body(body).send().await;
+    let (status, error, response, retry_after) = match result {
+        Ok(resp) => {
+            let status = resp.status();
+            let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+                .then(|| retry_after(resp.headers()))
+                .flatten();
+            (Some(status.as_u16()), None, snippet(resp).await, retry_after)
+        }
+        Err(e) => (None, Some(describe(&e, route.config.timeout)), None, None),
+    };
+    let attempt = Attempt { at, status, error, response, duration_ms: started.elapsed().as_millis() as i64 };
+    (attempt, retry_after)
 }
 
 /// Records an answered attempt's outcome, retrying until the store takes it. The call's next
@@ -725,7 +766,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The first bytes of a response body, for the operator reading a dead letter.
-async fn snippet(mut resp: reqwest::Response) -> String {
+async fn snippet(mut resp: reqwest::Response) -> Option<String> {
     let mut bytes = Vec::new();
     while bytes.len() < SNIPPET_BYTES {
         match resp.chunk().await {
@@ -733,7 +774,7 @@ async fn snippet(mut resp: reqwest::Response) -> String {
             _ => break,
         }
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// A transport error without the URL (which may carry a secret).

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    Attempt, DRIFT_OVERFLOW, DriftCount, Filter, Ingest, IngestOutcome, Notice, OutcomeKind, Pruned, Quarantined,
-    Store, now_ms,
+    Attempt, DRIFT_OVERFLOW, DeliveryState, DriftCount, Filter, Ingest, IngestOutcome, LogFilter, LogOutcome, Notice,
+    OutcomeKind, Pruned, Quarantined, Store, TestSend, now_ms,
     test_support::{claim, delivered, ingest, outcome},
 };
 
@@ -125,7 +125,16 @@ pub(crate) async fn a_recovered_route_makes_its_waiting_retries_due_now(h: &dyn 
         .complete(vec![outcome(&due[0], OutcomeKind::Retry { next_at: now + 3_600_000, attempt })], now)
         .await
         .unwrap();
-    store.complete(vec![outcome(&due[1], OutcomeKind::Delivered { recovered: true })], now_ms()).await.unwrap();
+    store
+        .complete(
+            vec![outcome(
+                &due[1],
+                OutcomeKind::Delivered { recovered: true, attempt: crate::store::Attempt::default() },
+            )],
+            now_ms(),
+        )
+        .await
+        .unwrap();
     let again = claim(store, "r", now_ms(), 10).await;
     assert_eq!(again.len(), 1, "the hour-long retry is due at once");
     assert_eq!(again[0].event_id, "a");
@@ -228,9 +237,13 @@ pub(crate) async fn prune_removes_old_delivered_data_but_keeps_what_is_pending(h
         .unwrap();
     let recent = now_ms();
     store.record_drift(vec![drift("vox", "old", 1, 1_000), drift("vox", "recent", 1, recent)], 10).await.unwrap();
-    // received_at of both payloads is 1_000 (see `ingest`): everything is old.
+    // received_at of both payloads is 1_000 (see `ingest`): everything is old, but for b's
+    // failed attempt (now, and its delivery pending). a's success (`delivered`: at 0) goes
+    // with the event it belongs to.
     let pruned = store.prune(2_000, 2_000).await.unwrap();
-    assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 0, quarantine: 1, drift: 1 });
+    assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 1, quarantine: 1, drift: 1 });
+    assert!(store.event("a", now_ms()).await.unwrap().is_none());
+    assert_eq!(store.delivery_log(&LogFilter::default()).await.unwrap().len(), 1, "b's attempt is kept");
     let kept: Vec<String> = store.drift(&Filter::default()).await.unwrap().into_iter().map(|d| d.path).collect();
     assert_eq!(kept, ["recent"], "drift seen within the retention is kept");
     assert_eq!(claim(store, "r", now_ms(), 10).await[0].event_id, "b", "pending work is kept");
@@ -388,6 +401,103 @@ pub(crate) async fn tail_payloads_reach_every_process_sharing_the_store(h: &dyn 
     }
 }
 
+pub(crate) async fn the_delivery_log_keeps_every_attempt_and_lists_it_newest_first(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = &*store;
+    let now = now_ms();
+    store.ingest(ingest("vox", "1", &[("a", "call-a", &["r", "s"]), ("b", "call-b", &["r"])])).await.unwrap();
+    let due = claim(store, "r", now, 10).await;
+    let (a, b) = (&due[0], &due[1]);
+    let answer = |status: u16, response: &str| Attempt {
+        at: now,
+        status: Some(status),
+        error: None,
+        response: Some(response.into()),
+        duration_ms: 7,
+    };
+    let retry = OutcomeKind::Retry { next_at: now, attempt: answer(500, "busy") };
+    store.complete(vec![outcome(a, retry)], now).await.unwrap();
+    let again = claim(store, "r", now, 10).await;
+    assert_eq!(again[0].id, a.id);
+    let success = OutcomeKind::Delivered { recovered: false, attempt: answer(204, "fine") };
+    let gone = OutcomeKind::Dead {
+        attempt: Attempt { at: now, error: Some("connection failed".into()), ..Attempt::default() },
+    };
+    store.complete(vec![outcome(&again[0], success), outcome(b, gone)], now).await.unwrap();
+    let test = TestSend {
+        route: "r".into(),
+        event_id: "t".into(),
+        kind: "call.ended".into(),
+        subject: "vox:test".into(),
+        success: true,
+        attempt: answer(200, "ok"),
+    };
+    let test_id = store.record_test(test).await.unwrap();
+
+    let all = store.delivery_log(&LogFilter { route: Some("r".into()), ..LogFilter::default() }).await.unwrap();
+    let seen: Vec<(Option<&str>, i64, LogOutcome, bool)> =
+        all.iter().map(|e| (e.event_id.as_deref(), e.attempt, e.outcome, e.test)).collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("t"), 1, LogOutcome::Success, true),
+            (Some("b"), 1, LogOutcome::Dead, false),
+            (Some("a"), 2, LogOutcome::Success, false),
+            (Some("a"), 1, LogOutcome::Failed, false),
+        ],
+        "newest first"
+    );
+    assert_eq!(all[0].id, test_id);
+    assert_eq!(
+        (all[0].delivery_id, all[0].subject.as_deref(), all[0].kind.as_deref()),
+        (None, Some("vox:test"), Some("call.ended"))
+    );
+    assert_eq!((all[2].status, all[2].response.as_deref(), all[2].duration_ms), (Some(204), Some("fine"), 7));
+    assert_eq!(
+        (all[2].delivery_id, all[2].subject.as_deref(), all[2].kind.as_deref()),
+        (Some(a.id), Some("call-a"), Some("call.ended"))
+    );
+    assert_eq!(all[1].error.as_deref(), Some("connection failed"));
+    let only = |f: LogFilter| async move {
+        let f = LogFilter { route: Some("r".into()), ..f };
+        store.delivery_log(&f).await.unwrap().iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    let ids: Vec<i64> = all.iter().map(|e| e.id).collect();
+    assert_eq!(only(LogFilter { outcome: Some(LogOutcome::Success), ..LogFilter::default() }).await, [ids[0], ids[2]]);
+    assert_eq!(only(LogFilter { test: Some(false), ..LogFilter::default() }).await, ids[1..]);
+    assert_eq!(only(LogFilter { subject: Some("call-a".into()), ..LogFilter::default() }).await, ids[2..]);
+    assert_eq!(only(LogFilter { before_id: Some(ids[1]), limit: Some(1), ..LogFilter::default() }).await, [ids[2]]);
+    assert_eq!(only(LogFilter { since: Some(now + 1), ..LogFilter::default() }).await, Vec::<i64>::new());
+    assert!(
+        store.delivery_log(&LogFilter { route: Some("s".into()), ..LogFilter::default() }).await.unwrap().is_empty()
+    );
+
+    // One event, each route's delivery as the tables tell.
+    let shown = store.event("a", now).await.unwrap().unwrap();
+    assert_eq!((shown.kind.as_str(), shown.subject.as_str()), ("call.ended", "call-a"));
+    assert_eq!(shown.event["id"], "a");
+    let states: Vec<(&str, DeliveryState, i64, usize)> =
+        shown.deliveries.iter().map(|d| (d.route.as_str(), d.state, d.attempts, d.attempts_log.len())).collect();
+    assert_eq!(states, [("r", DeliveryState::Delivered, 2, 2), ("s", DeliveryState::Pending, 0, 0)]);
+    assert!(shown.deliveries[1].next_at.is_some());
+    let leased = claim(store, "s", now, 10).await;
+    let shown = store.event("a", now).await.unwrap().unwrap();
+    assert_eq!(shown.deliveries[1].state, DeliveryState::InFlight);
+    assert!(shown.deliveries[1].lease_until.is_some());
+    assert_eq!(
+        store.event("a", now + 120_000).await.unwrap().unwrap().deliveries[1].state,
+        DeliveryState::Pending,
+        "an expired lease is no flight"
+    );
+    store.release(vec![(leased[0].id, leased[0].lease)]).await.unwrap();
+    store.set_paused("s", Some("maintenance"), now).await.unwrap();
+    assert_eq!(store.event("a", now).await.unwrap().unwrap().deliveries[1].state, DeliveryState::Paused);
+    let dead = store.event("b", now).await.unwrap().unwrap();
+    assert_eq!((dead.deliveries.len(), dead.deliveries[0].state), (1, DeliveryState::Dead));
+    assert!(store.event("t", now).await.unwrap().is_none(), "a test send stores no event");
+    assert!(store.event("nope", now).await.unwrap().is_none());
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -419,6 +529,7 @@ macro_rules! all_checks {
             drift_adds_up_across_stores_and_each_source_is_capped,
             a_discarded_backlog_is_gone_but_leased_rows_and_other_routes_stay,
             tail_payloads_reach_every_process_sharing_the_store,
+            the_delivery_log_keeps_every_attempt_and_lists_it_newest_first,
         );
     };
 }

@@ -2,10 +2,11 @@
 //! database, so a single box can move up to several replicas without losing what it holds.
 //!
 //! What is copied, ids kept: every payload (the dedup window: a vendor's redelivery after the
-//! move is still a duplicate with the original ids), the events still delivered or dead
-//! lettered, the outbox (ids, `next_at`, attempts: a call's order and its retry schedule), the
-//! dead letters, the attempts of both, the quarantine, the paused routes and the drift report. Events already
-//! delivered and their attempts are history nothing reads, and are left behind.
+//! move is still a duplicate with the original ids), the events still to be delivered, dead
+//! lettered or in the delivery log, the outbox (ids, `next_at`, attempts: a call's order and
+//! its retry schedule), the dead letters, the whole delivery log (`attempts`, test sends
+//! included), the quarantine, the paused routes and the drift report. Events already delivered whose log was
+//! pruned are history nothing reads, and are left behind.
 //!
 //! The SQLite file is opened read-only and read in one transaction (one snapshot); the
 //! PostgreSQL side is one transaction with its tables locked against writers, so the move is
@@ -53,10 +54,10 @@ impl fmt::Display for Copied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows = [
             ("payloads", self.payloads, "(the dedup window)"),
-            ("events", self.events, "(of pending deliveries and dead letters)"),
+            ("events", self.events, "(of pending deliveries, dead letters and the delivery log)"),
             ("deliveries", self.deliveries, "(pending, ids and order kept)"),
             ("dead letters", self.dead_letters, ""),
-            ("attempts", self.attempts, "(of pending deliveries and dead letters)"),
+            ("attempts", self.attempts, "(the delivery log)"),
             ("quarantined", self.quarantined, ""),
             ("paused routes", self.paused_routes, ""),
             ("drift rows", self.drift, "(the drift report)"),
@@ -336,7 +337,8 @@ async fn copy_events(source: &Source, tx: &mut PgConnection) -> Result<u64, Copy
             "SELECT seq, id, payload_id, type, subject, body FROM events e
               WHERE seq > ?1
                 AND (EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)
-                     OR EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq))
+                     OR EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
+                     OR EXISTS (SELECT 1 FROM attempts a WHERE a.event_seq = e.seq))
               ORDER BY seq LIMIT ?2",
             after,
             CHUNK,
@@ -480,56 +482,83 @@ async fn copy_attempts(source: &Source, tx: &mut PgConnection) -> Result<u64, Co
     let (mut after, mut n) = (i64::MIN, 0);
     loop {
         let rows = source.chunk(
-            "SELECT id, delivery_id, attempt, at, status, error, response, duration_ms FROM attempts a
-              WHERE id > ?1
-                AND (EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
-                     OR EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id))
-              ORDER BY id LIMIT ?2",
+            "SELECT id, delivery_id, attempt, at, status, error, response, duration_ms,
+                    route, event_seq, outcome, test, event_id, type, subject
+               FROM attempts WHERE id > ?1 ORDER BY id LIMIT ?2",
             after,
             CHUNK,
             |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i32>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i32>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, i64>(7)?,
-                ))
+                Ok(LogRow {
+                    id: r.get(0)?,
+                    delivery: r.get(1)?,
+                    number: r.get(2)?,
+                    at: r.get(3)?,
+                    status: r.get(4)?,
+                    error: r.get(5)?,
+                    response: r.get(6)?,
+                    duration: r.get(7)?,
+                    route: r.get(8)?,
+                    event_seq: r.get(9)?,
+                    outcome: r.get(10)?,
+                    test: r.get(11)?,
+                    event_id: r.get(12)?,
+                    kind: r.get(13)?,
+                    subject: r.get(14)?,
+                })
             },
         )?;
         let Some(last) = rows.last() else { return Ok(n) };
-        after = last.0;
-        let (mut ids, mut deliveries, mut numbers, mut at, mut statuses, mut errors, mut responses, mut durations) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (id, delivery, number, when, status, error, response, duration) in rows {
-            ids.push(id);
-            deliveries.push(delivery);
-            numbers.push(number);
-            at.push(when);
-            statuses.push(status);
-            errors.push(error);
-            responses.push(response);
-            durations.push(duration);
+        after = last.id;
+        macro_rules! column {
+            ($field:ident) => {
+                rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+            };
         }
         n += sqlx::query(
-            "INSERT INTO attempts (id, delivery_id, attempt, at, status, error, response, duration_ms) OVERRIDING SYSTEM VALUE
-             SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::int8[], $5::int4[], $6::text[], $7::text[], $8::int8[])",
+            "INSERT INTO attempts (id, delivery_id, attempt, at, status, error, response, duration_ms,
+                                   route, event_seq, outcome, test, event_id, type, subject) OVERRIDING SYSTEM VALUE
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::int8[], $5::int4[], $6::text[], $7::text[],
+                                  $8::int8[], $9::text[], $10::int8[], $11::text[], $12::bool[], $13::text[],
+                                  $14::text[], $15::text[])",
         )
-        .bind(&ids)
-        .bind(&deliveries)
-        .bind(&numbers)
-        .bind(&at)
-        .bind(&statuses)
-        .bind(&errors)
-        .bind(&responses)
-        .bind(&durations)
+        .bind(column!(id))
+        .bind(column!(delivery))
+        .bind(column!(number))
+        .bind(column!(at))
+        .bind(column!(status))
+        .bind(column!(error))
+        .bind(column!(response))
+        .bind(column!(duration))
+        .bind(column!(route))
+        .bind(column!(event_seq))
+        .bind(column!(outcome))
+        .bind(column!(test))
+        .bind(column!(event_id))
+        .bind(column!(kind))
+        .bind(column!(subject))
         .execute(&mut *tx)
         .await?
         .rows_affected();
     }
+}
+
+/// One row of the delivery log as SQLite holds it.
+struct LogRow {
+    id: i64,
+    delivery: Option<i64>,
+    number: i32,
+    at: i64,
+    status: Option<i32>,
+    error: Option<String>,
+    response: Option<String>,
+    duration: i64,
+    route: String,
+    event_seq: Option<i64>,
+    outcome: String,
+    test: bool,
+    event_id: Option<String>,
+    kind: Option<String>,
+    subject: Option<String>,
 }
 
 async fn copy_quarantine(source: &Source, tx: &mut PgConnection) -> Result<u64, CopyError> {

@@ -149,13 +149,13 @@ pub enum TailFeed {
 /// bytes, and the sender's mark goes in front.
 pub const TAIL_PAYLOAD_MAX: usize = 7800;
 
-/// What one attempt found, kept for failed attempts and dead letters.
+/// What one attempt found, kept in the delivery log (successes included).
 #[derive(Debug, Clone, Default)]
 pub struct Attempt {
     pub at: Millis,
     pub status: Option<u16>,
     pub error: Option<String>,
-    /// The first bytes of the response body.
+    /// The first bytes of the response body (none when it was empty).
     pub response: Option<String>,
     pub duration_ms: i64,
 }
@@ -175,6 +175,7 @@ pub enum OutcomeKind {
     /// 2xx. `recovered`: the route had been failing; its waiting retries fall due now.
     Delivered {
         recovered: bool,
+        attempt: Attempt,
     },
     Retry {
         next_at: Millis,
@@ -195,6 +196,129 @@ pub enum OutcomeKind {
 pub struct Completed {
     /// Outcomes dropped because their lease had expired and been taken over.
     pub stale: usize,
+}
+
+/// How an attempt in the delivery log ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogOutcome {
+    /// A 2xx answer.
+    Success,
+    /// Anything else; the delivery was retried (or is waiting for a resume after a 410).
+    Failed,
+    /// The last attempt of a delivery that was dead-lettered.
+    Dead,
+}
+
+impl LogOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogOutcome::Success => "success",
+            LogOutcome::Failed => "failed",
+            LogOutcome::Dead => "dead",
+        }
+    }
+
+    /// The stored text; anything unknown reads as `failed`.
+    pub fn parse(text: &str) -> LogOutcome {
+        match text {
+            "success" => LogOutcome::Success,
+            "dead" => LogOutcome::Dead,
+            _ => LogOutcome::Failed,
+        }
+    }
+}
+
+/// One attempt in the delivery log: a delivery's (`delivery_id`) or a test send's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogEntry {
+    pub id: i64,
+    pub route: String,
+    /// The outbox id of the delivery; `None` for a test send.
+    pub delivery_id: Option<i64>,
+    pub event_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub subject: Option<String>,
+    pub attempt: i64,
+    pub outcome: LogOutcome,
+    /// A test send (`POST /v1/admin/routes/{name}/test`), never a delivery.
+    pub test: bool,
+    pub at: String,
+    pub status: Option<u16>,
+    pub duration_ms: i64,
+    /// The first bytes of the response body.
+    pub response: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Which delivery log entries to list (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub route: Option<String>,
+    /// Only attempts at or after this time.
+    pub since: Option<Millis>,
+    /// Only ids below this (pagination).
+    pub before_id: Option<i64>,
+    pub subject: Option<String>,
+    pub outcome: Option<LogOutcome>,
+    /// Only test sends (`true`) or only deliveries (`false`).
+    pub test: Option<bool>,
+    pub limit: Option<usize>,
+}
+
+/// A test send to keep in the delivery log.
+#[derive(Debug, Clone)]
+pub struct TestSend {
+    pub route: String,
+    pub event_id: String,
+    pub kind: String,
+    pub subject: String,
+    pub success: bool,
+    pub attempt: Attempt,
+}
+
+/// Where one route's delivery of an event stands, as the tables tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// In the outbox, waiting for its time (`next_at`) or for the call's earlier events.
+    Pending,
+    /// Leased to a worker (of any replica) that is sending it now.
+    InFlight,
+    /// In the outbox of a paused route: it goes when the route is resumed.
+    Paused,
+    /// A 2xx was recorded.
+    Delivered,
+    /// Dead-lettered: waits for a replay.
+    Dead,
+}
+
+/// One route's delivery of an event, with its attempts (oldest first).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteDelivery {
+    pub route: String,
+    pub delivery_id: i64,
+    pub state: DeliveryState,
+    /// Attempts made so far (since the last replay, while it is in the outbox).
+    pub attempts: i64,
+    /// When a pending delivery is due next.
+    pub next_at: Option<String>,
+    /// Until when an in-flight delivery is leased.
+    pub lease_until: Option<String>,
+    pub attempts_log: Vec<LogEntry>,
+}
+
+/// One stored canonical event and each route's delivery of it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventDetail {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub subject: String,
+    pub received_at: String,
+    pub event: serde_json::Value,
+    pub deliveries: Vec<RouteDelivery>,
 }
 
 /// A dead-lettered delivery, as listed.
@@ -465,9 +589,19 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a quarantined payload (after a replay accepted it).
     async fn release_quarantined(&self, id: i64) -> Result<(), StoreError>;
 
-    /// Deletes what is older than the retention and the redelivery window, and drift rows
-    /// last seen before the retention (one replica at a time; another replica's call returns
-    /// nothing pruned).
+    /// The delivery log matching `filter`, newest first.
+    async fn delivery_log(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// One stored event by its id, with each route's delivery state at `now` and attempts.
+    async fn event(&self, id: &str, now: Millis) -> Result<Option<EventDetail>, StoreError>;
+
+    /// Keeps a test send in the delivery log; returns its log id.
+    async fn record_test(&self, send: TestSend) -> Result<i64, StoreError>;
+
+    /// Deletes what is older than the retention and the redelivery window (one replica at a
+    /// time; another replica's call returns nothing pruned). The delivery log goes with its
+    /// time; an event stays as long as an attempt of it does; drift rows go once last seen
+    /// before the retention.
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError>;
 
     /// Adds aggregated drift counts to the drift report, for every replica: count added,
@@ -508,4 +642,70 @@ pub fn rfc3339(ms: Millis) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
         .map(crate::canonical::convert::rfc3339)
         .unwrap_or_default()
+}
+
+/// A delivery in the outbox, as [`assemble`] reads it: (id, route, attempts, next_at, the end
+/// of its live lease).
+pub(crate) type OutboxRow = (i64, String, i64, Millis, Option<Millis>);
+
+/// Each route's delivery of one event, from what the tables hold: its rows in the outbox, its
+/// dead letters (id, route, attempts, dead_at) and its delivery log (oldest first). A delivery
+/// in neither table left the outbox with its 2xx; one whose log has no success (its log
+/// pruned part-way) is not listed.
+pub(crate) fn assemble(
+    outbox: Vec<OutboxRow>,
+    dead: Vec<(i64, String, i64, Millis)>,
+    log: Vec<LogEntry>,
+    paused: &[String],
+) -> Vec<RouteDelivery> {
+    let mut logs: BTreeMap<i64, Vec<LogEntry>> = BTreeMap::new();
+    for entry in log {
+        if let Some(delivery) = entry.delivery_id {
+            logs.entry(delivery).or_default().push(entry);
+        }
+    }
+    let mut deliveries = Vec::new();
+    for (id, route, attempts, next_at, lease_until) in outbox {
+        let state = match lease_until {
+            Some(_) => DeliveryState::InFlight,
+            None if paused.contains(&route) => DeliveryState::Paused,
+            None => DeliveryState::Pending,
+        };
+        deliveries.push(RouteDelivery {
+            route,
+            delivery_id: id,
+            state,
+            attempts,
+            next_at: (state != DeliveryState::InFlight).then(|| rfc3339(next_at)),
+            lease_until: lease_until.map(rfc3339),
+            attempts_log: logs.remove(&id).unwrap_or_default(),
+        });
+    }
+    for (id, route, attempts, _dead_at) in dead {
+        deliveries.push(RouteDelivery {
+            route,
+            delivery_id: id,
+            state: DeliveryState::Dead,
+            attempts,
+            next_at: None,
+            lease_until: None,
+            attempts_log: logs.remove(&id).unwrap_or_default(),
+        });
+    }
+    for (id, log) in logs {
+        let Some(last) = log.last() else { continue };
+        if log.iter().any(|e| e.outcome == LogOutcome::Success) {
+            deliveries.push(RouteDelivery {
+                route: last.route.clone(),
+                delivery_id: id,
+                state: DeliveryState::Delivered,
+                attempts: last.attempt,
+                next_at: None,
+                lease_until: None,
+                attempts_log: log,
+            });
+        }
+    }
+    deliveries.sort_by(|a, b| (&a.route, a.delivery_id).cmp(&(&b.route, b.delivery_id)));
+    deliveries
 }

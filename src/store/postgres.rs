@@ -45,14 +45,16 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     Attempt, AttemptRecord, Claimed, Completed, Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, Delivery,
-    DriftCount, Filter, Ingest, IngestOutcome, Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned,
-    QuarantineItem, Quarantined, Store, StoreError, TAIL_PAYLOAD_MAX, TailFeed, admit_drift, now_ms, rfc3339,
+    DriftCount, EventDetail, Filter, Ingest, IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice,
+    Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, TAIL_PAYLOAD_MAX, TailFeed,
+    TestSend, admit_drift, now_ms, rfc3339,
 };
 
 /// The migrations, embedded (sqlx's `migrate!` needs its `macros` feature, which we leave out).
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, "vendor drift", include_str!("../../migrations/postgres/0002_vendor_drift.sql")),
+    (3, "delivery log", include_str!("../../migrations/postgres/0003_delivery_log.sql")),
 ];
 
 /// Most jobs one ingest transaction takes: bounds the latency a batch adds to its first member.
@@ -761,10 +763,10 @@ async fn record_outcomes(
     let mut tx = shared.pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await?;
 
     // Deliveries, the common case, in one statement.
-    let delivered: Vec<(i64, i64, bool)> = outcomes
+    let delivered: Vec<(i64, i64, bool, &Attempt)> = outcomes
         .iter()
-        .filter_map(|o| match o.kind {
-            OutcomeKind::Delivered { recovered } => Some((o.id, o.lease.0, recovered)),
+        .filter_map(|o| match &o.kind {
+            OutcomeKind::Delivered { recovered, attempt } => Some((o.id, o.lease.0, *recovered, attempt)),
             _ => None,
         })
         .collect();
@@ -772,13 +774,30 @@ async fn record_outcomes(
     if !delivered.is_empty() {
         let ids: Vec<i64> = delivered.iter().map(|d| d.0).collect();
         let tokens: Vec<i64> = delivered.iter().map(|d| d.1).collect();
+        let at: Vec<i64> = delivered.iter().map(|d| d.3.at).collect();
+        let statuses: Vec<Option<i32>> = delivered.iter().map(|d| d.3.status.map(i32::from)).collect();
+        let responses: Vec<Option<&str>> = delivered.iter().map(|d| d.3.response.as_deref()).collect();
+        let durations: Vec<i64> = delivered.iter().map(|d| d.3.duration_ms).collect();
+        // The rows leave the outbox and their successes enter the log in one statement.
         let rows = sqlx::query(
-            "DELETE FROM outbox o USING unnest($1::int8[], $2::int8[]) AS d (id, tok)
-              WHERE o.id = d.id AND o.lease_token = d.tok
-          RETURNING o.id, o.route, o.subject",
+            "WITH gone AS (
+                DELETE FROM outbox o USING unnest($1::int8[], $2::int8[]) AS d (id, tok)
+                 WHERE o.id = d.id AND o.lease_token = d.tok
+             RETURNING o.id, o.route, o.subject, o.event_seq, o.attempts + 1 AS n),
+             logged AS (
+                INSERT INTO attempts (delivery_id, route, event_seq, attempt, at, outcome, status, response, duration_ms)
+                SELECT g.id, g.route, g.event_seq, g.n, a.at, 'success', a.status, a.response, a.duration_ms
+                  FROM gone g
+                  JOIN unnest($1::int8[], $3::int8[], $4::int4[], $5::text[], $6::int8[])
+                       AS a (id, at, status, response, duration_ms) ON a.id = g.id)
+             SELECT id, route, subject FROM gone",
         )
         .bind(&ids)
         .bind(&tokens)
+        .bind(&at)
+        .bind(&statuses)
+        .bind(&responses)
+        .bind(&durations)
         .fetch_all(&mut *tx)
         .await?;
         // Each delivered id, and whether its route had been failing; what is left after the
@@ -815,7 +834,7 @@ async fn record_outcomes(
                 let row = sqlx::query(
                     "UPDATE outbox SET attempts = attempts + 1, next_at = $3, lease_until = NULL, lease_token = NULL
                       WHERE id = $1 AND lease_token = $2
-                  RETURNING attempts, route, subject",
+                  RETURNING attempts, route, subject, event_seq",
                 )
                 .bind(id)
                 .bind(token)
@@ -826,7 +845,8 @@ async fn record_outcomes(
                     stale.insert(id);
                     continue;
                 };
-                let (n, route, subject): (i32, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let (n, route, subject, seq): (i32, String, String, i64) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
                 // Keep the call's later events behind this one.
                 sqlx::query(
                     "UPDATE outbox SET next_at = $4 WHERE route = $1 AND subject = $2 AND id > $3 AND next_at < $4",
@@ -837,13 +857,13 @@ async fn record_outcomes(
                 .bind(next_at)
                 .execute(&mut *tx)
                 .await?;
-                record_attempt(&mut tx, id, n, attempt).await?;
+                record_attempt(&mut tx, (id, &route, seq), n, LogOutcome::Failed, attempt).await?;
             }
             OutcomeKind::Gone { attempt } => {
                 let row = sqlx::query(
                     "UPDATE outbox SET attempts = attempts + 1, lease_until = NULL, lease_token = NULL
                       WHERE id = $1 AND lease_token = $2
-                  RETURNING attempts, route",
+                  RETURNING attempts, route, event_seq",
                 )
                 .bind(id)
                 .bind(token)
@@ -853,8 +873,8 @@ async fn record_outcomes(
                     stale.insert(id);
                     continue;
                 };
-                let (n, route): (i32, String) = (row.try_get(0)?, row.try_get(1)?);
-                record_attempt(&mut tx, id, n, attempt).await?;
+                let (n, route, seq): (i32, String, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                record_attempt(&mut tx, (id, &route, seq), n, LogOutcome::Failed, attempt).await?;
                 let control = control(replica, &route, true);
                 pause_in(&mut tx, &route, Some("the route answered 410 Gone"), now, control).await?;
                 paused.push(route);
@@ -888,7 +908,7 @@ async fn record_outcomes(
                 .bind(&last_error)
                 .execute(&mut *tx)
                 .await?;
-                record_attempt(&mut tx, id, n, attempt).await?;
+                record_attempt(&mut tx, (id, &route, seq), n, LogOutcome::Dead, attempt).await?;
                 released.insert((route, subject));
             }
         }
@@ -1010,10 +1030,17 @@ UPDATE outbox o SET next_at = $3
  WHERE o.route = r.route AND o.subject = r.subject
    AND o.next_at > $3 AND o.attempts = 0 AND o.lease_until IS NULL";
 
-async fn record_attempt(tx: &mut sqlx::PgConnection, id: i64, n: i32, a: &Attempt) -> Result<(), StoreError> {
+/// Keeps attempt `n` of a delivery (its id, route and event) in the delivery log.
+async fn record_attempt(
+    tx: &mut sqlx::PgConnection,
+    (id, route, seq): (i64, &str, i64),
+    n: i32,
+    outcome: LogOutcome,
+    a: &Attempt,
+) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms, route, event_seq, outcome)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(id)
     .bind(n)
@@ -1022,9 +1049,36 @@ async fn record_attempt(tx: &mut sqlx::PgConnection, id: i64, n: i32, a: &Attemp
     .bind(&a.error)
     .bind(&a.response)
     .bind(a.duration_ms)
+    .bind(route)
+    .bind(seq)
+    .bind(outcome.as_str())
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// The columns of a delivery log entry, over `attempts a LEFT JOIN events e` (a test send has
+/// no event row and keeps its own id, type and subject).
+const LOG_COLUMNS: &str = "a.id, a.route, a.delivery_id, COALESCE(e.id, a.event_id), COALESCE(e.type, a.type),
+       COALESCE(e.subject, a.subject), a.attempt, a.outcome, a.test, a.at, a.status, a.duration_ms, a.response, a.error";
+
+fn log_row(r: &sqlx::postgres::PgRow) -> Result<LogEntry, sqlx::Error> {
+    Ok(LogEntry {
+        id: r.try_get(0)?,
+        route: r.try_get(1)?,
+        delivery_id: r.try_get(2)?,
+        event_id: r.try_get(3)?,
+        kind: r.try_get(4)?,
+        subject: r.try_get(5)?,
+        attempt: i64::from(r.try_get::<i32, _>(6)?),
+        outcome: LogOutcome::parse(r.try_get(7)?),
+        test: r.try_get(8)?,
+        at: rfc3339(r.try_get(9)?),
+        status: status(r.try_get(10)?),
+        duration_ms: r.try_get(11)?,
+        response: r.try_get(12)?,
+        error: r.try_get(13)?,
+    })
 }
 
 async fn pause_in(
@@ -1156,14 +1210,13 @@ impl Store for PostgresStore {
         let now = self.clock.on_db(now);
         for outcome in &mut outcomes {
             match &mut outcome.kind {
-                OutcomeKind::Delivered { .. } => {}
                 OutcomeKind::Retry { next_at, attempt } => {
                     *next_at = self.clock.on_db(*next_at);
                     attempt.at = self.clock.on_db(attempt.at);
                 }
-                OutcomeKind::Dead { attempt } | OutcomeKind::Gone { attempt } => {
-                    attempt.at = self.clock.on_db(attempt.at)
-                }
+                OutcomeKind::Delivered { attempt, .. }
+                | OutcomeKind::Dead { attempt }
+                | OutcomeKind::Gone { attempt } => attempt.at = self.clock.on_db(attempt.at),
             }
         }
         let (reply, rx) = oneshot::channel();
@@ -1289,7 +1342,7 @@ impl Store for PostgresStore {
 
     async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterDetail>, StoreError> {
         let row = sqlx::query(
-            "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body
+            "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body, d.event_seq
                FROM dead_letters d JOIN events e ON e.seq = d.event_seq WHERE d.id = $1",
         )
         .bind(id)
@@ -1298,9 +1351,13 @@ impl Store for PostgresStore {
         let Some(row) = row else { return Ok(None) };
         let summary = dead_letter_row(&row)?;
         let body: String = row.try_get(8)?;
+        let seq: i64 = row.try_get(9)?;
+        // Through its event (`attempts_event`): the log has no index by delivery.
         let rows = sqlx::query(
-            "SELECT attempt, at, status, error, response, duration_ms FROM attempts WHERE delivery_id = $1 ORDER BY id",
+            "SELECT attempt, at, status, error, response, duration_ms FROM attempts
+              WHERE event_seq = $1 AND delivery_id = $2 ORDER BY id",
         )
+        .bind(seq)
         .bind(id)
         .fetch_all(self.pool())
         .await?;
@@ -1448,6 +1505,18 @@ impl Store for PostgresStore {
             let done = sqlx::query(sql).bind(before).bind(PRUNE_CHUNK).execute(tx).await?.rows_affected();
             Ok(done as usize)
         }
+        // The log first: an event is kept while an attempt of it is.
+        let attempts = chunk(
+            &mut tx,
+            "DELETE FROM attempts WHERE id IN (
+                SELECT a.id FROM attempts a
+                 WHERE a.at < $1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
+                   AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
+                 LIMIT $2)",
+            retention_before,
+        )
+        .await?;
         let events = chunk(
             &mut tx,
             "DELETE FROM events WHERE seq IN (
@@ -1455,6 +1524,7 @@ impl Store for PostgresStore {
                  WHERE p.received_at < $1
                    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)
                    AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
+                   AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.event_seq = e.seq)
                  LIMIT $2)",
             retention_before,
         )
@@ -1466,17 +1536,6 @@ impl Store for PostgresStore {
                  WHERE p.received_at < $1 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.payload_id = p.id)
                  LIMIT $2)",
             dedup_before,
-        )
-        .await?;
-        let attempts = chunk(
-            &mut tx,
-            "DELETE FROM attempts WHERE id IN (
-                SELECT a.id FROM attempts a
-                 WHERE a.at < $1
-                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
-                   AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
-                 LIMIT $2)",
-            retention_before,
         )
         .await?;
         let quarantine = chunk(
@@ -1617,6 +1676,115 @@ impl Store for PostgresStore {
 
     fn tail_feed(&self) -> Option<broadcast::Receiver<TailFeed>> {
         Some(self.shared.tail.subscribe())
+    }
+
+    async fn delivery_log(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, StoreError> {
+        let sql = format!(
+            "SELECT {LOG_COLUMNS} FROM attempts a LEFT JOIN events e ON e.seq = a.event_seq
+              WHERE ($1::text IS NULL OR a.route = $1) AND ($2::int8 IS NULL OR a.at >= $2)
+                AND ($3::int8 IS NULL OR a.id < $3) AND ($4::text IS NULL OR COALESCE(e.subject, a.subject) = $4)
+                AND ($5::text IS NULL OR a.outcome = $5) AND ($6::bool IS NULL OR a.test = $6)
+              ORDER BY a.id DESC LIMIT $7"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&filter.route)
+            .bind(filter.since.map(|t| self.clock.on_db(t)))
+            .bind(filter.before_id)
+            .bind(&filter.subject)
+            .bind(filter.outcome.map(LogOutcome::as_str))
+            .bind(filter.test)
+            .bind(filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.iter().map(log_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn event(&self, id: &str, now: Millis) -> Result<Option<EventDetail>, StoreError> {
+        let now = self.clock.on_db(now);
+        // One snapshot, so a delivery never shows in two states (or none) at once.
+        let mut tx = self.pool().begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let row = sqlx::query(
+            "SELECT x.* FROM generate_series((SELECT max(seq) FROM events) >> 10, (SELECT min(seq) FROM events) >> 10, -1) AS b (k)
+              CROSS JOIN LATERAL (
+                SELECT e.seq, e.id, e.type, e.subject, e.body, p.received_at
+                  FROM events e JOIN payloads p ON p.id = e.payload_id
+                 WHERE (e.seq >> 10) = b.k AND e.id = $1) x
+              LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let seq: i64 = row.try_get(0)?;
+        let body: String = row.try_get(4)?;
+        let mut detail = EventDetail {
+            id: row.try_get(1)?,
+            kind: row.try_get(2)?,
+            subject: row.try_get(3)?,
+            received_at: rfc3339(row.try_get(5)?),
+            event: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+            deliveries: Vec::new(),
+        };
+        let outbox = sqlx::query("SELECT id, route, attempts, next_at, lease_until FROM outbox WHERE event_seq = $1")
+            .bind(seq)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| {
+                let lease: Option<Millis> = r.try_get(4)?;
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    i64::from(r.try_get::<i32, _>(2)?),
+                    r.try_get(3)?,
+                    lease.filter(|until| *until > now),
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let dead = sqlx::query("SELECT id, route, attempts, dead_at FROM dead_letters WHERE event_seq = $1")
+            .bind(seq)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, i64::from(r.try_get::<i32, _>(2)?), r.try_get(3)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let log = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LOG_COLUMNS} FROM attempts a LEFT JOIN events e ON e.seq = a.event_seq
+              WHERE a.event_seq = $1 ORDER BY a.id"
+        )))
+        .bind(seq)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(log_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let paused: Vec<String> = sqlx::query_scalar("SELECT route FROM paused_routes").fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        detail.deliveries = super::assemble(outbox, dead, log, &paused);
+        Ok(Some(detail))
+    }
+
+    async fn record_test(&self, send: TestSend) -> Result<i64, StoreError> {
+        let TestSend { route, event_id, kind, subject, success, attempt: a } = send;
+        let outcome = if success { LogOutcome::Success } else { LogOutcome::Failed };
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO attempts (delivery_id, route, event_seq, attempt, at, outcome, test, status, error,
+                                   response, duration_ms, event_id, type, subject)
+             VALUES (NULL, $1, NULL, 1, $2, $3, true, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(&route)
+        .bind(self.clock.on_db(a.at))
+        .bind(outcome.as_str())
+        .bind(a.status.map(i32::from))
+        .bind(&a.error)
+        .bind(&a.response)
+        .bind(a.duration_ms)
+        .bind(&event_id)
+        .bind(&kind)
+        .bind(&subject)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(id)
     }
 }
 

@@ -32,8 +32,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     AttemptRecord, Claimed, Completed, Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, Delivery, DriftCount,
-    Filter, Ingest, IngestOutcome, Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned, QuarantineItem,
-    Quarantined, Store, StoreError, admit_drift, now_ms, rfc3339,
+    EventDetail, Filter, Ingest, IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice, Outcome,
+    OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, TestSend, admit_drift, now_ms, rfc3339,
 };
 
 /// Errors that say "not now" (busy, full, read-only, I/O) rather than "never".
@@ -86,6 +86,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_subject_per_source.sql"),
     include_str!("../../migrations/sqlite/0004_health.sql"),
     include_str!("../../migrations/sqlite/0005_vendor_drift.sql"),
+    include_str!("../../migrations/sqlite/0006_delivery_log.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this callgate migrates a database to.
@@ -580,12 +581,15 @@ fn complete_all(
     let mut notices = Vec::new();
     for Outcome { id, kind, .. } in outcomes {
         match kind {
-            OutcomeKind::Delivered { recovered } => {
-                let row: Option<(String, String)> = tx
-                    .prepare_cached("DELETE FROM outbox WHERE id = ?1 RETURNING route, subject")?
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            OutcomeKind::Delivered { recovered, attempt } => {
+                let row: Option<(String, String, i64, i64)> = tx
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE id = ?1 RETURNING route, subject, event_seq, attempts + 1",
+                    )?
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .optional()?;
-                if let Some((route, subject)) = row {
+                if let Some((route, subject, seq, n)) = row {
+                    record_attempt(tx, *id, &route, seq, n, LogOutcome::Success, attempt)?;
                     delta.backlog(&route, -1);
                     let followers = release_followers(tx, &route, &subject, now)?;
                     if *recovered {
@@ -599,30 +603,30 @@ fn complete_all(
                 }
             }
             OutcomeKind::Retry { next_at, attempt } => {
-                let row: Option<(i64, String, String)> = tx
+                let row: Option<(i64, String, String, i64)> = tx
                     .prepare_cached(
-                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 RETURNING attempts, route, subject",
+                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 RETURNING attempts, route, subject, event_seq",
                     )?
-                    .query_row(params![id, next_at], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .query_row(params![id, next_at], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .optional()?;
-                if let Some((n, route, subject)) = row {
+                if let Some((n, route, subject, seq)) = row {
                     // Keep the call's later events behind this one.
                     tx.prepare_cached(
                         "UPDATE outbox INDEXED BY outbox_subject SET next_at = ?4 WHERE route = ?1 AND subject = ?2 AND id > ?3 AND next_at < ?4",
                     )?
                     .execute(params![route, subject, id, next_at])?;
-                    record_attempt(tx, *id, n, attempt)?;
+                    record_attempt(tx, *id, &route, seq, n, LogOutcome::Failed, attempt)?;
                 }
             }
             OutcomeKind::Gone { attempt } => {
-                let row: Option<(i64, String)> = tx
+                let row: Option<(i64, String, i64)> = tx
                     .prepare_cached(
-                        "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts, route",
+                        "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts, route, event_seq",
                     )?
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?;
-                if let Some((n, route)) = row {
-                    record_attempt(tx, *id, n, attempt)?;
+                if let Some((n, route, seq)) = row {
+                    record_attempt(tx, *id, &route, seq, n, LogOutcome::Failed, attempt)?;
                     set_paused(tx, &route, Some("the route answered 410 Gone"), now)?;
                     notices.push(Notice::Paused { route, paused: true });
                 }
@@ -641,7 +645,7 @@ fn complete_all(
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![id, seq, route, subject, attempts, attempt.at, last_error])?;
-                    record_attempt(tx, *id, attempts, attempt)?;
+                    record_attempt(tx, *id, &route, seq, attempts, LogOutcome::Dead, attempt)?;
                     delta.backlog(&route, -1);
                     delta.dead(&route, 1);
                     release_followers(tx, &route, &subject, now)?;
@@ -668,12 +672,58 @@ fn release_followers(tx: &Savepoint<'_>, route: &str, subject: &str, now: Millis
     Ok(left.is_some())
 }
 
-fn record_attempt(tx: &Savepoint<'_>, id: i64, n: i64, a: &super::Attempt) -> Result<(), StoreError> {
+/// Keeps attempt `n` of delivery `id` (of event `seq` on `route`) in the delivery log.
+fn record_attempt(
+    tx: &Savepoint<'_>,
+    id: i64,
+    route: &str,
+    seq: i64,
+    n: i64,
+    outcome: LogOutcome,
+    a: &super::Attempt,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO attempts (delivery_id, route, event_seq, attempt, at, outcome, status, error, response, duration_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
-    .execute(params![id, n, a.at, a.status, a.error, a.response, a.duration_ms])?;
+    .execute(params![id, route, seq, n, a.at, outcome.as_str(), a.status, a.error, a.response, a.duration_ms])?;
     Ok(())
+}
+
+/// An event by its id: `events_id` is keyed by buckets of 1024 events (`seq >> 10`) so that
+/// ingest appends to it; the lookup probes each bucket, newest first.
+const EVENT_BY_ID: &str = "
+WITH RECURSIVE bucket (k) AS (
+  SELECT (SELECT MAX(seq) FROM events) >> 10
+  UNION ALL
+  SELECT k - 1 FROM bucket WHERE k > (SELECT MIN(seq) FROM events) >> 10)
+SELECT e.seq, e.id, e.type, e.subject, e.body, p.received_at
+  FROM bucket JOIN events e ON (e.seq >> 10) = bucket.k AND e.id = ?1
+  JOIN payloads p ON p.id = e.payload_id
+ LIMIT 1";
+
+/// The columns of a delivery log entry, over `attempts a LEFT JOIN events e` (a test send has
+/// no event row and keeps its own id, type and subject).
+const LOG_COLUMNS: &str = "a.id, a.route, a.delivery_id, COALESCE(e.id, a.event_id), COALESCE(e.type, a.type),
+       COALESCE(e.subject, a.subject), a.attempt, a.outcome, a.test, a.at, a.status, a.duration_ms, a.response, a.error";
+
+fn log_row(r: &rusqlite::Row<'_>) -> Result<LogEntry, rusqlite::Error> {
+    Ok(LogEntry {
+        id: r.get(0)?,
+        route: r.get(1)?,
+        delivery_id: r.get(2)?,
+        event_id: r.get(3)?,
+        kind: r.get(4)?,
+        subject: r.get(5)?,
+        attempt: r.get(6)?,
+        outcome: LogOutcome::parse(&r.get::<_, String>(7)?),
+        test: r.get(8)?,
+        at: rfc3339(r.get(9)?),
+        status: r.get(10)?,
+        duration_ms: r.get(11)?,
+        response: r.get(12)?,
+        error: r.get(13)?,
+    })
 }
 
 fn set_paused(tx: &Savepoint<'_>, route: &str, reason: Option<&str>, now: Millis) -> Result<(), StoreError> {
@@ -730,6 +780,10 @@ fn filter_sql(filter: &Filter, name_col: &str, time_col: &str) -> (String, Vec<r
 }
 
 fn limit(filter: &Filter) -> i64 {
+    filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64
+}
+
+fn log_limit(filter: &LogFilter) -> i64 {
     filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64
 }
 
@@ -979,18 +1033,20 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let found = conn
                 .query_row(
-                    "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body
+                    "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body, d.event_seq
                        FROM dead_letters d JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1",
                     [id],
-                    |r| Ok((dead_letter_row(r)?, r.get::<_, String>(8)?)),
+                    |r| Ok((dead_letter_row(r)?, r.get::<_, String>(8)?, r.get::<_, i64>(9)?)),
                 )
                 .optional()?;
-            let Some((summary, body)) = found else { return Ok(None) };
+            let Some((summary, body, seq)) = found else { return Ok(None) };
+            // Through its event (`attempts_event`): the log has no index by delivery.
             let mut stmt = conn.prepare(
-                "SELECT attempt, at, status, error, response, duration_ms FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+                "SELECT attempt, at, status, error, response, duration_ms FROM attempts
+                  WHERE event_seq = ?1 AND delivery_id = ?2 ORDER BY id",
             )?;
             let attempts_log = stmt
-                .query_map([id], |r| {
+                .query_map([seq, id], |r| {
                     Ok(AttemptRecord {
                         attempt: r.get(0)?,
                         at: rfc3339(r.get(1)?),
@@ -1138,15 +1194,161 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delivery_log(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, StoreError> {
+        use rusqlite::types::Value as V;
+        let mut clauses = vec!["1 = 1".to_owned()];
+        let mut values: Vec<V> = Vec::new();
+        let mut add = |clause: &str, value: V| {
+            values.push(value);
+            clauses.push(format!("{clause} ?{}", values.len()));
+        };
+        if let Some(route) = &filter.route {
+            add("a.route =", V::Text(route.clone()));
+        }
+        if let Some(since) = filter.since {
+            add("a.at >=", V::Integer(since));
+        }
+        if let Some(before) = filter.before_id {
+            add("a.id <", V::Integer(before));
+        }
+        if let Some(subject) = &filter.subject {
+            add("COALESCE(e.subject, a.subject) =", V::Text(subject.clone()));
+        }
+        if let Some(outcome) = filter.outcome {
+            add("a.outcome =", V::Text(outcome.as_str().to_owned()));
+        }
+        if let Some(test) = filter.test {
+            add("a.test =", V::Integer(i64::from(test)));
+        }
+        values.push(V::Integer(log_limit(filter)));
+        // Walks the route's log newest first (`attempts_route`) and stops at the limit.
+        let sql = format!(
+            "SELECT {LOG_COLUMNS} FROM attempts a LEFT JOIN events e ON e.seq = a.event_seq
+              WHERE {} ORDER BY a.id DESC LIMIT ?{}",
+            clauses.join(" AND "),
+            values.len()
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), log_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn event(&self, id: &str, now: Millis) -> Result<Option<EventDetail>, StoreError> {
+        let id = id.to_owned();
+        let found = self
+            .read(move |conn| {
+                let event = conn
+                    .query_row(EVENT_BY_ID, [&id], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, i64>(5)?,
+                        ))
+                    })
+                    .optional()?;
+                let Some((seq, id, kind, subject, body, received_at)) = event else { return Ok(None) };
+                let rows = |sql: &str| -> Result<Vec<(i64, String, i64, i64)>, rusqlite::Error> {
+                    conn.prepare(sql)?.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect()
+                };
+                let outbox = rows("SELECT id, route, attempts, next_at FROM outbox WHERE event_seq = ?1")?;
+                let dead = rows("SELECT id, route, attempts, dead_at FROM dead_letters WHERE event_seq = ?1")?;
+                let log: Vec<LogEntry> = conn
+                    .prepare(&format!(
+                        "SELECT {LOG_COLUMNS} FROM attempts a LEFT JOIN events e ON e.seq = a.event_seq
+                          WHERE a.event_seq = ?1 ORDER BY a.id"
+                    ))?
+                    .query_map([seq], log_row)?
+                    .collect::<Result<_, _>>()?;
+                let paused: Vec<String> = conn
+                    .prepare("SELECT route FROM paused_routes")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let detail = EventDetail {
+                    id,
+                    kind,
+                    subject,
+                    received_at: rfc3339(received_at),
+                    event: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+                    deliveries: Vec::new(),
+                };
+                Ok(Some((detail, outbox, dead, log, paused)))
+            })
+            .await?;
+        let Some((mut detail, outbox, dead, log, paused)) = found else { return Ok(None) };
+        // Leases live in this process's memory (one process owns the file).
+        let leased: HashMap<i64, Millis> = {
+            let leases = self.leases.lock().map_err(|_| StoreError::Closed)?;
+            outbox
+                .iter()
+                .filter_map(|(id, ..)| {
+                    leases.held.get(id).filter(|h| h.done.is_none() && h.until > now).map(|h| (*id, h.until))
+                })
+                .collect()
+        };
+        let outbox = outbox
+            .into_iter()
+            .map(|(id, route, attempts, next_at)| (id, route, attempts, next_at, leased.get(&id).copied()))
+            .collect();
+        detail.deliveries = super::assemble(outbox, dead, log, &paused);
+        Ok(Some(detail))
+    }
+
+    async fn record_test(&self, send: TestSend) -> Result<i64, StoreError> {
+        self.submit(false, move |tx, _| {
+            let TestSend { route, event_id, kind, subject, success, attempt: a } = &send;
+            let outcome = if *success { LogOutcome::Success } else { LogOutcome::Failed };
+            let id = tx
+                .prepare_cached(
+                    "INSERT INTO attempts (delivery_id, route, event_seq, attempt, at, outcome, test, status, error,
+                                           response, duration_ms, event_id, type, subject)
+                     VALUES (NULL, ?1, NULL, 1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        route,
+                        a.at,
+                        outcome.as_str(),
+                        a.status,
+                        a.error,
+                        a.response,
+                        a.duration_ms,
+                        event_id,
+                        kind,
+                        subject
+                    ],
+                    |r| r.get(0),
+                )?;
+            Ok(id)
+        })
+        .await
+    }
+
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError> {
         self.write(move |tx, _| {
             let chunk = PRUNE_CHUNK as i64;
+            // The log first: an event is kept while an attempt of it is.
+            let attempts = tx.execute(
+                "DELETE FROM attempts WHERE id IN (
+                    SELECT a.id FROM attempts a
+                     WHERE a.at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
+                       AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
+                     LIMIT ?2)",
+                params![retention_before, chunk],
+            )?;
             let events = tx.execute(
                 "DELETE FROM events WHERE seq IN (
                     SELECT e.seq FROM events e JOIN payloads p ON p.id = e.payload_id
                      WHERE p.received_at < ?1
                        AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)
                        AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
+                       AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.event_seq = e.seq)
                      LIMIT ?2)",
                 params![retention_before, chunk],
             )?;
@@ -1156,15 +1358,6 @@ impl Store for SqliteStore {
                      WHERE p.received_at < ?1 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.payload_id = p.id)
                      LIMIT ?2)",
                 params![dedup_before, chunk],
-            )?;
-            let attempts = tx.execute(
-                "DELETE FROM attempts WHERE id IN (
-                    SELECT a.id FROM attempts a
-                     WHERE a.at < ?1
-                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
-                       AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
-                     LIMIT ?2)",
-                params![retention_before, chunk],
             )?;
             let quarantine = tx.execute(
                 "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < ?1 LIMIT ?2)",

@@ -34,5 +34,5 @@ pub(crate) fn outcome(d: &Delivery, kind: OutcomeKind) -> Outcome {
 }
 
 pub(crate) fn delivered(d: &Delivery) -> Outcome {
-    outcome(d, OutcomeKind::Delivered { recovered: false })
+    outcome(d, OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() })
 }

@@ -113,8 +113,9 @@ fn the_canonical_schema_rejects_broken_events() {
     let (vendor, path) = fixtures().into_iter().find(|(_, p)| p.ends_with("vox/doc-call_ended.json")).unwrap();
     let good = normalize_fixture(vendor, &path)[0].clone();
     assert!(validator.is_valid(&good));
-    let breakages: [(&str, Value); 5] = [
+    let breakages: [(&str, Value); 6] = [
         ("/type", Value::from("call.exploded")),
+        ("/data/test", Value::from(true)), // only Salpre and callgate's test sends mark tests
         ("/id", Value::from("not-an-id")),
         ("/data/status", Value::from("no_answer")), // call.ended must be completed
         ("/data/direction", Value::from("sideways")),

@@ -5,6 +5,7 @@ const BACKEND: support::Backend = support::Backend::Sqlite;
 
 mod cli;
 mod dedup;
+mod dlog;
 mod drift;
 mod e2e;
 mod edges;

@@ -7,6 +7,8 @@ const BACKEND: support::Backend = support::Backend::Postgres;
 
 #[path = "../it/dedup.rs"]
 mod dedup;
+#[path = "../it/dlog.rs"]
+mod dlog;
 #[path = "../it/drift.rs"]
 mod drift;
 #[path = "../it/e2e.rs"]

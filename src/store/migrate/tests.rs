@@ -82,7 +82,10 @@ async fn fill(path: &Path) -> (Vec<(i64, String, u32)>, Vec<(i64, String, u32)>,
     store
         .complete(
             vec![
-                outcome(&bi.deliveries[1], OutcomeKind::Delivered { recovered: false }),
+                outcome(
+                    &bi.deliveries[1],
+                    OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() },
+                ),
                 outcome(&bi.deliveries[2], OutcomeKind::Retry { next_at: T + 1, attempt: attempt(T, 503) }),
             ],
             T,
@@ -135,10 +138,10 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
         copied,
         Copied {
             payloads: 4,
-            events: 4, // a1, a2, b1 pending; d1 dead; c1 delivered stays behind
+            events: 5, // a1, a2, b1 pending; d1 dead; c1 delivered, in the delivery log
             deliveries: 4,
             dead_letters: 1,
-            attempts: 3,
+            attempts: 4, // a1's and d1's failures, d1's death, c1's success
             quarantined: 1,
             paused_routes: 1,
             drift: 1,
@@ -147,6 +150,13 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
 
     let pg = PostgresStore::open(&db.url, PgOptions::default()).await.unwrap();
     assert_eq!(pg.counts().await.unwrap(), counts_before);
+    // The delivery log moved whole, with the events it names.
+    let log =
+        pg.delivery_log(&crate::store::LogFilter { route: Some("bi".into()), ..Default::default() }).await.unwrap();
+    let log: Vec<(Option<&str>, crate::store::LogOutcome)> =
+        log.iter().map(|e| (e.event_id.as_deref(), e.outcome)).collect();
+    use crate::store::LogOutcome::{Dead, Failed, Success};
+    assert_eq!(log, [(Some("ev-d1"), Dead), (Some("ev-d1"), Failed), (Some("ev-c1"), Success)]);
 
     // Claims: same order, same ids, same attempts.
     let crm = pg.claim("crm", T + 5_000, 10, T + 5_000 + LEASE).await.unwrap();
@@ -154,8 +164,11 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
     let bi = pg.claim("bi", T + 1, 10, T + 1 + LEASE).await.unwrap();
     assert_eq!(seen(&bi), bi_before);
     // a2 follows a1 on crm once a1 is delivered.
-    let done: Vec<Outcome> =
-        crm.deliveries.iter().map(|d| outcome(d, OutcomeKind::Delivered { recovered: false })).collect();
+    let done: Vec<Outcome> = crm
+        .deliveries
+        .iter()
+        .map(|d| outcome(d, OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() }))
+        .collect();
     pg.complete(done, T + 5_000).await.unwrap();
     let crm = pg.claim("crm", T + 5_000, 10, T + 5_000 + LEASE).await.unwrap();
     assert_eq!(seen(&crm), [(2, "ev-a2".into(), 0)]);
@@ -169,15 +182,29 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
         detail.attempts_log.iter().map(|a| (a.attempt, a.status)).collect::<Vec<_>>(),
         [(1, Some(503)), (2, Some(400))]
     );
-    pg.complete(bi.deliveries.iter().map(|d| outcome(d, OutcomeKind::Delivered { recovered: false })).collect(), T + 2)
-        .await
-        .unwrap();
+    pg.complete(
+        bi.deliveries
+            .iter()
+            .map(|d| outcome(d, OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() }))
+            .collect(),
+        T + 2,
+    )
+    .await
+    .unwrap();
     pg.ingest(ingest("p5", &[("ev-d2", "vox:d", &["bi"])])).await.unwrap();
     let replayed = pg.replay_dead_letters(&Filter { id: Some(6), ..Filter::default() }, T + 3).await.unwrap();
     assert_eq!(replayed, [(6, "bi".to_owned())]);
     let bi = pg.claim("bi", T + 3, 10, T + 3 + LEASE).await.unwrap();
     assert_eq!(seen(&bi), [(6, "ev-d1".into(), 0)], "the replay at its old place, ahead of d2");
-    pg.complete(vec![outcome(&bi.deliveries[0], OutcomeKind::Delivered { recovered: false })], T + 3).await.unwrap();
+    pg.complete(
+        vec![outcome(
+            &bi.deliveries[0],
+            OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() },
+        )],
+        T + 3,
+    )
+    .await
+    .unwrap();
     let bi = pg.claim("bi", T + 3, 10, T + 3 + LEASE).await.unwrap();
     assert_eq!(bi.deliveries.len(), 1);
     assert_eq!(bi.deliveries[0].event_id, "ev-d2");

@@ -243,3 +243,60 @@ async fn schema_2_subjects_move_to_the_source_keeping_bodies_order_and_dead_lett
         claim(&store, "d", now_ms(), 10).await.into_iter().map(|d| (d.id, d.subject)).collect();
     assert_eq!(replayed, [(7, a[0].1.clone()), (8, b[0].1.clone())], "both accounts' calls flow side by side");
 }
+
+#[tokio::test]
+async fn schema_4_attempts_become_the_delivery_log_with_their_routes_events_and_outcomes() {
+    use crate::store::{DeliveryState, LogFilter, LogOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        // Schema 4: a pending delivery retried once, a dead letter with its two attempts, and
+        // an attempt whose delivery went through since (only failures were kept then).
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..4] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 4).unwrap();
+        tx.execute_batch(
+            "INSERT INTO payloads (id, source, digest, received_at, body, event_ids)
+                  VALUES (1, 'vox', x'00', 1000, x'7b7d', '[\"p\",\"d\",\"g\"]');
+             INSERT INTO events (seq, id, payload_id, type, subject, body) VALUES
+                  (1, 'p', 1, 'call.ended', 'vox:a', '{\"id\":\"p\"}'),
+                  (2, 'd', 1, 'call.ended', 'vox:b', '{\"id\":\"d\"}'),
+                  (3, 'g', 1, 'call.ended', 'vox:c', '{\"id\":\"g\"}');
+             INSERT INTO outbox (id, event_seq, route, subject, attempts, next_at) VALUES (10, 1, 'crm', 'vox:a', 1, 5000);
+             INSERT INTO dead_letters (id, event_seq, route, subject, attempts, dead_at, last_error)
+                  VALUES (11, 2, 'crm', 'vox:b', 2, 3000, 'HTTP 500');
+             INSERT INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms) VALUES
+                  (10, 1, 1500, 503, NULL, 'busy', 4),
+                  (11, 1, 2000, 500, NULL, 'no', 5),
+                  (11, 2, 3000, 500, NULL, 'no', 6),
+                  (12, 1, 2500, 502, NULL, 'gone by', 7);",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = open(&dir);
+    let log = store.delivery_log(&LogFilter { route: Some("crm".into()), ..LogFilter::default() }).await.unwrap();
+    let seen: Vec<(Option<&str>, i64, LogOutcome, Option<i64>)> =
+        log.iter().map(|e| (e.event_id.as_deref(), e.attempt, e.outcome, e.delivery_id)).collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("d"), 2, LogOutcome::Dead, Some(11)),
+            (Some("d"), 1, LogOutcome::Failed, Some(11)),
+            (Some("p"), 1, LogOutcome::Failed, Some(10)),
+        ],
+        "each attempt keeps its delivery's route and event; a dead letter's last is `dead`"
+    );
+    let orphan = store.delivery_log(&LogFilter { route: Some(String::new()), ..LogFilter::default() }).await.unwrap();
+    assert_eq!((orphan.len(), orphan[0].delivery_id, orphan[0].event_id.as_deref()), (1, Some(12), None));
+    let pending = store.event("p", now_ms()).await.unwrap().unwrap();
+    assert_eq!((pending.deliveries[0].state, pending.deliveries[0].attempts_log.len()), (DeliveryState::Pending, 1));
+    let dead = store.dead_letter(11).await.unwrap().unwrap();
+    assert_eq!(dead.attempts_log.len(), 2, "a dead letter's attempts are found through its event");
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+}
