@@ -55,6 +55,15 @@ impl Client {
     }
 }
 
+/// `text` as one percent-encoded URL path segment (a subject may hold `/`, `?`, `#`…).
+pub fn path_segment(text: &str) -> String {
+    let mut url = url::Url::parse("http://localhost/").expect("a constant URL");
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.push(text);
+    }
+    url.path().trim_start_matches('/').to_owned()
+}
+
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
