@@ -475,6 +475,8 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
     )?
     .execute(params![ingest.source, &ingest.digest[..], ingest.received_at, ingest.body, ids_json])?;
     let payload_id = tx.last_insert_rowid();
+    // Usually one call per payload.
+    let mut calls: Vec<CallDelta<'_>> = Vec::with_capacity(1);
     for event in &ingest.events {
         let routes = serde_json::to_string(&event.routes).map_err(|e| StoreError::Backend(e.to_string()))?;
         tx.prepare_cached(
@@ -482,27 +484,19 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
         )?
         .execute(params![event.id, payload_id, event.kind, event.subject, event.json, routes])?;
         let seq = tx.last_insert_rowid();
-        let terminal_at = TERMINAL_TYPES.contains(&event.kind.as_str()).then_some(ingest.received_at);
-        // The call's summary: the status of its last accepted terminal event wins
-        // (`canonical::call::merge` reads the events the same way).
-        tx.prepare_cached(
-            "INSERT INTO calls (subject, source, first_at, last_at, status, status_seq, terminal_at, events)
-             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, 1)
-             ON CONFLICT (subject) DO UPDATE SET
-                 last_at = MAX(last_at, excluded.last_at),
-                 status = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status ELSE status END,
-                 status_seq = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status_seq ELSE status_seq END,
-                 terminal_at = COALESCE(MIN(terminal_at, excluded.terminal_at), terminal_at, excluded.terminal_at),
-                 events = events + 1",
-        )?
-        .execute(params![
-            event.subject,
-            ingest.source,
-            ingest.received_at,
-            event.status,
-            event.status.map(|_| seq),
-            terminal_at
-        ])?;
+        // The call's summary, written once per call of the payload (below).
+        let call = match calls.iter_mut().find(|c| c.subject == event.subject) {
+            Some(call) => call,
+            None => {
+                calls.push(CallDelta { subject: &event.subject, ..CallDelta::default() });
+                calls.last_mut().ok_or_else(|| StoreError::Backend("no call summary".into()))?
+            }
+        };
+        call.events += 1;
+        if event.status.is_some() {
+            (call.status, call.status_seq) = (event.status, Some(seq));
+        }
+        call.terminal |= TERMINAL_TYPES.contains(&event.kind.as_str());
         for route in &event.routes {
             // Never due before an earlier event of the same call on this route.
             tx.prepare_cached(
@@ -513,7 +507,40 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
             delta.backlog(route, 1);
         }
     }
+    for call in calls {
+        // The status of a call's last accepted terminal event wins (`canonical::call::merge`
+        // reads the events the same way).
+        tx.prepare_cached(
+            "INSERT INTO calls (subject, source, first_at, last_at, status, status_seq, terminal_at, events)
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (subject) DO UPDATE SET
+                 last_at = MAX(last_at, excluded.last_at),
+                 status = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status ELSE status END,
+                 status_seq = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status_seq ELSE status_seq END,
+                 terminal_at = COALESCE(MIN(terminal_at, excluded.terminal_at), terminal_at, excluded.terminal_at),
+                 events = events + excluded.events",
+        )?
+        .execute(params![
+            call.subject,
+            ingest.source,
+            ingest.received_at,
+            call.status,
+            call.status_seq,
+            call.terminal.then_some(ingest.received_at),
+            call.events
+        ])?;
+    }
     Ok(IngestOutcome::Accepted(ids))
+}
+
+/// What one payload adds to a call's summary row.
+#[derive(Default)]
+struct CallDelta<'a> {
+    subject: &'a str,
+    events: i64,
+    status: Option<&'static str>,
+    status_seq: Option<i64>,
+    terminal: bool,
 }
 
 /// Applies outcomes whose leases were checked; returns what the workers must be told.

@@ -282,6 +282,9 @@ async fn a_call_shows_each_routes_delivery_state() {
     receiver.wait_for("/ended", 1).await;
     receiver.wait_for("/held", 1).await;
     gateway.wait_metric("callgate_dead_letters{route=\"dead\"}", 2.0).await;
+    // Arrival is not the outcome: the backlog gauges follow the store's commits.
+    gateway.wait_metric("callgate_delivery_backlog{route=\"ok\"}", 0.0).await;
+    gateway.wait_metric("callgate_delivery_backlog{route=\"ended_only\"}", 0.0).await;
 
     let (status, answer) = admin(&gateway, "/v1/calls/oneinbox:call_abc123").await;
     assert_eq!(status, 200, "{answer}");
