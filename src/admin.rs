@@ -446,7 +446,8 @@ async fn call(State(app): State<Arc<App>>, AdminPath(subject): AdminPath<String>
     let mut events = Vec::with_capacity(stored.events.len());
     let mut readable = Vec::with_capacity(stored.events.len());
     for event in &stored.events {
-        let value: serde_json::Value = serde_json::from_str(&event.json).unwrap_or(serde_json::Value::Null);
+        let value: serde_json::Value =
+            serde_json::from_str(&event.json).unwrap_or_else(|_| serde_json::Value::String(event.json.clone()));
         match CloudEvent::deserialize(&value) {
             Ok(parsed) => readable.push(parsed),
             // Kept in the answer, left out of the merge (and counted).
