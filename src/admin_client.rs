@@ -124,3 +124,12 @@ pub fn merge_replays(mut first: Value, next: Value) -> Value {
     first["next_after_id"] = next["next_after_id"].clone();
     first
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_subject_is_one_path_segment() {
+        assert_eq!(super::path_segment("vox:6b0f-1c2b"), "vox:6b0f-1c2b");
+        assert_eq!(super::path_segment("salpre:a/b?c#d e%"), "salpre:a%2Fb%3Fc%23d%20e%25");
+    }
+}

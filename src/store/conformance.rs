@@ -382,6 +382,55 @@ pub(crate) async fn calls_are_summarised_at_ingest_and_show_each_delivery(h: &dy
     assert_eq!((b.summary.status.as_deref(), b.summary.events), (Some("completed"), 2));
 }
 
+pub(crate) async fn concurrent_ingests_keep_one_summary_per_call_with_the_last_terminal_status(h: &dyn Harness) {
+    let store = h.open().await;
+    let statuses = ["completed", "busy", "no_answer", "failed"];
+    // Each payload holds events of two calls, in either order, so concurrent batches share
+    // calls (on PostgreSQL, writers commit them in parallel).
+    let payloads: Vec<Ingest> = (0..40usize)
+        .map(|i| {
+            let (x, y) = (format!("vox:{}", i % 3), format!("vox:{}", (i + 1) % 3));
+            let (first, second) = if i % 2 == 0 { (x, y) } else { (y, x) };
+            let event = |n: usize, subject: String| NewEvent {
+                id: format!("e{i}-{n}"),
+                kind: if n == 0 { "call.ended".into() } else { "call.connected".into() },
+                subject,
+                json: "{}".into(),
+                routes: vec!["r".into()],
+                status: (n == 0).then_some(statuses[i % statuses.len()]),
+            };
+            Ingest {
+                received_at: 1_000 + i as i64,
+                events: vec![event(0, first), event(1, second)],
+                ..ingest("vox", &format!("c{i}"), &[])
+            }
+        })
+        .collect();
+    let statuses_of: std::collections::HashMap<String, &str> =
+        payloads.iter().flat_map(|p| p.events.iter().filter_map(|e| e.status.map(|s| (e.id.clone(), s)))).collect();
+    let tasks: Vec<_> = payloads
+        .into_iter()
+        .map(|p| {
+            let store = store.clone();
+            tokio::spawn(async move { store.ingest(p).await })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(task.await.unwrap().unwrap(), IngestOutcome::Accepted(_)));
+    }
+    let calls = store.calls(&CallFilter::default()).await.unwrap();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls.iter().map(|c| c.events).sum::<i64>(), 80);
+    for summary in calls {
+        let call = store.call(&summary.subject, now_ms()).await.unwrap().unwrap();
+        assert_eq!(call.events.len() as i64, summary.events, "{}", summary.subject);
+        let last_terminal = call.events.iter().rev().find(|e| e.kind == "call.ended").unwrap();
+        assert_eq!(summary.status.as_deref(), Some(statuses_of[&last_terminal.id]), "{}", summary.subject);
+        let seqs: Vec<i64> = call.events.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "acceptance order");
+    }
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -411,6 +460,7 @@ macro_rules! all_checks {
             counts_follow_every_change_and_survive_reopening,
             released_leases_are_claimable_at_once_and_stale_ones_change_nothing,
             calls_are_summarised_at_ingest_and_show_each_delivery,
+            concurrent_ingests_keep_one_summary_per_call_with_the_last_terminal_status,
         );
     };
 }
