@@ -431,6 +431,22 @@ pub(crate) async fn concurrent_ingests_keep_one_summary_per_call_with_the_last_t
     }
 }
 
+pub(crate) async fn a_large_call_is_returned_up_to_its_byte_bound(h: &dyn Harness) {
+    let store = h.open().await;
+    let big = format!("\"{}\"", "x".repeat(crate::store::CALL_BYTES_MAX * 3 / 8));
+    for (i, id) in ["l1", "l2", "l3"].into_iter().enumerate() {
+        let mut payload =
+            call_event(&format!("large-{i}"), "vox:large", 1_000, (id, "transcript.partial", None, &["r"]));
+        payload.events[0].json = big.clone();
+        store.ingest(payload).await.unwrap();
+    }
+    let call = store.call("vox:large", now_ms()).await.unwrap().unwrap();
+    assert_eq!(call.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["l1", "l2"], "a third passes the bound");
+    assert!(call.truncated);
+    assert_eq!(call.summary.events, 3);
+    assert_eq!(call.deliveries.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["l1", "l2"]);
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -461,6 +477,7 @@ macro_rules! all_checks {
             released_leases_are_claimable_at_once_and_stale_ones_change_nothing,
             calls_are_summarised_at_ingest_and_show_each_delivery,
             concurrent_ingests_keep_one_summary_per_call_with_the_last_terminal_status,
+            a_large_call_is_returned_up_to_its_byte_bound,
         );
     };
 }

@@ -309,8 +309,26 @@ pub enum CallStatus {
     Is(String),
 }
 
-/// Most events [`Store::call`] returns for one call (the rest are counted, not read).
+/// Most events [`Store::call`] returns for one call (the rest are not read).
 pub const CALL_EVENTS_MAX: usize = 5_000;
+/// Most bytes of stored event JSON [`Store::call`] returns for one call: it stops before the
+/// event that would pass this (the first event always comes), so one answer stays bounded
+/// however large a call's transcripts grew.
+pub const CALL_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// How many of a call's events (given their JSON sizes in acceptance order) fit in one
+/// answer: at most [`CALL_EVENTS_MAX`], and [`CALL_BYTES_MAX`] bytes, but at least one.
+pub(crate) fn events_that_fit(sizes: impl IntoIterator<Item = usize>) -> usize {
+    let (mut n, mut total) = (0, 0usize);
+    for size in sizes {
+        total = total.saturating_add(size);
+        if n == CALL_EVENTS_MAX || (n > 0 && total > CALL_BYTES_MAX) {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
 
 /// One stored event of a call.
 #[derive(Debug, Clone)]
@@ -364,7 +382,7 @@ pub struct CallDelivery {
 #[derive(Debug, Clone)]
 pub struct StoredCall {
     pub summary: CallSummary,
-    /// Its events in acceptance order, at most [`CALL_EVENTS_MAX`].
+    /// Its events in acceptance order, at most [`CALL_EVENTS_MAX`] and [`CALL_BYTES_MAX`].
     pub events: Vec<CallEvent>,
     /// More events are stored than were returned.
     pub truncated: bool,
@@ -550,7 +568,7 @@ pub trait Store: Send + Sync + 'static {
     async fn calls(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, StoreError>;
 
     /// One call by subject, read in one snapshot: its summary, its events in acceptance order
-    /// (at most [`CALL_EVENTS_MAX`]) and each (event, route)'s delivery state, leases judged
+    /// (at most [`CALL_EVENTS_MAX`] and [`CALL_BYTES_MAX`]) and each (event, route)'s delivery state, leases judged
     /// at `now`. `None` when no call has that subject.
     async fn call(&self, subject: &str, now: Millis) -> Result<Option<StoredCall>, StoreError>;
 
@@ -564,4 +582,17 @@ pub fn rfc3339(ms: Millis) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
         .map(crate::canonical::convert::rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calls_answer_is_bounded_by_count_and_bytes_but_holds_its_first_event() {
+        assert_eq!(events_that_fit([]), 0);
+        assert_eq!(events_that_fit([CALL_BYTES_MAX * 2]), 1, "the first event always comes");
+        assert_eq!(events_that_fit([CALL_BYTES_MAX / 2, CALL_BYTES_MAX / 2, 1]), 2);
+        assert_eq!(events_that_fit(std::iter::repeat_n(10, CALL_EVENTS_MAX + 5)), CALL_EVENTS_MAX);
+    }
 }

@@ -46,7 +46,7 @@ use super::{
     Attempt, AttemptRecord, CALL_EVENTS_MAX, CallEvent, CallFilter, CallStatus, CallSummary, Claimed, Completed,
     Counts, DeadLetter, DeadLetterDetail, DeadRow, Delivery, Filter, Ingest, IngestOutcome, Lease, Millis, Notice,
     OutboxRow, Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall,
-    TERMINAL_TYPES, call_deliveries, now_ms, rfc3339,
+    TERMINAL_TYPES, call_deliveries, events_that_fit, now_ms, rfc3339,
 };
 
 /// The migrations, embedded (sqlx's `migrate!` needs its `macros` feature, which we leave out).
@@ -826,18 +826,27 @@ async fn call_summary(tx: &mut sqlx::PgConnection, subject: &str) -> Result<Opti
     Ok(row.as_ref().map(call_summary_row).transpose()?)
 }
 
-/// A call's events in acceptance order, at most [`CALL_EVENTS_MAX`], and whether more exist.
+/// A call's events in acceptance order, as many as [`events_that_fit`], and whether more
+/// exist: their sizes are read first, then only the bodies that fit.
 async fn call_events(tx: &mut sqlx::PgConnection, subject: &str) -> Result<(Vec<CallEvent>, bool), StoreError> {
+    let sizes: Vec<(i64, i32)> =
+        sqlx::query_as("SELECT seq, octet_length(body) FROM events WHERE subject = $1 ORDER BY seq LIMIT $2")
+            .bind(subject)
+            .bind(CALL_EVENTS_MAX as i64 + 1)
+            .fetch_all(&mut *tx)
+            .await?;
+    let fit = events_that_fit(sizes.iter().map(|(_, size)| usize::try_from(*size).unwrap_or(usize::MAX)));
+    let Some(&(last, _)) = fit.checked_sub(1).and_then(|i| sizes.get(i)) else { return Ok((Vec::new(), false)) };
     let rows = sqlx::query(
         "SELECT e.seq, e.id, e.type, p.received_at, e.body, e.routes
            FROM events e JOIN payloads p ON p.id = e.payload_id
-          WHERE e.subject = $1 ORDER BY e.seq LIMIT $2",
+          WHERE e.subject = $1 AND e.seq <= $2 ORDER BY e.seq",
     )
     .bind(subject)
-    .bind(CALL_EVENTS_MAX as i64 + 1)
+    .bind(last)
     .fetch_all(&mut *tx)
     .await?;
-    let mut events = rows
+    let events = rows
         .iter()
         .map(|r| {
             let routes: Option<String> = r.try_get(5)?;
@@ -851,9 +860,7 @@ async fn call_events(tx: &mut sqlx::PgConnection, subject: &str) -> Result<(Vec<
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let truncated = events.len() > CALL_EVENTS_MAX;
-    events.truncate(CALL_EVENTS_MAX);
-    Ok((events, truncated))
+    Ok((events, sizes.len() > fit))
 }
 
 /// The outbox rows of a call's events up to `last_seq`, leased when their lease outlives

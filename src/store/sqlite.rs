@@ -31,10 +31,10 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Savepoint, p
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    AttemptRecord, CALL_EVENTS_MAX, CallEvent, CallFilter, CallStatus, CallSummary, Claimed, Completed, Counts,
-    DeadLetter, DeadLetterDetail, DeadRow, Delivery, Filter, Ingest, IngestOutcome, Lease, Millis, Notice, OutboxRow,
-    Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall, TERMINAL_TYPES,
-    call_deliveries, now_ms, rfc3339,
+    AttemptRecord, CALL_BYTES_MAX, CALL_EVENTS_MAX, CallEvent, CallFilter, CallStatus, CallSummary, Claimed, Completed,
+    Counts, DeadLetter, DeadLetterDetail, DeadRow, Delivery, Filter, Ingest, IngestOutcome, Lease, Millis, Notice,
+    OutboxRow, Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall,
+    TERMINAL_TYPES, call_deliveries, now_ms, rfc3339,
 };
 
 /// Errors that say "not now" (busy, full, read-only, I/O) rather than "never".
@@ -1185,29 +1185,33 @@ fn call_summary(conn: &Connection, subject: &str) -> Result<Option<CallSummary>,
         .optional()
 }
 
-/// A call's events in acceptance order, at most [`CALL_EVENTS_MAX`], and whether more exist.
+/// A call's events in acceptance order, as many as [`events_that_fit`], and whether more
+/// exist. Rows are read one at a time, so what does not fit is never loaded.
 fn call_events(conn: &Connection, subject: &str) -> Result<(Vec<CallEvent>, bool), rusqlite::Error> {
     let mut stmt = conn.prepare_cached(
         "SELECT e.seq, e.id, e.type, p.received_at, e.body, e.routes
            FROM events e JOIN payloads p ON p.id = e.payload_id
-          WHERE e.subject = ?1 ORDER BY e.seq LIMIT ?2",
+          WHERE e.subject = ?1 ORDER BY e.seq",
     )?;
-    let mut events = stmt
-        .query_map(params![subject, CALL_EVENTS_MAX as i64 + 1], |r| {
-            let routes: Option<String> = r.get(5)?;
-            Ok(CallEvent {
-                seq: r.get(0)?,
-                id: r.get(1)?,
-                kind: r.get(2)?,
-                accepted_at: r.get(3)?,
-                json: r.get(4)?,
-                routes: routes.and_then(|text| serde_json::from_str(&text).ok()),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let truncated = events.len() > CALL_EVENTS_MAX;
-    events.truncate(CALL_EVENTS_MAX);
-    Ok((events, truncated))
+    let mut rows = stmt.query([subject])?;
+    let (mut events, mut bytes) = (Vec::new(), 0usize);
+    while let Some(r) = rows.next()? {
+        let json: String = r.get(4)?;
+        bytes += json.len();
+        if events.len() == CALL_EVENTS_MAX || (!events.is_empty() && bytes > CALL_BYTES_MAX) {
+            return Ok((events, true));
+        }
+        let routes: Option<String> = r.get(5)?;
+        events.push(CallEvent {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            kind: r.get(2)?,
+            accepted_at: r.get(3)?,
+            json,
+            routes: routes.and_then(|text| serde_json::from_str(&text).ok()),
+        });
+    }
+    Ok((events, false))
 }
 
 /// The outbox rows of a call's events up to `last_seq` (leases are filled in by the caller).
