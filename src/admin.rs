@@ -1,7 +1,8 @@
 //! The admin API (`/v1/admin/...`): routes (pause, resume, test sends, the delivery log, the
 //! backlog of a removed route), events (one, with each route's delivery), dead letters (list,
 //! inspect, replay), the quarantine (list, inspect, replay), the vendor drift report, reload and
-//! the live tail (`tail.rs`). Every call needs `Authorization: Bearer <[admin] token>` (the tail
+//! the live tail (`tail.rs`); and call records (`/v1/calls`: list, and one call's merged record, events
+//! and delivery state). Every call needs `Authorization: Bearer <[admin] token>` (the tail
 //! also takes a stream ticket); without a configured token the API is off.
 //!
 //! **Invariant:** the admin API changes the store only through the `Store` trait and tells
@@ -22,13 +23,16 @@ use serde_json::json;
 
 use crate::{
     auth,
-    canonical::{EventType, Vendor, sample},
+    canonical::{CloudEvent, EventType, Status, Vendor, call::merge, sample},
     config::ConfigErrors,
     drift::MAX_ROWS_PER_SOURCE,
     http::{cut, error_response},
     ingress::{self, IngressError, OnReject},
     server::App,
-    store::{Filter, LogFilter, LogOutcome, Millis, StoreError, TestSend, now_ms, rfc3339},
+    store::{
+        CallDelivery, CallFilter, CallStatus, DeliveryState, Filter, LogFilter, LogOutcome, Millis, StoreError,
+        TestSend, now_ms, rfc3339,
+    },
     telemetry::IngressOutcome,
 };
 
@@ -54,6 +58,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/admin/quarantine/{id}", get(quarantined))
         .route("/v1/admin/quarantine/{id}/replay", post(replay_quarantined))
         .route("/v1/admin/drift", get(drift))
+        .route("/v1/calls", get(calls))
+        .route("/v1/calls/{subject}", get(call))
         .layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
         .merge(stream)
@@ -625,6 +631,103 @@ async fn drift(State(app): State<Arc<App>>, AdminQuery(params): AdminQuery<Param
         })
         .collect();
     Ok(Json(json!({ "drift": list, "max_rows_per_source": MAX_ROWS_PER_SOURCE })).into_response())
+}
+
+/// Query parameters of the call listing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallParams {
+    source: Option<String>,
+    /// RFC 3339 time, or a duration back from now (`2h`): calls first accepted since then.
+    since: Option<String>,
+    /// A canonical status (`completed`, `no_answer`, `busy`, `canceled`, `failed`), or
+    /// `in_progress` for calls without a terminal event yet.
+    status: Option<String>,
+    before_id: Option<i64>,
+    limit: Option<usize>,
+}
+
+async fn calls(
+    State(app): State<Arc<App>>,
+    AdminQuery(params): AdminQuery<CallParams>,
+) -> Result<Response, AdminError> {
+    let status = match params.status.as_deref() {
+        None => None,
+        Some("in_progress") => Some(CallStatus::InProgress),
+        Some(text) => match Status::parse(text) {
+            Some(status) => Some(CallStatus::Is(status.as_str().to_owned())),
+            None => {
+                let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                return Err(AdminError::BadRequest(format!(
+                    "`status` must be in_progress or one of {}, not `{}`",
+                    known.join(", "),
+                    cut(text, ECHO)
+                )));
+            }
+        },
+    };
+    let filter = CallFilter {
+        source: params.source.clone(),
+        since: params.since.as_deref().map(parse_since).transpose()?,
+        status,
+        before_id: params.before_id,
+        limit: params.limit,
+    };
+    let items = app.store.calls(&filter).await?;
+    let next =
+        (items.len() == params.limit.unwrap_or(100).clamp(1, 1000)).then(|| items.last().map(|c| c.id)).flatten();
+    Ok(Json(json!({ "calls": items, "next_before_id": next })).into_response())
+}
+
+/// One call: its summary, its merged record (`canonical::call::merge`), its events in
+/// acceptance order and each route's delivery state.
+async fn call(State(app): State<Arc<App>>, AdminPath(subject): AdminPath<String>) -> Result<Response, AdminError> {
+    let Some(stored) = app.store.call(&subject, now_ms()).await? else {
+        return Err(AdminError::NotFound(format!("no call with subject `{}`", cut(&subject, ECHO))));
+    };
+    let mut events = Vec::with_capacity(stored.events.len());
+    let mut readable = Vec::with_capacity(stored.events.len());
+    for event in &stored.events {
+        let value: serde_json::Value =
+            serde_json::from_str(&event.json).unwrap_or_else(|_| serde_json::Value::String(event.json.clone()));
+        match CloudEvent::deserialize(&value) {
+            Ok(parsed) => readable.push(parsed),
+            // Kept in the answer, left out of the merge (and counted).
+            Err(e) => {
+                tracing::warn!(event = %event.id, error = %e, "A stored event of a call could not be read for its record.")
+            }
+        }
+        events.push(value);
+    }
+    let record = merge(&readable);
+    let names: BTreeSet<&str> = stored.deliveries.iter().map(|d| d.route.as_str()).collect();
+    let routes: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let deliveries: Vec<&CallDelivery> = stored.deliveries.iter().filter(|d| d.route == name).collect();
+            let count = |state: DeliveryState| deliveries.iter().filter(|d| d.state == state).count();
+            json!({
+                "route": name,
+                "configured": app.config.load().routes.contains_key(name),
+                "delivered": count(DeliveryState::Delivered),
+                "pending": count(DeliveryState::Pending),
+                "retrying": count(DeliveryState::Retrying),
+                "in_flight": count(DeliveryState::InFlight),
+                "dead": count(DeliveryState::Dead),
+                "deliveries": deliveries,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "subject": stored.summary.subject,
+        "summary": stored.summary,
+        "record": record,
+        "events": events,
+        "events_truncated": stored.truncated,
+        "unreadable_events": stored.events.len() - readable.len(),
+        "routes": routes,
+    }))
+    .into_response())
 }
 
 fn interrupted(replay: &QuarantineReplay, e: StoreError) -> AdminError {

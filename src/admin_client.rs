@@ -195,6 +195,15 @@ fn tail_line(event: &str, v: &Value) -> String {
     }
 }
 
+/// `text` as one percent-encoded URL path segment (a subject may hold `/`, `?`, `#`…).
+pub fn path_segment(text: &str) -> String {
+    let mut url = url::Url::parse("http://localhost/").expect("a constant URL");
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.push(text);
+    }
+    url.path().trim_start_matches('/').to_owned()
+}
+
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -254,4 +263,13 @@ pub fn merge_replays(mut first: Value, next: Value) -> Value {
     first["more"] = next["more"].clone();
     first["next_after_id"] = next["next_after_id"].clone();
     first
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_subject_is_one_path_segment() {
+        assert_eq!(super::path_segment("vox:6b0f-1c2b"), "vox:6b0f-1c2b");
+        assert_eq!(super::path_segment("salpre:a/b?c#d e%"), "salpre:a%2Fb%3Fc%23d%20e%25");
+    }
 }

@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     auth::{self, Precheck},
-    canonical::CloudEvent,
+    canonical::{CloudEvent, EventType, Status},
     config::Config,
     http::error_response,
     server::App,
@@ -538,7 +538,11 @@ fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressErr
         routes.push(name.clone());
     }
     let json = serde_json::to_string(event).map_err(defect)?;
-    Ok(NewEvent { id: event.id.clone(), kind: kind.to_owned(), subject: event.subject.clone(), json, routes })
+    // Only a terminal event or the vendor's call record decides a call's status (as `merge`).
+    let status = matches!(event.kind, EventType::CallEnded | EventType::CallFailed | EventType::CallCdr)
+        .then(|| event.data.details.status.map(Status::as_str))
+        .flatten();
+    Ok(NewEvent { id: event.id.clone(), kind: kind.to_owned(), subject: event.subject.clone(), json, routes, status })
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, IngressError> {

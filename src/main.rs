@@ -105,6 +105,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// List calls, or show one call's merged record, events and delivery state (through the
+    /// admin API).
+    Calls {
+        #[command(subcommand)]
+        action: CallAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// List routes with their backlog, pause and resume one, send it a test event, or discard
     /// the backlog of a route no longer configured (through the admin API).
     Routes {
@@ -235,6 +243,28 @@ enum Action {
 }
 
 #[derive(Subcommand)]
+enum CallAction {
+    /// List calls, newest first (by their first event).
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        /// Only calls first accepted since this RFC 3339 time or duration ago (e.g. 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// completed, no_answer, busy, canceled, failed, or in_progress (no terminal event yet).
+        #[arg(long)]
+        status: Option<String>,
+        /// The next page: the `--before-id` the previous page printed.
+        #[arg(long)]
+        before_id: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one call by subject (`{source}:{call_id}`), as JSON.
+    Show { subject: String },
+}
+
+#[derive(Subcommand)]
 enum RouteAction {
     List,
     Pause {
@@ -307,6 +337,7 @@ fn main() -> ExitCode {
         Command::Tail { route, source, kind, json, admin } => tail(admin, &route, &source, &kind, json),
         Command::Deliveries { action, admin } => operate(admin, Target::Deliveries(action)),
         Command::Events { action, admin } => operate(admin, Target::Events(action)),
+        Command::Calls { action, admin } => operate(admin, Target::Calls(action)),
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
         Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
     }
@@ -415,6 +446,7 @@ enum Target {
     Reload,
     Deliveries(DeliveriesAction),
     Events(EventsAction),
+    Calls(CallAction),
 }
 
 /// The admin API client and a runtime for an operator command, or how it failed.
@@ -512,6 +544,7 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
         Target::Events(_) => ("/v1/admin/events", ""),
         Target::Drift { .. } => ("/v1/admin/drift", "source"),
         Target::Reload => ("/v1/admin/reload", ""),
+        Target::Calls(_) => ("/v1/calls", ""),
     };
     match target {
         Target::DeadLetters(action) | Target::Quarantine(action) => match action {
@@ -592,6 +625,33 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
                     ("EXAMPLE", "example"),
                 ],
             ))
+        }
+        Target::Calls(CallAction::List { source, since, status, before_id, limit }) => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(source.map(|s| ("source", s)));
+            query.extend(since.map(|s| ("since", s)));
+            query.extend(status.map(|s| ("status", s)));
+            query.extend(before_id.map(|id| ("before_id", id.to_string())));
+            let answer = client.call(Method::GET, path, &query).await?;
+            let rows = answer["calls"].as_array().cloned().unwrap_or_default();
+            let mut text = admin_client::table(
+                &rows,
+                &[
+                    ("ID", "id"),
+                    ("SUBJECT", "subject"),
+                    ("STATUS", "status"),
+                    ("EVENTS", "events"),
+                    ("FIRST AT", "first_at"),
+                    ("LAST AT", "last_at"),
+                ],
+            );
+            if let Some(next) = answer["next_before_id"].as_i64() {
+                text.push_str(&format!("(more: --before-id {next})\n"));
+            }
+            Ok(text)
+        }
+        Target::Calls(CallAction::Show { subject }) => {
+            client.call(Method::GET, &format!("{path}/{}", admin_client::path_segment(&subject)), &[]).await.map(pretty)
         }
         Target::Routes(RouteAction::List) => {
             let answer = client.call(Method::GET, path, &[]).await?;

@@ -26,7 +26,7 @@ pub fn sample(kind: EventType, source: &str, vendor: Vendor, now: chrono::DateTi
         source: source.to_owned(),
         vendor_event: VENDOR_EVENT.to_owned(),
         // What a vox event always carries; null for the others.
-        vendor_format: (vendor == Vendor::Vox).then_some("v2"),
+        vendor_format: (vendor == Vendor::Vox).then(|| super::VendorFormat::parse("v2")).flatten(),
         test: true,
         call_id,
         agent_id: None,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    Attempt, DRIFT_OVERFLOW, DeliveryState, DriftCount, Filter, Ingest, IngestOutcome, LogFilter, LogOutcome, Notice,
-    OutcomeKind, Pruned, Quarantined, Store, TestSend, now_ms,
+    Attempt, CallFilter, CallStatus, DRIFT_OVERFLOW, DeliveryState, DriftCount, Filter, Ingest, IngestOutcome,
+    LogFilter, LogOutcome, NewEvent, Notice, OutcomeKind, Pruned, Quarantined, Store, TestSend, now_ms,
     test_support::{claim, delivered, ingest, outcome},
 };
 
@@ -241,11 +241,13 @@ pub(crate) async fn prune_removes_old_delivered_data_but_keeps_what_is_pending(h
     // failed attempt (now, and its delivery pending). a's success (`delivered`: at 0) goes
     // with the event it belongs to.
     let pruned = store.prune(2_000, 2_000).await.unwrap();
-    assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 1, quarantine: 1, drift: 1 });
+    assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 1, quarantine: 1, drift: 1, calls: 1 });
     assert!(store.event("a", now_ms()).await.unwrap().is_none());
     assert_eq!(store.delivery_log(&LogFilter::default()).await.unwrap().len(), 1, "b's attempt is kept");
     let kept: Vec<String> = store.drift(&Filter::default()).await.unwrap().into_iter().map(|d| d.path).collect();
     assert_eq!(kept, ["recent"], "drift seen within the retention is kept");
+    assert!(store.call("x", now_ms()).await.unwrap().is_none(), "a call without events is forgotten");
+    assert_eq!(store.call("y", now_ms()).await.unwrap().unwrap().events.len(), 1);
     assert_eq!(claim(store, "r", now_ms(), 10).await[0].event_id, "b", "pending work is kept");
     // The redelivery window outlived: the old body is accepted again.
     let again = store.ingest(ingest("vox", "old-delivered", &[("a2", "x", &["r"])])).await.unwrap();
@@ -498,6 +500,170 @@ pub(crate) async fn the_delivery_log_keeps_every_attempt_and_lists_it_newest_fir
     assert!(store.event("nope", now).await.unwrap().is_none());
 }
 
+/// A payload of one event: `(id, kind, status, routes)` of call `subject`, received at `at`.
+fn call_event(body: &str, subject: &str, at: i64, event: (&str, &str, Option<&'static str>, &[&str])) -> Ingest {
+    let (id, kind, status, routes) = event;
+    Ingest {
+        received_at: at,
+        events: vec![NewEvent {
+            id: id.into(),
+            kind: kind.into(),
+            subject: subject.into(),
+            json: format!("{{\"id\":\"{id}\"}}"),
+            routes: routes.iter().map(|r| (*r).to_owned()).collect(),
+            status,
+        }],
+        ..ingest("vox", body, &[])
+    }
+}
+
+pub(crate) async fn calls_are_summarised_at_ingest_and_show_each_delivery(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = &*store;
+    let now = now_ms();
+    store.ingest(call_event("1", "vox:a", 1_000, ("a1", "call.connected", None, &["r", "s"]))).await.unwrap();
+    store.ingest(call_event("2", "vox:a", 2_000, ("a2", "call.ended", Some("completed"), &["r"]))).await.unwrap();
+    store.ingest(call_event("3", "vox:b", 3_000, ("b1", "call.failed", Some("no_answer"), &["r"]))).await.unwrap();
+    // A late non-terminal event changes no status; a later terminal one does.
+    store.ingest(call_event("4", "vox:a", 4_000, ("a3", "call.analyzed", None, &[]))).await.unwrap();
+    store.ingest(call_event("5", "vox:c", 5_000, ("c1", "call.ringing", None, &["r"]))).await.unwrap();
+    // r: a1 delivered, b1 dead, then a2 leased; s: a1 still pending.
+    let due = claim(store, "r", now, 10).await;
+    let ids: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids, ["a1", "b1", "c1"]);
+    let attempt = Attempt { at: now, status: Some(400), ..Attempt::default() };
+    store
+        .complete(vec![delivered(&due[0]), outcome(&due[1], OutcomeKind::Dead { attempt: attempt.clone() })], now)
+        .await
+        .unwrap();
+    store.complete(vec![outcome(&due[2], OutcomeKind::Retry { next_at: now + 60_000, attempt })], now).await.unwrap();
+    let next = claim(store, "r", now, 10).await;
+    assert_eq!(next.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["a2"]);
+
+    let a = store.call("vox:a", now).await.unwrap().expect("call a");
+    assert_eq!(a.summary.status.as_deref(), Some("completed"));
+    assert_eq!((a.summary.source.as_str(), a.summary.events), ("vox", 3));
+    assert_eq!(a.summary.first_at, crate::store::rfc3339(1_000));
+    assert_eq!(a.summary.last_at, crate::store::rfc3339(4_000));
+    assert_eq!(a.summary.terminal_at, Some(crate::store::rfc3339(2_000)));
+    let events: Vec<(&str, &str, i64)> =
+        a.events.iter().map(|e| (e.id.as_str(), e.kind.as_str(), e.accepted_at)).collect();
+    assert_eq!(events, [("a1", "call.connected", 1_000), ("a2", "call.ended", 2_000), ("a3", "call.analyzed", 4_000)]);
+    assert_eq!(a.events[0].json, "{\"id\":\"a1\"}");
+    assert!(!a.truncated);
+    let states: Vec<(&str, &str, DeliveryState)> =
+        a.deliveries.iter().map(|d| (d.event_id.as_str(), d.route.as_str(), d.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("a1", "r", DeliveryState::Delivered),
+            ("a1", "s", DeliveryState::Pending),
+            ("a2", "r", DeliveryState::InFlight)
+        ]
+    );
+    let b = store.call("vox:b", now).await.unwrap().expect("call b");
+    assert_eq!(b.summary.status.as_deref(), Some("no_answer"));
+    assert_eq!(b.deliveries.len(), 1);
+    assert_eq!((b.deliveries[0].state, b.deliveries[0].delivery_id), (DeliveryState::Dead, Some(due[1].id)));
+    assert_eq!(b.deliveries[0].last_error.as_deref(), Some("HTTP 400"));
+    let c = store.call("vox:c", now).await.unwrap().expect("call c");
+    assert_eq!((c.deliveries[0].state, c.deliveries[0].attempts), (DeliveryState::Retrying, 1));
+    assert_eq!(c.deliveries[0].next_at, Some(crate::store::rfc3339(now + 60_000)));
+    assert!(store.call("vox:nothing", now).await.unwrap().is_none());
+
+    // Listing: newest first, filtered, paged.
+    let list = |filter: CallFilter| async move {
+        store.calls(&filter).await.unwrap().into_iter().map(|c| c.subject).collect::<Vec<_>>()
+    };
+    assert_eq!(list(CallFilter::default()).await, ["vox:c", "vox:b", "vox:a"]);
+    assert_eq!(list(CallFilter { status: Some(CallStatus::InProgress), ..CallFilter::default() }).await, ["vox:c"]);
+    let no_answer = CallFilter { status: Some(CallStatus::Is("no_answer".into())), ..CallFilter::default() };
+    assert_eq!(list(no_answer).await, ["vox:b"]);
+    assert_eq!(list(CallFilter { source: Some("salpre".into()), ..CallFilter::default() }).await, Vec::<String>::new());
+    assert_eq!(list(CallFilter { since: Some(3_000), ..CallFilter::default() }).await, ["vox:c", "vox:b"]);
+    let first = store.calls(&CallFilter { limit: Some(2), ..CallFilter::default() }).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = CallFilter { before_id: Some(first[1].id), ..CallFilter::default() };
+    assert_eq!(list(rest).await, ["vox:a"]);
+
+    // The last terminal event decides, also when it arrives later than another.
+    store.ingest(call_event("6", "vox:b", 6_000, ("b2", "call.ended", Some("completed"), &["r"]))).await.unwrap();
+    let b = store.call("vox:b", now).await.unwrap().unwrap();
+    assert_eq!(
+        (b.summary.status.as_deref(), b.summary.terminal_at),
+        (Some("completed"), Some(crate::store::rfc3339(3_000)))
+    );
+    // A duplicate body adds nothing to its call.
+    store.ingest(call_event("6", "vox:b", 7_000, ("b3", "call.failed", Some("busy"), &["r"]))).await.unwrap();
+    let b = store.call("vox:b", now).await.unwrap().unwrap();
+    assert_eq!((b.summary.status.as_deref(), b.summary.events), (Some("completed"), 2));
+}
+
+pub(crate) async fn concurrent_ingests_keep_one_summary_per_call_with_the_last_terminal_status(h: &dyn Harness) {
+    let store = h.open().await;
+    let statuses = ["completed", "busy", "no_answer", "failed"];
+    // Each payload holds events of two calls, in either order, so concurrent batches share
+    // calls (on PostgreSQL, writers commit them in parallel).
+    let payloads: Vec<Ingest> = (0..40usize)
+        .map(|i| {
+            let (x, y) = (format!("vox:{}", i % 3), format!("vox:{}", (i + 1) % 3));
+            let (first, second) = if i % 2 == 0 { (x, y) } else { (y, x) };
+            let event = |n: usize, subject: String| NewEvent {
+                id: format!("e{i}-{n}"),
+                kind: if n == 0 { "call.ended".into() } else { "call.connected".into() },
+                subject,
+                json: "{}".into(),
+                routes: vec!["r".into()],
+                status: (n == 0).then_some(statuses[i % statuses.len()]),
+            };
+            Ingest {
+                received_at: 1_000 + i as i64,
+                events: vec![event(0, first), event(1, second)],
+                ..ingest("vox", &format!("c{i}"), &[])
+            }
+        })
+        .collect();
+    let statuses_of: std::collections::HashMap<String, &str> =
+        payloads.iter().flat_map(|p| p.events.iter().filter_map(|e| e.status.map(|s| (e.id.clone(), s)))).collect();
+    let tasks: Vec<_> = payloads
+        .into_iter()
+        .map(|p| {
+            let store = store.clone();
+            tokio::spawn(async move { store.ingest(p).await })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(task.await.unwrap().unwrap(), IngestOutcome::Accepted(_)));
+    }
+    let calls = store.calls(&CallFilter::default()).await.unwrap();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls.iter().map(|c| c.events).sum::<i64>(), 80);
+    for summary in calls {
+        let call = store.call(&summary.subject, now_ms()).await.unwrap().unwrap();
+        assert_eq!(call.events.len() as i64, summary.events, "{}", summary.subject);
+        let last_terminal = call.events.iter().rev().find(|e| e.kind == "call.ended").unwrap();
+        assert_eq!(summary.status.as_deref(), Some(statuses_of[&last_terminal.id]), "{}", summary.subject);
+        let seqs: Vec<i64> = call.events.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "acceptance order");
+    }
+}
+
+pub(crate) async fn a_large_call_is_returned_up_to_its_byte_bound(h: &dyn Harness) {
+    let store = h.open().await;
+    let big = format!("\"{}\"", "x".repeat(crate::store::CALL_BYTES_MAX * 3 / 8));
+    for (i, id) in ["l1", "l2", "l3"].into_iter().enumerate() {
+        let mut payload =
+            call_event(&format!("large-{i}"), "vox:large", 1_000, (id, "transcript.partial", None, &["r"]));
+        payload.events[0].json = big.clone();
+        store.ingest(payload).await.unwrap();
+    }
+    let call = store.call("vox:large", now_ms()).await.unwrap().unwrap();
+    assert_eq!(call.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["l1", "l2"], "a third passes the bound");
+    assert!(call.truncated);
+    assert_eq!(call.summary.events, 3);
+    assert_eq!(call.deliveries.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["l1", "l2"]);
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -530,6 +696,9 @@ macro_rules! all_checks {
             a_discarded_backlog_is_gone_but_leased_rows_and_other_routes_stay,
             tail_payloads_reach_every_process_sharing_the_store,
             the_delivery_log_keeps_every_attempt_and_lists_it_newest_first,
+            calls_are_summarised_at_ingest_and_show_each_delivery,
+            concurrent_ingests_keep_one_summary_per_call_with_the_last_terminal_status,
+            a_large_call_is_returned_up_to_its_byte_bound,
         );
     };
 }

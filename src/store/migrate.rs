@@ -2,11 +2,10 @@
 //! database, so a single box can move up to several replicas without losing what it holds.
 //!
 //! What is copied, ids kept: every payload (the dedup window: a vendor's redelivery after the
-//! move is still a duplicate with the original ids), the events still to be delivered, dead
-//! lettered or in the delivery log, the outbox (ids, `next_at`, attempts: a call's order and
-//! its retry schedule), the dead letters, the whole delivery log (`attempts`, test sends
-//! included), the quarantine, the paused routes and the drift report. Events already delivered whose log was
-//! pruned are history nothing reads, and are left behind.
+//! move is still a duplicate with the original ids), every event and call summary (the call
+//! records of `GET /v1/calls`), the outbox (ids, `next_at`, attempts: a call's order and its
+//! retry schedule), the dead letters, the whole delivery log (`attempts`, test sends
+//! included), the quarantine, the paused routes and the drift report.
 //!
 //! The SQLite file is opened read-only and read in one transaction (one snapshot); the
 //! PostgreSQL side is one transaction with its tables locked against writers, so the move is
@@ -33,13 +32,15 @@ const BODY_CHUNK: i64 = 100;
 /// The tables the move fills, which an empty target has no row in (`health` is only the
 /// readiness probe's scratch row).
 const TABLES: &[&str] =
-    &["payloads", "events", "outbox", "dead_letters", "attempts", "quarantine", "paused_routes", "drift"];
+    &["payloads", "events", "calls", "outbox", "dead_letters", "attempts", "quarantine", "paused_routes", "drift"];
 
 /// What the move copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Copied {
     pub payloads: u64,
     pub events: u64,
+    /// Call summaries (`calls`).
+    pub calls: u64,
     /// Pending deliveries (the outbox).
     pub deliveries: u64,
     pub dead_letters: u64,
@@ -54,7 +55,8 @@ impl fmt::Display for Copied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows = [
             ("payloads", self.payloads, "(the dedup window)"),
-            ("events", self.events, "(of pending deliveries, dead letters and the delivery log)"),
+            ("events", self.events, "(every call's record)"),
+            ("calls", self.calls, ""),
             ("deliveries", self.deliveries, "(pending, ids and order kept)"),
             ("dead letters", self.dead_letters, ""),
             ("attempts", self.attempts, "(the delivery log)"),
@@ -156,6 +158,7 @@ async fn copy(source: &Source, tx: &mut PgConnection, target: &str) -> Result<Co
     let copied = Copied {
         payloads: copy_payloads(source, tx).await.map_err(on_target)?,
         events: copy_events(source, tx).await.map_err(on_target)?,
+        calls: copy_calls(source, tx).await.map_err(on_target)?,
         deliveries: copy_outbox(source, tx).await.map_err(on_target)?,
         dead_letters: copy_dead_letters(source, tx).await.map_err(on_target)?,
         attempts: copy_attempts(source, tx).await.map_err(on_target)?,
@@ -177,6 +180,7 @@ async fn copy(source: &Source, tx: &mut PgConnection, target: &str) -> Result<Co
     let sequences = [
         ("payloads", "id", source.scalar("SELECT COALESCE(MAX(id), 0) FROM payloads")?),
         ("events", "seq", source.scalar("SELECT COALESCE(MAX(seq), 0) FROM events")?),
+        ("calls", "id", source.scalar("SELECT COALESCE(MAX(id), 0) FROM calls")?),
         ("outbox", "id", outbox_high),
         ("attempts", "id", source.scalar("SELECT COALESCE(MAX(id), 0) FROM attempts")?),
         ("quarantine", "id", source.scalar("SELECT COALESCE(MAX(id), 0) FROM quarantine")?),
@@ -334,12 +338,7 @@ async fn copy_events(source: &Source, tx: &mut PgConnection) -> Result<u64, Copy
     let (mut after, mut n) = (i64::MIN, 0);
     loop {
         let rows = source.chunk(
-            "SELECT seq, id, payload_id, type, subject, body FROM events e
-              WHERE seq > ?1
-                AND (EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)
-                     OR EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
-                     OR EXISTS (SELECT 1 FROM attempts a WHERE a.event_seq = e.seq))
-              ORDER BY seq LIMIT ?2",
+            "SELECT seq, id, payload_id, type, subject, body, routes FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             after,
             CHUNK,
             |r| {
@@ -350,24 +349,26 @@ async fn copy_events(source: &Source, tx: &mut PgConnection) -> Result<u64, Copy
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             },
         )?;
         let Some(last) = rows.last() else { return Ok(n) };
         after = last.0;
-        let (mut seqs, mut ids, mut payloads, mut kinds, mut subjects, mut bodies) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (seq, id, payload, kind, subject, body) in rows {
+        let (mut seqs, mut ids, mut payloads, mut kinds, mut subjects, mut bodies, mut routes) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (seq, id, payload, kind, subject, body, queued) in rows {
             seqs.push(seq);
             ids.push(id);
             payloads.push(payload);
             kinds.push(kind);
             subjects.push(subject);
             bodies.push(body);
+            routes.push(queued);
         }
         n += sqlx::query(
-            "INSERT INTO events (seq, id, payload_id, type, subject, body) OVERRIDING SYSTEM VALUE
-             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[])",
+            "INSERT INTO events (seq, id, payload_id, type, subject, body, routes) OVERRIDING SYSTEM VALUE
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[])",
         )
         .bind(&seqs)
         .bind(&ids)
@@ -375,6 +376,63 @@ async fn copy_events(source: &Source, tx: &mut PgConnection) -> Result<u64, Copy
         .bind(&kinds)
         .bind(&subjects)
         .bind(&bodies)
+        .bind(&routes)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+}
+
+async fn copy_calls(source: &Source, tx: &mut PgConnection) -> Result<u64, CopyError> {
+    let (mut after, mut n) = (i64::MIN, 0);
+    loop {
+        let rows = source.chunk(
+            "SELECT id, subject, source, first_at, last_at, status, status_seq, terminal_at, events
+               FROM calls WHERE id > ?1 ORDER BY id LIMIT ?2",
+            after,
+            CHUNK,
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, i64>(8)?,
+                ))
+            },
+        )?;
+        let Some(last) = rows.last() else { return Ok(n) };
+        after = last.0;
+        let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (id, subject, src, first, latest, status, status_seq, terminal, events) in rows {
+            columns.0.push(id);
+            columns.1.push(subject);
+            columns.2.push(src);
+            columns.3.push(first);
+            columns.4.push(latest);
+            columns.5.push(status);
+            columns.6.push(status_seq);
+            columns.7.push(terminal);
+            columns.8.push(events);
+        }
+        n += sqlx::query(
+            "INSERT INTO calls (id, subject, source, first_at, last_at, status, status_seq, terminal_at, events)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::int8[],
+                                  $8::int8[], $9::int8[])",
+        )
+        .bind(&columns.0)
+        .bind(&columns.1)
+        .bind(&columns.2)
+        .bind(&columns.3)
+        .bind(&columns.4)
+        .bind(&columns.5)
+        .bind(&columns.6)
+        .bind(&columns.7)
+        .bind(&columns.8)
         .execute(&mut *tx)
         .await?
         .rows_affected();

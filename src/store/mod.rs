@@ -57,7 +57,13 @@ pub struct NewEvent {
     /// with `omit` or `mask_numbers` (this stays whole).
     pub json: String,
     pub routes: Vec<String>,
+    /// The canonical `status` of a terminal event or call record (`call.ended`,
+    /// `call.failed`, `call.cdr`): the call's summary row keeps the last one accepted.
+    pub status: Option<&'static str>,
 }
+
+/// Canonical types whose acceptance ends a call (its summary's `terminal_at`).
+pub const TERMINAL_TYPES: &[&str] = &["call.ended", "call.failed"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
@@ -284,6 +290,9 @@ pub struct TestSend {
 pub enum DeliveryState {
     /// In the outbox, waiting for its time (`next_at`) or for the call's earlier events.
     Pending,
+    /// In the outbox after a failed attempt, waiting for its retry (call records; an event's
+    /// detail says `pending` with its attempts and `next_at`).
+    Retrying,
     /// Leased to a worker (of any replica) that is sending it now.
     InFlight,
     /// In the outbox of a paused route: it goes when the route is resumed.
@@ -393,6 +402,8 @@ pub struct Pruned {
     pub quarantine: usize,
     /// Drift report rows not seen since the retention.
     pub drift: usize,
+    /// Call summaries whose events are all gone.
+    pub calls: usize,
 }
 
 /// A paused route and why.
@@ -401,6 +412,196 @@ pub struct Pause {
     pub route: String,
     pub since: String,
     pub reason: String,
+}
+
+/// A call as the store summarises it at ingest (the `calls` row, one per subject, updated in
+/// the transaction that stores the call's events).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CallSummary {
+    /// Increases with the call's first acceptance: the listing's cursor.
+    pub id: i64,
+    pub subject: String,
+    pub source: String,
+    /// When its first and latest events were accepted.
+    pub first_at: String,
+    pub last_at: String,
+    /// The `status` of its last accepted terminal event or call record; `None` while none
+    /// came (`in_progress`).
+    pub status: Option<String>,
+    /// When its first `call.ended` / `call.failed` was accepted.
+    pub terminal_at: Option<String>,
+    /// Events accepted for it.
+    pub events: i64,
+}
+
+/// Which calls [`Store::calls`] lists.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub source: Option<String>,
+    /// Only calls first accepted at or after this time.
+    pub since: Option<Millis>,
+    pub status: Option<CallStatus>,
+    /// Only ids below this (pagination, newest first).
+    pub before_id: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// The status filter of a call listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallStatus {
+    /// No terminal event yet.
+    InProgress,
+    /// This canonical status (`completed`, `no_answer`…).
+    Is(String),
+}
+
+/// Most events [`Store::call`] returns for one call (the rest are not read).
+pub const CALL_EVENTS_MAX: usize = 5_000;
+/// Most bytes of stored event JSON [`Store::call`] returns for one call: it stops before the
+/// event that would pass this (the first event always comes), so one answer stays bounded
+/// however large a call's transcripts grew.
+pub const CALL_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// How many of a call's events (given their JSON sizes in acceptance order) fit in one
+/// answer: at most [`CALL_EVENTS_MAX`], and [`CALL_BYTES_MAX`] bytes, but at least one.
+pub(crate) fn events_that_fit(sizes: impl IntoIterator<Item = usize>) -> usize {
+    let (mut n, mut total) = (0, 0usize);
+    for size in sizes {
+        total = total.saturating_add(size);
+        if n == CALL_EVENTS_MAX || (n > 0 && total > CALL_BYTES_MAX) {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// One stored event of a call.
+#[derive(Debug, Clone)]
+pub struct CallEvent {
+    pub seq: i64,
+    pub id: String,
+    pub kind: String,
+    /// When its payload was accepted.
+    pub accepted_at: Millis,
+    /// The CloudEvent as stored (and sent).
+    pub json: String,
+    /// The routes it was queued for; `None` for events stored before callgate kept them.
+    pub routes: Option<Vec<String>>,
+}
+
+/// One (event, route) of a call and its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CallDelivery {
+    pub event_id: String,
+    pub route: String,
+    pub state: DeliveryState,
+    /// The outbox or dead-letter id (the dead-letter API's id), while it has one.
+    pub delivery_id: Option<i64>,
+    /// Failed attempts so far (for a dead letter, all of them).
+    pub attempts: i64,
+    /// Pending or retrying: when it is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A call as [`Store::call`] reads it, in one snapshot.
+#[derive(Debug, Clone)]
+pub struct StoredCall {
+    pub summary: CallSummary,
+    /// Its events in acceptance order, at most [`CALL_EVENTS_MAX`] and [`CALL_BYTES_MAX`].
+    pub events: Vec<CallEvent>,
+    /// More events are stored than were returned.
+    pub truncated: bool,
+    /// Every (event, route) of the returned events, in event order then route name.
+    pub deliveries: Vec<CallDelivery>,
+}
+
+/// An outbox row of a call, as the backends read it.
+pub(crate) struct OutboxRow {
+    pub id: i64,
+    pub event_seq: i64,
+    pub route: String,
+    pub attempts: i64,
+    pub next_at: Millis,
+    pub leased: bool,
+}
+
+/// A dead letter of a call, as the backends read it.
+pub(crate) struct DeadRow {
+    pub id: i64,
+    pub event_seq: i64,
+    pub route: String,
+    pub attempts: i64,
+    pub dead_at: Millis,
+    pub last_error: Option<String>,
+}
+
+/// Each returned event's state on each route it was queued for (and on any route it still
+/// has an outbox row or dead letter for): in the outbox it is pending, retrying or in
+/// flight, dead lettered it is dead, and otherwise it was delivered.
+pub(crate) fn call_deliveries(events: &[CallEvent], outbox: Vec<OutboxRow>, dead: Vec<DeadRow>) -> Vec<CallDelivery> {
+    let mut by_key: BTreeMap<(i64, String), CallDelivery> = BTreeMap::new();
+    let id_of: BTreeMap<i64, &str> = events.iter().map(|e| (e.seq, e.id.as_str())).collect();
+    for event in events {
+        for route in event.routes.iter().flatten() {
+            by_key.insert(
+                (event.seq, route.clone()),
+                CallDelivery {
+                    event_id: event.id.clone(),
+                    route: route.clone(),
+                    state: DeliveryState::Delivered,
+                    delivery_id: None,
+                    attempts: 0,
+                    next_at: None,
+                    dead_at: None,
+                    last_error: None,
+                },
+            );
+        }
+    }
+    for row in outbox {
+        let Some(event_id) = id_of.get(&row.event_seq) else { continue };
+        let state = match (row.leased, row.attempts) {
+            (true, _) => DeliveryState::InFlight,
+            (false, 0) => DeliveryState::Pending,
+            (false, _) => DeliveryState::Retrying,
+        };
+        by_key.insert(
+            (row.event_seq, row.route.clone()),
+            CallDelivery {
+                event_id: (*event_id).to_owned(),
+                route: row.route,
+                state,
+                delivery_id: Some(row.id),
+                attempts: row.attempts,
+                next_at: Some(rfc3339(row.next_at)),
+                dead_at: None,
+                last_error: None,
+            },
+        );
+    }
+    for row in dead {
+        let Some(event_id) = id_of.get(&row.event_seq) else { continue };
+        by_key.insert(
+            (row.event_seq, row.route.clone()),
+            CallDelivery {
+                event_id: (*event_id).to_owned(),
+                route: row.route,
+                state: DeliveryState::Dead,
+                delivery_id: Some(row.id),
+                attempts: row.attempts,
+                next_at: None,
+                dead_at: Some(rfc3339(row.dead_at)),
+                last_error: row.last_error,
+            },
+        );
+    }
+    by_key.into_values().collect()
 }
 
 /// Deliveries waiting (or retrying) and dead letters, per route.
@@ -615,6 +816,13 @@ pub trait Store: Send + Sync + 'static {
     /// `filter.since`, most recently seen first, at most `filter.limit` (100 by default, 1000
     /// at most).
     async fn drift(&self, filter: &Filter) -> Result<Vec<DriftCount>, StoreError>;
+    /// Calls matching `filter`, newest first (by first acceptance).
+    async fn calls(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, StoreError>;
+
+    /// One call by subject, read in one snapshot: its summary, its events in acceptance order
+    /// (at most [`CALL_EVENTS_MAX`] and [`CALL_BYTES_MAX`]) and each (event, route)'s delivery state, leases judged
+    /// at `now`. `None` when no call has that subject.
+    async fn call(&self, subject: &str, now: Millis) -> Result<Option<StoredCall>, StoreError>;
 
     /// Subscribes to this store's [`Notice`]s (a lagging subscriber should treat the lag as
     /// [`Notice::Lost`]).
@@ -646,14 +854,14 @@ pub fn rfc3339(ms: Millis) -> String {
 
 /// A delivery in the outbox, as [`assemble`] reads it: (id, route, attempts, next_at, the end
 /// of its live lease).
-pub(crate) type OutboxRow = (i64, String, i64, Millis, Option<Millis>);
+pub(crate) type EventOutboxRow = (i64, String, i64, Millis, Option<Millis>);
 
 /// Each route's delivery of one event, from what the tables hold: its rows in the outbox, its
 /// dead letters (id, route, attempts, dead_at) and its delivery log (oldest first). A delivery
 /// in neither table left the outbox with its 2xx; one whose log has no success (its log
 /// pruned part-way) is not listed.
 pub(crate) fn assemble(
-    outbox: Vec<OutboxRow>,
+    outbox: Vec<EventOutboxRow>,
     dead: Vec<(i64, String, i64, Millis)>,
     log: Vec<LogEntry>,
     paused: &[String],
@@ -708,4 +916,17 @@ pub(crate) fn assemble(
     }
     deliveries.sort_by(|a, b| (&a.route, a.delivery_id).cmp(&(&b.route, b.delivery_id)));
     deliveries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calls_answer_is_bounded_by_count_and_bytes_but_holds_its_first_event() {
+        assert_eq!(events_that_fit([]), 0);
+        assert_eq!(events_that_fit([CALL_BYTES_MAX * 2]), 1, "the first event always comes");
+        assert_eq!(events_that_fit([CALL_BYTES_MAX / 2, CALL_BYTES_MAX / 2, 1]), 2);
+        assert_eq!(events_that_fit(std::iter::repeat_n(10, CALL_EVENTS_MAX + 5)), CALL_EVENTS_MAX);
+    }
 }

@@ -44,10 +44,11 @@ use sqlx::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    Attempt, AttemptRecord, Claimed, Completed, Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, Delivery,
-    DriftCount, EventDetail, Filter, Ingest, IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice,
-    Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, TAIL_PAYLOAD_MAX, TailFeed,
-    TestSend, admit_drift, now_ms, rfc3339,
+    Attempt, AttemptRecord, CALL_EVENTS_MAX, CallEvent, CallFilter, CallStatus, CallSummary, Claimed, Completed,
+    Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, DeadRow, Delivery, DriftCount, EventDetail, Filter, Ingest,
+    IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice, OutboxRow, Outcome, OutcomeKind, Pause,
+    Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall, TAIL_PAYLOAD_MAX, TERMINAL_TYPES, TailFeed,
+    TestSend, admit_drift, call_deliveries, events_that_fit, now_ms, rfc3339,
 };
 
 /// The migrations, embedded (sqlx's `migrate!` needs its `macros` feature, which we leave out).
@@ -55,6 +56,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, "vendor drift", include_str!("../../migrations/postgres/0002_vendor_drift.sql")),
     (3, "delivery log", include_str!("../../migrations/postgres/0003_delivery_log.sql")),
+    (4, "call records", include_str!("../../migrations/postgres/0004_call_records.sql")),
 ];
 
 /// Most jobs one ingest transaction takes: bounds the latency a batch adds to its first member.
@@ -650,6 +652,7 @@ async fn ingest_batch(
     let mut ev_kind = Vec::new();
     let mut ev_subject = Vec::new();
     let mut ev_body = Vec::new();
+    let mut ev_routes = Vec::new();
     for &(i, pid) in &accepted {
         for event in &jobs[i].events {
             ev_ids.push(event.id.as_str());
@@ -657,14 +660,15 @@ async fn ingest_batch(
             ev_kind.push(event.kind.as_str());
             ev_subject.push(event.subject.as_str());
             ev_body.push(event.json.as_str());
+            ev_routes.push(serde_json::to_string(&event.routes).map_err(|e| StoreError::Backend(e.to_string()))?);
         }
     }
     if !ev_ids.is_empty() {
         let rows = sqlx::query(
-            "INSERT INTO events (id, payload_id, type, subject, body)
-             SELECT id, payload_id, type, subject, body
-               FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[])
-                    WITH ORDINALITY AS u (id, payload_id, type, subject, body, n)
+            "INSERT INTO events (id, payload_id, type, subject, body, routes)
+             SELECT id, payload_id, type, subject, body, routes
+               FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[])
+                    WITH ORDINALITY AS u (id, payload_id, type, subject, body, routes, n)
               ORDER BY n
              RETURNING seq",
         )
@@ -673,6 +677,7 @@ async fn ingest_batch(
         .bind(&ev_kind)
         .bind(&ev_subject)
         .bind(&ev_body)
+        .bind(&ev_routes)
         .fetch_all(&mut *tx)
         .await?;
         // The sequence hands out increasing values in insertion order, which is `n`'s order.
@@ -704,6 +709,7 @@ async fn ingest_batch(
                 k += 1;
             }
         }
+        upsert_calls(&mut tx, jobs, &accepted, &seqs).await?;
         if !ob_seq.is_empty() {
             sqlx::query(
                 "INSERT INTO outbox (event_seq, route, subject, next_at)
@@ -746,6 +752,209 @@ async fn ingest_batch(
             }
         })
         .collect())
+}
+
+/// Updates the summary row of every call the batch's events belong to: one row per subject
+/// (a statement may not touch a row twice), in subject order (two batches lock shared calls in
+/// one order). A call's status is its last accepted terminal event's, by `seq`, whichever
+/// transaction commits first (`canonical::call::merge` reads the events the same way).
+async fn upsert_calls(
+    tx: &mut sqlx::PgConnection,
+    jobs: &[&Ingest],
+    accepted: &[(usize, i64)],
+    seqs: &[i64],
+) -> Result<(), StoreError> {
+    struct Call<'a> {
+        source: &'a str,
+        first_at: i64,
+        last_at: i64,
+        status: Option<&'static str>,
+        status_seq: Option<i64>,
+        terminal_at: Option<i64>,
+        events: i64,
+    }
+    let mut calls: BTreeMap<&str, Call<'_>> = BTreeMap::new();
+    let mut k = 0;
+    for &(i, _) in accepted {
+        let job = jobs[i];
+        for event in &job.events {
+            let seq = seqs[k];
+            k += 1;
+            let call = calls.entry(event.subject.as_str()).or_insert(Call {
+                source: job.source.as_str(),
+                first_at: job.received_at,
+                last_at: job.received_at,
+                status: None,
+                status_seq: None,
+                terminal_at: None,
+                events: 0,
+            });
+            call.first_at = call.first_at.min(job.received_at);
+            call.last_at = call.last_at.max(job.received_at);
+            call.events += 1;
+            if let Some(status) = event.status {
+                (call.status, call.status_seq) = (Some(status), Some(seq));
+            }
+            if TERMINAL_TYPES.contains(&event.kind.as_str()) {
+                call.terminal_at = Some(call.terminal_at.map_or(job.received_at, |t| t.min(job.received_at)));
+            }
+        }
+    }
+    let subjects: Vec<&str> = calls.keys().copied().collect();
+    let sources: Vec<&str> = calls.values().map(|c| c.source).collect();
+    let first: Vec<i64> = calls.values().map(|c| c.first_at).collect();
+    let last: Vec<i64> = calls.values().map(|c| c.last_at).collect();
+    let status: Vec<Option<&str>> = calls.values().map(|c| c.status).collect();
+    let status_seq: Vec<Option<i64>> = calls.values().map(|c| c.status_seq).collect();
+    let terminal: Vec<Option<i64>> = calls.values().map(|c| c.terminal_at).collect();
+    let events: Vec<i64> = calls.values().map(|c| c.events).collect();
+    sqlx::query(
+        "INSERT INTO calls (subject, source, first_at, last_at, status, status_seq, terminal_at, events)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
+                AS u (subject, source, first_at, last_at, status, status_seq, terminal_at, events)
+          ORDER BY subject
+         ON CONFLICT (subject) DO UPDATE SET
+             last_at = GREATEST(calls.last_at, excluded.last_at),
+             status = CASE WHEN excluded.status_seq > COALESCE(calls.status_seq, -1) THEN excluded.status ELSE calls.status END,
+             status_seq = GREATEST(calls.status_seq, excluded.status_seq),
+             terminal_at = LEAST(calls.terminal_at, excluded.terminal_at),
+             events = calls.events + excluded.events",
+    )
+    .bind(&subjects)
+    .bind(&sources)
+    .bind(&first)
+    .bind(&last)
+    .bind(&status)
+    .bind(&status_seq)
+    .bind(&terminal)
+    .bind(&events)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+const CALL_COLUMNS: &str = "id, subject, source, first_at, last_at, status, terminal_at, events";
+
+fn call_summary_row(r: &sqlx::postgres::PgRow) -> Result<CallSummary, sqlx::Error> {
+    Ok(CallSummary {
+        id: r.try_get(0)?,
+        subject: r.try_get(1)?,
+        source: r.try_get(2)?,
+        first_at: rfc3339(r.try_get(3)?),
+        last_at: rfc3339(r.try_get(4)?),
+        status: r.try_get(5)?,
+        terminal_at: r.try_get::<Option<i64>, _>(6)?.map(rfc3339),
+        events: r.try_get(7)?,
+    })
+}
+
+/// A call's summary row.
+async fn call_summary(tx: &mut sqlx::PgConnection, subject: &str) -> Result<Option<CallSummary>, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CALL_COLUMNS} FROM calls WHERE subject = $1")))
+        .bind(subject)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(row.as_ref().map(call_summary_row).transpose()?)
+}
+
+/// A call's events in acceptance order, as many as [`events_that_fit`], and whether more
+/// exist: their sizes are read first, then only the bodies that fit.
+async fn call_events(tx: &mut sqlx::PgConnection, subject: &str) -> Result<(Vec<CallEvent>, bool), StoreError> {
+    let sizes: Vec<(i64, i32)> =
+        sqlx::query_as("SELECT seq, octet_length(body) FROM events WHERE subject = $1 ORDER BY seq LIMIT $2")
+            .bind(subject)
+            .bind(CALL_EVENTS_MAX as i64 + 1)
+            .fetch_all(&mut *tx)
+            .await?;
+    let fit = events_that_fit(sizes.iter().map(|(_, size)| usize::try_from(*size).unwrap_or(usize::MAX)));
+    let Some(&(last, _)) = fit.checked_sub(1).and_then(|i| sizes.get(i)) else { return Ok((Vec::new(), false)) };
+    let rows = sqlx::query(
+        "SELECT e.seq, e.id, e.type, p.received_at, e.body, e.routes
+           FROM events e JOIN payloads p ON p.id = e.payload_id
+          WHERE e.subject = $1 AND e.seq <= $2 ORDER BY e.seq",
+    )
+    .bind(subject)
+    .bind(last)
+    .fetch_all(&mut *tx)
+    .await?;
+    let events = rows
+        .iter()
+        .map(|r| {
+            let routes: Option<String> = r.try_get(5)?;
+            Ok(CallEvent {
+                seq: r.try_get(0)?,
+                id: r.try_get(1)?,
+                kind: r.try_get(2)?,
+                accepted_at: r.try_get(3)?,
+                json: r.try_get(4)?,
+                routes: routes.and_then(|text| serde_json::from_str(&text).ok()),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok((events, sizes.len() > fit))
+}
+
+/// The outbox rows of a call's events up to `last_seq`, leased when their lease outlives
+/// `now` (on the database's clock).
+async fn call_outbox(
+    tx: &mut sqlx::PgConnection,
+    subject: &str,
+    last_seq: i64,
+    now: Millis,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT o.id, o.event_seq, o.route, o.attempts, o.next_at, COALESCE(o.lease_until > $3, false)
+           FROM events e JOIN outbox o ON o.event_seq = e.seq
+          WHERE e.subject = $1 AND e.seq <= $2",
+    )
+    .bind(subject)
+    .bind(last_seq)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            Ok(OutboxRow {
+                id: r.try_get(0)?,
+                event_seq: r.try_get(1)?,
+                route: r.try_get(2)?,
+                attempts: i64::from(r.try_get::<i32, _>(3)?),
+                next_at: r.try_get(4)?,
+                leased: r.try_get(5)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// The dead letters of a call's events up to `last_seq`.
+async fn call_dead_letters(
+    tx: &mut sqlx::PgConnection,
+    subject: &str,
+    last_seq: i64,
+) -> Result<Vec<DeadRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.event_seq, d.route, d.attempts, d.dead_at, d.last_error
+           FROM events e JOIN dead_letters d ON d.event_seq = e.seq
+          WHERE e.subject = $1 AND e.seq <= $2",
+    )
+    .bind(subject)
+    .bind(last_seq)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            Ok(DeadRow {
+                id: r.try_get(0)?,
+                event_seq: r.try_get(1)?,
+                route: r.try_get(2)?,
+                attempts: i64::from(r.try_get::<i32, _>(3)?),
+                dead_at: r.try_get(4)?,
+                last_error: r.try_get(5)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
 }
 
 /// Records outcomes in one transaction; returns the ids of those whose lease had been taken
@@ -1550,8 +1759,17 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?
             .rows_affected() as usize;
+        let calls = chunk(
+            &mut tx,
+            "DELETE FROM calls WHERE id IN (
+                SELECT c.id FROM calls c
+                 WHERE c.last_at < $1 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.subject = c.subject)
+                 LIMIT $2)",
+            retention_before,
+        )
+        .await?;
         tx.commit().await?;
-        Ok(Pruned { events, payloads, attempts, quarantine, drift })
+        Ok(Pruned { events, payloads, attempts, quarantine, drift, calls })
     }
 
     fn notices(&self) -> broadcast::Receiver<Notice> {
@@ -1785,6 +2003,45 @@ impl Store for PostgresStore {
         .fetch_one(self.pool())
         .await?;
         Ok(id)
+    }
+
+    async fn calls(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, StoreError> {
+        let (in_progress, status) = match &filter.status {
+            None => (false, None),
+            Some(CallStatus::InProgress) => (true, None),
+            Some(CallStatus::Is(status)) => (false, Some(status.as_str())),
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CALL_COLUMNS} FROM calls
+              WHERE ($1::text IS NULL OR source = $1) AND ($2::int8 IS NULL OR first_at >= $2)
+                AND (NOT $3 OR status IS NULL) AND ($4::text IS NULL OR status = $4)
+                AND ($5::int8 IS NULL OR id < $5)
+              ORDER BY id DESC LIMIT $6"
+        )))
+        .bind(&filter.source)
+        .bind(filter.since.map(|t| self.clock.on_db(t)))
+        .bind(in_progress)
+        .bind(status)
+        .bind(filter.before_id)
+        .bind(filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(call_summary_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn call(&self, subject: &str, now: Millis) -> Result<Option<StoredCall>, StoreError> {
+        let now = self.clock.on_db(now);
+        // One snapshot: the events and their delivery rows agree.
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let Some(summary) = call_summary(&mut tx, subject).await? else { return Ok(None) };
+        let (events, truncated) = call_events(&mut tx, subject).await?;
+        let last = events.last().map_or(i64::MIN, |e| e.seq);
+        let outbox = call_outbox(&mut tx, subject, last, now).await?;
+        let dead = call_dead_letters(&mut tx, subject, last).await?;
+        tx.commit().await?;
+        let deliveries = call_deliveries(&events, outbox, dead);
+        Ok(Some(StoredCall { summary, events, truncated, deliveries }))
     }
 }
 

@@ -31,9 +31,11 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Savepoint, p
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    AttemptRecord, Claimed, Completed, Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, Delivery, DriftCount,
-    EventDetail, Filter, Ingest, IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice, Outcome,
-    OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, TestSend, admit_drift, now_ms, rfc3339,
+    AttemptRecord, CALL_BYTES_MAX, CALL_EVENTS_MAX, CallEvent, CallFilter, CallStatus, CallSummary, Claimed, Completed,
+    Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, DeadRow, Delivery, DriftCount, EventDetail, Filter, Ingest,
+    IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice, OutboxRow, Outcome, OutcomeKind, Pause,
+    Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall, TERMINAL_TYPES, TestSend, admit_drift,
+    call_deliveries, now_ms, rfc3339,
 };
 
 /// Errors that say "not now" (busy, full, read-only, I/O) rather than "never".
@@ -87,6 +89,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_health.sql"),
     include_str!("../../migrations/sqlite/0005_vendor_drift.sql"),
     include_str!("../../migrations/sqlite/0006_delivery_log.sql"),
+    include_str!("../../migrations/sqlite/0007_call_records.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this callgate migrates a database to.
@@ -554,10 +557,28 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
     )?
     .execute(params![ingest.source, &ingest.digest[..], ingest.received_at, ingest.body, ids_json])?;
     let payload_id = tx.last_insert_rowid();
+    // Usually one call per payload.
+    let mut calls: Vec<CallDelta<'_>> = Vec::with_capacity(1);
     for event in &ingest.events {
-        tx.prepare_cached("INSERT INTO events (id, payload_id, type, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![event.id, payload_id, event.kind, event.subject, event.json])?;
+        let routes = serde_json::to_string(&event.routes).map_err(|e| StoreError::Backend(e.to_string()))?;
+        tx.prepare_cached(
+            "INSERT INTO events (id, payload_id, type, subject, body, routes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![event.id, payload_id, event.kind, event.subject, event.json, routes])?;
         let seq = tx.last_insert_rowid();
+        // The call's summary, written once per call of the payload (below).
+        let call = match calls.iter_mut().find(|c| c.subject == event.subject) {
+            Some(call) => call,
+            None => {
+                calls.push(CallDelta { subject: &event.subject, ..CallDelta::default() });
+                calls.last_mut().ok_or_else(|| StoreError::Backend("no call summary".into()))?
+            }
+        };
+        call.events += 1;
+        if event.status.is_some() {
+            (call.status, call.status_seq) = (event.status, Some(seq));
+        }
+        call.terminal |= TERMINAL_TYPES.contains(&event.kind.as_str());
         for route in &event.routes {
             // Never due before an earlier event of the same call on this route.
             tx.prepare_cached(
@@ -568,7 +589,40 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
             delta.backlog(route, 1);
         }
     }
+    for call in calls {
+        // The status of a call's last accepted terminal event wins (`canonical::call::merge`
+        // reads the events the same way).
+        tx.prepare_cached(
+            "INSERT INTO calls (subject, source, first_at, last_at, status, status_seq, terminal_at, events)
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (subject) DO UPDATE SET
+                 last_at = MAX(last_at, excluded.last_at),
+                 status = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status ELSE status END,
+                 status_seq = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status_seq ELSE status_seq END,
+                 terminal_at = COALESCE(MIN(terminal_at, excluded.terminal_at), terminal_at, excluded.terminal_at),
+                 events = events + excluded.events",
+        )?
+        .execute(params![
+            call.subject,
+            ingest.source,
+            ingest.received_at,
+            call.status,
+            call.status_seq,
+            call.terminal.then_some(ingest.received_at),
+            call.events
+        ])?;
+    }
     Ok(IngestOutcome::Accepted(ids))
+}
+
+/// What one payload adds to a call's summary row.
+#[derive(Default)]
+struct CallDelta<'a> {
+    subject: &'a str,
+    events: i64,
+    status: Option<&'static str>,
+    status_seq: Option<i64>,
+    terminal: bool,
 }
 
 /// Applies outcomes whose leases were checked; returns what the workers must be told.
@@ -1236,6 +1290,44 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn calls(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, StoreError> {
+        use rusqlite::types::Value as V;
+        let mut clauses = vec!["1 = 1".to_owned()];
+        let mut values: Vec<V> = Vec::new();
+        if let Some(source) = &filter.source {
+            values.push(V::Text(source.clone()));
+            clauses.push(format!("source = ?{}", values.len()));
+        }
+        if let Some(since) = filter.since {
+            values.push(V::Integer(since));
+            clauses.push(format!("first_at >= ?{}", values.len()));
+        }
+        match &filter.status {
+            None => {}
+            Some(CallStatus::InProgress) => clauses.push("status IS NULL".to_owned()),
+            Some(CallStatus::Is(status)) => {
+                values.push(V::Text(status.clone()));
+                clauses.push(format!("status = ?{}", values.len()));
+            }
+        }
+        if let Some(before) = filter.before_id {
+            values.push(V::Integer(before));
+            clauses.push(format!("id < ?{}", values.len()));
+        }
+        values.push(V::Integer(call_limit(filter)));
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE {} ORDER BY id DESC LIMIT ?{}",
+            clauses.join(" AND "),
+            values.len()
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), call_summary_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn event(&self, id: &str, now: Millis) -> Result<Option<EventDetail>, StoreError> {
         let id = id.to_owned();
         let found = self
@@ -1329,6 +1421,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn call(&self, subject: &str, now: Millis) -> Result<Option<StoredCall>, StoreError> {
+        let subject = subject.to_owned();
+        let found = self
+            .read(move |conn| {
+                // One snapshot: the events and their delivery rows agree.
+                let tx = conn.unchecked_transaction()?;
+                let Some(summary) = call_summary(&tx, &subject)? else { return Ok(None) };
+                let (events, truncated) = call_events(&tx, &subject)?;
+                let last = events.last().map_or(i64::MIN, |e| e.seq);
+                let outbox = call_outbox(&tx, &subject, last)?;
+                let dead = call_dead_letters(&tx, &subject, last)?;
+                Ok(Some((summary, events, truncated, outbox, dead)))
+            })
+            .await?;
+        let Some((summary, events, truncated, mut outbox, dead)) = found else { return Ok(None) };
+        // Leases live in memory (one process owns the file).
+        if let Ok(leases) = self.leases.lock() {
+            for row in &mut outbox {
+                row.leased = leases.held.get(&row.id).is_some_and(|held| held.done.is_none() && held.until > now);
+            }
+        }
+        let deliveries = call_deliveries(&events, outbox, dead);
+        Ok(Some(StoredCall { summary, events, truncated, deliveries }))
+    }
+
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError> {
         self.write(move |tx, _| {
             let chunk = PRUNE_CHUNK as i64;
@@ -1365,7 +1482,14 @@ impl Store for SqliteStore {
             )?;
             // Bounded by the cap of rows per source.
             let drift = tx.execute("DELETE FROM drift WHERE last_seen < ?1", params![retention_before])?;
-            Ok(Pruned { events, payloads, attempts, quarantine, drift })
+            let calls = tx.execute(
+                "DELETE FROM calls WHERE id IN (
+                    SELECT c.id FROM calls c
+                     WHERE c.last_at < ?1 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.subject = c.subject)
+                     LIMIT ?2)",
+                params![retention_before, chunk],
+            )?;
+            Ok(Pruned { events, payloads, attempts, quarantine, drift, calls })
         })
         .await
     }
@@ -1393,6 +1517,101 @@ fn drift_row(r: &rusqlite::Row<'_>) -> Result<DriftCount, rusqlite::Error> {
         last_seen: r.get(7)?,
         example: r.get(8)?,
     })
+}
+
+fn call_limit(filter: &CallFilter) -> i64 {
+    filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64
+}
+
+const CALL_COLUMNS: &str = "id, subject, source, first_at, last_at, status, terminal_at, events";
+
+fn call_summary_row(r: &rusqlite::Row<'_>) -> Result<CallSummary, rusqlite::Error> {
+    Ok(CallSummary {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        source: r.get(2)?,
+        first_at: rfc3339(r.get(3)?),
+        last_at: rfc3339(r.get(4)?),
+        status: r.get(5)?,
+        terminal_at: r.get::<_, Option<i64>>(6)?.map(rfc3339),
+        events: r.get(7)?,
+    })
+}
+
+/// A call's summary row.
+fn call_summary(conn: &Connection, subject: &str) -> Result<Option<CallSummary>, rusqlite::Error> {
+    conn.prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE subject = ?1"))?
+        .query_row([subject], call_summary_row)
+        .optional()
+}
+
+/// A call's events in acceptance order, as many as [`events_that_fit`], and whether more
+/// exist. Rows are read one at a time, so what does not fit is never loaded.
+fn call_events(conn: &Connection, subject: &str) -> Result<(Vec<CallEvent>, bool), rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.seq, e.id, e.type, p.received_at, e.body, e.routes
+           FROM events e JOIN payloads p ON p.id = e.payload_id
+          WHERE e.subject = ?1 ORDER BY e.seq",
+    )?;
+    let mut rows = stmt.query([subject])?;
+    let (mut events, mut bytes) = (Vec::new(), 0usize);
+    while let Some(r) = rows.next()? {
+        let json: String = r.get(4)?;
+        bytes += json.len();
+        if events.len() == CALL_EVENTS_MAX || (!events.is_empty() && bytes > CALL_BYTES_MAX) {
+            return Ok((events, true));
+        }
+        let routes: Option<String> = r.get(5)?;
+        events.push(CallEvent {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            kind: r.get(2)?,
+            accepted_at: r.get(3)?,
+            json,
+            routes: routes.and_then(|text| serde_json::from_str(&text).ok()),
+        });
+    }
+    Ok((events, false))
+}
+
+/// The outbox rows of a call's events up to `last_seq` (leases are filled in by the caller).
+fn call_outbox(conn: &Connection, subject: &str, last_seq: i64) -> Result<Vec<OutboxRow>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT o.id, o.event_seq, o.route, o.attempts, o.next_at
+           FROM events e JOIN outbox o ON o.event_seq = e.seq
+          WHERE e.subject = ?1 AND e.seq <= ?2",
+    )?;
+    stmt.query_map(params![subject, last_seq], |r| {
+        Ok(OutboxRow {
+            id: r.get(0)?,
+            event_seq: r.get(1)?,
+            route: r.get(2)?,
+            attempts: r.get(3)?,
+            next_at: r.get(4)?,
+            leased: false,
+        })
+    })?
+    .collect()
+}
+
+/// The dead letters of a call's events up to `last_seq`.
+fn call_dead_letters(conn: &Connection, subject: &str, last_seq: i64) -> Result<Vec<DeadRow>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.id, d.event_seq, d.route, d.attempts, d.dead_at, d.last_error
+           FROM events e JOIN dead_letters d ON d.event_seq = e.seq
+          WHERE e.subject = ?1 AND e.seq <= ?2",
+    )?;
+    stmt.query_map(params![subject, last_seq], |r| {
+        Ok(DeadRow {
+            id: r.get(0)?,
+            event_seq: r.get(1)?,
+            route: r.get(2)?,
+            attempts: r.get(3)?,
+            dead_at: r.get(4)?,
+            last_error: r.get(5)?,
+        })
+    })?
+    .collect()
 }
 
 fn dead_letter_row(r: &rusqlite::Row<'_>) -> Result<DeadLetter, rusqlite::Error> {

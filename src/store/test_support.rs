@@ -19,6 +19,7 @@ pub(crate) fn ingest(source: &str, body: &str, events: &[(&str, &str, &[&str])])
                 subject: (*subject).into(),
                 json: format!("{{\"id\":\"{id}\"}}"),
                 routes: routes.iter().map(|r| (*r).to_owned()).collect(),
+                status: Some("completed"),
             })
             .collect(),
     }

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::canonical::{
     Common, Cost, Details, Draft, EndReason, EndedBy, EventType, Flow, FlowNode, Mapped, Payload, Sms, Status, Vendor,
+    VendorFormat,
     convert,
 };
 
@@ -264,7 +265,7 @@ fn call_event(version: Version, call: Call, p: &Payload<'_>, cx: &Context<'_>) -
 /// Call id, agent, direction and numbers of a `call` (or `mid_call`) object at `root`.
 fn call_common(version: Version, kind: Kind, root: &str, p: &Payload<'_>, cx: &Context<'_>) -> Result<Common, Violation> {
     let mut common = call_object::identity(version.fields(), kind.vendor_event(), root, p, cx)?;
-    common.vendor_format = Some(version.as_str());
+    common.vendor_format = VendorFormat::parse(version.as_str());
     Ok(common)
 }
 
@@ -309,7 +310,7 @@ fn sms(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         .find_map(|field| p.str(&format!("/sms/{field}")))
         .ok_or_else(|| Violation::new("/sms/content", "message text is missing"))?;
     let mut common = cx.common(Kind::SmsReceived.vendor_event(), id);
-    common.vendor_format = Some(Version::V2.as_str());
+    common.vendor_format = VendorFormat::parse(Version::V2.as_str());
     let (from, to) = (p.str("/sms/from_number"), p.str("/sms/to_number"));
     cx.numbers(&mut common, from.clone(), to.clone());
     common.occurred_at = p.i64("/sms/occurred_at").and_then(convert::from_epoch_ms);

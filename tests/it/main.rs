@@ -3,6 +3,7 @@
 
 const BACKEND: support::Backend = support::Backend::Sqlite;
 
+mod calls;
 mod cli;
 mod dedup;
 mod dlog;

@@ -5,6 +5,8 @@
 
 const BACKEND: support::Backend = support::Backend::Postgres;
 
+#[path = "../it/calls.rs"]
+mod calls;
 #[path = "../it/dedup.rs"]
 mod dedup;
 #[path = "../it/dlog.rs"]

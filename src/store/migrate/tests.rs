@@ -138,7 +138,8 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
         copied,
         Copied {
             payloads: 4,
-            events: 5, // a1, a2, b1 pending; d1 dead; c1 delivered, in the delivery log
+            events: 5, // a1, a2, b1 pending; d1 dead; c1 delivered (its call's record)
+            calls: 4,
             deliveries: 4,
             dead_letters: 1,
             attempts: 4, // a1's and d1's failures, d1's death, c1's success
@@ -157,6 +158,16 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
         log.iter().map(|e| (e.event_id.as_deref(), e.outcome)).collect();
     use crate::store::LogOutcome::{Dead, Failed, Success};
     assert_eq!(log, [(Some("ev-d1"), Dead), (Some("ev-d1"), Failed), (Some("ev-c1"), Success)]);
+
+    // Call records read the same: summaries in their order, a delivered event still known.
+    let sqlite = SqliteStore::open(&path, Duration::from_secs(5)).unwrap();
+    let all = crate::store::CallFilter::default();
+    assert_eq!(pg.calls(&all).await.unwrap(), sqlite.calls(&all).await.unwrap());
+    let c = pg.call("vox:c", T).await.unwrap().expect("the delivered call");
+    assert_eq!(c.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["ev-c1"]);
+    assert_eq!(c.deliveries, sqlite.call("vox:c", T).await.unwrap().unwrap().deliveries);
+    assert_eq!(c.deliveries[0].state, crate::store::DeliveryState::Delivered);
+    drop(sqlite);
 
     // Claims: same order, same ids, same attempts.
     let crm = pg.claim("crm", T + 5_000, 10, T + 5_000 + LEASE).await.unwrap();
