@@ -1,4 +1,4 @@
--- The delivery log (SQLite migration 5): every attempt is kept for the retention, successes
+-- The delivery log (SQLite migration 6): every attempt is kept for the retention, successes
 -- and test sends included, with its route, its event (`event_seq`; a test send has no stored
 -- event and keeps its own `event_id`, `type` and `subject`), its outcome (`success`, `failed`,
 -- `dead`) and whether it was a test. A test send has no delivery: `delivery_id` is nullable.

@@ -1,4 +1,4 @@
--- Call records (`GET /v1/calls/{subject}`), as SQLite's migration 5: events read by subject
+-- Call records (`GET /v1/calls/{subject}`), as SQLite's migration 7: events read by subject
 -- and keeping the routes they were queued for, and one summary row per call updated in the
 -- ingest transaction (the listing pages and filters on it without reading events).
 SET LOCAL lock_timeout = '2s';

@@ -1,4 +1,4 @@
--- 5: the delivery log. Every attempt is kept for the retention, successes and test sends
+-- 6: the delivery log. Every attempt is kept for the retention, successes and test sends
 -- included, with what the log lists it by: its route, its event (`event_seq`; a test send has
 -- no stored event and keeps its own `event_id`, `type` and `subject`), its outcome (`success`,
 -- `failed`, `dead`) and whether it was a test. A test send has no delivery: `delivery_id`

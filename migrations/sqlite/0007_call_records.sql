@@ -1,4 +1,4 @@
--- 5: call records (`GET /v1/calls/{subject}`). A call's events are read by subject, and each
+-- 7: call records (`GET /v1/calls/{subject}`). A call's events are read by subject, and each
 -- event keeps the routes it was queued for, so a delivery that left the outbox without a
 -- dead letter is known to be delivered. `calls` is one summary row per subject, updated in
 -- the transaction that stores the call's events: the listing pages through it (newest first

@@ -352,7 +352,7 @@ async fn schema_4_calls_get_their_summaries_and_records() {
     assert_eq!((call.summary.first_at.as_str(), call.summary.last_at.as_str()), (&*rfc3339(1_000), &*rfc3339(2_000)));
     assert_eq!(call.summary.terminal_at, Some(rfc3339(2_000)));
     assert_eq!(call.summary.events, (started.len() + ended.len()) as i64);
-    assert!(call.events.iter().all(|e| e.routes.is_none()), "routes were not kept before 5");
+    assert!(call.events.iter().all(|e| e.routes.is_none()), "routes were not kept before migration 7");
     let states: Vec<(i64, &str, super::super::DeliveryState)> =
         call.deliveries.iter().map(|d| (d.delivery_id.unwrap(), d.route.as_str(), d.state)).collect();
     assert_eq!(
