@@ -182,49 +182,72 @@ pub struct Completed {
 }
 
 /// A dead-lettered delivery, as listed.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
+    /// The delivery's id (kept when it is replayed).
     pub id: i64,
     pub route: String,
+    /// The CloudEvent's `id`.
     pub event_id: String,
+    /// The CloudEvent's `type` (`call.ended`, …).
     #[serde(rename = "type")]
     pub kind: String,
+    /// The CloudEvent's `subject`: the call.
     pub subject: String,
+    /// Attempts made.
     pub attempts: i64,
+    /// RFC 3339 time it was dead-lettered.
     pub dead_at: String,
+    /// What the last attempt found (status, error or response), if recorded.
     pub last_error: Option<String>,
 }
 
 /// One recorded attempt of a delivery.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
+    /// 1 for the first attempt.
     pub attempt: i64,
+    /// RFC 3339 time of the attempt.
     pub at: String,
+    /// The HTTP status the route answered, if it answered.
     pub status: Option<u16>,
+    /// Why the attempt failed without an answer (timeout, connection refused, …).
     pub error: Option<String>,
+    /// The first bytes of the answer's body.
     pub response: Option<String>,
     pub duration_ms: i64,
 }
 
 /// A dead letter with its event and every attempt.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DeadLetterDetail {
     #[serde(flatten)]
     pub summary: DeadLetter,
+    /// The canonical CloudEvent, as stored.
+    #[schema(value_type = Object)]
     pub event: serde_json::Value,
+    /// Every recorded attempt, oldest first.
     pub attempts_log: Vec<AttemptRecord>,
 }
 
 /// A quarantined payload, as listed (`body` only in detail).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct QuarantineItem {
     pub id: i64,
+    /// The source it was posted to.
     pub source: String,
+    /// The source's vendor.
     pub vendor: String,
+    /// RFC 3339 time it arrived.
     pub received_at: String,
+    /// The HTTP status it was rejected with (400, 422).
     pub status: u16,
+    /// Machine-readable reason (`invalid_json`, `schema_violation`, `unknown_event`).
     pub reason: String,
+    /// The problems found, each located by a JSON pointer.
+    #[schema(value_type = Vec<crate::vendors::Violation>)]
     pub details: serde_json::Value,
+    /// The body as received (lossy UTF-8); only when one item is asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
 }

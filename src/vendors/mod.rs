@@ -167,9 +167,11 @@ fn preview(value: &Value) -> String {
 
 /// One schema violation, located by a JSON pointer into the payload. Both parts are bounded
 /// ([`Violation::new`] cuts them), so a violation never repeats a large vendor value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Violation {
+    /// JSON pointer into the payload (`""` for the whole body).
     pub path: String,
+    /// What is wrong there, at most 200 characters.
     pub message: String,
 }
 

@@ -11,6 +11,7 @@ mod filters;
 mod fuzz_regressions;
 mod golden;
 mod inbound;
+mod openapi;
 mod reliability;
 mod retell;
 mod security;
