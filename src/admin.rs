@@ -469,8 +469,10 @@ struct QuarantineReplay {
     accepted: usize,
     duplicate: usize,
     rejected: usize,
-    /// `REPLAY_MAX` or `limit` stopped it with matches left: call again with `after_id=next_after_id`.
+    /// Its cap (`limit`, at most 10,000) stopped it with matches left: call again with
+    /// `after_id=` `next_after_id`.
     more: bool,
+    /// Set with `more`: the last id handled.
     next_after_id: Option<i64>,
 }
 

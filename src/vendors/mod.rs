@@ -165,8 +165,8 @@ fn preview(value: &Value) -> String {
     }
 }
 
-/// One schema violation, located by a JSON pointer into the payload. Both parts are bounded
-/// ([`Violation::new`] cuts them), so a violation never repeats a large vendor value.
+/// One problem of a payload, located by a JSON pointer into it. Both parts are cut to 200
+/// characters (by `Violation::new`), so a violation never repeats a large vendor value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Violation {
     /// JSON pointer into the payload (`""` for the whole body).
