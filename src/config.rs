@@ -211,7 +211,7 @@ pub struct StorageConfig {
 }
 
 /// `[admin]`: where the operational endpoints listen.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Serve `/metrics`, `/healthz`, `/readyz` (and the admin API) here instead of on
@@ -219,7 +219,24 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// Bearer token of the admin API.
     pub token: Option<Secret>,
+    /// Live tail (`/v1/admin/stream`): messages held for one reader that is not keeping up;
+    /// when they are all waiting, the reader is dropped with a notice.
+    #[serde(default = "default_stream_buffer")]
+    pub stream_buffer: usize,
 }
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: None, token: None, stream_buffer: default_stream_buffer() }
+    }
+}
+
+fn default_stream_buffer() -> usize {
+    1000
+}
+
+/// Bounds of `admin.stream_buffer` (one slot is kept for the notice that ends a stream).
+pub const STREAM_BUFFER_RANGE: std::ops::RangeInclusive<usize> = 2..=100_000;
 
 /// `[log]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -258,7 +275,7 @@ pub struct DeliveryConfig {
 }
 
 /// `[sources.NAME]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub vendor: Vendor,
     /// Region for national-format phone numbers (`KR`, `UZ`…).
@@ -277,7 +294,7 @@ pub const DEFAULT_INBOUND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `[sources.NAME.inbound]`: how `POST /v1/inbound/NAME` finds the variables of a call about
 /// to start.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct InboundConfig {
     /// Where the `call.inbound_lookup` CloudEvent is posted (the CRM's endpoint).
     pub url: reqwest::Url,
@@ -346,8 +363,9 @@ pub enum HmacEncoding {
     Base64,
 }
 
-/// `[routes.NAME]`.
-#[derive(Clone)]
+/// `[routes.NAME]`. A reload compares whole `RouteConfig`s (`PartialEq`), so every key
+/// added here is picked up by a reload without further code.
+#[derive(Clone, PartialEq)]
 pub struct RouteConfig {
     pub url: reqwest::Url,
     /// Glob patterns over canonical types (`call.*`, `transcript.final`).
@@ -649,6 +667,12 @@ impl Config {
         if delivery.lease_margin < Duration::from_secs(1) {
             // An attempt ends at its route's timeout; a lease must outlive it by a safe margin.
             errors.push(ConfigError { key: "delivery.lease_margin".into(), message: "must be at least 1s".into() });
+        }
+        if !STREAM_BUFFER_RANGE.contains(&admin.stream_buffer) {
+            errors.push(ConfigError {
+                key: "admin.stream_buffer".into(),
+                message: format!("must be between {} and {}", STREAM_BUFFER_RANGE.start(), STREAM_BUFFER_RANGE.end()),
+            });
         }
         if delivery.concurrency == 0 {
             errors.push(ConfigError { key: "delivery.concurrency".into(), message: "must be greater than 0".into() });

@@ -1,6 +1,7 @@
 //! The HTTP/1 accept loop, with the limits axum's `serve` does not expose: a deadline for
-//! request headers (slow senders), a cap on header bytes, and a cap on open connections; and
-//! the one JSON error body every endpoint answers with.
+//! request headers (slow senders), a cap on header bytes, a cap on open connections, and a way
+//! for a handler to close its connection ([`ConnectionClose`]); and the one JSON error body
+//! every endpoint answers with.
 
 use std::{any::Any, future::Future, pin::pin, sync::Arc, time::Duration};
 
@@ -12,7 +13,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use hyper::server::conn::http1;
+use hyper::{server::conn::http1, service::Service as _};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -20,6 +21,18 @@ use hyper_util::{
 };
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// In every request's extensions: closes the connection the request came on, whatever it is
+/// doing (the live tail cuts off a reader that stopped reading: its answer can never finish).
+#[derive(Debug, Clone)]
+pub struct ConnectionClose(CancellationToken);
+
+impl ConnectionClose {
+    pub fn close(&self) {
+        self.0.cancel();
+    }
+}
 
 /// Connection-level limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -60,10 +73,21 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
                     .timer(TokioTimer::new())
                     .header_read_timeout(limits.header_read_timeout)
                     .max_buf_size(limits.max_header_bytes);
-                let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+                let close = CancellationToken::new();
+                let handle = ConnectionClose(close.clone());
+                let service = TowerToHyperService::new(router.clone());
+                let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(handle.clone());
+                    service.call(request)
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
-                    let _ = connection.await;
+                    // Dropping the connection closes its socket.
+                    tokio::select! {
+                        _ = connection => {}
+                        () = close.cancelled() => {}
+                    }
                     drop(permit);
                 });
             }

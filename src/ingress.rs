@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     auth::{self, Precheck},
-    canonical::CloudEvent,
+    canonical::{CloudEvent, EventType, Status},
     config::Config,
     http::error_response,
     server::App,
@@ -142,20 +142,69 @@ impl IntoResponse for IngressError {
 pub struct Admission {
     /// `server.max_concurrent_requests`: requests reading a body or being processed.
     slots: Arc<Semaphore>,
-    /// Per `none`/`hmac`/`retell` source: the most of those slots its not-yet-verified bodies may hold.
-    unverified: BTreeMap<String, Arc<Semaphore>>,
+    /// Per `none`/`hmac`/`retell` source: the most of those slots its not-yet-verified bodies
+    /// may hold. Resized in place by a reload ([`Admission::reconfigure`]).
+    unverified: std::sync::Mutex<BTreeMap<String, Share>>,
+}
+
+/// One source's share of the slots, and the size it was last set to.
+struct Share {
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Share {
+    fn new(size: usize) -> Share {
+        Share { permits: Arc::new(Semaphore::new(size)), size }
+    }
+
+    /// Grows or shrinks the share. Permits held by requests in flight cannot be taken back:
+    /// the ones missing are taken as those requests end (a waiter ahead of every new request),
+    /// so the share never admits more than its new size once they are done.
+    fn resize(&mut self, size: usize) {
+        if size > self.size {
+            self.permits.add_permits(size - self.size);
+        } else if size < self.size {
+            let cut = self.size - size;
+            let missing = cut - self.permits.forget_permits(cut);
+            if missing > 0 {
+                let permits = self.permits.clone();
+                tokio::spawn(async move {
+                    if let Ok(taken) = permits.acquire_many_owned(missing as u32).await {
+                        taken.forget();
+                    }
+                });
+            }
+        }
+        self.size = size;
+    }
 }
 
 impl Admission {
     pub fn new(config: &Config) -> Admission {
+        let admission = Admission {
+            slots: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
+            unverified: std::sync::Mutex::default(),
+        };
+        admission.reconfigure(config);
+        admission
+    }
+
+    /// Sets each unverified source's share from a (reloaded) configuration: a new source gets
+    /// its share, a removed one loses it, and a changed share is resized in place, so requests
+    /// in flight keep counting against it. The total (`max_concurrent_requests`) needs a restart.
+    pub fn reconfigure(&self, config: &Config) {
         let share = config.unverified_share();
-        let unverified = config
-            .sources
-            .iter()
-            .filter(|(_, s)| s.auth.reads_body_unverified())
-            .map(|(name, _)| (name.clone(), Arc::new(Semaphore::new(share))))
-            .collect();
-        Admission { slots: Arc::new(Semaphore::new(config.server.max_concurrent_requests)), unverified }
+        let Ok(mut shares) = self.unverified.lock() else { return };
+        shares.retain(|name, _| config.sources.get(name).is_some_and(|s| s.auth.reads_body_unverified()));
+        for (name, _) in config.sources.iter().filter(|(_, s)| s.auth.reads_body_unverified()) {
+            match shares.get_mut(name) {
+                Some(existing) => existing.resize(share),
+                None => {
+                    shares.insert(name.clone(), Share::new(share));
+                }
+            }
+        }
     }
 
     fn slot(&self) -> Result<OwnedSemaphorePermit, IngressError> {
@@ -163,8 +212,9 @@ impl Admission {
     }
 
     fn unverified(&self, source: &str) -> Result<Option<OwnedSemaphorePermit>, IngressError> {
-        match self.unverified.get(source) {
-            Some(share) => share.clone().try_acquire_owned().map(Some).map_err(|_| IngressError::Overloaded),
+        let share = self.unverified.lock().ok().and_then(|shares| shares.get(source).map(|s| s.permits.clone()));
+        match share {
+            Some(share) => share.try_acquire_owned().map(Some).map_err(|_| IngressError::Overloaded),
             None => Ok(None),
         }
     }
@@ -223,10 +273,10 @@ struct Counted {
 }
 
 /// The configured source named by an ingress path, if any: (source, vendor) labels.
-fn labels<'a>(app: &'a App, name: Option<&str>) -> (&'a str, &'static str) {
-    match name.and_then(|n| app.config.sources.get_key_value(n)) {
-        Some((name, s)) => (name.as_str(), s.vendor.as_str()),
-        None => ("unknown", "unknown"),
+fn labels(config: &Config, name: Option<&str>) -> (String, &'static str) {
+    match name.and_then(|n| config.sources.get_key_value(n)) {
+        Some((name, s)) => (name.clone(), s.vendor.as_str()),
+        None => ("unknown".to_owned(), "unknown"),
     }
 }
 
@@ -244,7 +294,7 @@ pub async fn count(State(app): State<Arc<App>>, request: Request, next: Next) ->
     match response.extensions().get::<Counted>() {
         Some(c) => telemetry::ingress(&c.source, c.vendor, c.outcome, seconds),
         None => {
-            let (source, vendor) = labels(&app, Some(segment.as_str()));
+            let (source, vendor) = labels(&app.config.load(), Some(segment.as_str()));
             let status = response.status();
             let outcome = match status {
                 s if s.is_success() => IngressOutcome::Accepted,
@@ -256,7 +306,7 @@ pub async fn count(State(app): State<Arc<App>>, request: Request, next: Next) ->
                 _ => IngressOutcome::Invalid,
             };
             tracing::warn!(source = %source, vendor = %vendor, status = status.as_u16(), "Ingress rejected.");
-            telemetry::ingress(source, vendor, outcome, seconds);
+            telemetry::ingress(&source, vendor, outcome, seconds);
         }
     }
     response
@@ -280,11 +330,13 @@ pub async fn ingest(
     body: Body,
 ) -> Response {
     let received_at = Utc::now();
+    // One configuration for the whole request, whatever a reload does meanwhile.
+    let config = app.config.load_full();
     // A segment that is not UTF-8 names no source (source names are ASCII).
     let source = path.ok().map(|Path(source)| source);
-    let (label_source, vendor) = labels(&app, source.as_deref());
+    let (label_source, vendor) = labels(&config, source.as_deref());
     let result = match source.as_deref() {
-        Some(source) => handle(&app, source, query.as_deref(), &headers, body, received_at).await,
+        Some(source) => handle(&app, &config, source, query.as_deref(), &headers, body, received_at).await,
         None => Err(IngressError::UnknownSource),
     };
     let (outcome, mut response) = match result {
@@ -311,21 +363,22 @@ pub async fn ingest(
             (e.outcome(), e.into_response())
         }
     };
-    response.extensions_mut().insert(Counted { source: label_source.to_owned(), vendor, outcome });
+    response.extensions_mut().insert(Counted { source: label_source, vendor, outcome });
     response
 }
 
 async fn handle(
     app: &App,
+    config: &Arc<Config>,
     source: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
     received_at: DateTime<Utc>,
 ) -> Result<(IngressOutcome, Vec<String>), IngressError> {
-    let config = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?;
-    let (body, _slot) = authenticated(app, source, &config.auth, query, headers, body).await?;
-    accept(app, source, body, received_at, OnReject::Quarantine).await
+    let source_config = config.sources.get(source).ok_or(IngressError::UnknownSource)?;
+    let (body, _slot) = authenticated(app, config, source, &source_config.auth, query, headers, body).await?;
+    accept(app, config, source, body, received_at, OnReject::Quarantine).await
 }
 
 /// The body of a request to `source`, once the source's authentication passed, and the
@@ -333,13 +386,14 @@ async fn handle(
 /// endpoint a vendor calls (`/v1/ingest`, `/v1/inbound`).
 async fn authenticated(
     app: &App,
+    config: &Config,
     source: &str,
     auth: &crate::config::Auth,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Bytes, OwnedSemaphorePermit), IngressError> {
-    let limit = app.config.server.max_body_bytes;
+    let limit = config.server.max_body_bytes;
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngressError::TooLarge { limit });
@@ -368,18 +422,19 @@ pub enum OnReject {
     Report,
 }
 
-/// Normalises and stores one authenticated body from `source`: the part of ingress that a
-/// quarantine replay runs again.
+/// Normalises and stores one authenticated body from `source` under `config` (the snapshot
+/// its request took): the part of ingress that a quarantine replay runs again.
 pub async fn accept(
     app: &App,
+    config: &Arc<Config>,
     source: &str,
     body: Bytes,
     received_at: DateTime<Utc>,
     on_reject: OnReject,
 ) -> Result<(IngressOutcome, Vec<String>), IngressError> {
-    let vendor = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?.vendor;
+    let vendor = config.sources.get(source).ok_or(IngressError::UnknownSource)?.vendor;
     let prepared = {
-        let (config, source, body) = (app.config.clone(), source.to_owned(), body.clone());
+        let (config, source, body) = (config.clone(), source.to_owned(), body.clone());
         app.offload.run(body.len(), move || prepare(&config, &source, &body, received_at)).await?
     };
     let prepared = match prepared {
@@ -392,16 +447,23 @@ pub async fn accept(
         }
         Err(e) => return Err(e),
     };
-    let Prepared { ingest, kinds, degraded, keyed_by } = prepared;
+    let Prepared { ingest, kinds, degraded, drift, schema, keyed_by } = prepared;
+    let at = ingest.received_at;
     if keyed_by == KeyedBy::BodyFallback {
         telemetry::dedup_fallback(source, vendor.as_str());
     }
+    // Kept for the live tail only while someone reads it.
+    let tailed = app.tail.active().then(|| crate::tail::summaries(source, &ingest.events));
     // The store wakes the routes' workers (its notices) once it has committed.
     match app.store.ingest(ingest).await {
         Ok(IngestOutcome::Accepted(ids)) => {
+            if let Some(accepted) = tailed {
+                app.tail.accepted(accepted);
+            }
             for kind in kinds {
                 telemetry::event(source, kind);
             }
+            app.drift.observe(source, schema, &drift, at);
             if !degraded.is_empty() {
                 let fields: Vec<&str> = degraded.iter().map(|d| d.field).collect();
                 fields.iter().for_each(|field| telemetry::degraded(source, vendor.as_str(), field));
@@ -424,6 +486,10 @@ struct Prepared {
     kinds: Vec<&'static str>,
     /// Descriptive fields the adapter could not read (counted once committed).
     degraded: Vec<vendors::Degraded>,
+    /// What the payload shows that the mapping does not know (for the drift report, once
+    /// committed), and the schema name of its vendor event.
+    drift: Vec<vendors::Drift>,
+    schema: &'static str,
     /// What the dedup key was computed from (a fallback to the body is counted).
     keyed_by: KeyedBy,
 }
@@ -434,7 +500,7 @@ struct Prepared {
 fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc>) -> Result<Prepared, IngressError> {
     let source_config = config.sources.get(source).ok_or(IngressError::UnknownSource)?;
     let origin = Origin { source, vendor: source_config.vendor, phone_region: source_config.phone_region };
-    let vendors::Normalized { events, degraded, key } =
+    let vendors::Normalized { events, degraded, drift, schema, key } =
         vendors::normalize_keyed(&origin, body, source_config.dedup, received_at)?;
     let kinds = events.iter().map(|e| e.kind.as_str()).collect();
     let events: Vec<NewEvent> = events.iter().map(|e| new_event(config, e)).collect::<Result<_, _>>()?;
@@ -447,7 +513,7 @@ fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc
         received_at: received_at.timestamp_millis(),
         events,
     };
-    Ok(Prepared { ingest, kinds, degraded, keyed_by: key.by })
+    Ok(Prepared { ingest, kinds, degraded, drift, schema, keyed_by: key.by })
 }
 
 fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressError> {
@@ -472,7 +538,11 @@ fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressErr
         routes.push(name.clone());
     }
     let json = serde_json::to_string(event).map_err(defect)?;
-    Ok(NewEvent { id: event.id.clone(), kind: kind.to_owned(), subject: event.subject.clone(), json, routes })
+    // Only a terminal event or the vendor's call record decides a call's status (as `merge`).
+    let status = matches!(event.kind, EventType::CallEnded | EventType::CallFailed | EventType::CallCdr)
+        .then(|| event.data.details.status.map(Status::as_str))
+        .flatten();
+    Ok(NewEvent { id: event.id.clone(), kind: kind.to_owned(), subject: event.subject.clone(), json, routes, status })
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, IngressError> {
@@ -537,6 +607,36 @@ mod tests {
         let ((heard, thread), ()) = tokio::join!(async { heavy.await.unwrap() }, other);
         assert!(heard, "the runtime kept running while the heavy job ran");
         assert_ne!(thread, runtime_thread);
+    }
+
+    /// A reload changes an unverified source's share in place: permits held by requests in
+    /// flight still count, so the source never holds more than its new share once they end.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reload_resizes_a_sources_share_in_place_counting_requests_in_flight() {
+        let config = |toml: &str| Config::from_toml(toml, &crate::config::ProcessEnv).unwrap();
+        let base = "[server]\nmax_concurrent_requests = 8\n[sources.a]\nvendor = \"vox\"\n";
+        let one = config(base); // share: 8 / (1 + 1) = 4
+        let two = config(&format!("{base}[sources.b]\nvendor = \"salpre\"\n")); // 8 / 3 = 2
+        let admission = Admission::new(&one);
+        let take = |source: &str| admission.unverified(source).ok().flatten();
+        let mut held: Vec<_> = (0..4).map(|_| take("a").unwrap()).collect();
+        assert!(take("a").is_none(), "the share is 4");
+
+        admission.reconfigure(&two);
+        tokio::task::yield_now().await; // lets the shrink queue up for the permits still held
+        assert!(take("b").is_some(), "a new source has its share at once");
+        held.truncate(1); // three requests end: two of their permits are the shrink's
+        let fourth = take("a").expect("one free beside the one still held");
+        assert!(take("a").is_none(), "never more than the new share of 2");
+        drop((held, fourth));
+        let now: Vec<_> = (0..2).map(|_| take("a").unwrap()).collect();
+        assert!(take("a").is_none());
+
+        admission.reconfigure(&one); // b removed: back to 4
+        assert!(take("b").is_none() && admission.unverified("b").is_ok(), "a removed source has no share");
+        let more: Vec<_> = (0..2).map(|_| take("a").unwrap()).collect();
+        assert!(take("a").is_none());
+        drop((now, more));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! The `callgate` command: `serve` (the default), `check`, `normalize`, the operator commands,
-//! `store migrate` and `vendors`.
+//! The `callgate` command: `serve` (the default), `check`, `normalize`, the operator commands
+//! (`tail` among them), `store migrate` and `vendors`.
 
 use std::{
     io::{Read, Write},
@@ -71,10 +71,71 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// List routes with their backlog, or pause and resume one (through the admin API).
+    /// The vendor drift report: fields, values and shapes vendors send that the mapping does
+    /// not know (through the admin API).
+    Drift {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only what was last seen since then (RFC 3339, or a duration back from now: 24h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the running gateway read its configuration file again (as SIGHUP does) and print
+    /// what changed, or every error of a file it rejected (through the admin API).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The delivery log: every attempt of every delivery, and test sends (through the admin API).
+    Deliveries {
+        #[command(subcommand)]
+        action: DeliveriesAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one stored event with each route's delivery state and attempts (through the admin API).
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List calls, or show one call's merged record, events and delivery state (through the
+    /// admin API).
+    Calls {
+        #[command(subcommand)]
+        action: CallAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List routes with their backlog, pause and resume one, send it a test event, or discard
+    /// the backlog of a route no longer configured (through the admin API).
     Routes {
         #[command(subcommand)]
         action: RouteAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print accepted events and delivery outcomes as they happen (the live tail, through the
+    /// admin API), one line each, until stopped; on PostgreSQL every replica's.
+    Tail {
+        /// Only these routes (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',')]
+        route: Vec<String>,
+        /// Only these sources.
+        #[arg(long, value_delimiter = ',')]
+        source: Vec<String>,
+        /// Only these canonical types (globs such as `call.*`).
+        #[arg(long = "type", value_delimiter = ',')]
+        kind: Vec<String>,
+        /// Print each message as the JSON the gateway sent: {"event": ..., "data": {...}}.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -185,10 +246,80 @@ enum Action {
 }
 
 #[derive(Subcommand)]
+enum CallAction {
+    /// List calls, newest first (by their first event).
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        /// Only calls first accepted since this RFC 3339 time or duration ago (e.g. 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// completed, no_answer, busy, canceled, failed, or in_progress (no terminal event yet).
+        #[arg(long)]
+        status: Option<String>,
+        /// The next page: the `--before-id` the previous page printed.
+        #[arg(long)]
+        before_id: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one call by subject (`{source}:{call_id}`), as JSON.
+    Show { subject: String },
+}
+
+#[derive(Subcommand)]
 enum RouteAction {
     List,
-    Pause { name: String },
-    Resume { name: String },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Delete the waiting deliveries of a route removed from the configuration (or disabled).
+    DiscardBacklog {
+        name: String,
+    },
+    /// Send a sample event (marked `data.test = true`) to the route now, outside the queue,
+    /// and print what the receiver answered.
+    Test {
+        name: String,
+        /// Canonical type of the sample, e.g. call.ended; default: the first the route takes.
+        #[arg(long = "type")]
+        kind: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesAction {
+    /// List a route's attempts, newest first.
+    List {
+        #[arg(long)]
+        route: String,
+        /// Only since this RFC 3339 time or duration ago (e.g. 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only of this subject (`{source}:{call_id}`).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only success, failed or dead.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only test sends (true) or only deliveries (false).
+        #[arg(long)]
+        test: Option<bool>,
+        /// Only ids below this (the previous page's last id).
+        #[arg(long)]
+        before_id: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// Show one event by its id (`ce_…`).
+    Show { id: String },
 }
 
 fn main() -> ExitCode {
@@ -204,6 +335,12 @@ fn main() -> ExitCode {
         Command::DeadLetters { action, admin } => operate(admin, Target::DeadLetters(action)),
         Command::Quarantine { action, admin } => operate(admin, Target::Quarantine(action)),
         Command::Routes { action, admin } => operate(admin, Target::Routes(action)),
+        Command::Drift { source, since, limit, admin } => operate(admin, Target::Drift { source, since, limit }),
+        Command::Reload { admin } => operate(admin, Target::Reload),
+        Command::Tail { route, source, kind, json, admin } => tail(admin, &route, &source, &kind, json),
+        Command::Deliveries { action, admin } => operate(admin, Target::Deliveries(action)),
+        Command::Events { action, admin } => operate(admin, Target::Events(action)),
+        Command::Calls { action, admin } => operate(admin, Target::Calls(action)),
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
         Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
         Command::Openapi => {
@@ -312,10 +449,15 @@ enum Target {
     DeadLetters(Action),
     Quarantine(Action),
     Routes(RouteAction),
+    Drift { source: Option<String>, since: Option<String>, limit: usize },
+    Reload,
+    Deliveries(DeliveriesAction),
+    Events(EventsAction),
+    Calls(CallAction),
 }
 
-/// Runs an operator command against the admin API and prints the answer.
-fn operate(args: AdminArgs, target: Target) -> ExitCode {
+/// The admin API client and a runtime for an operator command, or how it failed.
+fn admin_client(args: AdminArgs) -> Result<(admin_client::Client, tokio::runtime::Runtime), ExitCode> {
     let config = if args.url.is_some() && args.token.is_some() {
         None
     } else {
@@ -323,7 +465,7 @@ fn operate(args: AdminArgs, target: Target) -> ExitCode {
             Ok(config) => Some(config),
             Err(errors) => {
                 eprint!("callgate: {errors}");
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
         }
     };
@@ -331,17 +473,58 @@ fn operate(args: AdminArgs, target: Target) -> ExitCode {
         Ok(client) => client,
         Err(e) => {
             eprintln!("callgate: {e}");
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => Ok((client, rt)),
         Err(e) => {
             eprintln!("callgate: {e}");
-            return ExitCode::FAILURE;
+            Err(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Runs an operator command against the admin API and prints the answer.
+fn operate(args: AdminArgs, target: Target) -> ExitCode {
+    match admin_client(args) {
+        Ok((client, runtime)) => printed(runtime.block_on(run_operation(&client, target))),
+        Err(code) => code,
+    }
+}
+
+/// `callgate tail`: exits 3 when the gateway dropped this reader (it fell behind), 1 when the
+/// stream ended otherwise (shutdown, a cut connection) or could not start.
+fn tail(args: AdminArgs, routes: &[String], sources: &[String], kinds: &[String], json: bool) -> ExitCode {
+    let (client, runtime) = match admin_client(args) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
-    printed(runtime.block_on(run_operation(&client, target)))
+    let mut query = Vec::new();
+    for (key, values) in [("route", routes), ("source", sources), ("type", kinds)] {
+        if !values.is_empty() {
+            query.push((key, values.join(",")));
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    match runtime.block_on(client.tail(&query, json, &mut out)) {
+        Ok(admin_client::TailEnd::Dropped(message)) => {
+            eprintln!("callgate: the gateway dropped this tail: {message}");
+            ExitCode::from(3)
+        }
+        Ok(admin_client::TailEnd::Closed(message)) => {
+            eprintln!("callgate: the tail ended: {message}");
+            ExitCode::FAILURE
+        }
+        Ok(admin_client::TailEnd::Cut) => {
+            eprintln!("callgate: the connection to the gateway ended without a word");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("callgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A command's outcome: its text on stdout, or its error on stderr.
@@ -364,7 +547,11 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
     let (path, key) = match &target {
         Target::DeadLetters(_) => ("/v1/admin/dead-letters", "route"),
         Target::Quarantine(_) => ("/v1/admin/quarantine", "source"),
-        Target::Routes(_) => ("/v1/admin/routes", ""),
+        Target::Routes(_) | Target::Deliveries(_) => ("/v1/admin/routes", ""),
+        Target::Events(_) => ("/v1/admin/events", ""),
+        Target::Drift { .. } => ("/v1/admin/drift", "source"),
+        Target::Reload => ("/v1/admin/reload", ""),
+        Target::Calls(_) => ("/v1/calls", ""),
     };
     match target {
         Target::DeadLetters(action) | Target::Quarantine(action) => match action {
@@ -425,6 +612,54 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
                 Ok(pretty(answer))
             }
         },
+        Target::Drift { source, since, limit } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(source.map(|s| (key, s)));
+            query.extend(since.map(|s| ("since", s)));
+            let answer = client.call(Method::GET, path, &query).await?;
+            let rows = answer["drift"].as_array().cloned().unwrap_or_default();
+            Ok(admin_client::table(
+                &rows,
+                &[
+                    ("SOURCE", "source"),
+                    ("EVENT", "vendor_event"),
+                    ("KIND", "kind"),
+                    ("PATH", "path"),
+                    ("VALUE", "value"),
+                    ("COUNT", "count"),
+                    ("FIRST SEEN", "first_seen"),
+                    ("LAST SEEN", "last_seen"),
+                    ("EXAMPLE", "example"),
+                ],
+            ))
+        }
+        Target::Calls(CallAction::List { source, since, status, before_id, limit }) => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(source.map(|s| ("source", s)));
+            query.extend(since.map(|s| ("since", s)));
+            query.extend(status.map(|s| ("status", s)));
+            query.extend(before_id.map(|id| ("before_id", id.to_string())));
+            let answer = client.call(Method::GET, path, &query).await?;
+            let rows = answer["calls"].as_array().cloned().unwrap_or_default();
+            let mut text = admin_client::table(
+                &rows,
+                &[
+                    ("ID", "id"),
+                    ("SUBJECT", "subject"),
+                    ("STATUS", "status"),
+                    ("EVENTS", "events"),
+                    ("FIRST AT", "first_at"),
+                    ("LAST AT", "last_at"),
+                ],
+            );
+            if let Some(next) = answer["next_before_id"].as_i64() {
+                text.push_str(&format!("(more: --before-id {next})\n"));
+            }
+            Ok(text)
+        }
+        Target::Calls(CallAction::Show { subject }) => {
+            client.call(Method::GET, &format!("{path}/{}", admin_client::path_segment(&subject)), &[]).await.map(pretty)
+        }
         Target::Routes(RouteAction::List) => {
             let answer = client.call(Method::GET, path, &[]).await?;
             let rows = answer["routes"].as_array().cloned().unwrap_or_default();
@@ -435,6 +670,7 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
                     ("ENABLED", "enabled"),
                     ("PAUSED", "paused"),
                     ("BACKLOG", "backlog"),
+                    ("ORPHANED", "orphaned"),
                     ("DEAD LETTERS", "dead_letters"),
                     ("PAUSED REASON", "paused_reason"),
                 ],
@@ -445,6 +681,47 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
         }
         Target::Routes(RouteAction::Resume { name }) => {
             client.call(Method::POST, &format!("{path}/{name}/resume"), &[]).await.map(pretty)
+        }
+        Target::Routes(RouteAction::DiscardBacklog { name }) => {
+            client.call(Method::DELETE, &format!("{path}/{name}/backlog"), &[]).await.map(pretty)
+        }
+        Target::Reload => client.call(Method::POST, path, &[]).await.map(pretty),
+        Target::Routes(RouteAction::Test { name, kind }) => {
+            let query: Vec<(&str, String)> = kind.map(|k| ("type", k)).into_iter().collect();
+            client.call(Method::POST, &format!("{path}/{name}/test"), &query).await.map(pretty)
+        }
+        Target::Deliveries(DeliveriesAction::List { route, since, subject, outcome, test, before_id, limit }) => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(since.map(|s| ("since", s)));
+            query.extend(subject.map(|s| ("subject", s)));
+            query.extend(outcome.map(|o| ("outcome", o)));
+            query.extend(test.map(|t| ("test", t.to_string())));
+            query.extend(before_id.map(|b| ("before_id", b.to_string())));
+            let answer = client.call(Method::GET, &format!("{path}/{route}/deliveries"), &query).await?;
+            let rows = answer["deliveries"].as_array().cloned().unwrap_or_default();
+            let mut text = admin_client::table(
+                &rows,
+                &[
+                    ("ID", "id"),
+                    ("AT", "at"),
+                    ("EVENT", "event_id"),
+                    ("TYPE", "type"),
+                    ("SUBJECT", "subject"),
+                    ("ATTEMPT", "attempt"),
+                    ("OUTCOME", "outcome"),
+                    ("TEST", "test"),
+                    ("STATUS", "status"),
+                    ("MS", "duration_ms"),
+                    ("ERROR", "error"),
+                ],
+            );
+            if let Some(next) = answer["next_before_id"].as_i64() {
+                text.push_str(&format!("(more: --before-id {next})\n"));
+            }
+            Ok(text)
+        }
+        Target::Events(EventsAction::Show { id }) => {
+            client.call(Method::GET, &format!("{path}/{id}"), &[]).await.map(pretty)
         }
     }
 }
@@ -594,6 +871,10 @@ fn normalize(vendor: &str, source: Option<String>, region: Option<String>, file:
             // Accepted all the same: the unread values are in vendor_extra.
             for d in normalized.degraded {
                 eprintln!("callgate: degraded {} at {}: {}", d.field, d.pointer, d.problem);
+            }
+            // What the drift report would count (degraded fields are listed above).
+            for d in normalized.drift.iter().filter(|d| d.kind != vendors::DriftKind::Degraded) {
+                eprintln!("callgate: drift {} at {}: {}", d.kind.as_str(), d.path, d.example);
             }
             ExitCode::SUCCESS
         }

@@ -2,6 +2,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use axum::{
     Router,
     extract::State,
@@ -18,6 +19,7 @@ use crate::{
     admin,
     config::{Config, StorageUrl},
     delivery::Dispatcher,
+    drift::DriftRecorder,
     http::{error_response, json_errors, panic_response},
     ingress::{self, Admission, Offload},
     store::{
@@ -25,13 +27,17 @@ use crate::{
         postgres::{PgOptions, PostgresStore},
         sqlite::SqliteStore,
     },
+    tail::Tail,
     telemetry, vendors,
 };
 
 /// State shared by every request handler.
 pub struct App {
-    /// The validated configuration, immutable while running.
-    pub config: Arc<Config>,
+    /// The running configuration: each request takes one snapshot (`load_full`) and keeps it
+    /// to the end; a reload (`reload::reload`) swaps in a whole new one.
+    pub config: ArcSwap<Config>,
+    /// Held by the reload in progress: two reloads never interleave.
+    pub reloading: tokio::sync::Mutex<()>,
     /// Where accepted payloads, deliveries and the quarantine live.
     pub store: Arc<dyn Store>,
     /// Wakes route workers after a commit adds deliveries.
@@ -44,6 +50,10 @@ pub struct App {
     pub offload: Offload,
     /// The lookups of the sources that answer an inbound webhook (`/v1/inbound`).
     pub lookups: ingress::inbound::Lookups,
+    /// Drift of accepted payloads, summed in memory until it is written to the store.
+    pub drift: Arc<DriftRecorder>,
+    /// The live tail (`/v1/admin/stream`): fed by ingress and the delivery workers.
+    pub tail: Arc<Tail>,
 }
 
 /// The listeners a gateway serves on.
@@ -102,15 +112,22 @@ pub async fn run(
     let config = Arc::new(config);
     let store = open_store(&config).await?;
     let metrics = telemetry::metrics_handle();
-    let dispatcher = Dispatcher::start(&config, store.clone()).await?;
+    let tail = Tail::start(&config, store.clone());
+    let dispatcher = Dispatcher::start(&config, store.clone(), tail.clone()).await?;
+    let drift = Arc::new(DriftRecorder::new(store.clone()));
+    let (drift_stop, drift_stopped) = tokio::sync::oneshot::channel::<()>();
+    let drift_writer = tokio::spawn(drift.clone().run(async move { drop(drift_stopped.await) }));
     let app = Arc::new(App {
-        config: config.clone(),
+        config: ArcSwap::new(config.clone()),
+        reloading: tokio::sync::Mutex::new(()),
         store: store.clone(),
         dispatcher,
         metrics: metrics.clone(),
         admission: Admission::new(&config),
         offload: Offload::per_core(),
         lookups: ingress::inbound::Lookups::new(&config)?,
+        drift,
+        tail: tail.clone(),
     });
 
     let upkeep = tokio::spawn(async move {
@@ -121,6 +138,7 @@ pub async fn run(
         }
     });
     let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
+    let hangups = tokio::spawn(reload_on_sighup(app.clone())?);
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let limits = crate::http::Limits {
@@ -159,6 +177,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!(grace = ?config.server.shutdown_grace, "Shutting down: no new requests; finishing in-flight work.");
     let _ = stop_tx.send(());
+    // Open live tails end now, or they would hold the drain for the whole grace period.
+    tail.close();
     let grace = config.server.shutdown_grace;
     let servers_done = async { while servers.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, servers_done).await.is_err() {
@@ -166,12 +186,40 @@ pub async fn run(
     }
     upkeep.abort();
     pruner.abort();
+    // After the requests: their drift is in memory now, and is written once more.
+    let _ = drift_stop.send(());
+    if tokio::time::timeout(grace, drift_writer).await.is_err() {
+        tracing::warn!("The last vendor drift counts were not written within the grace period.");
+    }
+    hangups.abort();
+    let _ = hangups.await; // drops its `App`, so the dispatcher below can be taken
     match Arc::try_unwrap(app) {
         Ok(app) => app.dispatcher.shutdown(grace).await,
         Err(_) => tracing::warn!("Request handlers outlived the grace period; deliveries stop with the process."),
     }
     tracing::info!("callgate stopped.");
     Ok(())
+}
+
+/// Reloads the configuration on every SIGHUP. Installed before the gateway says it listens,
+/// so a SIGHUP from then on never takes the default action (ending the process).
+#[cfg(unix)]
+fn reload_on_sighup(app: Arc<App>) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("listening for SIGHUP: {e}"))?;
+    Ok(async move {
+        while hangups.recv().await.is_some() {
+            // The outcome is logged and counted by the reload itself.
+            let _ = crate::reload::reload(&app, "SIGHUP").await;
+        }
+    })
+}
+
+/// Without SIGHUP, `POST /v1/admin/reload` is the only way to reload.
+#[cfg(not(unix))]
+fn reload_on_sighup(app: Arc<App>) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    drop(app);
+    Ok(std::future::pending())
 }
 
 /// Deletes what retention and the redelivery window allow, at start and then every
@@ -192,6 +240,7 @@ async fn prune_forever(store: Arc<dyn Store>, config: Arc<Config>) {
                     total.payloads += p.payloads;
                     total.attempts += p.attempts;
                     total.quarantine += p.quarantine;
+                    total.drift += p.drift;
                     if !more {
                         break;
                     }
@@ -209,6 +258,7 @@ async fn prune_forever(store: Arc<dyn Store>, config: Arc<Config>) {
                 payloads = total.payloads,
                 attempts = total.attempts,
                 quarantine = total.quarantine,
+                drift = total.drift,
                 "Pruned old records."
             );
         }
@@ -216,7 +266,8 @@ async fn prune_forever(store: Arc<dyn Store>, config: Arc<Config>) {
 }
 
 fn ingress_router(app: Arc<App>) -> Router {
-    let timeout = app.config.server.request_timeout;
+    // `[server]` needs a restart: the snapshot taken at start is the one in force.
+    let timeout = app.config.load().server.request_timeout;
     Router::new()
         .route("/v1/ingest/{source}", post(ingress::ingest))
         .route("/v1/inbound/{source}", post(ingress::inbound::inbound))
@@ -246,7 +297,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Ok(counts) = app.store.counts().await {
-        telemetry::set_store_gauges(app.config.routes.keys(), &counts);
+        telemetry::set_store_gauges(app.config.load().routes.keys(), &counts);
     }
     ([("content-type", "text/plain; version=0.0.4")], app.metrics.render()).into_response()
 }

@@ -2,7 +2,10 @@
 //! values come from closed sets (source and route names from the config, fixed outcomes),
 //! never from request data.
 
-use std::sync::OnceLock;
+use std::{
+    collections::BTreeSet,
+    sync::{Mutex, OnceLock},
+};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -23,9 +26,13 @@ pub const DEAD_LETTERS: &str = "callgate_dead_letters";
 pub const ROUTE_PAUSED: &str = "callgate_route_paused";
 pub const HEADER_VALUES_TRUNCATED: &str = "callgate_header_values_truncated_total";
 pub const DEGRADED_FIELDS: &str = "callgate_degraded_fields_total";
+pub const VENDOR_DRIFT: &str = "callgate_vendor_drift_total";
 pub const INBOUND_REQUESTS: &str = "callgate_inbound_requests_total";
 pub const INBOUND_DURATION: &str = "callgate_inbound_duration_seconds";
 pub const DEDUP_FALLBACKS: &str = "callgate_dedup_body_fallbacks_total";
+pub const CONFIG_RELOADS: &str = "callgate_config_reloads_total";
+pub const TAIL_READERS: &str = "callgate_tail_readers";
+pub const TAIL_DROPPED: &str = "callgate_tail_dropped_total";
 
 /// Histogram buckets (seconds) for both latency series.
 const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -86,6 +93,24 @@ impl InboundOutcome {
     }
 }
 
+/// Reload outcomes, the `outcome` label of `callgate_config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The file was valid and its reloadable parts now run.
+    Applied,
+    /// The file had errors; the running configuration stays.
+    Rejected,
+}
+
+impl ReloadOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Applied => "applied",
+            ReloadOutcome::Rejected => "rejected",
+        }
+    }
+}
+
 /// Delivery outcomes, the `outcome` label of `callgate_deliveries_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryOutcome {
@@ -141,6 +166,10 @@ fn describe() {
         "Descriptive fields of accepted payloads in a shape callgate cannot read (kept in vendor_extra), by source, vendor and field."
     );
     describe_counter!(
+        VENDOR_DRIFT,
+        "Drift seen in accepted payloads, by source and kind (unknown_field, unknown_value, degraded); GET /v1/admin/drift says where."
+    );
+    describe_counter!(
         INBOUND_REQUESTS,
         "Inbound webhook requests by source and outcome (answered, or the fallback after a timeout, failed or malformed lookup, or rejected)."
     );
@@ -150,6 +179,28 @@ fn describe() {
         DEDUP_FALLBACKS,
         "Payloads of a `dedup = \"event\"` source keyed by their body because they lack their event identity fields, by source and vendor."
     );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads (SIGHUP or POST /v1/admin/reload) by outcome: applied, or rejected with the running configuration kept."
+    );
+    describe_gauge!(TAIL_READERS, "Live tail streams (/v1/admin/stream) open on this replica.");
+    describe_counter!(
+        TAIL_DROPPED,
+        "Live tail streams ended with a `dropped` notice, by reason (slow: the reader fell behind; missed: messages of other replicas may have been lost)."
+    );
+}
+
+pub fn tail_readers(open: usize) {
+    gauge!(TAIL_READERS).set(open as f64);
+}
+
+/// `reason` is one of the tail's fixed reasons (`slow`, `missed`).
+pub fn tail_dropped(reason: &'static str) {
+    counter!(TAIL_DROPPED, "reason" => reason).increment(1);
+}
+
+pub fn config_reload(outcome: ReloadOutcome) {
+    counter!(CONFIG_RELOADS, "outcome" => outcome.as_str()).increment(1);
 }
 
 pub fn ingress(source: &str, vendor: &str, outcome: IngressOutcome, seconds: f64) {
@@ -173,6 +224,12 @@ pub fn degraded(source: &str, vendor: &str, field: &'static str) {
         .increment(1);
 }
 
+/// Drift in an accepted payload: `kind` is one of `vendors::DriftKind` (a closed set; the path
+/// and value are never labels, they are unbounded).
+pub fn vendor_drift(source: &str, kind: &'static str, count: u64) {
+    counter!(VENDOR_DRIFT, "source" => source.to_owned(), "kind" => kind).increment(count);
+}
+
 /// A payload of a `dedup = "event"` source without its identity fields, keyed by its body.
 pub fn dedup_fallback(source: &str, vendor: &str) {
     counter!(DEDUP_FALLBACKS, "source" => source.to_owned(), "vendor" => vendor.to_owned()).increment(1);
@@ -191,15 +248,22 @@ pub fn route_paused(route: &str, paused: bool) {
     gauge!(ROUTE_PAUSED, "route" => route.to_owned()).set(if paused { 1.0 } else { 0.0 });
 }
 
+/// Routes whose store gauges were ever set: a route removed by a reload whose backlog was then
+/// discarded is in neither the configuration nor the counts, and its gauges must still drop
+/// to zero rather than keep their last value. Bounded by the route names ever configured.
+static GAUGED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
 /// Sets the backlog and dead-letter gauges from the store's counts, for every known route
 /// (zero when the store has none), so the gauges always equal the store.
 pub fn set_store_gauges<'a>(routes: impl IntoIterator<Item = &'a String>, counts: &Counts) {
-    let mut names: Vec<&String> = routes.into_iter().collect();
-    names.extend(counts.backlog.keys());
-    names.extend(counts.dead.keys());
-    names.sort();
-    names.dedup();
-    for route in names {
+    let mut names: BTreeSet<String> = routes.into_iter().cloned().collect();
+    names.extend(counts.backlog.keys().cloned());
+    names.extend(counts.dead.keys().cloned());
+    if let Ok(mut gauged) = GAUGED.lock() {
+        gauged.extend(names.iter().cloned());
+        names.clone_from(&gauged);
+    }
+    for route in &names {
         gauge!(BACKLOG, "route" => route.clone()).set(counts.backlog.get(route).copied().unwrap_or(0) as f64);
         gauge!(DEAD_LETTERS, "route" => route.clone()).set(counts.dead.get(route).copied().unwrap_or(0) as f64);
     }

@@ -9,10 +9,11 @@ pub mod convert;
 pub mod lookup;
 pub mod paths;
 pub mod payload;
+pub mod sample;
 
 use std::{fmt, sync::Arc};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -35,11 +36,23 @@ macro_rules! string_enum {
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
             }
+
+            /// The value whose text this is.
+            pub fn parse(text: &str) -> Option<$name> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == text)
+            }
         }
 
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                $name::parse(&text).ok_or_else(|| serde::de::Error::unknown_variant(&text, &[$($text),+]))
             }
         }
 
@@ -50,6 +63,9 @@ macro_rules! string_enum {
         }
     };
 }
+
+// After the macro: `call` declares enums with it.
+pub mod call;
 
 string_enum! {
     /// Canonical event types (`canonical.md` §3).
@@ -71,6 +87,11 @@ string_enum! {
         TranscriptFinal = "transcript.final",
         SmsReceived = "sms.received",
     }
+}
+
+string_enum! {
+    /// The webhook version of a vendor that has several (vox `v1` / `v2`).
+    VendorFormat { V1 = "v1", V2 = "v2" }
 }
 
 string_enum! {
@@ -131,8 +152,9 @@ impl EventType {
 }
 
 /// A canonical event as CloudEvents 1.0 structured-mode JSON.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CloudEvent {
+    #[serde(skip_deserializing, default = "de::spec_version")]
     pub specversion: &'static str,
     pub id: String,
     pub source: String,
@@ -140,13 +162,14 @@ pub struct CloudEvent {
     pub kind: EventType,
     pub subject: String,
     pub time: String,
+    #[serde(skip_deserializing, default = "de::content_type")]
     pub datacontenttype: &'static str,
     pub data: EventData,
 }
 
 /// `data` of a canonical event: the facts common to the payload, then the event's own.
 /// The parts every event of a payload shares are shared, not copied, between them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventData {
     #[serde(flatten)]
     pub common: Arc<Common>,
@@ -158,13 +181,13 @@ pub struct EventData {
 }
 
 /// Fields every event made from one payload shares (`canonical.md` §4, first table).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Common {
     pub schema_version: u8,
     pub vendor: Vendor,
     pub source: String,
     pub vendor_event: String,
-    pub vendor_format: Option<&'static str>,
+    pub vendor_format: Option<VendorFormat>,
     pub test: bool,
     pub call_id: String,
     pub agent_id: Option<String>,
@@ -178,7 +201,7 @@ pub struct Common {
 }
 
 /// Fields present only when the event carries them (`canonical.md` §4, second table).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Details {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
@@ -212,14 +235,14 @@ pub struct Details {
     pub sms: Option<Sms>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct End {
     pub reason: EndReason,
     pub reason_raw: Option<String>,
     pub by: EndedBy,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Utterance {
     pub role: Role,
     pub role_raw: String,
@@ -227,7 +250,7 @@ pub struct Utterance {
     pub at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Analysis {
     pub summary: Option<String>,
     pub outcome: Option<String>,
@@ -243,14 +266,14 @@ impl Analysis {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cost {
     pub amount: Option<serde_json::Number>,
     pub unit: Option<String>,
     pub billed_seconds: Option<serde_json::Number>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Transfer {
     #[serde(rename = "type")]
     pub kind: TransferType,
@@ -258,24 +281,24 @@ pub struct Transfer {
     pub related_call_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlowNode {
     pub id: Option<String>,
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Flow {
     pub from_node: FlowNode,
     pub to_node: FlowNode,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorInfo {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sms {
     pub from: Option<String>,
     pub to: Option<String>,
@@ -378,6 +401,18 @@ impl EventIds {
         id[..3].copy_from_slice(b"ce_");
         let _ = hex::encode_to_slice(&digest[..16], &mut id[3..]);
         String::from_utf8_lossy(&id).into_owned()
+    }
+}
+
+/// Reading a stored [`CloudEvent`] back: the fields callgate always writes with one fixed value
+/// get it back (their text is not read).
+mod de {
+    pub(super) fn spec_version() -> &'static str {
+        "1.0"
+    }
+
+    pub(super) fn content_type() -> &'static str {
+        "application/json"
     }
 }
 

@@ -10,8 +10,8 @@ use std::cell::RefCell;
 
 use serde_json::{Map, Value};
 
-use super::{Direction, Utterance, convert};
-use crate::vendors::{Degraded, Violation};
+use super::{Direction, Role, Utterance, convert};
+use crate::vendors::{Degraded, UnknownValue, Violation};
 
 pub struct Payload<'a> {
     root: &'a Value,
@@ -21,11 +21,24 @@ pub struct Payload<'a> {
     used: RefCell<Vec<*const Value>>,
     /// Descriptive fields the adapter could not read (their values stay in `vendor_extra`).
     degraded: RefCell<Vec<Degraded>>,
+    /// Enum-like values the adapter's tables do not know, normalised to `unknown`.
+    unknown: RefCell<Vec<UnknownValue>>,
 }
 
 impl<'a> Payload<'a> {
     pub fn new(root: &'a Value) -> Self {
-        Payload { root, used: RefCell::default(), degraded: RefCell::default() }
+        Payload { root, used: RefCell::default(), degraded: RefCell::default(), unknown: RefCell::default() }
+    }
+
+    /// Reports an enum-like value (an end reason, a status, a role, a sentiment) that the
+    /// adapter's table does not know: the event says `unknown` and keeps `raw` beside it.
+    pub fn unknown_value(&self, field: &'static str, pointer: &str, raw: &str) {
+        self.unknown.borrow_mut().push(UnknownValue::new(field, pointer, raw));
+    }
+
+    /// The unknown values reported so far.
+    pub fn unknown_values(&self) -> Vec<UnknownValue> {
+        self.unknown.borrow().clone()
     }
 
     /// Reports a descriptive field whose shape the adapter does not know: the event goes out
@@ -263,7 +276,11 @@ impl<'a> Payload<'a> {
         };
         let role_raw = field(role_key)?;
         let text = field(text_key)?;
-        Ok(Utterance { role: convert::role(&role_raw), role_raw, text, at: time })
+        let role = convert::role(&role_raw);
+        if role == Role::Unknown {
+            self.unknown_value("role", &format!("{at}/{role_key}"), &role_raw);
+        }
+        Ok(Utterance { role, role_raw, text, at: time })
     }
 
     /// Length of an array (0 when absent or not an array), without consuming it.

@@ -139,6 +139,18 @@ fn an_empty_admin_token_is_rejected_like_an_empty_source_secret() {
 }
 
 #[test]
+fn the_live_tail_buffer_defaults_to_a_thousand_messages_within_bounds() {
+    assert_eq!(load("").admin.stream_buffer, 1000);
+    assert_eq!(load("[admin]\nstream_buffer = 2\n").admin.stream_buffer, 2);
+    for bad in ["1", "100001"] {
+        assert_eq!(
+            errors(&format!("[admin]\nstream_buffer = {bad}\n")),
+            ["admin.stream_buffer: must be between 2 and 100000"]
+        );
+    }
+}
+
+#[test]
 fn sources_that_read_bodies_unauthenticated_share_a_bounded_part_of_the_slots() {
     let two_open = "[server]\nmax_concurrent_requests = 300\n[sources.a]\nvendor = \"vox\"\n[sources.b]\nvendor = \"vox\"\n\
                     [sources.c]\nvendor = \"vox\"\nauth = { type = \"bearer\", token = \"${TOKEN}\" }\n";

@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use reqwest::{
     StatusCode,
     header::{self, HeaderMap, HeaderName, HeaderValue},
@@ -32,10 +33,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Config, HEADER_VALUE_MAX, HeaderTemplate, RouteConfig, Secret, TEMPLATED_HEADERS_MAX},
     store::{Attempt, Claimed, Delivery, Lease, Millis, Notice, Outcome, OutcomeKind, Store, now_ms},
+    tail::{Attempted, Sending, Tail},
     telemetry::{self, DeliveryOutcome},
 };
 
-/// Bytes of a failed response kept with the attempt.
+/// Bytes of a response kept with the attempt in the delivery log.
 const SNIPPET_BYTES: usize = 1024;
 /// Longest idle sleep of a worker: it is woken earlier by the store's notices and by its own
 /// finished attempts; this is the fallback for a notice that never arrived (another replica's).
@@ -47,19 +49,64 @@ const RETRY_AFTER_MIN: Duration = Duration::from_secs(1);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(6 * 3600);
 
 /// The delivery side of a running gateway: a worker per enabled route, woken by the store's
-/// notices (ingress and the admin API only talk to the store).
+/// notices (ingress and the admin API only talk to the store). [`Dispatcher::reconfigure`]
+/// starts, retires and re-dresses workers when a reload changes the routes.
 pub struct Dispatcher {
-    tasks: JoinSet<()>,
+    workers: std::sync::Mutex<Workers>,
+    /// What the relay wakes, by route: the enabled routes of the running configuration.
+    handles: Handles,
+    client: reqwest::Client,
+    store: Arc<dyn Store>,
+    /// Told every outcome while someone reads the live tail.
+    tail: Arc<Tail>,
+    /// `[delivery]` and the grace period (restart-only keys): the same for every worker.
+    settings: Settings,
     stop: CancellationToken,
+}
+
+type Handles = Arc<std::sync::RwLock<BTreeMap<String, Arc<RouteHandle>>>>;
+
+/// The settings every worker shares.
+#[derive(Clone, Copy)]
+struct Settings {
+    concurrency: usize,
+    grace: Duration,
+    lease_margin: Duration,
+}
+
+#[derive(Default)]
+struct Workers {
+    /// Every worker task (running or draining after its route was removed) and the relay.
+    tasks: JoinSet<()>,
+    /// The worker of each enabled route.
+    running: BTreeMap<String, Running>,
+}
+
+/// A running worker, as a reload reaches it.
+struct Running {
+    /// Its route's settings: swapped by a reload, read at each claim.
+    route: Arc<ArcSwap<RouteRuntime>>,
+    /// Cancelled when the route is removed or disabled: the worker claims nothing more and
+    /// ends once its attempts in flight have recorded their outcomes.
+    retire: CancellationToken,
+}
+
+/// What a reload changed on the delivery side, by route name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    pub started: Vec<String>,
+    pub retired: Vec<String>,
+    pub updated: Vec<String>,
 }
 
 /// Passes the store's notices on to the route workers until `stop`.
 async fn relay(
     mut notices: broadcast::Receiver<Notice>,
-    routes: Arc<BTreeMap<String, Arc<RouteHandle>>>,
+    routes: Handles,
     store: Arc<dyn Store>,
     stop: CancellationToken,
 ) {
+    let handle = |route: &str| routes.read().ok().and_then(|r| r.get(route).cloned());
     loop {
         let notice = tokio::select! {
             notice = notices.recv() => notice,
@@ -67,13 +114,13 @@ async fn relay(
         };
         match notice {
             Ok(Notice::Due(route)) => {
-                if let Some(handle) = routes.get(&route) {
+                if let Some(handle) = handle(&route) {
                     handle.notify.notify_one();
                 }
             }
             Ok(Notice::Paused { route, paused }) => {
                 telemetry::route_paused(&route, paused);
-                if let Some(handle) = routes.get(&route) {
+                if let Some(handle) = handle(&route) {
                     if !paused {
                         handle.failing.store(0, Ordering::Relaxed);
                     }
@@ -83,9 +130,15 @@ async fn relay(
             // Something may have been missed: every worker looks again, and the pause gauges
             // are read again from the store (a pause or resume may have been among it).
             Ok(Notice::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                routes.values().for_each(|handle| handle.notify.notify_one());
+                let names: Vec<String> = match routes.read() {
+                    Ok(routes) => {
+                        routes.values().for_each(|handle| handle.notify.notify_one());
+                        routes.keys().cloned().collect()
+                    }
+                    Err(_) => Vec::new(),
+                };
                 if let Ok(paused) = store.paused().await {
-                    for route in routes.keys() {
+                    for route in &names {
                         telemetry::route_paused(route, paused.iter().any(|p| &p.route == route));
                     }
                 }
@@ -108,49 +161,150 @@ struct RouteHandle {
 const PROBE_AFTER: u32 = 3;
 
 impl Dispatcher {
-    /// Starts a worker for every enabled route.
-    pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Dispatcher> {
+    /// Starts a worker for every enabled route; each tells `tail` its outcomes.
+    pub async fn start(config: &Config, store: Arc<dyn Store>, tail: Arc<Tail>) -> anyhow::Result<Dispatcher> {
         let client = client(config.delivery.connect_timeout)?;
         // Subscribed before anything is read, so no notice falls between the two.
         let notices = store.notices();
         let paused: Vec<String> = store.paused().await?.into_iter().map(|p| p.route).collect();
-        let stop = CancellationToken::new();
-        let mut routes = BTreeMap::new();
-        let mut tasks = JoinSet::new();
-        for (name, route) in config.routes.iter().filter(|(_, r)| r.enabled) {
-            let handle = Arc::new(RouteHandle { notify: Notify::new(), failing: AtomicU32::new(0) });
-            if paused.contains(name) {
-                tracing::warn!(route = %name, "Route is paused; resume it with `callgate routes resume {name}`.");
-            }
-            telemetry::route_paused(name, paused.contains(name));
-            routes.insert(name.clone(), handle.clone());
-            let worker = Worker {
-                name: name.clone(),
-                route: Arc::new(RouteRuntime::new(name, route)),
-                handle,
-                store: store.clone(),
-                client: client.clone(),
+        let dispatcher = Dispatcher {
+            workers: std::sync::Mutex::new(Workers::default()),
+            handles: Handles::default(),
+            client,
+            store: store.clone(),
+            tail,
+            settings: Settings {
                 concurrency: config.delivery.concurrency,
                 grace: config.server.shutdown_grace,
                 lease_margin: config.delivery.lease_margin,
-                stop: stop.clone(),
-            };
-            tasks.spawn(worker.run());
+            },
+            stop: CancellationToken::new(),
+        };
+        {
+            let mut workers = dispatcher.workers.lock().map_err(|_| anyhow::anyhow!("dispatcher lock poisoned"))?;
+            for (name, route) in config.routes.iter().filter(|(_, r)| r.enabled) {
+                dispatcher.spawn_worker(&mut workers, name, route, paused.contains(name));
+            }
+            workers.tasks.spawn(relay(notices, dispatcher.handles.clone(), store, dispatcher.stop.clone()));
         }
-        let routes = Arc::new(routes);
-        tasks.spawn(relay(notices, routes.clone(), store.clone(), stop.clone()));
-        Ok(Dispatcher { tasks, stop })
+        Ok(dispatcher)
+    }
+
+    fn spawn_worker(&self, workers: &mut Workers, name: &str, route: &RouteConfig, paused: bool) {
+        let handle = Arc::new(RouteHandle { notify: Notify::new(), failing: AtomicU32::new(0) });
+        if paused {
+            tracing::warn!(route = %name, "Route is paused; resume it with `callgate routes resume {name}`.");
+        }
+        telemetry::route_paused(name, paused);
+        if let Ok(mut handles) = self.handles.write() {
+            handles.insert(name.to_owned(), handle.clone());
+        }
+        let runtime = Arc::new(ArcSwap::from_pointee(RouteRuntime::new(name, route, self.tail.clone())));
+        let retire = self.stop.child_token();
+        let worker = Worker {
+            name: name.to_owned(),
+            route: runtime.clone(),
+            handle,
+            store: self.store.clone(),
+            client: self.client.clone(),
+            concurrency: self.settings.concurrency,
+            grace: self.settings.grace,
+            lease_margin: self.settings.lease_margin,
+            stop: self.stop.clone(),
+            retire: retire.clone(),
+        };
+        workers.tasks.spawn(worker.run());
+        workers.running.insert(name.to_owned(), Running { route: runtime, retire });
+    }
+
+    /// Brings the workers in line with `config`'s enabled routes: a new route gets a worker; a
+    /// removed (or disabled) route's worker claims nothing more and ends once its attempts in
+    /// flight have recorded their outcomes under the settings they were sent with (its
+    /// deliveries stay in the store); a changed route's worker uses the new settings from its
+    /// next claim on. No delivery is lost or sent twice: every one is leased in the store.
+    pub async fn reconfigure(&self, config: &Config) -> Reconfigured {
+        let wanted: BTreeMap<&String, &RouteConfig> = config.routes.iter().filter(|(_, r)| r.enabled).collect();
+        // Read before the lock (a new route's pause gauge); a failure only costs the warning.
+        let paused: Vec<String> =
+            self.store.paused().await.map(|p| p.into_iter().map(|p| p.route).collect()).unwrap_or_default();
+        let mut done = Reconfigured::default();
+        let Ok(mut workers) = self.workers.lock() else { return done };
+        let gone: Vec<String> = workers.running.keys().filter(|n| !wanted.contains_key(n)).cloned().collect();
+        for name in gone {
+            if let Some(running) = workers.running.remove(&name) {
+                running.retire.cancel();
+            }
+            if let Ok(mut handles) = self.handles.write() {
+                handles.remove(&name);
+            }
+            done.retired.push(name);
+        }
+        for (name, route) in wanted {
+            match workers.running.get(name) {
+                Some(running) if running.route.load().config == *route => {}
+                Some(running) => {
+                    running.route.store(Arc::new(RouteRuntime::new(name, route, self.tail.clone())));
+                    done.updated.push(name.clone());
+                }
+                None => {
+                    self.spawn_worker(&mut workers, name, route, paused.contains(name));
+                    done.started.push(name.clone());
+                }
+            }
+        }
+        // Workers of removed routes that have finished.
+        while workers.tasks.try_join_next().is_some() {}
+        done
+    }
+
+    /// Whether a worker delivers `route` in this process now.
+    pub fn delivers(&self, route: &str) -> bool {
+        self.workers.lock().is_ok_and(|w| w.running.contains_key(route))
+    }
+
+    /// Sends the CloudEvent `json` (id `event_id`) to the route `name` configured as `route`
+    /// once, now, exactly as a delivery of it would go (trimmed by its `omit`/`mask_numbers`,
+    /// its headers and signature), outside the store: whether the route is enabled or paused,
+    /// and never retried.
+    pub async fn test_send(
+        &self,
+        name: &str,
+        route: &RouteConfig,
+        event_id: &str,
+        subject: &str,
+        json: String,
+    ) -> Tested {
+        let runtime = RouteRuntime::new(name, route, self.tail.clone());
+        let mut delivery = Delivery {
+            id: 0,
+            route: name.to_owned(),
+            event_id: event_id.to_owned(),
+            subject: subject.to_owned(),
+            attempts: 0,
+            json,
+            lease: Lease(0),
+        };
+        let attempt = match runtime.request(&mut delivery) {
+            Ok((headers, body)) => post(&self.client, &runtime, headers, body).await.0,
+            Err(error) => Attempt { at: now_ms(), status: None, error: Some(error), response: None, duration_ms: 0 },
+        };
+        let success = attempt.status.is_some_and(|s| (200..300).contains(&s));
+        Tested { attempt, success }
     }
 
     /// Stops taking new deliveries and waits up to the grace period for in-flight attempts;
     /// each worker then gives the leases of what is not finished back to the store, so it is
     /// claimed again at once (here after a restart, or by another replica).
-    pub async fn shutdown(mut self, grace: Duration) {
+    pub async fn shutdown(self, grace: Duration) {
         self.stop.cancel();
-        let all = async { while self.tasks.join_next().await.is_some() {} };
+        let mut tasks = match self.workers.lock() {
+            Ok(mut workers) => std::mem::take(&mut workers.tasks),
+            Err(_) => return,
+        };
+        let all = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace + RELEASE_WAIT, all).await.is_err() {
             tracing::warn!(grace = ?grace, "Deliveries still in flight at the end of the grace period; they will be retried after restart.");
-            self.tasks.abort_all();
+            tasks.abort_all();
         }
     }
 }
@@ -254,6 +408,13 @@ impl Egress {
     }
 }
 
+/// What a test send found.
+pub struct Tested {
+    pub attempt: Attempt,
+    /// The route answered 2xx.
+    pub success: bool,
+}
+
 /// A route prepared for sending: parsed headers and signing keys.
 struct RouteRuntime {
     name: String,
@@ -261,15 +422,18 @@ struct RouteRuntime {
     /// Whether a cut header value was logged already (once per route, not per attempt).
     header_cut_logged: AtomicBool,
     egress: Egress,
+    /// Where outcomes are told while someone reads the live tail.
+    tail: Arc<Tail>,
 }
 
 impl RouteRuntime {
-    fn new(name: &str, config: &RouteConfig) -> Self {
+    fn new(name: &str, config: &RouteConfig, tail: Arc<Tail>) -> Self {
         RouteRuntime {
             name: name.to_owned(),
             config: config.clone(),
             header_cut_logged: AtomicBool::new(false),
             egress: Egress::new(&config.headers, &config.signing_secrets),
+            tail,
         }
     }
 
@@ -310,7 +474,8 @@ impl RouteRuntime {
 
 struct Worker {
     name: String,
-    route: Arc<RouteRuntime>,
+    /// The route's current settings; each attempt keeps the ones it was claimed with.
+    route: Arc<ArcSwap<RouteRuntime>>,
     handle: Arc<RouteHandle>,
     store: Arc<dyn Store>,
     client: reqwest::Client,
@@ -320,7 +485,11 @@ struct Worker {
     grace: Duration,
     /// What a lease lasts beyond the route's timeout (`delivery.lease_margin`).
     lease_margin: Duration,
+    /// The gateway shuts down: in-flight attempts get the grace period, then are cut off.
     stop: CancellationToken,
+    /// The route left the configuration (or the gateway shuts down: a child of `stop`): claim
+    /// nothing more, and end once every attempt in flight has recorded its outcome.
+    retire: CancellationToken,
 }
 
 impl Worker {
@@ -345,11 +514,13 @@ impl Worker {
             // Refill in batches: asking the store for one delivery per completion would cost a
             // query per delivery under load.
             let worth_asking = free > 0 && (attempts.is_empty() || free >= limit.div_ceil(4));
-            if worth_asking && !self.stop.is_cancelled() {
+            if worth_asking && !self.retire.is_cancelled() {
                 let now = now_ms();
+                // The settings of this claim's attempts, whatever a reload does meanwhile.
+                let route = self.route.load_full();
                 // The attempt always ends (reqwest's total timeout) before the lease does, so no
                 // other replica takes a delivery over while it is still being sent.
-                let lease_until = now + (self.route.config.timeout + self.lease_margin).as_millis() as Millis;
+                let lease_until = now + (route.config.timeout + self.lease_margin).as_millis() as Millis;
                 match self.store.claim(&self.name, now, free, lease_until).await {
                     // Paused (on any replica): the resume notice wakes us; MAX_IDLE otherwise.
                     Ok(Claimed { paused: true, .. }) => backoff = Duration::from_millis(100),
@@ -358,12 +529,8 @@ impl Worker {
                         let exhausted = deliveries.len() < free;
                         for delivery in deliveries {
                             let lease = (delivery.id, delivery.lease);
-                            let handle = attempts.spawn(send(
-                                self.client.clone(),
-                                self.route.clone(),
-                                self.handle.clone(),
-                                delivery,
-                            ));
+                            let handle =
+                                attempts.spawn(send(self.client.clone(), route.clone(), self.handle.clone(), delivery));
                             leases.insert(handle.id(), lease);
                         }
                         idle_for = if exhausted { self.idle_time(now).await } else { Duration::ZERO };
@@ -375,10 +542,13 @@ impl Worker {
                     }
                 }
             }
-            if self.stop.is_cancelled() {
-                if attempts.is_empty() && recording.is_empty() {
-                    return;
+            if self.retire.is_cancelled() && attempts.is_empty() && recording.is_empty() {
+                if !self.stop.is_cancelled() {
+                    tracing::info!(route = %self.name, "The route was removed or disabled by a reload: its worker stopped after its attempts in flight; its backlog stays in the store.");
                 }
+                return;
+            }
+            if self.stop.is_cancelled() {
                 let cut_off_at = *cut_off_at.get_or_insert_with(|| tokio::time::Instant::now() + self.grace);
                 if tokio::time::Instant::now() >= cut_off_at {
                     attempts.abort_all();
@@ -416,7 +586,7 @@ impl Worker {
                                 if sent.gone {
                                     tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name);
                                 }
-                                let handle = recording.spawn(record(self.route.clone(), self.store.clone(), sent));
+                                let handle = recording.spawn(record(self.name.clone(), self.store.clone(), self.route.load().tail.clone(), sent));
                                 if let Some(lease) = lease {
                                     leases.insert(handle.id(), lease);
                                 }
@@ -443,8 +613,9 @@ impl Worker {
                     }
                 }
                 () = cut_off => {}
-                _ = self.handle.notify.notified(), if !self.stop.is_cancelled() => {}
-                _ = tokio::time::sleep(idle_for), if !self.stop.is_cancelled() => {}
+                _ = self.handle.notify.notified(), if !self.retire.is_cancelled() => {}
+                _ = tokio::time::sleep(idle_for), if !self.retire.is_cancelled() => {}
+                _ = self.retire.cancelled(), if !self.retire.is_cancelled() => {}
                 _ = self.stop.cancelled(), if !self.stop.is_cancelled() => {}
             }
         }
@@ -469,6 +640,9 @@ struct Sent {
     seconds: f64,
     /// The route answered 410 Gone (it is paused when the outcome is recorded).
     gone: bool,
+    /// The live tail's `outcome` message, told once the store has the outcome (only while
+    /// someone reads the tail).
+    tailed: Option<Attempted>,
 }
 
 /// One attempt: send and classify. The outcome is recorded by [`record`]; until then the
@@ -476,44 +650,23 @@ struct Sent {
 async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<RouteHandle>, mut d: Delivery) -> Sent {
     let name = &route.name;
     let started = Instant::now();
-    let at = now_ms();
-    let result = match route.request(&mut d) {
-        Ok((headers, body)) => Ok(client
-            .post(route.config.url.clone())
-            .timeout(route.config.timeout)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await),
-        Err(error) => Err(error),
-    };
-    let (status, error, response, retry_after) = match result {
-        Ok(Ok(resp)) if resp.status().is_success() => (Some(resp.status()), None, None, None),
-        Ok(Ok(resp)) => {
-            let status = resp.status();
-            let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
-                .then(|| retry_after(resp.headers()))
-                .flatten();
-            (Some(status), None, Some(snippet(resp).await), retry_after)
+    let sending = route.tail.active().then(|| Sending::of(&d, now_ms()));
+    let (record, retry_after) = match route.request(&mut d) {
+        Ok((headers, body)) => post(&client, &route, headers, body).await,
+        Err(error) => {
+            (Attempt { at: now_ms(), status: None, error: Some(error), response: None, duration_ms: 0 }, None)
         }
-        Ok(Err(e)) => (None, Some(describe(&e, route.config.timeout)), None, None),
-        Err(error) => (None, Some(error), None, None),
     };
     let seconds = started.elapsed().as_secs_f64();
-    let record = Attempt {
-        at,
-        status: status.map(|s| s.as_u16()),
-        error,
-        response,
-        duration_ms: started.elapsed().as_millis() as i64,
-    };
+    let status = record.status.and_then(|s| StatusCode::from_u16(s).ok());
     let done = d.attempts as usize + 1;
+    let tailed = sending.map(|s| (s, record.status, record.duration_ms, record.error.clone()));
     let (kind, counted, gone) = if status.is_some_and(|s| s.is_success()) {
         let recovered = handle.failing.swap(0, Ordering::Relaxed) >= PROBE_AFTER;
         if recovered {
             tracing::info!(route = %name, "Route recovered; its waiting retries are due now.");
         }
-        (OutcomeKind::Delivered { recovered }, DeliveryOutcome::Success, false)
+        (OutcomeKind::Delivered { recovered, attempt: record }, DeliveryOutcome::Success, false)
     } else if status == Some(StatusCode::GONE) {
         handle.failing.fetch_add(1, Ordering::Relaxed);
         (OutcomeKind::Gone { attempt: record }, DeliveryOutcome::Retry, true)
@@ -521,21 +674,57 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
         handle.failing.fetch_add(1, Ordering::Relaxed);
         let delay = retry_after.unwrap_or_else(|| jitter(*delay));
         tracing::debug!(route = %name, event_id = %d.event_id, attempt = done, status = ?record.status, error = ?record.error, "Delivery failed; will retry.");
-        let next_at = at + delay.as_millis() as Millis;
+        let next_at = record.at + delay.as_millis() as Millis;
         (OutcomeKind::Retry { next_at, attempt: record }, DeliveryOutcome::Retry, false)
     } else {
         handle.failing.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(route = %name, event_id = %d.event_id, subject = %d.subject, attempts = done, status = ?record.status, error = ?record.error, "Delivery dead-lettered.");
         (OutcomeKind::Dead { attempt: record }, DeliveryOutcome::DeadLetter, false)
     };
-    Sent { outcome: Outcome { id: d.id, lease: d.lease, kind }, event_id: d.event_id, counted, seconds, gone }
+    let tailed = tailed.map(|(sending, status, duration_ms, error)| {
+        let outcome = match kind {
+            OutcomeKind::Delivered { .. } => "success",
+            OutcomeKind::Retry { .. } => "failed",
+            OutcomeKind::Dead { .. } => "dead",
+            OutcomeKind::Gone { .. } => "gone",
+        };
+        sending.attempted(name, outcome, status, duration_ms, error.as_deref())
+    });
+    Sent { outcome: Outcome { id: d.id, lease: d.lease, kind }, event_id: d.event_id, counted, seconds, gone, tailed }
+}
+
+/// One request of `body` to a route with `headers`: what the delivery log keeps of it (status,
+/// the first bytes of the answer, or the transport error; its time and duration), and the
+/// `Retry-After` a 429 or 503 asked for.
+async fn post(
+    client: &reqwest::Client,
+    route: &RouteRuntime,
+    headers: HeaderMap,
+    body: String,
+) -> (Attempt, Option<Duration>) {
+    let started = Instant::now();
+    let at = now_ms();
+    let result =
+        client.post(route.config.url.clone()).timeout(route.config.timeout).headers(headers).body(body).send().await;
+    let (status, error, response, retry_after) = match result {
+        Ok(resp) => {
+            let status = resp.status();
+            let retry_after = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+                .then(|| retry_after(resp.headers()))
+                .flatten();
+            (Some(status.as_u16()), None, snippet(resp).await, retry_after)
+        }
+        Err(e) => (None, Some(describe(&e, route.config.timeout)), None, None),
+    };
+    let attempt = Attempt { at, status, error, response, duration_ms: started.elapsed().as_millis() as i64 };
+    (attempt, retry_after)
 }
 
 /// Records an answered attempt's outcome, retrying until the store takes it. The call's next
 /// event is claimable only once it is recorded (the lease holds it back until then).
-async fn record(route: Arc<RouteRuntime>, store: Arc<dyn Store>, sent: Sent) {
-    let name = &route.name;
-    let Sent { outcome, event_id, counted, seconds, .. } = sent;
+async fn record(name: String, store: Arc<dyn Store>, tail: Arc<Tail>, sent: Sent) {
+    let name = &name;
+    let Sent { outcome, event_id, counted, seconds, tailed, .. } = sent;
     let mut wait = Duration::from_millis(50);
     let completed = loop {
         match store.complete(vec![outcome.clone()], now_ms()).await {
@@ -553,6 +742,9 @@ async fn record(route: Arc<RouteRuntime>, store: Arc<dyn Store>, sent: Sent) {
     }
     // Counted once the store agrees, so the counters never run ahead of the gauges.
     telemetry::delivery(name, counted, seconds);
+    if let Some(attempted) = tailed {
+        tail.outcome(attempted);
+    }
 }
 
 /// ±20 % jitter, so that retries of many deliveries spread out.
@@ -574,7 +766,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The first bytes of a response body, for the operator reading a dead letter.
-async fn snippet(mut resp: reqwest::Response) -> String {
+async fn snippet(mut resp: reqwest::Response) -> Option<String> {
     let mut bytes = Vec::new();
     while bytes.len() < SNIPPET_BYTES {
         match resp.chunk().await {
@@ -582,7 +774,7 @@ async fn snippet(mut resp: reqwest::Response) -> String {
             _ => break,
         }
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// A transport error without the URL (which may carry a secret).

@@ -10,7 +10,7 @@
 //! **Invariant:** nothing of an inbound request is stored, and no phone number is logged:
 //! only the counters remember it.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     body::Body,
@@ -38,37 +38,26 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The lookup side of every source with `[sources.NAME.inbound]`.
 pub struct Lookups {
     client: reqwest::Client,
-    /// Per source: its lookup's headers and signing keys, prepared once.
-    egress: BTreeMap<String, Egress>,
 }
 
 impl Lookups {
     pub fn new(config: &Config) -> reqwest::Result<Lookups> {
-        let egress = config
-            .sources
-            .iter()
-            .filter_map(|(name, s)| {
-                s.inbound.as_ref().map(|i| (name.clone(), Egress::new(&i.headers, &i.signing_secrets)))
-            })
-            .collect();
-        Ok(Lookups { client: delivery::client(config.delivery.connect_timeout)?, egress })
+        Ok(Lookups { client: delivery::client(config.delivery.connect_timeout)? })
     }
 
     /// Asks `inbound.url`, answering by `deadline`. The error is the fallback's reason: an
     /// outcome and a short text without the URL, the answer or any number.
     async fn ask(
         &self,
-        source: &str,
         inbound: &InboundConfig,
         request: &LookupRequest,
         deadline: Instant,
     ) -> Result<LookupAnswer, (InboundOutcome, String)> {
         let failed = |why: String| (InboundOutcome::Failed, why);
         let json = serde_json::to_string(request).map_err(|e| failed(format!("serialising the lookup: {e}")))?;
-        let (headers, _cut) = match self.egress.get(source) {
-            Some(egress) => egress.headers(&request.id, &json),
-            None => return Err(failed("no lookup prepared for this source".into())),
-        };
+        // Prepared per request from the request's configuration snapshot, so a reload that
+        // changes the lookup's headers or secrets never mixes them with another URL.
+        let (headers, _cut) = Egress::new(&inbound.headers, &inbound.signing_secrets).headers(&request.id, &json);
         let exchange = async {
             let response = self
                 .client
@@ -112,13 +101,14 @@ pub async fn inbound(
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    let config = app.config.load_full();
     let source = path.ok().map(|Path(source)| source);
-    let label = match source.as_deref().and_then(|s| app.config.sources.get_key_value(s)) {
+    let label = match source.as_deref().and_then(|s| config.sources.get_key_value(s)) {
         Some((name, _)) => name.as_str(),
         None => "unknown",
     };
     let result = match source.as_deref() {
-        Some(source) => handle(&app, source, query.as_deref(), &headers, body, started).await,
+        Some(source) => handle(&app, &config, source, query.as_deref(), &headers, body, started).await,
         None => Err(IngressError::UnknownSource),
     };
     let (outcome, response) = match result {
@@ -142,21 +132,22 @@ pub async fn inbound(
 
 async fn handle(
     app: &App,
+    snapshot: &Config,
     source: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
     started: Instant,
 ) -> Result<(InboundOutcome, serde_json::Value), IngressError> {
-    let config = app.config.sources.get(source).ok_or(IngressError::UnknownSource)?;
+    let config = snapshot.sources.get(source).ok_or(IngressError::UnknownSource)?;
     let inbound = config.inbound.as_ref().ok_or(IngressError::NoInbound)?;
     // The slot is held until the answer is out: a slow lookup counts against the gateway's
     // concurrency, bounded by the deadline.
-    let (body, _slot) = authenticated(app, source, &config.auth, query, headers, body).await?;
+    let (body, _slot) = authenticated(app, snapshot, source, &config.auth, query, headers, body).await?;
     let call = vendors::inbound::request(config.vendor, &body)?;
     let request = LookupRequest::new(source, config.vendor, config.phone_region, call, Utc::now());
     let deadline = started + inbound.timeout;
-    let (outcome, answer) = match app.lookups.ask(source, inbound, &request, deadline).await {
+    let (outcome, answer) = match app.lookups.ask(inbound, &request, deadline).await {
         Ok(answer) => (InboundOutcome::Answered, answer),
         Err((outcome, reason)) => {
             let waited = started.elapsed();

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    Attempt, Filter, Ingest, IngestOutcome, Notice, OutcomeKind, Pruned, Quarantined, Store, now_ms,
+    Attempt, CallFilter, CallStatus, DRIFT_OVERFLOW, DeliveryState, DriftCount, Filter, Ingest, IngestOutcome,
+    LogFilter, LogOutcome, NewEvent, Notice, OutcomeKind, Pruned, Quarantined, Store, TestSend, now_ms,
     test_support::{claim, delivered, ingest, outcome},
 };
 
@@ -124,7 +125,16 @@ pub(crate) async fn a_recovered_route_makes_its_waiting_retries_due_now(h: &dyn 
         .complete(vec![outcome(&due[0], OutcomeKind::Retry { next_at: now + 3_600_000, attempt })], now)
         .await
         .unwrap();
-    store.complete(vec![outcome(&due[1], OutcomeKind::Delivered { recovered: true })], now_ms()).await.unwrap();
+    store
+        .complete(
+            vec![outcome(
+                &due[1],
+                OutcomeKind::Delivered { recovered: true, attempt: crate::store::Attempt::default() },
+            )],
+            now_ms(),
+        )
+        .await
+        .unwrap();
     let again = claim(store, "r", now_ms(), 10).await;
     assert_eq!(again.len(), 1, "the hour-long retry is due at once");
     assert_eq!(again[0].event_id, "a");
@@ -225,15 +235,77 @@ pub(crate) async fn prune_removes_old_delivered_data_but_keeps_what_is_pending(h
         })
         .await
         .unwrap();
-    // received_at of both payloads is 1_000 (see `ingest`): everything is old.
+    let recent = now_ms();
+    store.record_drift(vec![drift("vox", "old", 1, 1_000), drift("vox", "recent", 1, recent)], 10).await.unwrap();
+    // received_at of both payloads is 1_000 (see `ingest`): everything is old, but for b's
+    // failed attempt (now, and its delivery pending). a's success (`delivered`: at 0) goes
+    // with the event it belongs to.
     let pruned = store.prune(2_000, 2_000).await.unwrap();
-    assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 0, quarantine: 1 });
+    assert_eq!(pruned, Pruned { events: 1, payloads: 1, attempts: 1, quarantine: 1, drift: 1, calls: 1 });
+    assert!(store.event("a", now_ms()).await.unwrap().is_none());
+    assert_eq!(store.delivery_log(&LogFilter::default()).await.unwrap().len(), 1, "b's attempt is kept");
+    let kept: Vec<String> = store.drift(&Filter::default()).await.unwrap().into_iter().map(|d| d.path).collect();
+    assert_eq!(kept, ["recent"], "drift seen within the retention is kept");
+    assert!(store.call("x", now_ms()).await.unwrap().is_none(), "a call without events is forgotten");
+    assert_eq!(store.call("y", now_ms()).await.unwrap().unwrap().events.len(), 1);
     assert_eq!(claim(store, "r", now_ms(), 10).await[0].event_id, "b", "pending work is kept");
     // The redelivery window outlived: the old body is accepted again.
     let again = store.ingest(ingest("vox", "old-delivered", &[("a2", "x", &["r"])])).await.unwrap();
     assert_eq!(again, IngestOutcome::Accepted(vec!["a2".into()]));
     let dup = store.ingest(ingest("vox", "old-pending", &[("b2", "y", &["r"])])).await.unwrap();
     assert_eq!(dup, IngestOutcome::Duplicate(vec!["b".into()]), "a payload with pending events is kept");
+}
+
+/// A drift count of `path` in `source` at `at`.
+fn drift(source: &str, path: &str, count: i64, at: i64) -> DriftCount {
+    DriftCount {
+        source: source.into(),
+        vendor_event: "call_ended".into(),
+        kind: "unknown_field".into(),
+        path: path.into(),
+        value: String::new(),
+        count,
+        first_seen: at,
+        last_seen: at,
+        example: format!("seen at {at}"),
+    }
+}
+
+pub(crate) async fn drift_adds_up_across_stores_and_each_source_is_capped(h: &dyn Harness) {
+    let t = now_ms();
+    let first = h.open().await;
+    first.record_drift(vec![drift("vox", "a", 2, t), drift("vox", "b", 1, t + 5)], 3).await.unwrap();
+    drop(first);
+    // Another replica (PostgreSQL) or the same file reopened (SQLite) adds to the same rows.
+    let store = h.open().await;
+    let mut again = drift("vox", "a", 3, t + 10);
+    again.first_seen = t - 10;
+    store.record_drift(vec![again], 3).await.unwrap();
+    let a = store.drift(&Filter::default()).await.unwrap().into_iter().find(|d| d.path == "a").unwrap();
+    assert_eq!((a.count, a.first_seen, a.last_seen), (5, t - 10, t + 10), "counts add up, times widen");
+    assert_eq!(a.example, format!("seen at {}", t + 10), "the latest example wins");
+    // An older sighting does not replace the example or move last_seen back.
+    store.record_drift(vec![drift("vox", "a", 1, t)], 3).await.unwrap();
+    let a = store.drift(&Filter::default()).await.unwrap().into_iter().find(|d| d.path == "a").unwrap();
+    assert_eq!((a.count, a.last_seen, a.example.as_str()), (6, t + 10, format!("seen at {}", t + 10).as_str()));
+
+    // Cap 3: vox holds a and b, so c fits; d and e overflow; known rows still count.
+    let batch = vec![drift("vox", "c", 1, t + 20), drift("vox", "d", 4, t + 21), drift("vox", "e", 1, t + 22)];
+    store.record_drift(batch, 3).await.unwrap();
+    store.record_drift(vec![drift("vox", "b", 1, t + 30), drift("salpre", "x", 1, t + 30)], 3).await.unwrap();
+    let rows = store.drift(&Filter { name: Some("vox".into()), ..Filter::default() }).await.unwrap();
+    let seen: Vec<(&str, &str, i64)> = rows.iter().map(|d| (d.kind.as_str(), d.path.as_str(), d.count)).collect();
+    assert_eq!(
+        seen,
+        [("unknown_field", "b", 2), (DRIFT_OVERFLOW, "", 5), ("unknown_field", "c", 1), ("unknown_field", "a", 6)]
+    );
+    // Filters: source, and last seen since.
+    let recent = store.drift(&Filter { since: Some(t + 25), ..Filter::default() }).await.unwrap();
+    let mut sources: Vec<&str> = recent.iter().map(|d| d.source.as_str()).collect();
+    sources.sort_unstable();
+    assert_eq!(sources, ["salpre", "vox"], "only rows last seen since then");
+    let limited = store.drift(&Filter { limit: Some(2), ..Filter::default() }).await.unwrap();
+    assert_eq!(limited.len(), 2);
 }
 
 pub(crate) async fn counts_follow_every_change_and_survive_reopening(h: &dyn Harness) {
@@ -280,6 +352,318 @@ pub(crate) async fn released_leases_are_claimable_at_once_and_stale_ones_change_
     assert_eq!(claim(store, "r", now, 10).await[0].event_id, "b");
 }
 
+pub(crate) async fn a_discarded_backlog_is_gone_but_leased_rows_and_other_routes_stay(h: &dyn Harness) {
+    let owned = h.open().await;
+    let store = &*owned;
+    let now = now_ms();
+    store
+        .ingest(ingest("vox", "1", &[("a", "x", &["gone", "kept"]), ("b", "y", &["gone"]), ("c", "z", &["gone"])]))
+        .await
+        .unwrap();
+    let in_flight = claim(store, "gone", now, 1).await;
+    assert_eq!(in_flight.len(), 1);
+    assert_eq!(store.discard_backlog("gone", now).await.unwrap(), 2, "all but the leased row");
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.backlog.get("gone"), counts.backlog.get("kept")), (Some(&1), Some(&1)));
+    assert!(claim(store, "gone", now, 10).await.is_empty(), "nothing discarded is claimable");
+    // The attempt in flight records its outcome as usual.
+    assert_eq!(store.complete(vec![delivered(&in_flight[0])], now).await.unwrap().stale, 0);
+    assert_eq!(store.counts().await.unwrap().backlog.get("gone"), None);
+    assert_eq!(store.discard_backlog("gone", now).await.unwrap(), 0);
+    assert_eq!(claim(store, "kept", now, 10).await[0].event_id, "a", "another route's deliveries stay");
+    drop(owned);
+    let reopened = h.open().await;
+    assert_eq!(reopened.counts().await.unwrap().backlog.get("gone"), None, "the discard was durable");
+}
+
+/// What one process gives `send_tail` reaches the tail feed of every process on the store,
+/// its own included, and a payload over the limit is refused; a store that only one process
+/// opens has no feed and takes payloads without complaint.
+pub(crate) async fn tail_payloads_reach_every_process_sharing_the_store(h: &dyn Harness) {
+    let a = h.open().await;
+    let Some(mut feed_a) = a.tail_feed() else {
+        a.send_tail(vec!["nobody hears this".into()]).await.unwrap();
+        return;
+    };
+    let b = h.open().await;
+    let mut feed_b = b.tail_feed().expect("another process on the same store has a feed too");
+    let big = "x".repeat(super::TAIL_PAYLOAD_MAX + 1);
+    assert!(a.send_tail(vec![big]).await.is_err(), "a payload over the limit is refused");
+    let most = "y".repeat(super::TAIL_PAYLOAD_MAX);
+    a.send_tail(vec!["one".into(), most.clone()]).await.unwrap();
+    for feed in [&mut feed_a, &mut feed_b] {
+        let mut heard = Vec::new();
+        while heard.len() < 2 {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), feed.recv()).await {
+                Ok(Ok(super::TailFeed::Payload(p))) => heard.push(p.to_string()),
+                other => panic!("expected a tail payload, got {other:?}"),
+            }
+        }
+        assert_eq!(heard, ["one".to_owned(), most.clone()]);
+    }
+}
+
+pub(crate) async fn the_delivery_log_keeps_every_attempt_and_lists_it_newest_first(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = &*store;
+    let now = now_ms();
+    store.ingest(ingest("vox", "1", &[("a", "call-a", &["r", "s"]), ("b", "call-b", &["r"])])).await.unwrap();
+    let due = claim(store, "r", now, 10).await;
+    let (a, b) = (&due[0], &due[1]);
+    let answer = |status: u16, response: &str| Attempt {
+        at: now,
+        status: Some(status),
+        error: None,
+        response: Some(response.into()),
+        duration_ms: 7,
+    };
+    let retry = OutcomeKind::Retry { next_at: now, attempt: answer(500, "busy") };
+    store.complete(vec![outcome(a, retry)], now).await.unwrap();
+    let again = claim(store, "r", now, 10).await;
+    assert_eq!(again[0].id, a.id);
+    let success = OutcomeKind::Delivered { recovered: false, attempt: answer(204, "fine") };
+    let gone = OutcomeKind::Dead {
+        attempt: Attempt { at: now, error: Some("connection failed".into()), ..Attempt::default() },
+    };
+    store.complete(vec![outcome(&again[0], success), outcome(b, gone)], now).await.unwrap();
+    let test = TestSend {
+        route: "r".into(),
+        event_id: "t".into(),
+        kind: "call.ended".into(),
+        subject: "vox:test".into(),
+        success: true,
+        attempt: answer(200, "ok"),
+    };
+    let test_id = store.record_test(test).await.unwrap();
+
+    let all = store.delivery_log(&LogFilter { route: Some("r".into()), ..LogFilter::default() }).await.unwrap();
+    let seen: Vec<(Option<&str>, i64, LogOutcome, bool)> =
+        all.iter().map(|e| (e.event_id.as_deref(), e.attempt, e.outcome, e.test)).collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("t"), 1, LogOutcome::Success, true),
+            (Some("b"), 1, LogOutcome::Dead, false),
+            (Some("a"), 2, LogOutcome::Success, false),
+            (Some("a"), 1, LogOutcome::Failed, false),
+        ],
+        "newest first"
+    );
+    assert_eq!(all[0].id, test_id);
+    assert_eq!(
+        (all[0].delivery_id, all[0].subject.as_deref(), all[0].kind.as_deref()),
+        (None, Some("vox:test"), Some("call.ended"))
+    );
+    assert_eq!((all[2].status, all[2].response.as_deref(), all[2].duration_ms), (Some(204), Some("fine"), 7));
+    assert_eq!(
+        (all[2].delivery_id, all[2].subject.as_deref(), all[2].kind.as_deref()),
+        (Some(a.id), Some("call-a"), Some("call.ended"))
+    );
+    assert_eq!(all[1].error.as_deref(), Some("connection failed"));
+    let only = |f: LogFilter| async move {
+        let f = LogFilter { route: Some("r".into()), ..f };
+        store.delivery_log(&f).await.unwrap().iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    let ids: Vec<i64> = all.iter().map(|e| e.id).collect();
+    assert_eq!(only(LogFilter { outcome: Some(LogOutcome::Success), ..LogFilter::default() }).await, [ids[0], ids[2]]);
+    assert_eq!(only(LogFilter { test: Some(false), ..LogFilter::default() }).await, ids[1..]);
+    assert_eq!(only(LogFilter { subject: Some("call-a".into()), ..LogFilter::default() }).await, ids[2..]);
+    assert_eq!(only(LogFilter { before_id: Some(ids[1]), limit: Some(1), ..LogFilter::default() }).await, [ids[2]]);
+    assert_eq!(only(LogFilter { since: Some(now + 1), ..LogFilter::default() }).await, Vec::<i64>::new());
+    assert!(
+        store.delivery_log(&LogFilter { route: Some("s".into()), ..LogFilter::default() }).await.unwrap().is_empty()
+    );
+
+    // One event, each route's delivery as the tables tell.
+    let shown = store.event("a", now).await.unwrap().unwrap();
+    assert_eq!((shown.kind.as_str(), shown.subject.as_str()), ("call.ended", "call-a"));
+    assert_eq!(shown.event["id"], "a");
+    let states: Vec<(&str, DeliveryState, i64, usize)> =
+        shown.deliveries.iter().map(|d| (d.route.as_str(), d.state, d.attempts, d.attempts_log.len())).collect();
+    assert_eq!(states, [("r", DeliveryState::Delivered, 2, 2), ("s", DeliveryState::Pending, 0, 0)]);
+    assert!(shown.deliveries[1].next_at.is_some());
+    let leased = claim(store, "s", now, 10).await;
+    let shown = store.event("a", now).await.unwrap().unwrap();
+    assert_eq!(shown.deliveries[1].state, DeliveryState::InFlight);
+    assert!(shown.deliveries[1].lease_until.is_some());
+    assert_eq!(
+        store.event("a", now + 120_000).await.unwrap().unwrap().deliveries[1].state,
+        DeliveryState::Pending,
+        "an expired lease is no flight"
+    );
+    store.release(vec![(leased[0].id, leased[0].lease)]).await.unwrap();
+    store.set_paused("s", Some("maintenance"), now).await.unwrap();
+    assert_eq!(store.event("a", now).await.unwrap().unwrap().deliveries[1].state, DeliveryState::Paused);
+    let dead = store.event("b", now).await.unwrap().unwrap();
+    assert_eq!((dead.deliveries.len(), dead.deliveries[0].state), (1, DeliveryState::Dead));
+    assert!(store.event("t", now).await.unwrap().is_none(), "a test send stores no event");
+    assert!(store.event("nope", now).await.unwrap().is_none());
+}
+
+/// A payload of one event: `(id, kind, status, routes)` of call `subject`, received at `at`.
+fn call_event(body: &str, subject: &str, at: i64, event: (&str, &str, Option<&'static str>, &[&str])) -> Ingest {
+    let (id, kind, status, routes) = event;
+    Ingest {
+        received_at: at,
+        events: vec![NewEvent {
+            id: id.into(),
+            kind: kind.into(),
+            subject: subject.into(),
+            json: format!("{{\"id\":\"{id}\"}}"),
+            routes: routes.iter().map(|r| (*r).to_owned()).collect(),
+            status,
+        }],
+        ..ingest("vox", body, &[])
+    }
+}
+
+pub(crate) async fn calls_are_summarised_at_ingest_and_show_each_delivery(h: &dyn Harness) {
+    let store = h.open().await;
+    let store = &*store;
+    let now = now_ms();
+    store.ingest(call_event("1", "vox:a", 1_000, ("a1", "call.connected", None, &["r", "s"]))).await.unwrap();
+    store.ingest(call_event("2", "vox:a", 2_000, ("a2", "call.ended", Some("completed"), &["r"]))).await.unwrap();
+    store.ingest(call_event("3", "vox:b", 3_000, ("b1", "call.failed", Some("no_answer"), &["r"]))).await.unwrap();
+    // A late non-terminal event changes no status; a later terminal one does.
+    store.ingest(call_event("4", "vox:a", 4_000, ("a3", "call.analyzed", None, &[]))).await.unwrap();
+    store.ingest(call_event("5", "vox:c", 5_000, ("c1", "call.ringing", None, &["r"]))).await.unwrap();
+    // r: a1 delivered, b1 dead, then a2 leased; s: a1 still pending.
+    let due = claim(store, "r", now, 10).await;
+    let ids: Vec<&str> = due.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids, ["a1", "b1", "c1"]);
+    let attempt = Attempt { at: now, status: Some(400), ..Attempt::default() };
+    store
+        .complete(vec![delivered(&due[0]), outcome(&due[1], OutcomeKind::Dead { attempt: attempt.clone() })], now)
+        .await
+        .unwrap();
+    store.complete(vec![outcome(&due[2], OutcomeKind::Retry { next_at: now + 60_000, attempt })], now).await.unwrap();
+    let next = claim(store, "r", now, 10).await;
+    assert_eq!(next.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["a2"]);
+
+    let a = store.call("vox:a", now).await.unwrap().expect("call a");
+    assert_eq!(a.summary.status.as_deref(), Some("completed"));
+    assert_eq!((a.summary.source.as_str(), a.summary.events), ("vox", 3));
+    assert_eq!(a.summary.first_at, crate::store::rfc3339(1_000));
+    assert_eq!(a.summary.last_at, crate::store::rfc3339(4_000));
+    assert_eq!(a.summary.terminal_at, Some(crate::store::rfc3339(2_000)));
+    let events: Vec<(&str, &str, i64)> =
+        a.events.iter().map(|e| (e.id.as_str(), e.kind.as_str(), e.accepted_at)).collect();
+    assert_eq!(events, [("a1", "call.connected", 1_000), ("a2", "call.ended", 2_000), ("a3", "call.analyzed", 4_000)]);
+    assert_eq!(a.events[0].json, "{\"id\":\"a1\"}");
+    assert!(!a.truncated);
+    let states: Vec<(&str, &str, DeliveryState)> =
+        a.deliveries.iter().map(|d| (d.event_id.as_str(), d.route.as_str(), d.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("a1", "r", DeliveryState::Delivered),
+            ("a1", "s", DeliveryState::Pending),
+            ("a2", "r", DeliveryState::InFlight)
+        ]
+    );
+    let b = store.call("vox:b", now).await.unwrap().expect("call b");
+    assert_eq!(b.summary.status.as_deref(), Some("no_answer"));
+    assert_eq!(b.deliveries.len(), 1);
+    assert_eq!((b.deliveries[0].state, b.deliveries[0].delivery_id), (DeliveryState::Dead, Some(due[1].id)));
+    assert_eq!(b.deliveries[0].last_error.as_deref(), Some("HTTP 400"));
+    let c = store.call("vox:c", now).await.unwrap().expect("call c");
+    assert_eq!((c.deliveries[0].state, c.deliveries[0].attempts), (DeliveryState::Retrying, 1));
+    assert_eq!(c.deliveries[0].next_at, Some(crate::store::rfc3339(now + 60_000)));
+    assert!(store.call("vox:nothing", now).await.unwrap().is_none());
+
+    // Listing: newest first, filtered, paged.
+    let list = |filter: CallFilter| async move {
+        store.calls(&filter).await.unwrap().into_iter().map(|c| c.subject).collect::<Vec<_>>()
+    };
+    assert_eq!(list(CallFilter::default()).await, ["vox:c", "vox:b", "vox:a"]);
+    assert_eq!(list(CallFilter { status: Some(CallStatus::InProgress), ..CallFilter::default() }).await, ["vox:c"]);
+    let no_answer = CallFilter { status: Some(CallStatus::Is("no_answer".into())), ..CallFilter::default() };
+    assert_eq!(list(no_answer).await, ["vox:b"]);
+    assert_eq!(list(CallFilter { source: Some("salpre".into()), ..CallFilter::default() }).await, Vec::<String>::new());
+    assert_eq!(list(CallFilter { since: Some(3_000), ..CallFilter::default() }).await, ["vox:c", "vox:b"]);
+    let first = store.calls(&CallFilter { limit: Some(2), ..CallFilter::default() }).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = CallFilter { before_id: Some(first[1].id), ..CallFilter::default() };
+    assert_eq!(list(rest).await, ["vox:a"]);
+
+    // The last terminal event decides, also when it arrives later than another.
+    store.ingest(call_event("6", "vox:b", 6_000, ("b2", "call.ended", Some("completed"), &["r"]))).await.unwrap();
+    let b = store.call("vox:b", now).await.unwrap().unwrap();
+    assert_eq!(
+        (b.summary.status.as_deref(), b.summary.terminal_at),
+        (Some("completed"), Some(crate::store::rfc3339(3_000)))
+    );
+    // A duplicate body adds nothing to its call.
+    store.ingest(call_event("6", "vox:b", 7_000, ("b3", "call.failed", Some("busy"), &["r"]))).await.unwrap();
+    let b = store.call("vox:b", now).await.unwrap().unwrap();
+    assert_eq!((b.summary.status.as_deref(), b.summary.events), (Some("completed"), 2));
+}
+
+pub(crate) async fn concurrent_ingests_keep_one_summary_per_call_with_the_last_terminal_status(h: &dyn Harness) {
+    let store = h.open().await;
+    let statuses = ["completed", "busy", "no_answer", "failed"];
+    // Each payload holds events of two calls, in either order, so concurrent batches share
+    // calls (on PostgreSQL, writers commit them in parallel).
+    let payloads: Vec<Ingest> = (0..40usize)
+        .map(|i| {
+            let (x, y) = (format!("vox:{}", i % 3), format!("vox:{}", (i + 1) % 3));
+            let (first, second) = if i % 2 == 0 { (x, y) } else { (y, x) };
+            let event = |n: usize, subject: String| NewEvent {
+                id: format!("e{i}-{n}"),
+                kind: if n == 0 { "call.ended".into() } else { "call.connected".into() },
+                subject,
+                json: "{}".into(),
+                routes: vec!["r".into()],
+                status: (n == 0).then_some(statuses[i % statuses.len()]),
+            };
+            Ingest {
+                received_at: 1_000 + i as i64,
+                events: vec![event(0, first), event(1, second)],
+                ..ingest("vox", &format!("c{i}"), &[])
+            }
+        })
+        .collect();
+    let statuses_of: std::collections::HashMap<String, &str> =
+        payloads.iter().flat_map(|p| p.events.iter().filter_map(|e| e.status.map(|s| (e.id.clone(), s)))).collect();
+    let tasks: Vec<_> = payloads
+        .into_iter()
+        .map(|p| {
+            let store = store.clone();
+            tokio::spawn(async move { store.ingest(p).await })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(task.await.unwrap().unwrap(), IngestOutcome::Accepted(_)));
+    }
+    let calls = store.calls(&CallFilter::default()).await.unwrap();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls.iter().map(|c| c.events).sum::<i64>(), 80);
+    for summary in calls {
+        let call = store.call(&summary.subject, now_ms()).await.unwrap().unwrap();
+        assert_eq!(call.events.len() as i64, summary.events, "{}", summary.subject);
+        let last_terminal = call.events.iter().rev().find(|e| e.kind == "call.ended").unwrap();
+        assert_eq!(summary.status.as_deref(), Some(statuses_of[&last_terminal.id]), "{}", summary.subject);
+        let seqs: Vec<i64> = call.events.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "acceptance order");
+    }
+}
+
+pub(crate) async fn a_large_call_is_returned_up_to_its_byte_bound(h: &dyn Harness) {
+    let store = h.open().await;
+    let big = format!("\"{}\"", "x".repeat(crate::store::CALL_BYTES_MAX * 3 / 8));
+    for (i, id) in ["l1", "l2", "l3"].into_iter().enumerate() {
+        let mut payload =
+            call_event(&format!("large-{i}"), "vox:large", 1_000, (id, "transcript.partial", None, &["r"]));
+        payload.events[0].json = big.clone();
+        store.ingest(payload).await.unwrap();
+    }
+    let call = store.call("vox:large", now_ms()).await.unwrap().unwrap();
+    assert_eq!(call.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["l1", "l2"], "a third passes the bound");
+    assert!(call.truncated);
+    assert_eq!(call.summary.events, 3);
+    assert_eq!(call.deliveries.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["l1", "l2"]);
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -308,6 +692,13 @@ macro_rules! all_checks {
             prune_removes_old_delivered_data_but_keeps_what_is_pending,
             counts_follow_every_change_and_survive_reopening,
             released_leases_are_claimable_at_once_and_stale_ones_change_nothing,
+            drift_adds_up_across_stores_and_each_source_is_capped,
+            a_discarded_backlog_is_gone_but_leased_rows_and_other_routes_stay,
+            tail_payloads_reach_every_process_sharing_the_store,
+            the_delivery_log_keeps_every_attempt_and_lists_it_newest_first,
+            calls_are_summarised_at_ingest_and_show_each_delivery,
+            concurrent_ingests_keep_one_summary_per_call_with_the_last_terminal_status,
+            a_large_call_is_returned_up_to_its_byte_bound,
         );
     };
 }

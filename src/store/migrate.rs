@@ -2,10 +2,10 @@
 //! database, so a single box can move up to several replicas without losing what it holds.
 //!
 //! What is copied, ids kept: every payload (the dedup window: a vendor's redelivery after the
-//! move is still a duplicate with the original ids), the events still delivered or dead
-//! lettered, the outbox (ids, `next_at`, attempts: a call's order and its retry schedule), the
-//! dead letters, the attempts of both, the quarantine and the paused routes. Events already
-//! delivered and their attempts are history nothing reads, and are left behind.
+//! move is still a duplicate with the original ids), every event and call summary (the call
+//! records of `GET /v1/calls`), the outbox (ids, `next_at`, attempts: a call's order and its
+//! retry schedule), the dead letters, the whole delivery log (`attempts`, test sends
+//! included), the quarantine, the paused routes and the drift report.
 //!
 //! The SQLite file is opened read-only and read in one transaction (one snapshot); the
 //! PostgreSQL side is one transaction with its tables locked against writers, so the move is
@@ -31,31 +31,38 @@ const BODY_CHUNK: i64 = 100;
 
 /// The tables the move fills, which an empty target has no row in (`health` is only the
 /// readiness probe's scratch row).
-const TABLES: &[&str] = &["payloads", "events", "outbox", "dead_letters", "attempts", "quarantine", "paused_routes"];
+const TABLES: &[&str] =
+    &["payloads", "events", "calls", "outbox", "dead_letters", "attempts", "quarantine", "paused_routes", "drift"];
 
 /// What the move copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Copied {
     pub payloads: u64,
     pub events: u64,
+    /// Call summaries (`calls`).
+    pub calls: u64,
     /// Pending deliveries (the outbox).
     pub deliveries: u64,
     pub dead_letters: u64,
     pub attempts: u64,
     pub quarantined: u64,
     pub paused_routes: u64,
+    /// Rows of the drift report.
+    pub drift: u64,
 }
 
 impl fmt::Display for Copied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows = [
             ("payloads", self.payloads, "(the dedup window)"),
-            ("events", self.events, "(of pending deliveries and dead letters)"),
+            ("events", self.events, "(every call's record)"),
+            ("calls", self.calls, ""),
             ("deliveries", self.deliveries, "(pending, ids and order kept)"),
             ("dead letters", self.dead_letters, ""),
-            ("attempts", self.attempts, "(of pending deliveries and dead letters)"),
+            ("attempts", self.attempts, "(the delivery log)"),
             ("quarantined", self.quarantined, ""),
             ("paused routes", self.paused_routes, ""),
+            ("drift rows", self.drift, "(the drift report)"),
         ];
         for (name, n, note) in rows {
             let line = format!("  {name:<14}{n:>10}  {note}");
@@ -151,11 +158,13 @@ async fn copy(source: &Source, tx: &mut PgConnection, target: &str) -> Result<Co
     let copied = Copied {
         payloads: copy_payloads(source, tx).await.map_err(on_target)?,
         events: copy_events(source, tx).await.map_err(on_target)?,
+        calls: copy_calls(source, tx).await.map_err(on_target)?,
         deliveries: copy_outbox(source, tx).await.map_err(on_target)?,
         dead_letters: copy_dead_letters(source, tx).await.map_err(on_target)?,
         attempts: copy_attempts(source, tx).await.map_err(on_target)?,
         quarantined: copy_quarantine(source, tx).await.map_err(on_target)?,
         paused_routes: copy_paused(source, tx).await.map_err(on_target)?,
+        drift: copy_drift(source, tx).await.map_err(on_target)?,
     };
 
     // Past every id SQLite ever handed out: the outbox's is its AUTOINCREMENT high-water mark
@@ -171,6 +180,7 @@ async fn copy(source: &Source, tx: &mut PgConnection, target: &str) -> Result<Co
     let sequences = [
         ("payloads", "id", source.scalar("SELECT COALESCE(MAX(id), 0) FROM payloads")?),
         ("events", "seq", source.scalar("SELECT COALESCE(MAX(seq), 0) FROM events")?),
+        ("calls", "id", source.scalar("SELECT COALESCE(MAX(id), 0) FROM calls")?),
         ("outbox", "id", outbox_high),
         ("attempts", "id", source.scalar("SELECT COALESCE(MAX(id), 0) FROM attempts")?),
         ("quarantine", "id", source.scalar("SELECT COALESCE(MAX(id), 0) FROM quarantine")?),
@@ -328,11 +338,7 @@ async fn copy_events(source: &Source, tx: &mut PgConnection) -> Result<u64, Copy
     let (mut after, mut n) = (i64::MIN, 0);
     loop {
         let rows = source.chunk(
-            "SELECT seq, id, payload_id, type, subject, body FROM events e
-              WHERE seq > ?1
-                AND (EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)
-                     OR EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq))
-              ORDER BY seq LIMIT ?2",
+            "SELECT seq, id, payload_id, type, subject, body, routes FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             after,
             CHUNK,
             |r| {
@@ -343,24 +349,26 @@ async fn copy_events(source: &Source, tx: &mut PgConnection) -> Result<u64, Copy
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             },
         )?;
         let Some(last) = rows.last() else { return Ok(n) };
         after = last.0;
-        let (mut seqs, mut ids, mut payloads, mut kinds, mut subjects, mut bodies) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (seq, id, payload, kind, subject, body) in rows {
+        let (mut seqs, mut ids, mut payloads, mut kinds, mut subjects, mut bodies, mut routes) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (seq, id, payload, kind, subject, body, queued) in rows {
             seqs.push(seq);
             ids.push(id);
             payloads.push(payload);
             kinds.push(kind);
             subjects.push(subject);
             bodies.push(body);
+            routes.push(queued);
         }
         n += sqlx::query(
-            "INSERT INTO events (seq, id, payload_id, type, subject, body) OVERRIDING SYSTEM VALUE
-             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[])",
+            "INSERT INTO events (seq, id, payload_id, type, subject, body, routes) OVERRIDING SYSTEM VALUE
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[])",
         )
         .bind(&seqs)
         .bind(&ids)
@@ -368,6 +376,63 @@ async fn copy_events(source: &Source, tx: &mut PgConnection) -> Result<u64, Copy
         .bind(&kinds)
         .bind(&subjects)
         .bind(&bodies)
+        .bind(&routes)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+}
+
+async fn copy_calls(source: &Source, tx: &mut PgConnection) -> Result<u64, CopyError> {
+    let (mut after, mut n) = (i64::MIN, 0);
+    loop {
+        let rows = source.chunk(
+            "SELECT id, subject, source, first_at, last_at, status, status_seq, terminal_at, events
+               FROM calls WHERE id > ?1 ORDER BY id LIMIT ?2",
+            after,
+            CHUNK,
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, i64>(8)?,
+                ))
+            },
+        )?;
+        let Some(last) = rows.last() else { return Ok(n) };
+        after = last.0;
+        let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (id, subject, src, first, latest, status, status_seq, terminal, events) in rows {
+            columns.0.push(id);
+            columns.1.push(subject);
+            columns.2.push(src);
+            columns.3.push(first);
+            columns.4.push(latest);
+            columns.5.push(status);
+            columns.6.push(status_seq);
+            columns.7.push(terminal);
+            columns.8.push(events);
+        }
+        n += sqlx::query(
+            "INSERT INTO calls (id, subject, source, first_at, last_at, status, status_seq, terminal_at, events)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::int8[],
+                                  $8::int8[], $9::int8[])",
+        )
+        .bind(&columns.0)
+        .bind(&columns.1)
+        .bind(&columns.2)
+        .bind(&columns.3)
+        .bind(&columns.4)
+        .bind(&columns.5)
+        .bind(&columns.6)
+        .bind(&columns.7)
+        .bind(&columns.8)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -475,56 +540,83 @@ async fn copy_attempts(source: &Source, tx: &mut PgConnection) -> Result<u64, Co
     let (mut after, mut n) = (i64::MIN, 0);
     loop {
         let rows = source.chunk(
-            "SELECT id, delivery_id, attempt, at, status, error, response, duration_ms FROM attempts a
-              WHERE id > ?1
-                AND (EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
-                     OR EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id))
-              ORDER BY id LIMIT ?2",
+            "SELECT id, delivery_id, attempt, at, status, error, response, duration_ms,
+                    route, event_seq, outcome, test, event_id, type, subject
+               FROM attempts WHERE id > ?1 ORDER BY id LIMIT ?2",
             after,
             CHUNK,
             |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i32>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i32>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, i64>(7)?,
-                ))
+                Ok(LogRow {
+                    id: r.get(0)?,
+                    delivery: r.get(1)?,
+                    number: r.get(2)?,
+                    at: r.get(3)?,
+                    status: r.get(4)?,
+                    error: r.get(5)?,
+                    response: r.get(6)?,
+                    duration: r.get(7)?,
+                    route: r.get(8)?,
+                    event_seq: r.get(9)?,
+                    outcome: r.get(10)?,
+                    test: r.get(11)?,
+                    event_id: r.get(12)?,
+                    kind: r.get(13)?,
+                    subject: r.get(14)?,
+                })
             },
         )?;
         let Some(last) = rows.last() else { return Ok(n) };
-        after = last.0;
-        let (mut ids, mut deliveries, mut numbers, mut at, mut statuses, mut errors, mut responses, mut durations) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (id, delivery, number, when, status, error, response, duration) in rows {
-            ids.push(id);
-            deliveries.push(delivery);
-            numbers.push(number);
-            at.push(when);
-            statuses.push(status);
-            errors.push(error);
-            responses.push(response);
-            durations.push(duration);
+        after = last.id;
+        macro_rules! column {
+            ($field:ident) => {
+                rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+            };
         }
         n += sqlx::query(
-            "INSERT INTO attempts (id, delivery_id, attempt, at, status, error, response, duration_ms) OVERRIDING SYSTEM VALUE
-             SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::int8[], $5::int4[], $6::text[], $7::text[], $8::int8[])",
+            "INSERT INTO attempts (id, delivery_id, attempt, at, status, error, response, duration_ms,
+                                   route, event_seq, outcome, test, event_id, type, subject) OVERRIDING SYSTEM VALUE
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::int8[], $5::int4[], $6::text[], $7::text[],
+                                  $8::int8[], $9::text[], $10::int8[], $11::text[], $12::bool[], $13::text[],
+                                  $14::text[], $15::text[])",
         )
-        .bind(&ids)
-        .bind(&deliveries)
-        .bind(&numbers)
-        .bind(&at)
-        .bind(&statuses)
-        .bind(&errors)
-        .bind(&responses)
-        .bind(&durations)
+        .bind(column!(id))
+        .bind(column!(delivery))
+        .bind(column!(number))
+        .bind(column!(at))
+        .bind(column!(status))
+        .bind(column!(error))
+        .bind(column!(response))
+        .bind(column!(duration))
+        .bind(column!(route))
+        .bind(column!(event_seq))
+        .bind(column!(outcome))
+        .bind(column!(test))
+        .bind(column!(event_id))
+        .bind(column!(kind))
+        .bind(column!(subject))
         .execute(&mut *tx)
         .await?
         .rows_affected();
     }
+}
+
+/// One row of the delivery log as SQLite holds it.
+struct LogRow {
+    id: i64,
+    delivery: Option<i64>,
+    number: i32,
+    at: i64,
+    status: Option<i32>,
+    error: Option<String>,
+    response: Option<String>,
+    duration: i64,
+    route: String,
+    event_seq: Option<i64>,
+    outcome: String,
+    test: bool,
+    event_id: Option<String>,
+    kind: Option<String>,
+    subject: Option<String>,
 }
 
 async fn copy_quarantine(source: &Source, tx: &mut PgConnection) -> Result<u64, CopyError> {
@@ -603,6 +695,44 @@ async fn copy_paused(source: &Source, tx: &mut PgConnection) -> Result<u64, Copy
     .bind(&routes)
     .bind(&since)
     .bind(&reasons)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected())
+}
+
+async fn copy_drift(source: &Source, tx: &mut PgConnection) -> Result<u64, CopyError> {
+    // Bounded by the cap of rows per source: no chunks. The keyset parameters are unused.
+    let rows = source.chunk(
+        "SELECT source, vendor_event, kind, path, value, count, first_seen, last_seen, example FROM drift
+          WHERE ?1 = ?1 ORDER BY source, vendor_event, kind, path, value LIMIT ?2",
+        0,
+        i64::MAX,
+        |r| {
+            Ok((
+                [r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(8)?],
+                [r.get::<_, i64>(5)?, r.get(6)?, r.get(7)?],
+            ))
+        },
+    )?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let text = |i: usize| rows.iter().map(|(t, _)| t[i].clone()).collect::<Vec<String>>();
+    let number = |i: usize| rows.iter().map(|(_, n)| n[i]).collect::<Vec<i64>>();
+    Ok(sqlx::query(
+        "INSERT INTO drift (source, vendor_event, kind, path, value, count, first_seen, last_seen, example)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::int8[], $7::int8[], $8::int8[], $9::text[])",
+    )
+    .bind(text(0))
+    .bind(text(1))
+    .bind(text(2))
+    .bind(text(3))
+    .bind(text(4))
+    .bind(number(0))
+    .bind(number(1))
+    .bind(number(2))
+    .bind(text(5))
     .execute(&mut *tx)
     .await?
     .rows_affected())

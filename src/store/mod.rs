@@ -22,7 +22,10 @@ mod conformance;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 
@@ -54,7 +57,13 @@ pub struct NewEvent {
     /// with `omit` or `mask_numbers` (this stays whole).
     pub json: String,
     pub routes: Vec<String>,
+    /// The canonical `status` of a terminal event or call record (`call.ended`,
+    /// `call.failed`, `call.cdr`): the call's summary row keeps the last one accepted.
+    pub status: Option<&'static str>,
 }
+
+/// Canonical types whose acceptance ends a call (its summary's `terminal_at`).
+pub const TERMINAL_TYPES: &[&str] = &["call.ended", "call.failed"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
@@ -133,13 +142,26 @@ pub enum Notice {
     Lost,
 }
 
-/// What one attempt found, kept for failed attempts and dead letters.
+/// What a store that several processes share relays between their live tails (`tail.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailFeed {
+    /// A payload that some process (this one included) gave [`Store::send_tail`].
+    Payload(Arc<str>),
+    /// Payloads may have been missed (the listening connection was lost and made again).
+    Lost,
+}
+
+/// Longest payload [`Store::send_tail`] takes: PostgreSQL's `NOTIFY` carries at most 8000
+/// bytes, and the sender's mark goes in front.
+pub const TAIL_PAYLOAD_MAX: usize = 7800;
+
+/// What one attempt found, kept in the delivery log (successes included).
 #[derive(Debug, Clone, Default)]
 pub struct Attempt {
     pub at: Millis,
     pub status: Option<u16>,
     pub error: Option<String>,
-    /// The first bytes of the response body.
+    /// The first bytes of the response body (none when it was empty).
     pub response: Option<String>,
     pub duration_ms: i64,
 }
@@ -159,6 +181,7 @@ pub enum OutcomeKind {
     /// 2xx. `recovered`: the route had been failing; its waiting retries fall due now.
     Delivered {
         recovered: bool,
+        attempt: Attempt,
     },
     Retry {
         next_at: Millis,
@@ -179,6 +202,134 @@ pub enum OutcomeKind {
 pub struct Completed {
     /// Outcomes dropped because their lease had expired and been taken over.
     pub stale: usize,
+}
+
+/// How an attempt in the delivery log ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogOutcome {
+    /// A 2xx answer.
+    Success,
+    /// Anything else; the delivery was retried (or is waiting for a resume after a 410).
+    Failed,
+    /// The last attempt of a delivery that was dead-lettered.
+    Dead,
+}
+
+impl LogOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogOutcome::Success => "success",
+            LogOutcome::Failed => "failed",
+            LogOutcome::Dead => "dead",
+        }
+    }
+
+    /// The stored text; anything unknown reads as `failed`.
+    pub fn parse(text: &str) -> LogOutcome {
+        match text {
+            "success" => LogOutcome::Success,
+            "dead" => LogOutcome::Dead,
+            _ => LogOutcome::Failed,
+        }
+    }
+}
+
+/// One attempt in the delivery log: a delivery's (`delivery_id`) or a test send's.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct LogEntry {
+    pub id: i64,
+    pub route: String,
+    /// The outbox id of the delivery; `None` for a test send.
+    pub delivery_id: Option<i64>,
+    pub event_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub subject: Option<String>,
+    pub attempt: i64,
+    pub outcome: LogOutcome,
+    /// A test send (`POST /v1/admin/routes/{name}/test`), never a delivery.
+    pub test: bool,
+    pub at: String,
+    pub status: Option<u16>,
+    pub duration_ms: i64,
+    /// The first bytes of the response body.
+    pub response: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Which delivery log entries to list (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub route: Option<String>,
+    /// Only attempts at or after this time.
+    pub since: Option<Millis>,
+    /// Only ids below this (pagination).
+    pub before_id: Option<i64>,
+    pub subject: Option<String>,
+    pub outcome: Option<LogOutcome>,
+    /// Only test sends (`true`) or only deliveries (`false`).
+    pub test: Option<bool>,
+    pub limit: Option<usize>,
+}
+
+/// A test send to keep in the delivery log.
+#[derive(Debug, Clone)]
+pub struct TestSend {
+    pub route: String,
+    pub event_id: String,
+    pub kind: String,
+    pub subject: String,
+    pub success: bool,
+    pub attempt: Attempt,
+}
+
+/// Where one route's delivery of an event stands, as the tables tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// In the outbox, waiting for its time (`next_at`) or for the call's earlier events.
+    Pending,
+    /// In the outbox after a failed attempt, waiting for its retry (call records; an event's
+    /// detail says `pending` with its attempts and `next_at`).
+    Retrying,
+    /// Leased to a worker (of any replica) that is sending it now.
+    InFlight,
+    /// In the outbox of a paused route: it goes when the route is resumed.
+    Paused,
+    /// A 2xx was recorded.
+    Delivered,
+    /// Dead-lettered: waits for a replay.
+    Dead,
+}
+
+/// One route's delivery of an event, with its attempts (oldest first).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RouteDelivery {
+    pub route: String,
+    pub delivery_id: i64,
+    pub state: DeliveryState,
+    /// Attempts made so far (since the last replay, while it is in the outbox).
+    pub attempts: i64,
+    /// When a pending delivery is due next.
+    pub next_at: Option<String>,
+    /// Until when an in-flight delivery is leased.
+    pub lease_until: Option<String>,
+    pub attempts_log: Vec<LogEntry>,
+}
+
+/// One stored canonical event and each route's delivery of it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct EventDetail {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub subject: String,
+    pub received_at: String,
+    /// The canonical CloudEvent, as stored.
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+    pub deliveries: Vec<RouteDelivery>,
 }
 
 /// A dead-lettered delivery, as listed.
@@ -274,6 +425,10 @@ pub struct Pruned {
     pub payloads: usize,
     pub attempts: usize,
     pub quarantine: usize,
+    /// Drift report rows not seen since the retention.
+    pub drift: usize,
+    /// Call summaries whose events are all gone.
+    pub calls: usize,
 }
 
 /// A paused route and why.
@@ -284,11 +439,294 @@ pub struct Pause {
     pub reason: String,
 }
 
+/// A call as the store summarises it at ingest (the `calls` row, one per subject, updated in
+/// the transaction that stores the call's events).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct CallSummary {
+    /// Increases with the call's first acceptance: the listing's cursor.
+    pub id: i64,
+    pub subject: String,
+    pub source: String,
+    /// When its first and latest events were accepted.
+    pub first_at: String,
+    pub last_at: String,
+    /// The `status` of its last accepted terminal event or call record; `None` while none
+    /// came (`in_progress`).
+    pub status: Option<String>,
+    /// When its first `call.ended` / `call.failed` was accepted.
+    pub terminal_at: Option<String>,
+    /// Events accepted for it.
+    pub events: i64,
+}
+
+/// Which calls [`Store::calls`] lists.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub source: Option<String>,
+    /// Only calls first accepted at or after this time.
+    pub since: Option<Millis>,
+    pub status: Option<CallStatus>,
+    /// Only ids below this (pagination, newest first).
+    pub before_id: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+/// The status filter of a call listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallStatus {
+    /// No terminal event yet.
+    InProgress,
+    /// This canonical status (`completed`, `no_answer`…).
+    Is(String),
+}
+
+/// Most events [`Store::call`] returns for one call (the rest are not read).
+pub const CALL_EVENTS_MAX: usize = 5_000;
+/// Most bytes of stored event JSON [`Store::call`] returns for one call: it stops before the
+/// event that would pass this (the first event always comes), so one answer stays bounded
+/// however large a call's transcripts grew.
+pub const CALL_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// How many of a call's events (given their JSON sizes in acceptance order) fit in one
+/// answer: at most [`CALL_EVENTS_MAX`], and [`CALL_BYTES_MAX`] bytes, but at least one.
+pub(crate) fn events_that_fit(sizes: impl IntoIterator<Item = usize>) -> usize {
+    let (mut n, mut total) = (0, 0usize);
+    for size in sizes {
+        total = total.saturating_add(size);
+        if n == CALL_EVENTS_MAX || (n > 0 && total > CALL_BYTES_MAX) {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// One stored event of a call.
+#[derive(Debug, Clone)]
+pub struct CallEvent {
+    pub seq: i64,
+    pub id: String,
+    pub kind: String,
+    /// When its payload was accepted.
+    pub accepted_at: Millis,
+    /// The CloudEvent as stored (and sent).
+    pub json: String,
+    /// The routes it was queued for; `None` for events stored before callgate kept them.
+    pub routes: Option<Vec<String>>,
+}
+
+/// One (event, route) of a call and its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct CallDelivery {
+    pub event_id: String,
+    pub route: String,
+    pub state: DeliveryState,
+    /// The outbox or dead-letter id (the dead-letter API's id), while it has one.
+    pub delivery_id: Option<i64>,
+    /// Failed attempts so far (for a dead letter, all of them).
+    pub attempts: i64,
+    /// Pending or retrying: when it is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A call as [`Store::call`] reads it, in one snapshot.
+#[derive(Debug, Clone)]
+pub struct StoredCall {
+    pub summary: CallSummary,
+    /// Its events in acceptance order, at most [`CALL_EVENTS_MAX`] and [`CALL_BYTES_MAX`].
+    pub events: Vec<CallEvent>,
+    /// More events are stored than were returned.
+    pub truncated: bool,
+    /// Every (event, route) of the returned events, in event order then route name.
+    pub deliveries: Vec<CallDelivery>,
+}
+
+/// An outbox row of a call, as the backends read it.
+pub(crate) struct OutboxRow {
+    pub id: i64,
+    pub event_seq: i64,
+    pub route: String,
+    pub attempts: i64,
+    pub next_at: Millis,
+    pub leased: bool,
+}
+
+/// A dead letter of a call, as the backends read it.
+pub(crate) struct DeadRow {
+    pub id: i64,
+    pub event_seq: i64,
+    pub route: String,
+    pub attempts: i64,
+    pub dead_at: Millis,
+    pub last_error: Option<String>,
+}
+
+/// Each returned event's state on each route it was queued for (and on any route it still
+/// has an outbox row or dead letter for): in the outbox it is pending, retrying or in
+/// flight, dead lettered it is dead, and otherwise it was delivered.
+pub(crate) fn call_deliveries(events: &[CallEvent], outbox: Vec<OutboxRow>, dead: Vec<DeadRow>) -> Vec<CallDelivery> {
+    let mut by_key: BTreeMap<(i64, String), CallDelivery> = BTreeMap::new();
+    let id_of: BTreeMap<i64, &str> = events.iter().map(|e| (e.seq, e.id.as_str())).collect();
+    for event in events {
+        for route in event.routes.iter().flatten() {
+            by_key.insert(
+                (event.seq, route.clone()),
+                CallDelivery {
+                    event_id: event.id.clone(),
+                    route: route.clone(),
+                    state: DeliveryState::Delivered,
+                    delivery_id: None,
+                    attempts: 0,
+                    next_at: None,
+                    dead_at: None,
+                    last_error: None,
+                },
+            );
+        }
+    }
+    for row in outbox {
+        let Some(event_id) = id_of.get(&row.event_seq) else { continue };
+        let state = match (row.leased, row.attempts) {
+            (true, _) => DeliveryState::InFlight,
+            (false, 0) => DeliveryState::Pending,
+            (false, _) => DeliveryState::Retrying,
+        };
+        by_key.insert(
+            (row.event_seq, row.route.clone()),
+            CallDelivery {
+                event_id: (*event_id).to_owned(),
+                route: row.route,
+                state,
+                delivery_id: Some(row.id),
+                attempts: row.attempts,
+                next_at: Some(rfc3339(row.next_at)),
+                dead_at: None,
+                last_error: None,
+            },
+        );
+    }
+    for row in dead {
+        let Some(event_id) = id_of.get(&row.event_seq) else { continue };
+        by_key.insert(
+            (row.event_seq, row.route.clone()),
+            CallDelivery {
+                event_id: (*event_id).to_owned(),
+                route: row.route,
+                state: DeliveryState::Dead,
+                delivery_id: Some(row.id),
+                attempts: row.attempts,
+                next_at: None,
+                dead_at: Some(rfc3339(row.dead_at)),
+                last_error: row.last_error,
+            },
+        );
+    }
+    by_key.into_values().collect()
+}
+
 /// Deliveries waiting (or retrying) and dead letters, per route.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
     pub backlog: BTreeMap<String, i64>,
     pub dead: BTreeMap<String, i64>,
+}
+
+/// Drift of one kind at one place of one source's vendor event, aggregated: a row of the
+/// drift report (`GET /v1/admin/drift`), keyed by (source, vendor_event, kind, path, value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftCount {
+    pub source: String,
+    /// The vendor event as its schema is named (`v2/call_ended`); empty on an overflow row.
+    pub vendor_event: String,
+    /// `unknown_field`, `unknown_value`, `degraded`, or [`DRIFT_OVERFLOW`].
+    pub kind: String,
+    /// Where in the payload (`call.transcript[].role`); empty on an overflow row.
+    pub path: String,
+    /// The raw value of an unknown value, else empty.
+    pub value: String,
+    pub count: i64,
+    pub first_seen: Millis,
+    pub last_seen: Millis,
+    /// Short, never a vendor's field value (see `vendors::Drift::example`); the latest one.
+    pub example: String,
+}
+
+/// The `kind` of a source's overflow row: drift counted after the source reached its cap of
+/// distinct rows, when there was no row left to count it in.
+pub const DRIFT_OVERFLOW: &str = "overflow";
+
+type DriftKey = (String, String, String, String, String);
+
+impl DriftCount {
+    fn key(&self) -> DriftKey {
+        (self.source.clone(), self.vendor_event.clone(), self.kind.clone(), self.path.clone(), self.value.clone())
+    }
+
+    /// Adds `other` (of the same key) to this count.
+    pub fn merge(&mut self, other: &DriftCount) {
+        self.count += other.count;
+        self.first_seen = self.first_seen.min(other.first_seen);
+        if other.last_seen >= self.last_seen {
+            self.last_seen = other.last_seen;
+            self.example.clone_from(&other.example);
+        }
+    }
+
+    /// The overflow row of `source` holding `count` at `first_seen`..`last_seen`.
+    pub fn overflow(source: &str, count: i64, first_seen: Millis, last_seen: Millis) -> DriftCount {
+        DriftCount {
+            source: source.to_owned(),
+            vendor_event: String::new(),
+            kind: DRIFT_OVERFLOW.to_owned(),
+            path: String::new(),
+            value: String::new(),
+            count,
+            first_seen,
+            last_seen,
+            example: String::new(),
+        }
+    }
+}
+
+/// What a drift write upserts, shared by both backends: every count whose row is `stored`,
+/// new rows while their source has fewer than `max_rows` (`rows`: its rows now, overflow not
+/// counted), and the rest folded into the source's overflow row. One entry per key.
+fn admit_drift(
+    counts: Vec<DriftCount>,
+    stored: &HashSet<DriftKey>,
+    rows: &HashMap<String, i64>,
+    max_rows: usize,
+) -> Vec<DriftCount> {
+    let mut rows = rows.clone();
+    let mut out: Vec<DriftCount> = Vec::with_capacity(counts.len());
+    let mut at: HashMap<DriftKey, usize> = HashMap::new();
+    for count in counts {
+        let key = count.key();
+        let admitted = if count.kind == DRIFT_OVERFLOW || stored.contains(&key) || at.contains_key(&key) {
+            count
+        } else {
+            let held = rows.entry(count.source.clone()).or_insert(0);
+            if (*held as usize) < max_rows {
+                *held += 1;
+                count
+            } else {
+                DriftCount::overflow(&count.source, count.count, count.first_seen, count.last_seen)
+            }
+        };
+        match at.get(&admitted.key()) {
+            Some(&i) => out[i].merge(&admitted),
+            None => {
+                at.insert(admitted.key(), out.len());
+                out.push(admitted);
+            }
+        }
+    }
+    out
 }
 
 /// Why the store could not do something.
@@ -339,6 +777,12 @@ pub trait Store: Send + Sync + 'static {
     /// lease already taken over is left alone. Sends [`Notice::Due`] for their routes.
     async fn release(&self, leases: Vec<(i64, Lease)>) -> Result<(), StoreError>;
 
+    /// Deletes the waiting deliveries of `route` (the backlog a route removed from the
+    /// configuration left behind), except those leased at `now`: an attempt in flight on any
+    /// replica finishes and records its outcome. Dead letters stay. Returns how many were
+    /// deleted; [`Store::counts`] drops by as many.
+    async fn discard_backlog(&self, route: &str, now: Millis) -> Result<usize, StoreError>;
+
     /// Backlog and dead letters per route, straight from the store (every replica agrees).
     async fn counts(&self) -> Result<Counts, StoreError>;
 
@@ -371,13 +815,59 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a quarantined payload (after a replay accepted it).
     async fn release_quarantined(&self, id: i64) -> Result<(), StoreError>;
 
+    /// The delivery log matching `filter`, newest first.
+    async fn delivery_log(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// One stored event by its id, with each route's delivery state at `now` and attempts.
+    async fn event(&self, id: &str, now: Millis) -> Result<Option<EventDetail>, StoreError>;
+
+    /// Keeps a test send in the delivery log; returns its log id.
+    async fn record_test(&self, send: TestSend) -> Result<i64, StoreError>;
+
     /// Deletes what is older than the retention and the redelivery window (one replica at a
-    /// time; another replica's call returns nothing pruned).
+    /// time; another replica's call returns nothing pruned). The delivery log goes with its
+    /// time; an event stays as long as an attempt of it does; drift rows go once last seen
+    /// before the retention.
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError>;
+
+    /// Adds aggregated drift counts to the drift report, for every replica: count added,
+    /// `first_seen` the earliest, `last_seen` and `example` the latest. A source holds at most
+    /// `max_rows` rows (besides its overflow row); a count that would need one more goes to
+    /// its source's [`DRIFT_OVERFLOW`] row. Not synced to disk on its own (a crash may lose
+    /// the last write: drift is a report, not a payload).
+    async fn record_drift(&self, counts: Vec<DriftCount>, max_rows: usize) -> Result<(), StoreError>;
+
+    /// The drift report: rows of source `filter.name` (all when `None`) last seen at or after
+    /// `filter.since`, most recently seen first, at most `filter.limit` (100 by default, 1000
+    /// at most).
+    async fn drift(&self, filter: &Filter) -> Result<Vec<DriftCount>, StoreError>;
+    /// Calls matching `filter`, newest first (by first acceptance).
+    async fn calls(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, StoreError>;
+
+    /// One call by subject, read in one snapshot: its summary, its events in acceptance order
+    /// (at most [`CALL_EVENTS_MAX`] and [`CALL_BYTES_MAX`]) and each (event, route)'s delivery state, leases judged
+    /// at `now`. `None` when no call has that subject.
+    async fn call(&self, subject: &str, now: Millis) -> Result<Option<StoredCall>, StoreError>;
 
     /// Subscribes to this store's [`Notice`]s (a lagging subscriber should treat the lag as
     /// [`Notice::Lost`]).
     fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice>;
+
+    /// Sends each payload (at most [`TAIL_PAYLOAD_MAX`] bytes) to the [`Store::tail_feed`] of
+    /// every process sharing this store, this one's included. Nothing is stored: a process not
+    /// listening at that moment never hears it. A store that only one process opens (SQLite)
+    /// has no one to tell and does nothing.
+    async fn send_tail(&self, payloads: Vec<String>) -> Result<(), StoreError> {
+        let _ = payloads;
+        Ok(())
+    }
+
+    /// Subscribes to the payloads [`Store::send_tail`] sent from any process (a lagging
+    /// subscriber should treat the lag as [`TailFeed::Lost`]); `None` for a store that only
+    /// one process opens.
+    fn tail_feed(&self) -> Option<tokio::sync::broadcast::Receiver<TailFeed>> {
+        None
+    }
 }
 
 /// RFC 3339 text of a store time.
@@ -385,4 +875,83 @@ pub fn rfc3339(ms: Millis) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
         .map(crate::canonical::convert::rfc3339)
         .unwrap_or_default()
+}
+
+/// A delivery in the outbox, as [`assemble`] reads it: (id, route, attempts, next_at, the end
+/// of its live lease).
+pub(crate) type EventOutboxRow = (i64, String, i64, Millis, Option<Millis>);
+
+/// Each route's delivery of one event, from what the tables hold: its rows in the outbox, its
+/// dead letters (id, route, attempts, dead_at) and its delivery log (oldest first). A delivery
+/// in neither table left the outbox with its 2xx; one whose log has no success (its log
+/// pruned part-way) is not listed.
+pub(crate) fn assemble(
+    outbox: Vec<EventOutboxRow>,
+    dead: Vec<(i64, String, i64, Millis)>,
+    log: Vec<LogEntry>,
+    paused: &[String],
+) -> Vec<RouteDelivery> {
+    let mut logs: BTreeMap<i64, Vec<LogEntry>> = BTreeMap::new();
+    for entry in log {
+        if let Some(delivery) = entry.delivery_id {
+            logs.entry(delivery).or_default().push(entry);
+        }
+    }
+    let mut deliveries = Vec::new();
+    for (id, route, attempts, next_at, lease_until) in outbox {
+        let state = match lease_until {
+            Some(_) => DeliveryState::InFlight,
+            None if paused.contains(&route) => DeliveryState::Paused,
+            None => DeliveryState::Pending,
+        };
+        deliveries.push(RouteDelivery {
+            route,
+            delivery_id: id,
+            state,
+            attempts,
+            next_at: (state != DeliveryState::InFlight).then(|| rfc3339(next_at)),
+            lease_until: lease_until.map(rfc3339),
+            attempts_log: logs.remove(&id).unwrap_or_default(),
+        });
+    }
+    for (id, route, attempts, _dead_at) in dead {
+        deliveries.push(RouteDelivery {
+            route,
+            delivery_id: id,
+            state: DeliveryState::Dead,
+            attempts,
+            next_at: None,
+            lease_until: None,
+            attempts_log: logs.remove(&id).unwrap_or_default(),
+        });
+    }
+    for (id, log) in logs {
+        let Some(last) = log.last() else { continue };
+        if log.iter().any(|e| e.outcome == LogOutcome::Success) {
+            deliveries.push(RouteDelivery {
+                route: last.route.clone(),
+                delivery_id: id,
+                state: DeliveryState::Delivered,
+                attempts: last.attempt,
+                next_at: None,
+                lease_until: None,
+                attempts_log: log,
+            });
+        }
+    }
+    deliveries.sort_by(|a, b| (&a.route, a.delivery_id).cmp(&(&b.route, b.delivery_id)));
+    deliveries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calls_answer_is_bounded_by_count_and_bytes_but_holds_its_first_event() {
+        assert_eq!(events_that_fit([]), 0);
+        assert_eq!(events_that_fit([CALL_BYTES_MAX * 2]), 1, "the first event always comes");
+        assert_eq!(events_that_fit([CALL_BYTES_MAX / 2, CALL_BYTES_MAX / 2, 1]), 2);
+        assert_eq!(events_that_fit(std::iter::repeat_n(10, CALL_EVENTS_MAX + 5)), CALL_EVENTS_MAX);
+    }
 }

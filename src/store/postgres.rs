@@ -18,7 +18,8 @@
 //! Wake-ups: an in-process broadcast for this replica, and after the commit (never inside the
 //! ingest transaction: a pending NOTIFY takes a database-wide lock at commit)
 //! `pg_notify('callgate_due', ..)`, at most once per route per [`PgOptions::notify_interval`].
-//! Pause and resume travel on `callgate_control`, inside their transaction. One dedicated
+//! Pause and resume travel on `callgate_control`, inside their transaction; the live tails'
+//! payloads on `callgate_tail` (`Store::send_tail`, heard by every replica). One dedicated
 //! listening connection reconnects by itself and reports [`Notice::Lost`] after a reconnect,
 //! since notifications may have been missed meanwhile.
 //!
@@ -43,13 +44,20 @@ use sqlx::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    Attempt, AttemptRecord, Claimed, Completed, Counts, DeadLetter, DeadLetterDetail, Delivery, Filter, Ingest,
-    IngestOutcome, Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store,
-    StoreError, now_ms, rfc3339,
+    Attempt, AttemptRecord, CALL_EVENTS_MAX, CallEvent, CallFilter, CallStatus, CallSummary, Claimed, Completed,
+    Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, DeadRow, Delivery, DriftCount, EventDetail, Filter, Ingest,
+    IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice, OutboxRow, Outcome, OutcomeKind, Pause,
+    Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall, TAIL_PAYLOAD_MAX, TERMINAL_TYPES, TailFeed,
+    TestSend, admit_drift, call_deliveries, events_that_fit, now_ms, rfc3339,
 };
 
 /// The migrations, embedded (sqlx's `migrate!` needs its `macros` feature, which we leave out).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../../migrations/postgres/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
+    (2, "vendor drift", include_str!("../../migrations/postgres/0002_vendor_drift.sql")),
+    (3, "delivery log", include_str!("../../migrations/postgres/0003_delivery_log.sql")),
+    (4, "call records", include_str!("../../migrations/postgres/0004_call_records.sql")),
+];
 
 /// Most jobs one ingest transaction takes: bounds the latency a batch adds to its first member.
 const MAX_BATCH: usize = 256;
@@ -61,6 +69,10 @@ const PRUNE_CHUNK: i64 = 5000;
 const PRUNE_LOCK: i64 = 0x6361_6c6c_6761_7465 + 1;
 const DUE_CHANNEL: &str = "callgate_due";
 const CONTROL_CHANNEL: &str = "callgate_control";
+/// The live tails' payloads (`Store::send_tail`): "<replica> <payload>", heard by every replica.
+const TAIL_CHANNEL: &str = "callgate_tail";
+/// Tail payloads buffered per subscriber before it lags.
+const TAIL_FEED: usize = 256;
 /// Notices buffered per subscriber before it lags (and must treat the lag as `Lost`).
 const NOTICES: usize = 1024;
 
@@ -245,6 +257,8 @@ struct IngestJob {
 struct Shared {
     pool: PgPool,
     notices: broadcast::Sender<Notice>,
+    /// What `callgate_tail` brought (every replica's payloads, this one's included).
+    tail: broadcast::Sender<TailFeed>,
     /// Routes to announce on `callgate_due` (rate-limited by the notifier task).
     remote: mpsc::UnboundedSender<String>,
     counts: Arc<Mutex<Option<(Instant, Counts)>>>,
@@ -323,13 +337,20 @@ impl PostgresStore {
 
         let replica = fastrand::u64(..);
         let (notices, _) = broadcast::channel(NOTICES);
+        let (tail, _) = broadcast::channel(TAIL_FEED);
         let listener = subscribe(&pool).await?;
-        let listener = tokio::spawn(listen(pool.clone(), listener, notices.clone(), replica));
+        let listener = tokio::spawn(listen(pool.clone(), listener, notices.clone(), tail.clone(), replica));
 
         let (remote, remote_rx) = mpsc::unbounded_channel();
         tokio::spawn(notifier(pool.clone(), remote_rx, options.notify_interval, replica));
-        let shared =
-            Shared { pool, notices, remote, counts: Arc::new(Mutex::new(None)), counts_generation: Arc::default() };
+        let shared = Shared {
+            pool,
+            notices,
+            tail,
+            remote,
+            counts: Arc::new(Mutex::new(None)),
+            counts_generation: Arc::default(),
+        };
         let (jobs, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..options.writers.clamp(1, 8) {
@@ -397,22 +418,35 @@ fn parse_notice(channel: &str, payload: &str, replica: u64) -> Option<Notice> {
     }
 }
 
-/// A listener on both channels, on a connection of the pool's.
+/// A listener on every channel, on a connection of the pool's.
 async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     // A lost connection ends `try_recv` at once: `listen` then makes a new listener.
     listener.eager_reconnect(false);
-    listener.listen_all([DUE_CHANNEL, CONTROL_CHANNEL]).await?;
+    listener.listen_all([DUE_CHANNEL, CONTROL_CHANNEL, TAIL_CHANNEL]).await?;
     Ok(listener)
 }
 
 /// The dedicated listening connection: forwards the other replicas' notifications, and after
-/// every reconnect says [`Notice::Lost`].
-async fn listen(pool: PgPool, mut listener: PgListener, notices: broadcast::Sender<Notice>, replica: u64) {
+/// every reconnect says [`Notice::Lost`] (and [`TailFeed::Lost`]). Tail payloads are passed on
+/// from every replica, this one's included, and only while someone here subscribes.
+async fn listen(
+    pool: PgPool,
+    mut listener: PgListener,
+    notices: broadcast::Sender<Notice>,
+    tail: broadcast::Sender<TailFeed>,
+    replica: u64,
+) {
     loop {
         match listener.try_recv().await {
             Ok(Some(n)) => {
-                if let Some(notice) = parse_notice(n.channel(), n.payload(), replica) {
+                if n.channel() == TAIL_CHANNEL {
+                    if tail.receiver_count() > 0
+                        && let Some((_, payload)) = n.payload().split_once(' ')
+                    {
+                        let _ = tail.send(TailFeed::Payload(payload.into()));
+                    }
+                } else if let Some(notice) = parse_notice(n.channel(), n.payload(), replica) {
                     let _ = notices.send(notice);
                 }
                 continue;
@@ -440,6 +474,7 @@ async fn listen(pool: PgPool, mut listener: PgListener, notices: broadcast::Send
             }
         };
         let _ = notices.send(Notice::Lost);
+        let _ = tail.send(TailFeed::Lost);
     }
 }
 
@@ -617,6 +652,7 @@ async fn ingest_batch(
     let mut ev_kind = Vec::new();
     let mut ev_subject = Vec::new();
     let mut ev_body = Vec::new();
+    let mut ev_routes = Vec::new();
     for &(i, pid) in &accepted {
         for event in &jobs[i].events {
             ev_ids.push(event.id.as_str());
@@ -624,14 +660,15 @@ async fn ingest_batch(
             ev_kind.push(event.kind.as_str());
             ev_subject.push(event.subject.as_str());
             ev_body.push(event.json.as_str());
+            ev_routes.push(serde_json::to_string(&event.routes).map_err(|e| StoreError::Backend(e.to_string()))?);
         }
     }
     if !ev_ids.is_empty() {
         let rows = sqlx::query(
-            "INSERT INTO events (id, payload_id, type, subject, body)
-             SELECT id, payload_id, type, subject, body
-               FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[])
-                    WITH ORDINALITY AS u (id, payload_id, type, subject, body, n)
+            "INSERT INTO events (id, payload_id, type, subject, body, routes)
+             SELECT id, payload_id, type, subject, body, routes
+               FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[])
+                    WITH ORDINALITY AS u (id, payload_id, type, subject, body, routes, n)
               ORDER BY n
              RETURNING seq",
         )
@@ -640,6 +677,7 @@ async fn ingest_batch(
         .bind(&ev_kind)
         .bind(&ev_subject)
         .bind(&ev_body)
+        .bind(&ev_routes)
         .fetch_all(&mut *tx)
         .await?;
         // The sequence hands out increasing values in insertion order, which is `n`'s order.
@@ -671,6 +709,7 @@ async fn ingest_batch(
                 k += 1;
             }
         }
+        upsert_calls(&mut tx, jobs, &accepted, &seqs).await?;
         if !ob_seq.is_empty() {
             sqlx::query(
                 "INSERT INTO outbox (event_seq, route, subject, next_at)
@@ -715,6 +754,209 @@ async fn ingest_batch(
         .collect())
 }
 
+/// Updates the summary row of every call the batch's events belong to: one row per subject
+/// (a statement may not touch a row twice), in subject order (two batches lock shared calls in
+/// one order). A call's status is its last accepted terminal event's, by `seq`, whichever
+/// transaction commits first (`canonical::call::merge` reads the events the same way).
+async fn upsert_calls(
+    tx: &mut sqlx::PgConnection,
+    jobs: &[&Ingest],
+    accepted: &[(usize, i64)],
+    seqs: &[i64],
+) -> Result<(), StoreError> {
+    struct Call<'a> {
+        source: &'a str,
+        first_at: i64,
+        last_at: i64,
+        status: Option<&'static str>,
+        status_seq: Option<i64>,
+        terminal_at: Option<i64>,
+        events: i64,
+    }
+    let mut calls: BTreeMap<&str, Call<'_>> = BTreeMap::new();
+    let mut k = 0;
+    for &(i, _) in accepted {
+        let job = jobs[i];
+        for event in &job.events {
+            let seq = seqs[k];
+            k += 1;
+            let call = calls.entry(event.subject.as_str()).or_insert(Call {
+                source: job.source.as_str(),
+                first_at: job.received_at,
+                last_at: job.received_at,
+                status: None,
+                status_seq: None,
+                terminal_at: None,
+                events: 0,
+            });
+            call.first_at = call.first_at.min(job.received_at);
+            call.last_at = call.last_at.max(job.received_at);
+            call.events += 1;
+            if let Some(status) = event.status {
+                (call.status, call.status_seq) = (Some(status), Some(seq));
+            }
+            if TERMINAL_TYPES.contains(&event.kind.as_str()) {
+                call.terminal_at = Some(call.terminal_at.map_or(job.received_at, |t| t.min(job.received_at)));
+            }
+        }
+    }
+    let subjects: Vec<&str> = calls.keys().copied().collect();
+    let sources: Vec<&str> = calls.values().map(|c| c.source).collect();
+    let first: Vec<i64> = calls.values().map(|c| c.first_at).collect();
+    let last: Vec<i64> = calls.values().map(|c| c.last_at).collect();
+    let status: Vec<Option<&str>> = calls.values().map(|c| c.status).collect();
+    let status_seq: Vec<Option<i64>> = calls.values().map(|c| c.status_seq).collect();
+    let terminal: Vec<Option<i64>> = calls.values().map(|c| c.terminal_at).collect();
+    let events: Vec<i64> = calls.values().map(|c| c.events).collect();
+    sqlx::query(
+        "INSERT INTO calls (subject, source, first_at, last_at, status, status_seq, terminal_at, events)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
+                AS u (subject, source, first_at, last_at, status, status_seq, terminal_at, events)
+          ORDER BY subject
+         ON CONFLICT (subject) DO UPDATE SET
+             last_at = GREATEST(calls.last_at, excluded.last_at),
+             status = CASE WHEN excluded.status_seq > COALESCE(calls.status_seq, -1) THEN excluded.status ELSE calls.status END,
+             status_seq = GREATEST(calls.status_seq, excluded.status_seq),
+             terminal_at = LEAST(calls.terminal_at, excluded.terminal_at),
+             events = calls.events + excluded.events",
+    )
+    .bind(&subjects)
+    .bind(&sources)
+    .bind(&first)
+    .bind(&last)
+    .bind(&status)
+    .bind(&status_seq)
+    .bind(&terminal)
+    .bind(&events)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+const CALL_COLUMNS: &str = "id, subject, source, first_at, last_at, status, terminal_at, events";
+
+fn call_summary_row(r: &sqlx::postgres::PgRow) -> Result<CallSummary, sqlx::Error> {
+    Ok(CallSummary {
+        id: r.try_get(0)?,
+        subject: r.try_get(1)?,
+        source: r.try_get(2)?,
+        first_at: rfc3339(r.try_get(3)?),
+        last_at: rfc3339(r.try_get(4)?),
+        status: r.try_get(5)?,
+        terminal_at: r.try_get::<Option<i64>, _>(6)?.map(rfc3339),
+        events: r.try_get(7)?,
+    })
+}
+
+/// A call's summary row.
+async fn call_summary(tx: &mut sqlx::PgConnection, subject: &str) -> Result<Option<CallSummary>, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CALL_COLUMNS} FROM calls WHERE subject = $1")))
+        .bind(subject)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(row.as_ref().map(call_summary_row).transpose()?)
+}
+
+/// A call's events in acceptance order, as many as [`events_that_fit`], and whether more
+/// exist: their sizes are read first, then only the bodies that fit.
+async fn call_events(tx: &mut sqlx::PgConnection, subject: &str) -> Result<(Vec<CallEvent>, bool), StoreError> {
+    let sizes: Vec<(i64, i32)> =
+        sqlx::query_as("SELECT seq, octet_length(body) FROM events WHERE subject = $1 ORDER BY seq LIMIT $2")
+            .bind(subject)
+            .bind(CALL_EVENTS_MAX as i64 + 1)
+            .fetch_all(&mut *tx)
+            .await?;
+    let fit = events_that_fit(sizes.iter().map(|(_, size)| usize::try_from(*size).unwrap_or(usize::MAX)));
+    let Some(&(last, _)) = fit.checked_sub(1).and_then(|i| sizes.get(i)) else { return Ok((Vec::new(), false)) };
+    let rows = sqlx::query(
+        "SELECT e.seq, e.id, e.type, p.received_at, e.body, e.routes
+           FROM events e JOIN payloads p ON p.id = e.payload_id
+          WHERE e.subject = $1 AND e.seq <= $2 ORDER BY e.seq",
+    )
+    .bind(subject)
+    .bind(last)
+    .fetch_all(&mut *tx)
+    .await?;
+    let events = rows
+        .iter()
+        .map(|r| {
+            let routes: Option<String> = r.try_get(5)?;
+            Ok(CallEvent {
+                seq: r.try_get(0)?,
+                id: r.try_get(1)?,
+                kind: r.try_get(2)?,
+                accepted_at: r.try_get(3)?,
+                json: r.try_get(4)?,
+                routes: routes.and_then(|text| serde_json::from_str(&text).ok()),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok((events, sizes.len() > fit))
+}
+
+/// The outbox rows of a call's events up to `last_seq`, leased when their lease outlives
+/// `now` (on the database's clock).
+async fn call_outbox(
+    tx: &mut sqlx::PgConnection,
+    subject: &str,
+    last_seq: i64,
+    now: Millis,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT o.id, o.event_seq, o.route, o.attempts, o.next_at, COALESCE(o.lease_until > $3, false)
+           FROM events e JOIN outbox o ON o.event_seq = e.seq
+          WHERE e.subject = $1 AND e.seq <= $2",
+    )
+    .bind(subject)
+    .bind(last_seq)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            Ok(OutboxRow {
+                id: r.try_get(0)?,
+                event_seq: r.try_get(1)?,
+                route: r.try_get(2)?,
+                attempts: i64::from(r.try_get::<i32, _>(3)?),
+                next_at: r.try_get(4)?,
+                leased: r.try_get(5)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// The dead letters of a call's events up to `last_seq`.
+async fn call_dead_letters(
+    tx: &mut sqlx::PgConnection,
+    subject: &str,
+    last_seq: i64,
+) -> Result<Vec<DeadRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.event_seq, d.route, d.attempts, d.dead_at, d.last_error
+           FROM events e JOIN dead_letters d ON d.event_seq = e.seq
+          WHERE e.subject = $1 AND e.seq <= $2",
+    )
+    .bind(subject)
+    .bind(last_seq)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            Ok(DeadRow {
+                id: r.try_get(0)?,
+                event_seq: r.try_get(1)?,
+                route: r.try_get(2)?,
+                attempts: i64::from(r.try_get::<i32, _>(3)?),
+                dead_at: r.try_get(4)?,
+                last_error: r.try_get(5)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
 /// Records outcomes in one transaction; returns the ids of those whose lease had been taken
 /// over (dropped, not recorded).
 async fn record_outcomes(
@@ -730,10 +972,10 @@ async fn record_outcomes(
     let mut tx = shared.pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await?;
 
     // Deliveries, the common case, in one statement.
-    let delivered: Vec<(i64, i64, bool)> = outcomes
+    let delivered: Vec<(i64, i64, bool, &Attempt)> = outcomes
         .iter()
-        .filter_map(|o| match o.kind {
-            OutcomeKind::Delivered { recovered } => Some((o.id, o.lease.0, recovered)),
+        .filter_map(|o| match &o.kind {
+            OutcomeKind::Delivered { recovered, attempt } => Some((o.id, o.lease.0, *recovered, attempt)),
             _ => None,
         })
         .collect();
@@ -741,13 +983,30 @@ async fn record_outcomes(
     if !delivered.is_empty() {
         let ids: Vec<i64> = delivered.iter().map(|d| d.0).collect();
         let tokens: Vec<i64> = delivered.iter().map(|d| d.1).collect();
+        let at: Vec<i64> = delivered.iter().map(|d| d.3.at).collect();
+        let statuses: Vec<Option<i32>> = delivered.iter().map(|d| d.3.status.map(i32::from)).collect();
+        let responses: Vec<Option<&str>> = delivered.iter().map(|d| d.3.response.as_deref()).collect();
+        let durations: Vec<i64> = delivered.iter().map(|d| d.3.duration_ms).collect();
+        // The rows leave the outbox and their successes enter the log in one statement.
         let rows = sqlx::query(
-            "DELETE FROM outbox o USING unnest($1::int8[], $2::int8[]) AS d (id, tok)
-              WHERE o.id = d.id AND o.lease_token = d.tok
-          RETURNING o.id, o.route, o.subject",
+            "WITH gone AS (
+                DELETE FROM outbox o USING unnest($1::int8[], $2::int8[]) AS d (id, tok)
+                 WHERE o.id = d.id AND o.lease_token = d.tok
+             RETURNING o.id, o.route, o.subject, o.event_seq, o.attempts + 1 AS n),
+             logged AS (
+                INSERT INTO attempts (delivery_id, route, event_seq, attempt, at, outcome, status, response, duration_ms)
+                SELECT g.id, g.route, g.event_seq, g.n, a.at, 'success', a.status, a.response, a.duration_ms
+                  FROM gone g
+                  JOIN unnest($1::int8[], $3::int8[], $4::int4[], $5::text[], $6::int8[])
+                       AS a (id, at, status, response, duration_ms) ON a.id = g.id)
+             SELECT id, route, subject FROM gone",
         )
         .bind(&ids)
         .bind(&tokens)
+        .bind(&at)
+        .bind(&statuses)
+        .bind(&responses)
+        .bind(&durations)
         .fetch_all(&mut *tx)
         .await?;
         // Each delivered id, and whether its route had been failing; what is left after the
@@ -784,7 +1043,7 @@ async fn record_outcomes(
                 let row = sqlx::query(
                     "UPDATE outbox SET attempts = attempts + 1, next_at = $3, lease_until = NULL, lease_token = NULL
                       WHERE id = $1 AND lease_token = $2
-                  RETURNING attempts, route, subject",
+                  RETURNING attempts, route, subject, event_seq",
                 )
                 .bind(id)
                 .bind(token)
@@ -795,7 +1054,8 @@ async fn record_outcomes(
                     stale.insert(id);
                     continue;
                 };
-                let (n, route, subject): (i32, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                let (n, route, subject, seq): (i32, String, String, i64) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
                 // Keep the call's later events behind this one.
                 sqlx::query(
                     "UPDATE outbox SET next_at = $4 WHERE route = $1 AND subject = $2 AND id > $3 AND next_at < $4",
@@ -806,13 +1066,13 @@ async fn record_outcomes(
                 .bind(next_at)
                 .execute(&mut *tx)
                 .await?;
-                record_attempt(&mut tx, id, n, attempt).await?;
+                record_attempt(&mut tx, (id, &route, seq), n, LogOutcome::Failed, attempt).await?;
             }
             OutcomeKind::Gone { attempt } => {
                 let row = sqlx::query(
                     "UPDATE outbox SET attempts = attempts + 1, lease_until = NULL, lease_token = NULL
                       WHERE id = $1 AND lease_token = $2
-                  RETURNING attempts, route",
+                  RETURNING attempts, route, event_seq",
                 )
                 .bind(id)
                 .bind(token)
@@ -822,8 +1082,8 @@ async fn record_outcomes(
                     stale.insert(id);
                     continue;
                 };
-                let (n, route): (i32, String) = (row.try_get(0)?, row.try_get(1)?);
-                record_attempt(&mut tx, id, n, attempt).await?;
+                let (n, route, seq): (i32, String, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                record_attempt(&mut tx, (id, &route, seq), n, LogOutcome::Failed, attempt).await?;
                 let control = control(replica, &route, true);
                 pause_in(&mut tx, &route, Some("the route answered 410 Gone"), now, control).await?;
                 paused.push(route);
@@ -857,7 +1117,7 @@ async fn record_outcomes(
                 .bind(&last_error)
                 .execute(&mut *tx)
                 .await?;
-                record_attempt(&mut tx, id, n, attempt).await?;
+                record_attempt(&mut tx, (id, &route, seq), n, LogOutcome::Dead, attempt).await?;
                 released.insert((route, subject));
             }
         }
@@ -979,10 +1239,17 @@ UPDATE outbox o SET next_at = $3
  WHERE o.route = r.route AND o.subject = r.subject
    AND o.next_at > $3 AND o.attempts = 0 AND o.lease_until IS NULL";
 
-async fn record_attempt(tx: &mut sqlx::PgConnection, id: i64, n: i32, a: &Attempt) -> Result<(), StoreError> {
+/// Keeps attempt `n` of a delivery (its id, route and event) in the delivery log.
+async fn record_attempt(
+    tx: &mut sqlx::PgConnection,
+    (id, route, seq): (i64, &str, i64),
+    n: i32,
+    outcome: LogOutcome,
+    a: &Attempt,
+) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms, route, event_seq, outcome)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(id)
     .bind(n)
@@ -991,9 +1258,36 @@ async fn record_attempt(tx: &mut sqlx::PgConnection, id: i64, n: i32, a: &Attemp
     .bind(&a.error)
     .bind(&a.response)
     .bind(a.duration_ms)
+    .bind(route)
+    .bind(seq)
+    .bind(outcome.as_str())
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// The columns of a delivery log entry, over `attempts a LEFT JOIN events e` (a test send has
+/// no event row and keeps its own id, type and subject).
+const LOG_COLUMNS: &str = "a.id, a.route, a.delivery_id, COALESCE(e.id, a.event_id), COALESCE(e.type, a.type),
+       COALESCE(e.subject, a.subject), a.attempt, a.outcome, a.test, a.at, a.status, a.duration_ms, a.response, a.error";
+
+fn log_row(r: &sqlx::postgres::PgRow) -> Result<LogEntry, sqlx::Error> {
+    Ok(LogEntry {
+        id: r.try_get(0)?,
+        route: r.try_get(1)?,
+        delivery_id: r.try_get(2)?,
+        event_id: r.try_get(3)?,
+        kind: r.try_get(4)?,
+        subject: r.try_get(5)?,
+        attempt: i64::from(r.try_get::<i32, _>(6)?),
+        outcome: LogOutcome::parse(r.try_get(7)?),
+        test: r.try_get(8)?,
+        at: rfc3339(r.try_get(9)?),
+        status: status(r.try_get(10)?),
+        duration_ms: r.try_get(11)?,
+        response: r.try_get(12)?,
+        error: r.try_get(13)?,
+    })
 }
 
 async fn pause_in(
@@ -1125,14 +1419,13 @@ impl Store for PostgresStore {
         let now = self.clock.on_db(now);
         for outcome in &mut outcomes {
             match &mut outcome.kind {
-                OutcomeKind::Delivered { .. } => {}
                 OutcomeKind::Retry { next_at, attempt } => {
                     *next_at = self.clock.on_db(*next_at);
                     attempt.at = self.clock.on_db(attempt.at);
                 }
-                OutcomeKind::Dead { attempt } | OutcomeKind::Gone { attempt } => {
-                    attempt.at = self.clock.on_db(attempt.at)
-                }
+                OutcomeKind::Delivered { attempt, .. }
+                | OutcomeKind::Dead { attempt }
+                | OutcomeKind::Gone { attempt } => attempt.at = self.clock.on_db(attempt.at),
             }
         }
         let (reply, rx) = oneshot::channel();
@@ -1158,6 +1451,19 @@ impl Store for PostgresStore {
         let routes: BTreeSet<String> = routes.into_iter().collect();
         self.shared.due(&routes);
         Ok(())
+    }
+
+    async fn discard_backlog(&self, route: &str, now: Millis) -> Result<usize, StoreError> {
+        // A row a claim is leasing right now is locked: the delete waits for that claim and
+        // then sees its live lease, so it never takes a row out from under an attempt.
+        let deleted = sqlx::query("DELETE FROM outbox WHERE route = $1 AND (lease_until IS NULL OR lease_until <= $2)")
+            .bind(route)
+            .bind(self.clock.on_db(now))
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        self.shared.counts_changed();
+        Ok(deleted as usize)
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -1245,7 +1551,7 @@ impl Store for PostgresStore {
 
     async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetterDetail>, StoreError> {
         let row = sqlx::query(
-            "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body
+            "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body, d.event_seq
                FROM dead_letters d JOIN events e ON e.seq = d.event_seq WHERE d.id = $1",
         )
         .bind(id)
@@ -1254,9 +1560,13 @@ impl Store for PostgresStore {
         let Some(row) = row else { return Ok(None) };
         let summary = dead_letter_row(&row)?;
         let body: String = row.try_get(8)?;
+        let seq: i64 = row.try_get(9)?;
+        // Through its event (`attempts_event`): the log has no index by delivery.
         let rows = sqlx::query(
-            "SELECT attempt, at, status, error, response, duration_ms FROM attempts WHERE delivery_id = $1 ORDER BY id",
+            "SELECT attempt, at, status, error, response, duration_ms FROM attempts
+              WHERE event_seq = $1 AND delivery_id = $2 ORDER BY id",
         )
+        .bind(seq)
         .bind(id)
         .fetch_all(self.pool())
         .await?;
@@ -1404,6 +1714,18 @@ impl Store for PostgresStore {
             let done = sqlx::query(sql).bind(before).bind(PRUNE_CHUNK).execute(tx).await?.rows_affected();
             Ok(done as usize)
         }
+        // The log first: an event is kept while an attempt of it is.
+        let attempts = chunk(
+            &mut tx,
+            "DELETE FROM attempts WHERE id IN (
+                SELECT a.id FROM attempts a
+                 WHERE a.at < $1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
+                   AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
+                 LIMIT $2)",
+            retention_before,
+        )
+        .await?;
         let events = chunk(
             &mut tx,
             "DELETE FROM events WHERE seq IN (
@@ -1411,6 +1733,7 @@ impl Store for PostgresStore {
                  WHERE p.received_at < $1
                    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)
                    AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
+                   AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.event_seq = e.seq)
                  LIMIT $2)",
             retention_before,
         )
@@ -1424,29 +1747,301 @@ impl Store for PostgresStore {
             dedup_before,
         )
         .await?;
-        let attempts = chunk(
-            &mut tx,
-            "DELETE FROM attempts WHERE id IN (
-                SELECT a.id FROM attempts a
-                 WHERE a.at < $1
-                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
-                   AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
-                 LIMIT $2)",
-            retention_before,
-        )
-        .await?;
         let quarantine = chunk(
             &mut tx,
             "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < $1 LIMIT $2)",
             retention_before,
         )
         .await?;
+        // Bounded by the cap of rows per source.
+        let drift = sqlx::query("DELETE FROM drift WHERE last_seen < $1")
+            .bind(retention_before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as usize;
+        let calls = chunk(
+            &mut tx,
+            "DELETE FROM calls WHERE id IN (
+                SELECT c.id FROM calls c
+                 WHERE c.last_at < $1 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.subject = c.subject)
+                 LIMIT $2)",
+            retention_before,
+        )
+        .await?;
         tx.commit().await?;
-        Ok(Pruned { events, payloads, attempts, quarantine })
+        Ok(Pruned { events, payloads, attempts, quarantine, drift, calls })
     }
 
     fn notices(&self) -> broadcast::Receiver<Notice> {
         self.shared.notices.subscribe()
+    }
+
+    async fn record_drift(&self, mut counts: Vec<DriftCount>, max_rows: usize) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        for c in &mut counts {
+            (c.first_seen, c.last_seen) = (self.clock.on_db(c.first_seen), self.clock.on_db(c.last_seen));
+        }
+        let column = |f: fn(&DriftCount) -> &String| counts.iter().map(|c| f(c).clone()).collect::<Vec<String>>();
+        let keys = (
+            column(|c| &c.source),
+            column(|c| &c.vendor_event),
+            column(|c| &c.kind),
+            column(|c| &c.path),
+            column(|c| &c.value),
+        );
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+        let stored = sqlx::query(
+            "SELECT d.source, d.vendor_event, d.kind, d.path, d.value FROM drift d
+               JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                    AS i(source, vendor_event, kind, path, value) USING (source, vendor_event, kind, path, value)",
+        )
+        .bind(&keys.0)
+        .bind(&keys.1)
+        .bind(&keys.2)
+        .bind(&keys.3)
+        .bind(&keys.4)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+        let rows =
+            sqlx::query("SELECT source, count(*) FROM drift WHERE source = ANY($1) AND kind <> $2 GROUP BY source")
+                .bind(&keys.0)
+                .bind(DRIFT_OVERFLOW)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+        let mut upserts = admit_drift(counts, &stored, &rows, max_rows);
+        // One lock order for every replica: two flushes of the same keys never deadlock.
+        upserts.sort_by_key(|c| c.key());
+        let text = |f: fn(&DriftCount) -> &String| upserts.iter().map(|c| f(c).clone()).collect::<Vec<String>>();
+        let number = |f: fn(&DriftCount) -> i64| upserts.iter().map(f).collect::<Vec<i64>>();
+        sqlx::query(
+            "INSERT INTO drift (source, vendor_event, kind, path, value, count, first_seen, last_seen, example)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::int8[], $7::int8[], $8::int8[], $9::text[])
+             ON CONFLICT (source, vendor_event, kind, path, value) DO UPDATE SET
+                 count = drift.count + EXCLUDED.count,
+                 first_seen = LEAST(drift.first_seen, EXCLUDED.first_seen),
+                 last_seen = GREATEST(drift.last_seen, EXCLUDED.last_seen),
+                 example = CASE WHEN EXCLUDED.last_seen >= drift.last_seen THEN EXCLUDED.example ELSE drift.example END",
+        )
+        .bind(text(|c| &c.source))
+        .bind(text(|c| &c.vendor_event))
+        .bind(text(|c| &c.kind))
+        .bind(text(|c| &c.path))
+        .bind(text(|c| &c.value))
+        .bind(number(|c| c.count))
+        .bind(number(|c| c.first_seen))
+        .bind(number(|c| c.last_seen))
+        .bind(text(|c| &c.example))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn drift(&self, filter: &Filter) -> Result<Vec<DriftCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, vendor_event, kind, path, value, count, first_seen, last_seen, example FROM drift
+              WHERE ($1::text IS NULL OR source = $1) AND ($2::int8 IS NULL OR last_seen >= $2)
+              ORDER BY last_seen DESC, source, vendor_event, kind, path, value LIMIT $3",
+        )
+        .bind(&filter.name)
+        .bind(filter.since.map(|t| self.clock.on_db(t)))
+        .bind(limit(filter))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(DriftCount {
+                    source: r.try_get(0)?,
+                    vendor_event: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    path: r.try_get(3)?,
+                    value: r.try_get(4)?,
+                    count: r.try_get(5)?,
+                    first_seen: self.clock.on_local(r.try_get(6)?),
+                    last_seen: self.clock.on_local(r.try_get(7)?),
+                    example: r.try_get(8)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn send_tail(&self, payloads: Vec<String>) -> Result<(), StoreError> {
+        if let Some(long) = payloads.iter().find(|p| p.len() > TAIL_PAYLOAD_MAX) {
+            return Err(StoreError::Backend(format!(
+                "a tail payload of {} bytes is over the {TAIL_PAYLOAD_MAX} bytes a notification carries",
+                long.len()
+            )));
+        }
+        let marked: Vec<String> = payloads.iter().map(|p| format!("{:x} {p}", self.replica)).collect();
+        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) p")
+            .bind(TAIL_CHANNEL)
+            .bind(&marked)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    fn tail_feed(&self) -> Option<broadcast::Receiver<TailFeed>> {
+        Some(self.shared.tail.subscribe())
+    }
+
+    async fn delivery_log(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, StoreError> {
+        let sql = format!(
+            "SELECT {LOG_COLUMNS} FROM attempts a LEFT JOIN events e ON e.seq = a.event_seq
+              WHERE ($1::text IS NULL OR a.route = $1) AND ($2::int8 IS NULL OR a.at >= $2)
+                AND ($3::int8 IS NULL OR a.id < $3) AND ($4::text IS NULL OR COALESCE(e.subject, a.subject) = $4)
+                AND ($5::text IS NULL OR a.outcome = $5) AND ($6::bool IS NULL OR a.test = $6)
+              ORDER BY a.id DESC LIMIT $7"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&filter.route)
+            .bind(filter.since.map(|t| self.clock.on_db(t)))
+            .bind(filter.before_id)
+            .bind(&filter.subject)
+            .bind(filter.outcome.map(LogOutcome::as_str))
+            .bind(filter.test)
+            .bind(filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.iter().map(log_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn event(&self, id: &str, now: Millis) -> Result<Option<EventDetail>, StoreError> {
+        let now = self.clock.on_db(now);
+        // One snapshot, so a delivery never shows in two states (or none) at once.
+        let mut tx = self.pool().begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let row = sqlx::query(
+            "SELECT x.* FROM generate_series((SELECT max(seq) FROM events) >> 10, (SELECT min(seq) FROM events) >> 10, -1) AS b (k)
+              CROSS JOIN LATERAL (
+                SELECT e.seq, e.id, e.type, e.subject, e.body, p.received_at
+                  FROM events e JOIN payloads p ON p.id = e.payload_id
+                 WHERE (e.seq >> 10) = b.k AND e.id = $1) x
+              LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let seq: i64 = row.try_get(0)?;
+        let body: String = row.try_get(4)?;
+        let mut detail = EventDetail {
+            id: row.try_get(1)?,
+            kind: row.try_get(2)?,
+            subject: row.try_get(3)?,
+            received_at: rfc3339(row.try_get(5)?),
+            event: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+            deliveries: Vec::new(),
+        };
+        let outbox = sqlx::query("SELECT id, route, attempts, next_at, lease_until FROM outbox WHERE event_seq = $1")
+            .bind(seq)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| {
+                let lease: Option<Millis> = r.try_get(4)?;
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    i64::from(r.try_get::<i32, _>(2)?),
+                    r.try_get(3)?,
+                    lease.filter(|until| *until > now),
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let dead = sqlx::query("SELECT id, route, attempts, dead_at FROM dead_letters WHERE event_seq = $1")
+            .bind(seq)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, i64::from(r.try_get::<i32, _>(2)?), r.try_get(3)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let log = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LOG_COLUMNS} FROM attempts a LEFT JOIN events e ON e.seq = a.event_seq
+              WHERE a.event_seq = $1 ORDER BY a.id"
+        )))
+        .bind(seq)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(log_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let paused: Vec<String> = sqlx::query_scalar("SELECT route FROM paused_routes").fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        detail.deliveries = super::assemble(outbox, dead, log, &paused);
+        Ok(Some(detail))
+    }
+
+    async fn record_test(&self, send: TestSend) -> Result<i64, StoreError> {
+        let TestSend { route, event_id, kind, subject, success, attempt: a } = send;
+        let outcome = if success { LogOutcome::Success } else { LogOutcome::Failed };
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO attempts (delivery_id, route, event_seq, attempt, at, outcome, test, status, error,
+                                   response, duration_ms, event_id, type, subject)
+             VALUES (NULL, $1, NULL, 1, $2, $3, true, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(&route)
+        .bind(self.clock.on_db(a.at))
+        .bind(outcome.as_str())
+        .bind(a.status.map(i32::from))
+        .bind(&a.error)
+        .bind(&a.response)
+        .bind(a.duration_ms)
+        .bind(&event_id)
+        .bind(&kind)
+        .bind(&subject)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(id)
+    }
+
+    async fn calls(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, StoreError> {
+        let (in_progress, status) = match &filter.status {
+            None => (false, None),
+            Some(CallStatus::InProgress) => (true, None),
+            Some(CallStatus::Is(status)) => (false, Some(status.as_str())),
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CALL_COLUMNS} FROM calls
+              WHERE ($1::text IS NULL OR source = $1) AND ($2::int8 IS NULL OR first_at >= $2)
+                AND (NOT $3 OR status IS NULL) AND ($4::text IS NULL OR status = $4)
+                AND ($5::int8 IS NULL OR id < $5)
+              ORDER BY id DESC LIMIT $6"
+        )))
+        .bind(&filter.source)
+        .bind(filter.since.map(|t| self.clock.on_db(t)))
+        .bind(in_progress)
+        .bind(status)
+        .bind(filter.before_id)
+        .bind(filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(call_summary_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn call(&self, subject: &str, now: Millis) -> Result<Option<StoredCall>, StoreError> {
+        let now = self.clock.on_db(now);
+        // One snapshot: the events and their delivery rows agree.
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let Some(summary) = call_summary(&mut tx, subject).await? else { return Ok(None) };
+        let (events, truncated) = call_events(&mut tx, subject).await?;
+        let last = events.last().map_or(i64::MIN, |e| e.seq);
+        let outbox = call_outbox(&mut tx, subject, last, now).await?;
+        let dead = call_dead_letters(&mut tx, subject, last).await?;
+        tx.commit().await?;
+        let deliveries = call_deliveries(&events, outbox, dead);
+        Ok(Some(StoredCall { summary, events, truncated, deliveries }))
     }
 }
 

@@ -16,7 +16,7 @@
 //! `(route, next_at)` index and stop at the first row not yet due, whatever the backlog.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -31,9 +31,11 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Savepoint, p
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    AttemptRecord, Claimed, Completed, Counts, DeadLetter, DeadLetterDetail, Delivery, Filter, Ingest, IngestOutcome,
-    Lease, Millis, Notice, Outcome, OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, now_ms,
-    rfc3339,
+    AttemptRecord, CALL_BYTES_MAX, CALL_EVENTS_MAX, CallEvent, CallFilter, CallStatus, CallSummary, Claimed, Completed,
+    Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, DeadRow, Delivery, DriftCount, EventDetail, Filter, Ingest,
+    IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice, OutboxRow, Outcome, OutcomeKind, Pause,
+    Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall, TERMINAL_TYPES, TestSend, admit_drift,
+    call_deliveries, now_ms, rfc3339,
 };
 
 /// Errors that say "not now" (busy, full, read-only, I/O) rather than "never".
@@ -85,6 +87,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_events_without_unique_id.sql"),
     include_str!("../../migrations/sqlite/0003_subject_per_source.sql"),
     include_str!("../../migrations/sqlite/0004_health.sql"),
+    include_str!("../../migrations/sqlite/0005_vendor_drift.sql"),
+    include_str!("../../migrations/sqlite/0006_delivery_log.sql"),
+    include_str!("../../migrations/sqlite/0007_call_records.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this callgate migrates a database to.
@@ -162,10 +167,19 @@ pub struct SqliteStore {
     notices: broadcast::Sender<Notice>,
 }
 
-/// Leases of claimed deliveries, by outbox id.
+/// Leases of claimed deliveries, by outbox id and by route.
+///
+/// Every operation costs in proportion to what it touches, not to every lease held: a claim
+/// reads only its route's leases, and finished leases are forgotten from a queue in the order
+/// their outcomes committed (a `retain` over every lease on each outcome cost more than the
+/// rest of the bookkeeping with ten busy routes).
 #[derive(Default)]
 struct Leases {
     held: HashMap<i64, Held>,
+    /// The ids in `held`, per route.
+    by_route: HashMap<String, HashSet<i64>>,
+    /// (commit count, id) of leases whose outcome committed, roughly in commit order.
+    finished: VecDeque<(u64, i64)>,
     /// Claims reading now, by the commit count they began at (with how many began there).
     reading: BTreeMap<u64, usize>,
 }
@@ -184,15 +198,80 @@ impl Leases {
     fn claimable(&self, id: i64, now: Millis, began: u64) -> bool {
         match self.held.get(&id) {
             None => true,
-            Some(Held { done: Some(done), .. }) => *done <= began,
-            Some(Held { until, .. }) => *until <= now, // expired: taken over
+            Some(held) => held.claimable(now, began),
+        }
+    }
+
+    /// How many rows of `route` a claim whose snapshot began at `began` may not take at `now`.
+    fn unclaimable(&self, route: &str, now: Millis, began: u64) -> usize {
+        self.by_route
+            .get(route)
+            .into_iter()
+            .flatten()
+            .filter(|id| self.held.get(id).is_some_and(|held| !held.claimable(now, began)))
+            .count()
+    }
+
+    /// The live leases of `route` (no outcome yet).
+    fn live<'a>(&'a self, route: &str) -> impl Iterator<Item = (i64, &'a Held)> + 'a {
+        let ids = self.by_route.get(route);
+        ids.into_iter()
+            .flatten()
+            .filter_map(|id| self.held.get(id).map(|held| (*id, held)))
+            .filter(|(_, held)| held.done.is_none())
+    }
+
+    fn insert(&mut self, id: i64, held: Held) {
+        match self.by_route.get_mut(&held.route) {
+            Some(ids) => drop(ids.insert(id)),
+            None => drop(self.by_route.insert(held.route.clone(), HashSet::from([id]))),
+        }
+        self.held.insert(id, held);
+    }
+
+    fn remove(&mut self, id: i64) -> Option<Held> {
+        let held = self.held.remove(&id)?;
+        if let Some(ids) = self.by_route.get_mut(&held.route) {
+            ids.remove(&id);
+        }
+        Some(held)
+    }
+
+    /// Whether `lease` is still the live lease of `id`.
+    fn holds(&self, id: i64, lease: Lease) -> bool {
+        self.held.get(&id).is_some_and(|held| held.lease == lease && held.done.is_none())
+    }
+
+    /// Marks the lease of `id` finished at commit count `done`.
+    fn finish(&mut self, id: i64, done: u64) {
+        if let Some(held) = self.held.get_mut(&id) {
+            held.done = Some(done);
+            self.finished.push_back((done, id));
         }
     }
 
     /// Forgets finished leases that no running claim can still need.
     fn forget_finished(&mut self) {
         let oldest = self.reading.keys().next().copied().unwrap_or(u64::MAX);
-        self.held.retain(|_, held| held.done.is_none_or(|done| done > oldest));
+        while let Some(&(done, id)) = self.finished.front() {
+            if done > oldest {
+                break;
+            }
+            self.finished.pop_front();
+            // A row claimed again since then holds a new lease: that one stays.
+            if self.held.get(&id).is_some_and(|held| held.done == Some(done)) {
+                self.remove(id);
+            }
+        }
+    }
+}
+
+impl Held {
+    fn claimable(&self, now: Millis, began: u64) -> bool {
+        match self.done {
+            Some(done) => done <= began,
+            None => self.until <= now, // expired: taken over
+        }
     }
 }
 
@@ -328,6 +407,11 @@ fn open_connection(path: &Path, read_only: bool, busy_timeout: Duration) -> Resu
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
     conn.busy_timeout(busy_timeout)?;
+    // The query planner's stability guarantee: a plan never depends on a bound value. Without
+    // it SQLite recompiles a statement whenever the value bound to its `LIMIT` changes, and
+    // the claim's limit changes with every batch (a recompile of the due query cost more than
+    // a claim).
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     if !read_only {
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -473,10 +557,28 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
     )?
     .execute(params![ingest.source, &ingest.digest[..], ingest.received_at, ingest.body, ids_json])?;
     let payload_id = tx.last_insert_rowid();
+    // Usually one call per payload.
+    let mut calls: Vec<CallDelta<'_>> = Vec::with_capacity(1);
     for event in &ingest.events {
-        tx.prepare_cached("INSERT INTO events (id, payload_id, type, subject, body) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![event.id, payload_id, event.kind, event.subject, event.json])?;
+        let routes = serde_json::to_string(&event.routes).map_err(|e| StoreError::Backend(e.to_string()))?;
+        tx.prepare_cached(
+            "INSERT INTO events (id, payload_id, type, subject, body, routes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![event.id, payload_id, event.kind, event.subject, event.json, routes])?;
         let seq = tx.last_insert_rowid();
+        // The call's summary, written once per call of the payload (below).
+        let call = match calls.iter_mut().find(|c| c.subject == event.subject) {
+            Some(call) => call,
+            None => {
+                calls.push(CallDelta { subject: &event.subject, ..CallDelta::default() });
+                calls.last_mut().ok_or_else(|| StoreError::Backend("no call summary".into()))?
+            }
+        };
+        call.events += 1;
+        if event.status.is_some() {
+            (call.status, call.status_seq) = (event.status, Some(seq));
+        }
+        call.terminal |= TERMINAL_TYPES.contains(&event.kind.as_str());
         for route in &event.routes {
             // Never due before an earlier event of the same call on this route.
             tx.prepare_cached(
@@ -487,7 +589,40 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
             delta.backlog(route, 1);
         }
     }
+    for call in calls {
+        // The status of a call's last accepted terminal event wins (`canonical::call::merge`
+        // reads the events the same way).
+        tx.prepare_cached(
+            "INSERT INTO calls (subject, source, first_at, last_at, status, status_seq, terminal_at, events)
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (subject) DO UPDATE SET
+                 last_at = MAX(last_at, excluded.last_at),
+                 status = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status ELSE status END,
+                 status_seq = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status_seq ELSE status_seq END,
+                 terminal_at = COALESCE(MIN(terminal_at, excluded.terminal_at), terminal_at, excluded.terminal_at),
+                 events = events + excluded.events",
+        )?
+        .execute(params![
+            call.subject,
+            ingest.source,
+            ingest.received_at,
+            call.status,
+            call.status_seq,
+            call.terminal.then_some(ingest.received_at),
+            call.events
+        ])?;
+    }
     Ok(IngestOutcome::Accepted(ids))
+}
+
+/// What one payload adds to a call's summary row.
+#[derive(Default)]
+struct CallDelta<'a> {
+    subject: &'a str,
+    events: i64,
+    status: Option<&'static str>,
+    status_seq: Option<i64>,
+    terminal: bool,
 }
 
 /// Applies outcomes whose leases were checked; returns what the workers must be told.
@@ -500,12 +635,15 @@ fn complete_all(
     let mut notices = Vec::new();
     for Outcome { id, kind, .. } in outcomes {
         match kind {
-            OutcomeKind::Delivered { recovered } => {
-                let row: Option<(String, String)> = tx
-                    .prepare_cached("DELETE FROM outbox WHERE id = ?1 RETURNING route, subject")?
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            OutcomeKind::Delivered { recovered, attempt } => {
+                let row: Option<(String, String, i64, i64)> = tx
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE id = ?1 RETURNING route, subject, event_seq, attempts + 1",
+                    )?
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .optional()?;
-                if let Some((route, subject)) = row {
+                if let Some((route, subject, seq, n)) = row {
+                    record_attempt(tx, *id, &route, seq, n, LogOutcome::Success, attempt)?;
                     delta.backlog(&route, -1);
                     let followers = release_followers(tx, &route, &subject, now)?;
                     if *recovered {
@@ -519,30 +657,30 @@ fn complete_all(
                 }
             }
             OutcomeKind::Retry { next_at, attempt } => {
-                let row: Option<(i64, String, String)> = tx
+                let row: Option<(i64, String, String, i64)> = tx
                     .prepare_cached(
-                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 RETURNING attempts, route, subject",
+                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?2 WHERE id = ?1 RETURNING attempts, route, subject, event_seq",
                     )?
-                    .query_row(params![id, next_at], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .query_row(params![id, next_at], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .optional()?;
-                if let Some((n, route, subject)) = row {
+                if let Some((n, route, subject, seq)) = row {
                     // Keep the call's later events behind this one.
                     tx.prepare_cached(
                         "UPDATE outbox INDEXED BY outbox_subject SET next_at = ?4 WHERE route = ?1 AND subject = ?2 AND id > ?3 AND next_at < ?4",
                     )?
                     .execute(params![route, subject, id, next_at])?;
-                    record_attempt(tx, *id, n, attempt)?;
+                    record_attempt(tx, *id, &route, seq, n, LogOutcome::Failed, attempt)?;
                 }
             }
             OutcomeKind::Gone { attempt } => {
-                let row: Option<(i64, String)> = tx
+                let row: Option<(i64, String, i64)> = tx
                     .prepare_cached(
-                        "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts, route",
+                        "UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1 RETURNING attempts, route, event_seq",
                     )?
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?;
-                if let Some((n, route)) = row {
-                    record_attempt(tx, *id, n, attempt)?;
+                if let Some((n, route, seq)) = row {
+                    record_attempt(tx, *id, &route, seq, n, LogOutcome::Failed, attempt)?;
                     set_paused(tx, &route, Some("the route answered 410 Gone"), now)?;
                     notices.push(Notice::Paused { route, paused: true });
                 }
@@ -561,7 +699,7 @@ fn complete_all(
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![id, seq, route, subject, attempts, attempt.at, last_error])?;
-                    record_attempt(tx, *id, attempts, attempt)?;
+                    record_attempt(tx, *id, &route, seq, attempts, LogOutcome::Dead, attempt)?;
                     delta.backlog(&route, -1);
                     delta.dead(&route, 1);
                     release_followers(tx, &route, &subject, now)?;
@@ -588,12 +726,58 @@ fn release_followers(tx: &Savepoint<'_>, route: &str, subject: &str, now: Millis
     Ok(left.is_some())
 }
 
-fn record_attempt(tx: &Savepoint<'_>, id: i64, n: i64, a: &super::Attempt) -> Result<(), StoreError> {
+/// Keeps attempt `n` of delivery `id` (of event `seq` on `route`) in the delivery log.
+fn record_attempt(
+    tx: &Savepoint<'_>,
+    id: i64,
+    route: &str,
+    seq: i64,
+    n: i64,
+    outcome: LogOutcome,
+    a: &super::Attempt,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO attempts (delivery_id, route, event_seq, attempt, at, outcome, status, error, response, duration_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
-    .execute(params![id, n, a.at, a.status, a.error, a.response, a.duration_ms])?;
+    .execute(params![id, route, seq, n, a.at, outcome.as_str(), a.status, a.error, a.response, a.duration_ms])?;
     Ok(())
+}
+
+/// An event by its id: `events_id` is keyed by buckets of 1024 events (`seq >> 10`) so that
+/// ingest appends to it; the lookup probes each bucket, newest first.
+const EVENT_BY_ID: &str = "
+WITH RECURSIVE bucket (k) AS (
+  SELECT (SELECT MAX(seq) FROM events) >> 10
+  UNION ALL
+  SELECT k - 1 FROM bucket WHERE k > (SELECT MIN(seq) FROM events) >> 10)
+SELECT e.seq, e.id, e.type, e.subject, e.body, p.received_at
+  FROM bucket JOIN events e ON (e.seq >> 10) = bucket.k AND e.id = ?1
+  JOIN payloads p ON p.id = e.payload_id
+ LIMIT 1";
+
+/// The columns of a delivery log entry, over `attempts a LEFT JOIN events e` (a test send has
+/// no event row and keeps its own id, type and subject).
+const LOG_COLUMNS: &str = "a.id, a.route, a.delivery_id, COALESCE(e.id, a.event_id), COALESCE(e.type, a.type),
+       COALESCE(e.subject, a.subject), a.attempt, a.outcome, a.test, a.at, a.status, a.duration_ms, a.response, a.error";
+
+fn log_row(r: &rusqlite::Row<'_>) -> Result<LogEntry, rusqlite::Error> {
+    Ok(LogEntry {
+        id: r.get(0)?,
+        route: r.get(1)?,
+        delivery_id: r.get(2)?,
+        event_id: r.get(3)?,
+        kind: r.get(4)?,
+        subject: r.get(5)?,
+        attempt: r.get(6)?,
+        outcome: LogOutcome::parse(&r.get::<_, String>(7)?),
+        test: r.get(8)?,
+        at: rfc3339(r.get(9)?),
+        status: r.get(10)?,
+        duration_ms: r.get(11)?,
+        response: r.get(12)?,
+        error: r.get(13)?,
+    })
 }
 
 fn set_paused(tx: &Savepoint<'_>, route: &str, reason: Option<&str>, now: Millis) -> Result<(), StoreError> {
@@ -615,7 +799,6 @@ const DUE: &str = "
 SELECT o.id, o.event_seq, o.subject, o.attempts
   FROM outbox o
  WHERE o.route = ?1 AND o.next_at <= ?2
-   AND o.id NOT IN (SELECT value FROM json_each(?4))
    AND NOT EXISTS (SELECT 1 FROM outbox p INDEXED BY outbox_subject WHERE p.route = ?1 AND p.subject = o.subject AND p.id < o.id)
    AND NOT EXISTS (SELECT 1 FROM paused_routes pr WHERE pr.route = ?1)
  ORDER BY o.next_at, o.id
@@ -654,6 +837,10 @@ fn limit(filter: &Filter) -> i64 {
     filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64
 }
 
+fn log_limit(filter: &LogFilter) -> i64 {
+    filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ingest(&self, ingest: Ingest) -> Result<IngestOutcome, StoreError> {
@@ -685,28 +872,20 @@ impl Store for SqliteStore {
             began
         };
         let leases = self.leases.clone();
+        let route_name = route;
         let route = route.to_owned();
         // One token for the whole claim: it fences each outcome, and undoes a failed claim.
         let lease = Lease::new();
         let result = self
             .read(move |conn| {
                 // The rows this claim may not take (leased, or finished after its snapshot
-                // began) are left out by the query itself, so a busy route's claim never reads
-                // its own leased rows back (it did, and with every route's count as its bound).
-                let skip = leases
-                    .lock()
-                    .map(|l| {
-                        let ids: Vec<i64> = l
-                            .held
-                            .iter()
-                            .filter(|(id, h)| h.route == route && !l.claimable(**id, now, began))
-                            .map(|(id, _)| *id)
-                            .collect();
-                        serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned())
-                    })
-                    .unwrap_or_else(|_| "[]".to_owned());
+                // began): the walk reads at most that many more than it hands out. They are
+                // this route's only (a claim bounded by every route's leases read thousands of
+                // rows back), and skipped here: a list of ids handed to the query cost more
+                // to build into a temporary index than the rows it kept out.
+                let skip = leases.lock().map(|l| l.unclaimable(&route, now, began)).unwrap_or(0);
                 let mut stmt = conn.prepare_cached(DUE)?;
-                let rows = stmt.query_map(params![route, now, limit as i64, skip], |r| {
+                let rows = stmt.query_map(params![route, now, (limit + skip) as i64], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
                 })?;
                 let mut chosen = Vec::new();
@@ -715,9 +894,7 @@ impl Store for SqliteStore {
                     for row in rows {
                         let row = row?;
                         if leases.claimable(row.0, now, began) {
-                            leases
-                                .held
-                                .insert(row.0, Held { route: route.clone(), lease, until: lease_until, done: None });
+                            leases.insert(row.0, Held { route: route.clone(), lease, until: lease_until, done: None });
                             chosen.push((row, lease));
                             if chosen.len() == limit {
                                 break;
@@ -763,7 +940,9 @@ impl Store for SqliteStore {
             }
             // A claim that failed after leasing rows hands none of them out: release them.
             if result.is_err() {
-                leases.held.retain(|_, held| held.lease != lease);
+                let mine: Vec<i64> =
+                    leases.live(route_name).filter(|(_, held)| held.lease == lease).map(|(id, _)| id).collect();
+                mine.into_iter().for_each(|id| drop(leases.remove(id)));
             }
             leases.forget_finished();
         }
@@ -775,10 +954,9 @@ impl Store for SqliteStore {
             .leases
             .lock()
             .map_err(|_| StoreError::Closed)?
-            .held
-            .values()
-            .filter(|held| held.route == route && held.done.is_none() && held.until > after)
-            .map(|held| held.until)
+            .live(route)
+            .map(|(_, held)| held.until)
+            .filter(|until| *until > after)
             .min();
         let route = route.to_owned();
         let due: Option<Millis> = self
@@ -796,18 +974,14 @@ impl Store for SqliteStore {
     async fn complete(&self, outcomes: Vec<Outcome>, now: Millis) -> Result<Completed, StoreError> {
         let (current, stale): (Vec<Outcome>, Vec<Outcome>) = {
             let leases = self.leases.lock().map_err(|_| StoreError::Closed)?;
-            outcomes
-                .into_iter()
-                .partition(|o| leases.held.get(&o.id).is_some_and(|held| held.lease == o.lease && held.done.is_none()))
+            outcomes.into_iter().partition(|o| leases.holds(o.id, o.lease))
         };
         let ids: Vec<i64> = current.iter().map(|o| o.id).collect();
         let notices = self.submit(false, move |tx, delta| complete_all(tx, &current, delta, now)).await?;
         let done = self.commits.load(Ordering::SeqCst);
         if let Ok(mut leases) = self.leases.lock() {
             for id in ids {
-                if let Some(held) = leases.held.get_mut(&id) {
-                    held.done = Some(done);
-                }
+                leases.finish(id, done);
             }
             leases.forget_finished();
         }
@@ -822,8 +996,8 @@ impl Store for SqliteStore {
         {
             let mut held = self.leases.lock().map_err(|_| StoreError::Closed)?;
             for (id, lease) in leases {
-                if held.held.get(&id).is_some_and(|h| h.lease == lease && h.done.is_none())
-                    && let Some(h) = held.held.remove(&id)
+                if held.holds(id, lease)
+                    && let Some(h) = held.remove(id)
                 {
                     routes.insert(h.route);
                 }
@@ -831,6 +1005,24 @@ impl Store for SqliteStore {
         }
         self.notify_due(&routes);
         Ok(())
+    }
+
+    async fn discard_backlog(&self, route: &str, now: Millis) -> Result<usize, StoreError> {
+        // Leases live in this process: the rows in flight are named to the statement.
+        let leased: Vec<i64> = {
+            let leases = self.leases.lock().map_err(|_| StoreError::Closed)?;
+            leases.live(route).filter(|(_, h)| h.until > now).map(|(id, _)| id).collect()
+        };
+        let leased = serde_json::to_string(&leased).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let route = route.to_owned();
+        self.write(move |tx, delta| {
+            let deleted = tx
+                .prepare_cached("DELETE FROM outbox WHERE route = ?1 AND id NOT IN (SELECT value FROM json_each(?2))")?
+                .execute(params![route, leased])?;
+            delta.backlog(&route, -(deleted as i64));
+            Ok(deleted)
+        })
+        .await
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -895,18 +1087,20 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let found = conn
                 .query_row(
-                    "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body
+                    "SELECT d.id, d.route, e.id, e.type, d.subject, d.attempts, d.dead_at, d.last_error, e.body, d.event_seq
                        FROM dead_letters d JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1",
                     [id],
-                    |r| Ok((dead_letter_row(r)?, r.get::<_, String>(8)?)),
+                    |r| Ok((dead_letter_row(r)?, r.get::<_, String>(8)?, r.get::<_, i64>(9)?)),
                 )
                 .optional()?;
-            let Some((summary, body)) = found else { return Ok(None) };
+            let Some((summary, body, seq)) = found else { return Ok(None) };
+            // Through its event (`attempts_event`): the log has no index by delivery.
             let mut stmt = conn.prepare(
-                "SELECT attempt, at, status, error, response, duration_ms FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+                "SELECT attempt, at, status, error, response, duration_ms FROM attempts
+                  WHERE event_seq = ?1 AND delivery_id = ?2 ORDER BY id",
             )?;
             let attempts_log = stmt
-                .query_map([id], |r| {
+                .query_map([seq, id], |r| {
                     Ok(AttemptRecord {
                         attempt: r.get(0)?,
                         at: rfc3339(r.get(1)?),
@@ -998,15 +1192,280 @@ impl Store for SqliteStore {
         self.notices.subscribe()
     }
 
+    async fn record_drift(&self, counts: Vec<DriftCount>, max_rows: usize) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        // Bookkeeping, not an acknowledged payload: it rides on the next fsync.
+        self.submit(false, move |tx, _| {
+            let mut stored = HashSet::new();
+            let mut rows = HashMap::new();
+            {
+                let mut exists = tx.prepare_cached(
+                    "SELECT 1 FROM drift WHERE source = ?1 AND vendor_event = ?2 AND kind = ?3 AND path = ?4 AND value = ?5",
+                )?;
+                let mut held = tx.prepare_cached("SELECT count(*) FROM drift WHERE source = ?1 AND kind <> ?2")?;
+                for c in &counts {
+                    if exists.exists(params![c.source, c.vendor_event, c.kind, c.path, c.value])? {
+                        stored.insert(c.key());
+                    }
+                    if !rows.contains_key(&c.source) {
+                        let n: i64 = held.query_row(params![c.source, DRIFT_OVERFLOW], |r| r.get(0))?;
+                        rows.insert(c.source.clone(), n);
+                    }
+                }
+            }
+            let mut upsert = tx.prepare_cached(DRIFT_UPSERT)?;
+            for c in admit_drift(counts, &stored, &rows, max_rows) {
+                upsert.execute(params![
+                    c.source,
+                    c.vendor_event,
+                    c.kind,
+                    c.path,
+                    c.value,
+                    c.count,
+                    c.first_seen,
+                    c.last_seen,
+                    c.example
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn drift(&self, filter: &Filter) -> Result<Vec<DriftCount>, StoreError> {
+        let (source, since, limit) = (filter.name.clone(), filter.since, limit(filter));
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT source, vendor_event, kind, path, value, count, first_seen, last_seen, example FROM drift
+                  WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR last_seen >= ?2)
+                  ORDER BY last_seen DESC, source, vendor_event, kind, path, value LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![source, since, limit], drift_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn delivery_log(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, StoreError> {
+        use rusqlite::types::Value as V;
+        let mut clauses = vec!["1 = 1".to_owned()];
+        let mut values: Vec<V> = Vec::new();
+        let mut add = |clause: &str, value: V| {
+            values.push(value);
+            clauses.push(format!("{clause} ?{}", values.len()));
+        };
+        if let Some(route) = &filter.route {
+            add("a.route =", V::Text(route.clone()));
+        }
+        if let Some(since) = filter.since {
+            add("a.at >=", V::Integer(since));
+        }
+        if let Some(before) = filter.before_id {
+            add("a.id <", V::Integer(before));
+        }
+        if let Some(subject) = &filter.subject {
+            add("COALESCE(e.subject, a.subject) =", V::Text(subject.clone()));
+        }
+        if let Some(outcome) = filter.outcome {
+            add("a.outcome =", V::Text(outcome.as_str().to_owned()));
+        }
+        if let Some(test) = filter.test {
+            add("a.test =", V::Integer(i64::from(test)));
+        }
+        values.push(V::Integer(log_limit(filter)));
+        // Walks the route's log newest first (`attempts_route`) and stops at the limit.
+        let sql = format!(
+            "SELECT {LOG_COLUMNS} FROM attempts a LEFT JOIN events e ON e.seq = a.event_seq
+              WHERE {} ORDER BY a.id DESC LIMIT ?{}",
+            clauses.join(" AND "),
+            values.len()
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), log_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn calls(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, StoreError> {
+        use rusqlite::types::Value as V;
+        let mut clauses = vec!["1 = 1".to_owned()];
+        let mut values: Vec<V> = Vec::new();
+        if let Some(source) = &filter.source {
+            values.push(V::Text(source.clone()));
+            clauses.push(format!("source = ?{}", values.len()));
+        }
+        if let Some(since) = filter.since {
+            values.push(V::Integer(since));
+            clauses.push(format!("first_at >= ?{}", values.len()));
+        }
+        match &filter.status {
+            None => {}
+            Some(CallStatus::InProgress) => clauses.push("status IS NULL".to_owned()),
+            Some(CallStatus::Is(status)) => {
+                values.push(V::Text(status.clone()));
+                clauses.push(format!("status = ?{}", values.len()));
+            }
+        }
+        if let Some(before) = filter.before_id {
+            values.push(V::Integer(before));
+            clauses.push(format!("id < ?{}", values.len()));
+        }
+        values.push(V::Integer(call_limit(filter)));
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE {} ORDER BY id DESC LIMIT ?{}",
+            clauses.join(" AND "),
+            values.len()
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), call_summary_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn event(&self, id: &str, now: Millis) -> Result<Option<EventDetail>, StoreError> {
+        let id = id.to_owned();
+        let found = self
+            .read(move |conn| {
+                let event = conn
+                    .query_row(EVENT_BY_ID, [&id], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, i64>(5)?,
+                        ))
+                    })
+                    .optional()?;
+                let Some((seq, id, kind, subject, body, received_at)) = event else { return Ok(None) };
+                let rows = |sql: &str| -> Result<Vec<(i64, String, i64, i64)>, rusqlite::Error> {
+                    conn.prepare(sql)?.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect()
+                };
+                let outbox = rows("SELECT id, route, attempts, next_at FROM outbox WHERE event_seq = ?1")?;
+                let dead = rows("SELECT id, route, attempts, dead_at FROM dead_letters WHERE event_seq = ?1")?;
+                let log: Vec<LogEntry> = conn
+                    .prepare(&format!(
+                        "SELECT {LOG_COLUMNS} FROM attempts a LEFT JOIN events e ON e.seq = a.event_seq
+                          WHERE a.event_seq = ?1 ORDER BY a.id"
+                    ))?
+                    .query_map([seq], log_row)?
+                    .collect::<Result<_, _>>()?;
+                let paused: Vec<String> = conn
+                    .prepare("SELECT route FROM paused_routes")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let detail = EventDetail {
+                    id,
+                    kind,
+                    subject,
+                    received_at: rfc3339(received_at),
+                    event: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+                    deliveries: Vec::new(),
+                };
+                Ok(Some((detail, outbox, dead, log, paused)))
+            })
+            .await?;
+        let Some((mut detail, outbox, dead, log, paused)) = found else { return Ok(None) };
+        // Leases live in this process's memory (one process owns the file).
+        let leased: HashMap<i64, Millis> = {
+            let leases = self.leases.lock().map_err(|_| StoreError::Closed)?;
+            outbox
+                .iter()
+                .filter_map(|(id, ..)| {
+                    leases.held.get(id).filter(|h| h.done.is_none() && h.until > now).map(|h| (*id, h.until))
+                })
+                .collect()
+        };
+        let outbox = outbox
+            .into_iter()
+            .map(|(id, route, attempts, next_at)| (id, route, attempts, next_at, leased.get(&id).copied()))
+            .collect();
+        detail.deliveries = super::assemble(outbox, dead, log, &paused);
+        Ok(Some(detail))
+    }
+
+    async fn record_test(&self, send: TestSend) -> Result<i64, StoreError> {
+        self.submit(false, move |tx, _| {
+            let TestSend { route, event_id, kind, subject, success, attempt: a } = &send;
+            let outcome = if *success { LogOutcome::Success } else { LogOutcome::Failed };
+            let id = tx
+                .prepare_cached(
+                    "INSERT INTO attempts (delivery_id, route, event_seq, attempt, at, outcome, test, status, error,
+                                           response, duration_ms, event_id, type, subject)
+                     VALUES (NULL, ?1, NULL, 1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        route,
+                        a.at,
+                        outcome.as_str(),
+                        a.status,
+                        a.error,
+                        a.response,
+                        a.duration_ms,
+                        event_id,
+                        kind,
+                        subject
+                    ],
+                    |r| r.get(0),
+                )?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn call(&self, subject: &str, now: Millis) -> Result<Option<StoredCall>, StoreError> {
+        let subject = subject.to_owned();
+        let found = self
+            .read(move |conn| {
+                // One snapshot: the events and their delivery rows agree.
+                let tx = conn.unchecked_transaction()?;
+                let Some(summary) = call_summary(&tx, &subject)? else { return Ok(None) };
+                let (events, truncated) = call_events(&tx, &subject)?;
+                let last = events.last().map_or(i64::MIN, |e| e.seq);
+                let outbox = call_outbox(&tx, &subject, last)?;
+                let dead = call_dead_letters(&tx, &subject, last)?;
+                Ok(Some((summary, events, truncated, outbox, dead)))
+            })
+            .await?;
+        let Some((summary, events, truncated, mut outbox, dead)) = found else { return Ok(None) };
+        // Leases live in memory (one process owns the file).
+        if let Ok(leases) = self.leases.lock() {
+            for row in &mut outbox {
+                row.leased = leases.held.get(&row.id).is_some_and(|held| held.done.is_none() && held.until > now);
+            }
+        }
+        let deliveries = call_deliveries(&events, outbox, dead);
+        Ok(Some(StoredCall { summary, events, truncated, deliveries }))
+    }
+
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError> {
         self.write(move |tx, _| {
             let chunk = PRUNE_CHUNK as i64;
+            // The log first: an event is kept while an attempt of it is.
+            let attempts = tx.execute(
+                "DELETE FROM attempts WHERE id IN (
+                    SELECT a.id FROM attempts a
+                     WHERE a.at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
+                       AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
+                     LIMIT ?2)",
+                params![retention_before, chunk],
+            )?;
             let events = tx.execute(
                 "DELETE FROM events WHERE seq IN (
                     SELECT e.seq FROM events e JOIN payloads p ON p.id = e.payload_id
                      WHERE p.received_at < ?1
                        AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_seq = e.seq)
                        AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.event_seq = e.seq)
+                       AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.event_seq = e.seq)
                      LIMIT ?2)",
                 params![retention_before, chunk],
             )?;
@@ -1017,23 +1476,142 @@ impl Store for SqliteStore {
                      LIMIT ?2)",
                 params![dedup_before, chunk],
             )?;
-            let attempts = tx.execute(
-                "DELETE FROM attempts WHERE id IN (
-                    SELECT a.id FROM attempts a
-                     WHERE a.at < ?1
-                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = a.delivery_id)
-                       AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.id = a.delivery_id)
-                     LIMIT ?2)",
-                params![retention_before, chunk],
-            )?;
             let quarantine = tx.execute(
                 "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < ?1 LIMIT ?2)",
                 params![retention_before, chunk],
             )?;
-            Ok(Pruned { events, payloads, attempts, quarantine })
+            // Bounded by the cap of rows per source.
+            let drift = tx.execute("DELETE FROM drift WHERE last_seen < ?1", params![retention_before])?;
+            let calls = tx.execute(
+                "DELETE FROM calls WHERE id IN (
+                    SELECT c.id FROM calls c
+                     WHERE c.last_at < ?1 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.subject = c.subject)
+                     LIMIT ?2)",
+                params![retention_before, chunk],
+            )?;
+            Ok(Pruned { events, payloads, attempts, quarantine, drift, calls })
         })
         .await
     }
+}
+
+/// Adds one aggregated count to its drift row (the example of the latest sighting wins).
+const DRIFT_UPSERT: &str =
+    "INSERT INTO drift (source, vendor_event, kind, path, value, count, first_seen, last_seen, example)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+     ON CONFLICT (source, vendor_event, kind, path, value) DO UPDATE SET
+         count = drift.count + excluded.count,
+         first_seen = min(drift.first_seen, excluded.first_seen),
+         last_seen = max(drift.last_seen, excluded.last_seen),
+         example = CASE WHEN excluded.last_seen >= drift.last_seen THEN excluded.example ELSE drift.example END";
+
+fn drift_row(r: &rusqlite::Row<'_>) -> Result<DriftCount, rusqlite::Error> {
+    Ok(DriftCount {
+        source: r.get(0)?,
+        vendor_event: r.get(1)?,
+        kind: r.get(2)?,
+        path: r.get(3)?,
+        value: r.get(4)?,
+        count: r.get(5)?,
+        first_seen: r.get(6)?,
+        last_seen: r.get(7)?,
+        example: r.get(8)?,
+    })
+}
+
+fn call_limit(filter: &CallFilter) -> i64 {
+    filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64
+}
+
+const CALL_COLUMNS: &str = "id, subject, source, first_at, last_at, status, terminal_at, events";
+
+fn call_summary_row(r: &rusqlite::Row<'_>) -> Result<CallSummary, rusqlite::Error> {
+    Ok(CallSummary {
+        id: r.get(0)?,
+        subject: r.get(1)?,
+        source: r.get(2)?,
+        first_at: rfc3339(r.get(3)?),
+        last_at: rfc3339(r.get(4)?),
+        status: r.get(5)?,
+        terminal_at: r.get::<_, Option<i64>>(6)?.map(rfc3339),
+        events: r.get(7)?,
+    })
+}
+
+/// A call's summary row.
+fn call_summary(conn: &Connection, subject: &str) -> Result<Option<CallSummary>, rusqlite::Error> {
+    conn.prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE subject = ?1"))?
+        .query_row([subject], call_summary_row)
+        .optional()
+}
+
+/// A call's events in acceptance order, as many as [`events_that_fit`], and whether more
+/// exist. Rows are read one at a time, so what does not fit is never loaded.
+fn call_events(conn: &Connection, subject: &str) -> Result<(Vec<CallEvent>, bool), rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.seq, e.id, e.type, p.received_at, e.body, e.routes
+           FROM events e JOIN payloads p ON p.id = e.payload_id
+          WHERE e.subject = ?1 ORDER BY e.seq",
+    )?;
+    let mut rows = stmt.query([subject])?;
+    let (mut events, mut bytes) = (Vec::new(), 0usize);
+    while let Some(r) = rows.next()? {
+        let json: String = r.get(4)?;
+        bytes += json.len();
+        if events.len() == CALL_EVENTS_MAX || (!events.is_empty() && bytes > CALL_BYTES_MAX) {
+            return Ok((events, true));
+        }
+        let routes: Option<String> = r.get(5)?;
+        events.push(CallEvent {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            kind: r.get(2)?,
+            accepted_at: r.get(3)?,
+            json,
+            routes: routes.and_then(|text| serde_json::from_str(&text).ok()),
+        });
+    }
+    Ok((events, false))
+}
+
+/// The outbox rows of a call's events up to `last_seq` (leases are filled in by the caller).
+fn call_outbox(conn: &Connection, subject: &str, last_seq: i64) -> Result<Vec<OutboxRow>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT o.id, o.event_seq, o.route, o.attempts, o.next_at
+           FROM events e JOIN outbox o ON o.event_seq = e.seq
+          WHERE e.subject = ?1 AND e.seq <= ?2",
+    )?;
+    stmt.query_map(params![subject, last_seq], |r| {
+        Ok(OutboxRow {
+            id: r.get(0)?,
+            event_seq: r.get(1)?,
+            route: r.get(2)?,
+            attempts: r.get(3)?,
+            next_at: r.get(4)?,
+            leased: false,
+        })
+    })?
+    .collect()
+}
+
+/// The dead letters of a call's events up to `last_seq`.
+fn call_dead_letters(conn: &Connection, subject: &str, last_seq: i64) -> Result<Vec<DeadRow>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.id, d.event_seq, d.route, d.attempts, d.dead_at, d.last_error
+           FROM events e JOIN dead_letters d ON d.event_seq = e.seq
+          WHERE e.subject = ?1 AND e.seq <= ?2",
+    )?;
+    stmt.query_map(params![subject, last_seq], |r| {
+        Ok(DeadRow {
+            id: r.get(0)?,
+            event_seq: r.get(1)?,
+            route: r.get(2)?,
+            attempts: r.get(3)?,
+            dead_at: r.get(4)?,
+            last_error: r.get(5)?,
+        })
+    })?
+    .collect()
 }
 
 fn dead_letter_row(r: &rusqlite::Row<'_>) -> Result<DeadLetter, rusqlite::Error> {

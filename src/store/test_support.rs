@@ -19,6 +19,7 @@ pub(crate) fn ingest(source: &str, body: &str, events: &[(&str, &str, &[&str])])
                 subject: (*subject).into(),
                 json: format!("{{\"id\":\"{id}\"}}"),
                 routes: routes.iter().map(|r| (*r).to_owned()).collect(),
+                status: Some("completed"),
             })
             .collect(),
     }
@@ -34,5 +35,5 @@ pub(crate) fn outcome(d: &Delivery, kind: OutcomeKind) -> Outcome {
 }
 
 pub(crate) fn delivered(d: &Delivery) -> Outcome {
-    outcome(d, OutcomeKind::Delivered { recovered: false })
+    outcome(d, OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() })
 }

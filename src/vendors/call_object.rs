@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use super::{Context, Violation};
 use crate::canonical::{
-    Analysis, Common, Cost, Details, Direction, Draft, End, EndReason, EndedBy, EventType, Payload, Role, Status,
-    Utterance, convert, payload::kind_of,
+    Analysis, Common, Cost, Details, Direction, Draft, End, EndReason, EndedBy, EventType, Payload, Role, Sentiment,
+    Status, Utterance, convert, payload::kind_of,
 };
 
 /// The names of a format's fields inside its `call` object.
@@ -96,6 +96,9 @@ pub fn ended(names: &Names, reasons: Reasons, common: &mut Common, p: &Payload<'
     let evidence = duration_ms.is_some_and(|d| d > 0) || transcript.as_ref().is_some_and(|t| !t.is_empty());
     let call_status = p.peek("/call/call_status").and_then(Value::as_str);
     let reason_raw = p.str("/call/disconnection_reason");
+    if let Some(raw) = reason_raw.as_deref().filter(|raw| reasons(raw).is_none()) {
+        p.unknown_value("disconnection_reason", "/call/disconnection_reason", raw);
+    }
     let (status, end) = outcome(reasons, reason_raw, call_status, evidence);
     if matches!(call_status, Some("ended" | "not_connected" | "canceled")) {
         // Fully represented by `status` + `end`; any other status ("error", Retell's
@@ -254,10 +257,14 @@ pub fn analysis(p: &Payload<'_>) -> Option<Analysis> {
     let text = |field: &str| p.describe_str("call_analysis", &format!("{root}/{field}"));
     let summary = text("summary").or_else(|| text("call_summary"));
     let sentiment_raw = text("user_sentiment");
+    let sentiment = sentiment_raw.as_deref().map(convert::sentiment);
+    if let (Some(Sentiment::Unknown), Some(raw)) = (sentiment, sentiment_raw.as_deref()) {
+        p.unknown_value("sentiment", &format!("{root}/user_sentiment"), raw);
+    }
     Some(Analysis {
         summary,
         outcome: None,
-        sentiment: sentiment_raw.as_deref().map(convert::sentiment),
+        sentiment,
         sentiment_raw,
         extracted: extracted(p, "/call/call_analysis/custom_analysis_data"),
     })

@@ -119,8 +119,10 @@ macro_rules! join_names {
 /// The `call` object Retell AI and vox.ai share.
 mod call_object;
 mod dedup;
+pub mod drift;
 
 pub use dedup::{Dedup, Identity, Key, KeyedBy};
+pub use drift::{Drift, DriftKind, UnknownValue};
 
 vendors! {
     Oneinbox = "oneinbox" => oneinbox,
@@ -140,7 +142,7 @@ impl fmt::Display for Vendor {
 /// enough to recognise it, bounded for hostile input.
 pub const MAX_ECHO_CHARS: usize = 80;
 /// Longest violation message or path, in characters.
-const MAX_MESSAGE_CHARS: usize = 200;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 200;
 /// Most violations listed for one payload: enough to fix it, bounded for hostile input.
 pub const MAX_VIOLATIONS: usize = 20;
 /// Violations are counted up to this many; beyond it the count says "more than".
@@ -218,6 +220,12 @@ impl Degraded {
 pub struct Normalized {
     pub events: Vec<CloudEvent>,
     pub degraded: Vec<Degraded>,
+    /// What the payload shows that the mapping does not know ([`drift`]): new fields, unknown
+    /// values, degraded fields.
+    pub drift: Vec<Drift>,
+    /// The name of the payload's vendor event as its schema is named (`v2/call_ended`): what
+    /// the drift report groups by.
+    pub schema: &'static str,
     pub key: Key,
 }
 
@@ -337,14 +345,21 @@ impl Context<'_> {
 /// A mapping failure after the schema passed: a value the schema cannot express a rule for.
 pub type MapResult = Result<Mapped, Violation>;
 
+/// An event's schema, compiled, and the paths it declares (what drift calls known).
+struct Compiled {
+    validator: Validator,
+    known: drift::Known,
+}
+
 /// Every vendor schema, compiled once per process. Schemas are embedded, so a failure here is
 /// a build defect; [`init`] surfaces it at start-up instead of at the first request.
-static VALIDATORS: LazyLock<Result<HashMap<VendorEvent, Validator>, String>> = LazyLock::new(|| {
+static VALIDATORS: LazyLock<Result<HashMap<VendorEvent, Compiled>, String>> = LazyLock::new(|| {
     VendorEvent::all()
         .map(|event| {
-            let validator =
-                compile(event.schema()).map_err(|e| format!("schema {}/{}: {e}", event.vendor(), event.name()))?;
-            Ok((event, validator))
+            let failed = |e: String| format!("schema {}/{}: {e}", event.vendor(), event.name());
+            let validator = compile(event.schema()).map_err(failed)?;
+            let schema: Value = serde_json::from_str(event.schema()).map_err(|e| failed(e.to_string()))?;
+            Ok((event, Compiled { validator, known: drift::Known::of(&schema) }))
         })
         .collect()
 });
@@ -420,15 +435,21 @@ fn run(
     let cx = Context { origin, received_at: convert::rfc3339(received_at) };
     let mapped = event.map(&payload, &cx).map_err(|violation| Rejection::invalid(event, violation))?;
     inspect(&payload);
-    let events = mapped.finish(&key.digest, payload.residual());
-    Ok(Normalized { events, degraded: payload.degradations(), key })
+    let residual = payload.residual();
+    let degraded = payload.degradations();
+    let drift = match VALIDATORS.as_ref().ok().and_then(|compiled| compiled.get(&event)) {
+        Some(compiled) => drift::of(&compiled.known, &residual, &degraded, &payload.unknown_values()),
+        None => Vec::new(), // not reached: `validate` passed
+    };
+    let events = mapped.finish(&key.digest, residual);
+    Ok(Normalized { events, degraded, drift, schema: event.name(), key })
 }
 
 /// Checks `value` against the schema of `event`; the violations reported are bounded in
 /// number ([`MAX_VIOLATIONS`]), in count ([`MAX_COUNTED`]) and in length ([`Violation`]).
 fn validate(event: VendorEvent, value: &Value) -> Result<(), Rejection> {
     let validator = match VALIDATORS.as_ref() {
-        Ok(validators) => validators.get(&event),
+        Ok(validators) => validators.get(&event).map(|c| &c.validator),
         Err(e) => return Err(Rejection::invalid(event, Violation::new("", e.clone()))),
     };
     let Some(validator) = validator else {

@@ -71,6 +71,9 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         }
         Event::CallEnded => {
             let status_raw = p.str("/status");
+            if let Some(raw) = status_raw.as_deref().filter(|raw| outcome(raw).is_none()) {
+                p.unknown_value("status", "/status", raw);
+            }
             let (reason, status) =
                 status_raw.as_deref().and_then(outcome).unwrap_or((EndReason::Unknown, Status::Completed));
             let duration_ms = p.describe_seconds("duration", "/duration_seconds");
@@ -88,6 +91,9 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         Event::CallAnalyzed => Draft::new(EventType::CallAnalyzed, Details { analysis: analysis(p), ..Details::default() }),
         Event::CallFailed => {
             let reason_raw = p.str("/reason");
+            if let Some(raw) = reason_raw.as_deref().filter(|raw| outcome(raw).is_none()) {
+                p.unknown_value("reason", "/reason", raw);
+            }
             let (reason, status) = reason_raw
                 .as_deref()
                 .and_then(outcome)
@@ -205,6 +211,26 @@ mod tests {
         for body in bodies {
             assert!(matches!(run(body.clone()), Err(Rejection::Invalid { .. })), "{body} accepted");
         }
+    }
+
+    /// A `status` or `reason` outside the table is `unknown` with its raw value and reported
+    /// where it is (for the drift report).
+    #[test]
+    fn unknown_statuses_and_reasons_are_reported_with_their_raw_value() {
+        let drift = |body: Value| {
+            let normalized = run(body).unwrap();
+            let end = normalized.events[0].data.details.end.clone().unwrap();
+            assert_eq!(end.reason, EndReason::Unknown);
+            normalized.drift.iter().map(|d| (d.kind.as_str(), d.path.clone(), d.value.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            drift(json!({"event": "call.ended", "call_id": "c1", "status": "teleported"})),
+            [("unknown_value", "status".to_owned(), "teleported".to_owned())]
+        );
+        assert_eq!(
+            drift(json!({"event": "call.failed", "call_id": "c1", "reason": "eaten-by-grue"})),
+            [("unknown_value", "reason".to_owned(), "eaten-by-grue".to_owned())]
+        );
     }
 
     fn fixture(name: &str) -> Value {

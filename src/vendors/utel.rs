@@ -112,6 +112,10 @@ pub fn map(event: Event, p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
                 .into_iter()
                 .find_map(|at| p.peek(at).filter(|v| !v.is_null()).map(|v| (at, v)));
             let known = raw.and_then(|(_, v)| disposition(v));
+            if let (Some((at, value)), None) = (raw, known) {
+                let field = if at.ends_with("status") { "status" } else { "disposition" };
+                p.unknown_value(field, at, &raw_text(value));
+            }
             if let (Some((at, _)), Some(_)) = (raw, known) {
                 p.consume(at);
             }
@@ -212,7 +216,9 @@ fn history_status(p: &Payload<'_>, at: &str) -> Option<Status> {
         Value::String(_) | Value::Number(_) => true,
         _ => false,
     };
-    if !known_shape {
+    if known_shape {
+        p.unknown_value("status", at, &raw_text(value));
+    } else {
         p.degrade("status", at, shape_problem(value));
     }
     None
@@ -242,6 +248,24 @@ mod tests {
         let data = &normalized.events[0].data;
         assert_eq!((data.common.direction, data.details.status), (Direction::Unknown, Some(Status::Completed)));
         assert_eq!(Value::Object((*data.vendor_extra).clone()), json!({"data": {"call_history": {"type": {"number": 7, "name": "Robot"}}}}));
+    }
+
+    /// A disposition or history status outside the table is `unknown` (raw kept) and reported
+    /// with its raw text (an object's `name`) for the drift report; a known one is not.
+    #[test]
+    fn unknown_dispositions_and_statuses_are_reported_with_their_raw_value() {
+        let drift = |body: Value| {
+            let normalized = run(body).unwrap();
+            normalized.drift.iter().map(|d| (d.kind.as_str(), d.path.clone(), d.value.clone())).collect::<Vec<_>>()
+        };
+        let ended = json!({"data": {"name": "call_ended", "call": {"id": "c1", "disposition": "ROBOCALL"}}});
+        assert_eq!(drift(ended), [("unknown_value", "data.call.disposition".to_owned(), "ROBOCALL".to_owned())]);
+        let status = json!({"data": {"name": "call_ended", "call": {"id": "c1", "status": {"number": 9, "name": "Lost"}}}});
+        assert_eq!(drift(status), [("unknown_value", "data.call.status".to_owned(), "Lost".to_owned())]);
+        let saved = json!({"data": {"name": "call_saved", "call_history": {"call_id": "c1", "status": "LOST"}}});
+        assert_eq!(drift(saved), [("unknown_value", "data.call_history.status".to_owned(), "LOST".to_owned())]);
+        let known = json!({"data": {"name": "call_saved", "call_history": {"call_id": "c1", "status": "ANSWERED"}}});
+        assert_eq!(drift(known), []);
     }
 
     #[test]

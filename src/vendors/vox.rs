@@ -14,6 +14,7 @@ use super::{
 };
 use crate::canonical::{
     Common, Cost, Details, Draft, EndReason, EndedBy, EventType, Flow, FlowNode, Mapped, Payload, Sms, Status, Vendor,
+    VendorFormat,
     convert,
 };
 
@@ -264,7 +265,7 @@ fn call_event(version: Version, call: Call, p: &Payload<'_>, cx: &Context<'_>) -
 /// Call id, agent, direction and numbers of a `call` (or `mid_call`) object at `root`.
 fn call_common(version: Version, kind: Kind, root: &str, p: &Payload<'_>, cx: &Context<'_>) -> Result<Common, Violation> {
     let mut common = call_object::identity(version.fields(), kind.vendor_event(), root, p, cx)?;
-    common.vendor_format = Some(version.as_str());
+    common.vendor_format = VendorFormat::parse(version.as_str());
     Ok(common)
 }
 
@@ -309,7 +310,7 @@ fn sms(p: &Payload<'_>, cx: &Context<'_>) -> MapResult {
         .find_map(|field| p.str(&format!("/sms/{field}")))
         .ok_or_else(|| Violation::new("/sms/content", "message text is missing"))?;
     let mut common = cx.common(Kind::SmsReceived.vendor_event(), id);
-    common.vendor_format = Some(Version::V2.as_str());
+    common.vendor_format = VendorFormat::parse(Version::V2.as_str());
     let (from, to) = (p.str("/sms/from_number"), p.str("/sms/to_number"));
     cx.numbers(&mut common, from.clone(), to.clone());
     common.occurred_at = p.i64("/sms/occurred_at").and_then(convert::from_epoch_ms);
@@ -353,6 +354,44 @@ mod tests {
         assert_eq!(extra["call"]["transcript"], 42);
         assert_eq!(extra["call"]["call_analysis"], "pending");
         assert_eq!(extra["call"]["metadata"], json!([1]));
+    }
+
+    /// A `disconnection_reason`, role or sentiment outside the tables is `unknown` with its
+    /// raw value, and the payload reports it where it is (for the drift report); known values
+    /// are not reported.
+    #[test]
+    fn unknown_values_are_reported_with_their_raw_value() {
+        let body = json!({"event": "call_ended", "call": {
+            "call_id": "c1", "disconnection_reason": "hangup_by_carrier", "duration_ms": 1000,
+            "transcript": [
+                {"role": "agent", "content": "hi"},
+                {"role": "narrator", "content": "(music)"},
+                {"role": "narrator", "content": "(more music)"}
+            ],
+            "call_analysis": {"user_sentiment": "Elated"}
+        }});
+        let origin = Origin { source: "vox", vendor: Vendor::Vox, phone_region: None };
+        let normalized = normalize(&origin, &serde_json::to_vec(&body).unwrap(), Utc::now()).unwrap();
+        let end = normalized.events[0].data.details.end.clone().unwrap();
+        assert_eq!((end.reason, end.reason_raw.as_deref()), (EndReason::Unknown, Some("hangup_by_carrier")));
+        assert_eq!(normalized.schema, "v1/call_ended");
+        let mut drift: Vec<(&str, &str, &str, u64)> = normalized
+            .drift
+            .iter()
+            .map(|d| (d.kind.as_str(), d.path.as_str(), d.value.as_str(), d.count))
+            .collect();
+        drift.sort_unstable();
+        assert_eq!(
+            drift,
+            [
+                ("unknown_value", "call.call_analysis.user_sentiment", "Elated", 1),
+                ("unknown_value", "call.disconnection_reason", "hangup_by_carrier", 1),
+                ("unknown_value", "call.transcript[].role", "narrator", 2),
+            ]
+        );
+        let known = json!({"event": "call_ended", "call": {"call_id": "c1", "disconnection_reason": "user_hangup"}});
+        let normalized = normalize(&origin, &serde_json::to_vec(&known).unwrap(), Utc::now()).unwrap();
+        assert!(normalized.drift.is_empty(), "{:?}", normalized.drift);
     }
 
     fn fixture(name: &str) -> Value {

@@ -245,6 +245,7 @@ fn store_migrate_moves_a_sqlite_store_into_postgres_once_and_never_prints_the_pa
                     subject: "vox:c1".into(),
                     json: "{\"id\":\"ev-1\"}".into(),
                     routes: vec!["crm".into()],
+                    status: None,
                 }],
             })
             .await

@@ -113,8 +113,9 @@ fn the_canonical_schema_rejects_broken_events() {
     let (vendor, path) = fixtures().into_iter().find(|(_, p)| p.ends_with("vox/doc-call_ended.json")).unwrap();
     let good = normalize_fixture(vendor, &path)[0].clone();
     assert!(validator.is_valid(&good));
-    let breakages: [(&str, Value); 5] = [
+    let breakages: [(&str, Value); 6] = [
         ("/type", Value::from("call.exploded")),
+        ("/data/test", Value::from(true)), // only Salpre and callgate's test sends mark tests
         ("/id", Value::from("not-an-id")),
         ("/data/status", Value::from("no_answer")), // call.ended must be completed
         ("/data/direction", Value::from("sideways")),
@@ -255,4 +256,46 @@ fn nothing_a_vendor_sent_is_lost() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The drift a fixture shows, as `kind path[=value]` lines.
+fn drift_of(vendor: Vendor, path: &PathBuf) -> Vec<String> {
+    let body = fs::read(path).unwrap();
+    let origin = Origin { source: vendor.as_str(), vendor, phone_region: region(vendor) };
+    let normalized = vendors::normalize(&origin, &body, RECEIVED_AT.parse().unwrap()).unwrap();
+    normalized
+        .drift
+        .iter()
+        .map(|d| match d.value.as_str() {
+            "" => format!("{} {}", d.kind.as_str(), d.path),
+            value => format!("{} {}={value}", d.kind.as_str(), d.path),
+        })
+        .collect()
+}
+
+/// The rule for "new" (README, "Vendor drift"): a documented payload (`doc-*` verbatim from
+/// the vendor's pages, vox `v2-*`, Utel's `synthetic-*`) has no field its schema does not
+/// declare, so the drift report shows only what changed; a fixture with added fields shows
+/// them, and one with a new enum value shows that value.
+#[test]
+fn documented_payloads_show_no_drift_and_changed_ones_do() {
+    let mut failures = Vec::new();
+    for (vendor, path) in fixtures() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let drift = drift_of(vendor, &path);
+        let documented = ["doc-", "v2-", "synthetic-"].iter().any(|p| name.starts_with(p));
+        if documented && !drift.is_empty() {
+            failures.push(format!("{vendor}/{name} is documented but shows drift: {drift:?}"));
+        }
+        if name.contains("extra_fields") && !drift.iter().any(|d| d.starts_with("unknown_field ")) {
+            failures.push(format!("{vendor}/{name} has added fields but shows none: {drift:?}"));
+        }
+        if name.contains("unknown_reason") && !drift.iter().any(|d| d.starts_with("unknown_value ")) {
+            failures.push(format!("{vendor}/{name} has a new reason but shows none: {drift:?}"));
+        }
+        if name.contains("degraded") && !drift.iter().any(|d| d.starts_with("degraded ")) {
+            failures.push(format!("{vendor}/{name} is degraded but shows no degraded field: {drift:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

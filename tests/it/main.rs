@@ -3,8 +3,11 @@
 
 const BACKEND: support::Backend = support::Backend::Sqlite;
 
+mod calls;
 mod cli;
 mod dedup;
+mod dlog;
+mod drift;
 mod e2e;
 mod edges;
 mod filters;
@@ -13,7 +16,9 @@ mod golden;
 mod inbound;
 mod openapi;
 mod reliability;
+mod reload;
 mod retell;
 mod security;
 mod support;
+mod tail;
 mod vendors_cli;

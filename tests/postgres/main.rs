@@ -5,8 +5,14 @@
 
 const BACKEND: support::Backend = support::Backend::Postgres;
 
+#[path = "../it/calls.rs"]
+mod calls;
 #[path = "../it/dedup.rs"]
 mod dedup;
+#[path = "../it/dlog.rs"]
+mod dlog;
+#[path = "../it/drift.rs"]
+mod drift;
 #[path = "../it/e2e.rs"]
 mod e2e;
 #[path = "../it/edges.rs"]
@@ -21,14 +27,20 @@ mod inbound;
 mod openapi;
 #[path = "../it/reliability.rs"]
 mod reliability;
+#[path = "../it/reload.rs"]
+mod reload;
 #[path = "../it/retell.rs"]
 mod retell;
 #[path = "../it/security.rs"]
 mod security;
 #[path = "../it/support.rs"]
 mod support;
+#[path = "../it/tail.rs"]
+mod tail;
 
 // PostgreSQL only: several replicas on one database, and the database going away.
 mod cluster;
 mod outage;
+mod reload_replicas;
 mod replicas;
+mod tail_replicas;

@@ -32,6 +32,21 @@ async fn release(store: &dyn Store, claimed: &Claimed) {
     store.release(claimed.deliveries.iter().map(|d| (d.id, d.lease)).collect()).await.unwrap();
 }
 
+/// A row of the drift report.
+fn drift_count() -> crate::store::DriftCount {
+    crate::store::DriftCount {
+        source: "vox".into(),
+        vendor_event: "v1/call_ended".into(),
+        kind: "unknown_field".into(),
+        path: "call.new_field".into(),
+        value: String::new(),
+        count: 3,
+        first_seen: T,
+        last_seen: T + 10,
+        example: "a string of 5 characters".into(),
+    }
+}
+
 /// The payloads, in the order they were accepted.
 fn payloads() -> Vec<Ingest> {
     vec![
@@ -67,7 +82,10 @@ async fn fill(path: &Path) -> (Vec<(i64, String, u32)>, Vec<(i64, String, u32)>,
     store
         .complete(
             vec![
-                outcome(&bi.deliveries[1], OutcomeKind::Delivered { recovered: false }),
+                outcome(
+                    &bi.deliveries[1],
+                    OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() },
+                ),
                 outcome(&bi.deliveries[2], OutcomeKind::Retry { next_at: T + 1, attempt: attempt(T, 503) }),
             ],
             T,
@@ -95,6 +113,7 @@ async fn fill(path: &Path) -> (Vec<(i64, String, u32)>, Vec<(i64, String, u32)>,
         .await
         .unwrap();
     store.set_paused("archive", Some("operator"), T).await.unwrap();
+    store.record_drift(vec![drift_count()], 1000).await.unwrap();
 
     // What the moved store must show the same way.
     let crm = store.claim("crm", T + 5_000, 10, T + 5_000 + LEASE).await.unwrap();
@@ -119,17 +138,36 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
         copied,
         Copied {
             payloads: 4,
-            events: 4, // a1, a2, b1 pending; d1 dead; c1 delivered stays behind
+            events: 5, // a1, a2, b1 pending; d1 dead; c1 delivered (its call's record)
+            calls: 4,
             deliveries: 4,
             dead_letters: 1,
-            attempts: 3,
+            attempts: 4, // a1's and d1's failures, d1's death, c1's success
             quarantined: 1,
             paused_routes: 1,
+            drift: 1,
         }
     );
 
     let pg = PostgresStore::open(&db.url, PgOptions::default()).await.unwrap();
     assert_eq!(pg.counts().await.unwrap(), counts_before);
+    // The delivery log moved whole, with the events it names.
+    let log =
+        pg.delivery_log(&crate::store::LogFilter { route: Some("bi".into()), ..Default::default() }).await.unwrap();
+    let log: Vec<(Option<&str>, crate::store::LogOutcome)> =
+        log.iter().map(|e| (e.event_id.as_deref(), e.outcome)).collect();
+    use crate::store::LogOutcome::{Dead, Failed, Success};
+    assert_eq!(log, [(Some("ev-d1"), Dead), (Some("ev-d1"), Failed), (Some("ev-c1"), Success)]);
+
+    // Call records read the same: summaries in their order, a delivered event still known.
+    let sqlite = SqliteStore::open(&path, Duration::from_secs(5)).unwrap();
+    let all = crate::store::CallFilter::default();
+    assert_eq!(pg.calls(&all).await.unwrap(), sqlite.calls(&all).await.unwrap());
+    let c = pg.call("vox:c", T).await.unwrap().expect("the delivered call");
+    assert_eq!(c.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["ev-c1"]);
+    assert_eq!(c.deliveries, sqlite.call("vox:c", T).await.unwrap().unwrap().deliveries);
+    assert_eq!(c.deliveries[0].state, crate::store::DeliveryState::Delivered);
+    drop(sqlite);
 
     // Claims: same order, same ids, same attempts.
     let crm = pg.claim("crm", T + 5_000, 10, T + 5_000 + LEASE).await.unwrap();
@@ -137,8 +175,11 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
     let bi = pg.claim("bi", T + 1, 10, T + 1 + LEASE).await.unwrap();
     assert_eq!(seen(&bi), bi_before);
     // a2 follows a1 on crm once a1 is delivered.
-    let done: Vec<Outcome> =
-        crm.deliveries.iter().map(|d| outcome(d, OutcomeKind::Delivered { recovered: false })).collect();
+    let done: Vec<Outcome> = crm
+        .deliveries
+        .iter()
+        .map(|d| outcome(d, OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() }))
+        .collect();
     pg.complete(done, T + 5_000).await.unwrap();
     let crm = pg.claim("crm", T + 5_000, 10, T + 5_000 + LEASE).await.unwrap();
     assert_eq!(seen(&crm), [(2, "ev-a2".into(), 0)]);
@@ -152,15 +193,29 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
         detail.attempts_log.iter().map(|a| (a.attempt, a.status)).collect::<Vec<_>>(),
         [(1, Some(503)), (2, Some(400))]
     );
-    pg.complete(bi.deliveries.iter().map(|d| outcome(d, OutcomeKind::Delivered { recovered: false })).collect(), T + 2)
-        .await
-        .unwrap();
+    pg.complete(
+        bi.deliveries
+            .iter()
+            .map(|d| outcome(d, OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() }))
+            .collect(),
+        T + 2,
+    )
+    .await
+    .unwrap();
     pg.ingest(ingest("p5", &[("ev-d2", "vox:d", &["bi"])])).await.unwrap();
     let replayed = pg.replay_dead_letters(&Filter { id: Some(6), ..Filter::default() }, T + 3).await.unwrap();
     assert_eq!(replayed, [(6, "bi".to_owned())]);
     let bi = pg.claim("bi", T + 3, 10, T + 3 + LEASE).await.unwrap();
     assert_eq!(seen(&bi), [(6, "ev-d1".into(), 0)], "the replay at its old place, ahead of d2");
-    pg.complete(vec![outcome(&bi.deliveries[0], OutcomeKind::Delivered { recovered: false })], T + 3).await.unwrap();
+    pg.complete(
+        vec![outcome(
+            &bi.deliveries[0],
+            OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() },
+        )],
+        T + 3,
+    )
+    .await
+    .unwrap();
     let bi = pg.claim("bi", T + 3, 10, T + 3 + LEASE).await.unwrap();
     assert_eq!(bi.deliveries.len(), 1);
     assert_eq!(bi.deliveries[0].event_id, "ev-d2");
@@ -173,6 +228,7 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
     assert_eq!(quarantined[0].reason, "schema_violation");
     assert_eq!(pg.paused().await.unwrap().iter().map(|p| p.route.as_str()).collect::<Vec<_>>(), ["archive"]);
     assert!(pg.claim("archive", T, 10, T + LEASE).await.unwrap().paused);
+    assert_eq!(pg.drift(&Filter::default()).await.unwrap(), [drift_count()], "the drift report, as it was");
     let again = payloads();
     assert_eq!(pg.ingest(again[2].clone()).await.unwrap(), IngestOutcome::Duplicate(vec!["ev-c1".into()]));
     assert_eq!(

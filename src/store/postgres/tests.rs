@@ -91,7 +91,7 @@ async fn two_replicas_never_lease_two_deliveries_of_one_call_at_once() {
                     outcomes.push(Outcome {
                         id: d.id,
                         lease: d.lease,
-                        kind: OutcomeKind::Delivered { recovered: false },
+                        kind: OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() },
                     });
                 }
                 assert_eq!(store.complete(outcomes, now).await.unwrap(), Completed { stale: 0 });
@@ -129,8 +129,11 @@ async fn an_expired_lease_is_taken_over_and_the_old_holders_outcome_is_stale() {
     let taken = b.claim("r", now + 1_000, 10, now + 2_000).await.unwrap().deliveries;
     assert_eq!(taken.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["e1"], "taken over, e2 still waits");
     assert_ne!(taken[0].lease, first[0].lease);
-    let delivered =
-        |d: &Delivery| Outcome { id: d.id, lease: d.lease, kind: OutcomeKind::Delivered { recovered: false } };
+    let delivered = |d: &Delivery| Outcome {
+        id: d.id,
+        lease: d.lease,
+        kind: OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() },
+    };
     assert_eq!(a.complete(vec![delivered(&first[0])], now + 1_100).await.unwrap(), Completed { stale: 1 });
     assert_eq!(a.counts().await.unwrap().backlog.get("r"), Some(&2), "the stale outcome changed nothing");
     assert_eq!(b.complete(vec![delivered(&taken[0])], now + 1_200).await.unwrap(), Completed { stale: 0 });
@@ -272,8 +275,11 @@ async fn a_replica_whose_clock_runs_an_hour_ahead_agrees_with_the_others_on_leas
     let b =
         PostgresStore::open(&db.url, PgOptions { pretend_clock_ahead: HOUR, ..PgOptions::default() }).await.unwrap();
     assert!((b.clock.offset() + HOUR).abs() < 1_000, "b measured its clock an hour ahead: {} ms", b.clock.offset());
-    let delivered =
-        |d: &Delivery| Outcome { id: d.id, lease: d.lease, kind: OutcomeKind::Delivered { recovered: false } };
+    let delivered = |d: &Delivery| Outcome {
+        id: d.id,
+        lease: d.lease,
+        kind: OutcomeKind::Delivered { recovered: false, attempt: crate::store::Attempt::default() },
+    };
     a.ingest(ingest("vox", "1", &[("a", "vox:x", &["r"]), ("b", "vox:x", &["r"])])).await.unwrap();
 
     // a leases the head for a minute; b, an hour ahead, must not see that lease as expired.
@@ -305,4 +311,54 @@ async fn a_replica_whose_clock_runs_an_hour_ahead_agrees_with_the_others_on_leas
     let now = now_ms();
     let claimed = a.claim("r", now, 10, now + 60_000).await.unwrap().deliveries;
     assert_eq!(claimed.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["c"]);
+}
+
+#[tokio::test]
+async fn migration_1_attempts_become_the_delivery_log_with_their_routes_events_and_outcomes() {
+    use crate::store::{LogFilter, LogOutcome};
+    let Some(db) = testdb::create().await else { return };
+    {
+        // Migration 1 only, as the previous release left it, with its kept failures.
+        let pool = PgPoolOptions::new().max_connections(1).connect(&db.url).await.unwrap();
+        let (version, name, sql) = MIGRATIONS[0];
+        let first = Migration::new(
+            version,
+            Cow::Borrowed(name),
+            MigrationType::Simple,
+            sqlx::SqlSafeStr::into_sql_str(sql),
+            false,
+        );
+        Migrator::with_migrations(vec![first]).run(&pool).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO payloads (source, digest, received_at, body, event_ids) VALUES ('vox', '\\x00', 1000, '\\x7b7d', '[]');
+             INSERT INTO events (id, payload_id, type, subject, body) VALUES
+                  ('p', 1, 'call.ended', 'vox:a', '{\"id\":\"p\"}'), ('d', 1, 'call.ended', 'vox:b', '{\"id\":\"d\"}');
+             INSERT INTO outbox (id, event_seq, route, subject, attempts, next_at) VALUES (10, 1, 'crm', 'vox:a', 1, 5000);
+             INSERT INTO dead_letters (id, event_seq, route, subject, attempts, dead_at, last_error)
+                  VALUES (11, 2, 'crm', 'vox:b', 2, 3000, 'HTTP 500');
+             INSERT INTO attempts (delivery_id, attempt, at, status, response, duration_ms) VALUES
+                  (10, 1, 1500, 503, 'busy', 4), (11, 1, 2000, 500, 'no', 5), (11, 2, 3000, 500, 'no', 6),
+                  (12, 1, 2500, 502, 'gone by', 7);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let store = PostgresStore::open(&db.url, PgOptions::default()).await.unwrap();
+    let log = store.delivery_log(&LogFilter { route: Some("crm".into()), ..LogFilter::default() }).await.unwrap();
+    let seen: Vec<(Option<&str>, i64, LogOutcome, Option<i64>)> =
+        log.iter().map(|e| (e.event_id.as_deref(), e.attempt, e.outcome, e.delivery_id)).collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("d"), 2, LogOutcome::Dead, Some(11)),
+            (Some("d"), 1, LogOutcome::Failed, Some(11)),
+            (Some("p"), 1, LogOutcome::Failed, Some(10)),
+        ]
+    );
+    let orphan = store.delivery_log(&LogFilter { route: Some(String::new()), ..LogFilter::default() }).await.unwrap();
+    assert_eq!((orphan.len(), orphan[0].delivery_id), (1, Some(12)));
+    assert_eq!(store.dead_letter(11).await.unwrap().unwrap().attempts_log.len(), 2);
+    assert_eq!(store.event("p", now_ms()).await.unwrap().unwrap().deliveries[0].attempts_log.len(), 1);
 }

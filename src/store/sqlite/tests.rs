@@ -243,3 +243,128 @@ async fn schema_2_subjects_move_to_the_source_keeping_bodies_order_and_dead_lett
         claim(&store, "d", now_ms(), 10).await.into_iter().map(|d| (d.id, d.subject)).collect();
     assert_eq!(replayed, [(7, a[0].1.clone()), (8, b[0].1.clone())], "both accounts' calls flow side by side");
 }
+
+#[tokio::test]
+async fn schema_4_attempts_become_the_delivery_log_with_their_routes_events_and_outcomes() {
+    use crate::store::{DeliveryState, LogFilter, LogOutcome};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        // Schema 4: a pending delivery retried once, a dead letter with its two attempts, and
+        // an attempt whose delivery went through since (only failures were kept then).
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..4] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 4).unwrap();
+        tx.execute_batch(
+            "INSERT INTO payloads (id, source, digest, received_at, body, event_ids)
+                  VALUES (1, 'vox', x'00', 1000, x'7b7d', '[\"p\",\"d\",\"g\"]');
+             INSERT INTO events (seq, id, payload_id, type, subject, body) VALUES
+                  (1, 'p', 1, 'call.ended', 'vox:a', '{\"id\":\"p\"}'),
+                  (2, 'd', 1, 'call.ended', 'vox:b', '{\"id\":\"d\"}'),
+                  (3, 'g', 1, 'call.ended', 'vox:c', '{\"id\":\"g\"}');
+             INSERT INTO outbox (id, event_seq, route, subject, attempts, next_at) VALUES (10, 1, 'crm', 'vox:a', 1, 5000);
+             INSERT INTO dead_letters (id, event_seq, route, subject, attempts, dead_at, last_error)
+                  VALUES (11, 2, 'crm', 'vox:b', 2, 3000, 'HTTP 500');
+             INSERT INTO attempts (delivery_id, attempt, at, status, error, response, duration_ms) VALUES
+                  (10, 1, 1500, 503, NULL, 'busy', 4),
+                  (11, 1, 2000, 500, NULL, 'no', 5),
+                  (11, 2, 3000, 500, NULL, 'no', 6),
+                  (12, 1, 2500, 502, NULL, 'gone by', 7);",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = open(&dir);
+    let log = store.delivery_log(&LogFilter { route: Some("crm".into()), ..LogFilter::default() }).await.unwrap();
+    let seen: Vec<(Option<&str>, i64, LogOutcome, Option<i64>)> =
+        log.iter().map(|e| (e.event_id.as_deref(), e.attempt, e.outcome, e.delivery_id)).collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("d"), 2, LogOutcome::Dead, Some(11)),
+            (Some("d"), 1, LogOutcome::Failed, Some(11)),
+            (Some("p"), 1, LogOutcome::Failed, Some(10)),
+        ],
+        "each attempt keeps its delivery's route and event; a dead letter's last is `dead`"
+    );
+    let orphan = store.delivery_log(&LogFilter { route: Some(String::new()), ..LogFilter::default() }).await.unwrap();
+    assert_eq!((orphan.len(), orphan[0].delivery_id, orphan[0].event_id.as_deref()), (1, Some(12), None));
+    let pending = store.event("p", now_ms()).await.unwrap().unwrap();
+    assert_eq!((pending.deliveries[0].state, pending.deliveries[0].attempts_log.len()), (DeliveryState::Pending, 1));
+    let dead = store.dead_letter(11).await.unwrap().unwrap();
+    assert_eq!(dead.attempts_log.len(), 2, "a dead letter's attempts are found through its event");
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+}
+
+#[tokio::test]
+async fn schema_4_calls_get_their_summaries_and_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let started = emitted("vox", "doc-call_started.json");
+    let ended = emitted("vox", "doc-call_ended.json");
+    let subject = started[0].1.clone();
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for migration in &MIGRATIONS[..4] {
+            tx.execute_batch(migration).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 4).unwrap();
+        let mut seq = 0;
+        for (payload, (events, at)) in [(&started, 1_000), (&ended, 2_000)].into_iter().enumerate() {
+            tx.execute(
+                "INSERT INTO payloads (id, source, digest, received_at, body, event_ids) VALUES (?1, 'vox', ?2, ?3, x'7b7d', '[]')",
+                params![payload as i64 + 1, vec![payload as u8], at],
+            )
+            .unwrap();
+            for (id, subject, json) in events.iter() {
+                seq += 1;
+                let kind =
+                    serde_json::from_str::<serde_json::Value>(json).unwrap()["type"].as_str().unwrap().to_owned();
+                tx.execute(
+                    "INSERT INTO events (seq, id, payload_id, type, subject, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![seq, id, payload as i64 + 1, kind, subject, json],
+                )
+                .unwrap();
+            }
+        }
+        // The first event dead on d, the last one pending on r; the rest left no trace.
+        tx.execute(
+            "INSERT INTO dead_letters (id, event_seq, route, subject, attempts, dead_at, last_error) VALUES (1, 1, 'd', ?1, 3, 5000, 'HTTP 500')",
+            [&subject],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO outbox (id, event_seq, route, subject, attempts, next_at) VALUES (2, ?1, 'r', ?2, 0, 2000)",
+            params![seq, subject],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = open(&dir);
+    let call = store.call(&subject, now_ms()).await.unwrap().expect("the stored call");
+    assert_eq!(call.summary.status.as_deref(), Some("completed"));
+    assert_eq!((call.summary.first_at.as_str(), call.summary.last_at.as_str()), (&*rfc3339(1_000), &*rfc3339(2_000)));
+    assert_eq!(call.summary.terminal_at, Some(rfc3339(2_000)));
+    assert_eq!(call.summary.events, (started.len() + ended.len()) as i64);
+    assert!(call.events.iter().all(|e| e.routes.is_none()), "routes were not kept before 5");
+    let states: Vec<(i64, &str, super::super::DeliveryState)> =
+        call.deliveries.iter().map(|d| (d.delivery_id.unwrap(), d.route.as_str(), d.state)).collect();
+    assert_eq!(
+        states,
+        [(1, "d", super::super::DeliveryState::Dead), (2, "r", super::super::DeliveryState::Pending)],
+        "only what the outbox and dead letters show"
+    );
+    let events: Vec<crate::canonical::CloudEvent> =
+        call.events.iter().map(|e| serde_json::from_str(&e.json).unwrap()).collect();
+    let record = crate::canonical::call::merge(&events).unwrap();
+    assert_eq!(record.status.map(|s| s.as_str()), call.summary.status.as_deref());
+    // The listing shows it.
+    let later = store.calls(&crate::store::CallFilter::default()).await.unwrap();
+    assert_eq!(later.len(), 1);
+}
