@@ -751,7 +751,6 @@ struct CallView {
     summary: CallSummary,
     /// The call's merged record (README, "Call records"), computed from its readable events;
     /// null when none could be read.
-    #[schema(value_type = Option<Object>)]
     record: Option<crate::canonical::call::CallRecord>,
     /// The call's CloudEvents as delivered, in acceptance order (one that cannot be read back
     /// is given as its stored text).
