@@ -20,7 +20,6 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use serde::Serialize;
-use serde_json::json;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -101,8 +100,30 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
 
 /// The JSON error body every endpoint uses (`gateway.md` §3):
 /// `{"error": {"code", "message", "details": [...]}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable (`bad_request`, `not_found`, `unauthorized`, `store_unavailable`, …).
+    pub code: String,
+    /// For people; a caller's value appears in it only cut short.
+    pub message: String,
+    /// Each problem (`{path, message}` for a payload), or what a bulk operation did before it
+    /// stopped (`{done}`); often empty.
+    #[schema(value_type = Vec<Object>)]
+    pub details: Vec<serde_json::Value>,
+}
+
+/// The [`ErrorBody`] answer.
 pub fn error_response<D: Serialize>(status: StatusCode, code: &str, message: &str, details: &[D]) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message, "details": details}}))).into_response()
+    // A detail that does not serialise (it never happens with the types used) becomes null.
+    let details = details.iter().map(|d| serde_json::to_value(d).unwrap_or_default()).collect();
+    let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: message.to_owned(), details } };
+    (status, Json(body)).into_response()
 }
 
 /// The error code of a status that a handler did not answer itself (axum's rejections,

@@ -157,6 +157,9 @@ enum Command {
         #[arg(long, global = true)]
         show_secrets: bool,
     },
+    /// Print the admin API's OpenAPI 3.1 document (the one served at
+    /// `GET /v1/admin/openapi.json`), e.g. to generate a client.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -340,6 +343,10 @@ fn main() -> ExitCode {
         Command::Calls { action, admin } => operate(admin, Target::Calls(action)),
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
         Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
+        Command::Openapi => {
+            println!("{}", callgate::admin::openapi_json());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// What an applied reload changed (names only: never a value, so never a secret).
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Changes {
     pub sources: Diff,
     pub routes: Diff,
@@ -35,7 +35,7 @@ pub struct Changes {
 }
 
 /// Names added, removed and changed between two tables (`[sources]`, `[routes]`).
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Diff {
     pub added: Vec<String>,
     pub removed: Vec<String>,

@@ -673,17 +673,23 @@ async fn relay_in(tail: Arc<Tail>, mut feed: broadcast::Receiver<TailFeed>) {
 }
 
 /// Query parameters of `GET /v1/admin/stream`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
-    /// Comma-separated route names.
+    /// Comma-separated route names (each configured): only events routed to one of them, and
+    /// their outcomes.
+    #[param(example = "crm")]
     route: Option<String>,
-    /// Comma-separated source names.
+    /// Comma-separated source names (each configured).
     source: Option<String>,
-    /// Comma-separated glob patterns over canonical types, as a route's `events`.
+    /// Comma-separated glob patterns over canonical types, as a route's `events` (`call.*`).
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     kind: Option<String>,
-    /// A ticket from `POST /v1/admin/stream/tickets`, for clients that cannot send headers.
+    /// A ticket from `POST /v1/admin/stream/tickets`, for clients that cannot send headers:
+    /// described by the `stream_ticket` security scheme, not as a parameter.
+    #[param(ignore)]
     ticket: Option<String>,
 }
 
@@ -712,6 +718,20 @@ impl StreamParams {
 
 /// `GET /v1/admin/stream`: the live tail as server-sent events. Authorised by the admin
 /// bearer token, or by a ticket (`?ticket=`) for a browser's `EventSource`.
+#[utoipa::path(get, path = "/v1/admin/stream", tag = "tail", operation_id = "stream",
+    params(StreamParams),
+    // Either credential: the bearer header, or a single-use ticket in the query.
+    security(("admin_token" = []), ("stream_ticket" = [])),
+    responses(
+        (status = 200, description = "Server-sent events (`ready`, then `accepted`, `outcome`, and a last \
+            `dropped` or `closed`), each `data` one JSON object; a comment line every 15 s keeps it alive",
+            content_type = "text/event-stream", body = String),
+        crate::admin::answers::Invalid,
+        (status = 401, description = "No valid bearer token, and no unused, unexpired ticket (`unauthorized`)",
+            body = crate::http::ErrorBody),
+        (status = 403, description = "The admin API is off: `[admin] token` is not set (`admin_disabled`)",
+            body = crate::http::ErrorBody),
+    ))]
 pub async fn stream(
     State(app): State<Arc<App>>,
     connection: Option<Extension<ConnectionClose>>,
@@ -782,7 +802,23 @@ pub async fn stream(
     response
 }
 
+/// A stream ticket.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ticket {
+    /// Single use, on each replica with the same `[admin] token`.
+    pub ticket: String,
+    /// RFC 3339 time it stops admitting a stream (60 s from now).
+    pub expires_at: String,
+    /// The stream's path with the ticket: add `&type=…` and the other filters.
+    pub url: String,
+}
+
 /// `POST /v1/admin/stream/tickets` (behind the bearer token): a ticket for one stream.
+#[utoipa::path(post, path = "/v1/admin/stream/tickets", tag = "tail", operation_id = "stream_ticket",
+    responses(
+        (status = 201, description = "A single-use ticket for one `GET /v1/admin/stream` within 60 s", body = Ticket),
+        crate::admin::answers::Denied,
+    ))]
 pub async fn ticket(State(app): State<Arc<App>>) -> Response {
     let config = app.config.load();
     let Some(token) = &config.admin.token else {
@@ -790,8 +826,7 @@ pub async fn ticket(State(app): State<Arc<App>>) -> Response {
     };
     let (ticket, expires) = Tickets::issue(token, now_ms());
     let url = format!("/v1/admin/stream?ticket={ticket}");
-    (StatusCode::CREATED, axum::Json(json!({ "ticket": ticket, "expires_at": rfc3339(expires), "url": url })))
-        .into_response()
+    (StatusCode::CREATED, axum::Json(Ticket { ticket, expires_at: rfc3339(expires), url })).into_response()
 }
 
 #[cfg(test)]

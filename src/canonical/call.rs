@@ -58,14 +58,14 @@ string_enum! {
     TranscriptSource { Final = "final", Partial = "partial", Segments = "segments" }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Transcript {
     pub source: TranscriptSource,
     pub utterances: Vec<Utterance>,
 }
 
 /// The merged state of one call (the module doc gives the rules).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CallRecord {
     pub subject: String,
     pub source: String,
@@ -94,7 +94,9 @@ pub struct CallRecord {
     pub transfers: Vec<Transfer>,
     /// Every non-terminal error the vendor reported, in acceptance order.
     pub errors: Vec<String>,
+    #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
+    #[schema(value_type = Object)]
     pub variables: Map<String, Value>,
     /// Canonical types seen, in `canonical.md` order.
     pub pieces: Vec<EventType>,

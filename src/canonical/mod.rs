@@ -61,6 +61,24 @@ macro_rules! string_enum {
                 f.write_str(self.as_str())
             }
         }
+
+        // For the admin API's OpenAPI document: a string of these words.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(
+                    utoipa::openapi::schema::ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::schema::Type::String)
+                        .enum_values(Some([$($text),+]))
+                        .build(),
+                ))
+            }
+        }
+
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed(stringify!($name))
+            }
+        }
     };
 }
 
@@ -235,14 +253,14 @@ pub struct Details {
     pub sms: Option<Sms>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct End {
     pub reason: EndReason,
     pub reason_raw: Option<String>,
     pub by: EndedBy,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Utterance {
     pub role: Role,
     pub role_raw: String,
@@ -250,12 +268,13 @@ pub struct Utterance {
     pub at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Analysis {
     pub summary: Option<String>,
     pub outcome: Option<String>,
     pub sentiment: Option<Sentiment>,
     pub sentiment_raw: Option<String>,
+    #[schema(value_type = Object)]
     pub extracted: Map<String, Value>,
 }
 
@@ -266,14 +285,16 @@ impl Analysis {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Cost {
+    #[schema(value_type = Option<f64>)]
     pub amount: Option<serde_json::Number>,
     pub unit: Option<String>,
+    #[schema(value_type = Option<f64>)]
     pub billed_seconds: Option<serde_json::Number>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Transfer {
     #[serde(rename = "type")]
     pub kind: TransferType,

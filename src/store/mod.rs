@@ -205,7 +205,7 @@ pub struct Completed {
 }
 
 /// How an attempt in the delivery log ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogOutcome {
     /// A 2xx answer.
@@ -236,7 +236,7 @@ impl LogOutcome {
 }
 
 /// One attempt in the delivery log: a delivery's (`delivery_id`) or a test send's.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct LogEntry {
     pub id: i64,
     pub route: String,
@@ -285,7 +285,7 @@ pub struct TestSend {
 }
 
 /// Where one route's delivery of an event stands, as the tables tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// In the outbox, waiting for its time (`next_at`) or for the call's earlier events.
@@ -304,7 +304,7 @@ pub enum DeliveryState {
 }
 
 /// One route's delivery of an event, with its attempts (oldest first).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct RouteDelivery {
     pub route: String,
     pub delivery_id: i64,
@@ -319,61 +319,86 @@ pub struct RouteDelivery {
 }
 
 /// One stored canonical event and each route's delivery of it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct EventDetail {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
     pub subject: String,
     pub received_at: String,
+    /// The canonical CloudEvent, as stored.
+    #[schema(value_type = Object)]
     pub event: serde_json::Value,
     pub deliveries: Vec<RouteDelivery>,
 }
 
 /// A dead-lettered delivery, as listed.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
+    /// The delivery's id (kept when it is replayed).
     pub id: i64,
     pub route: String,
+    /// The CloudEvent's `id`.
     pub event_id: String,
+    /// The CloudEvent's `type` (`call.ended`, …).
     #[serde(rename = "type")]
     pub kind: String,
+    /// The CloudEvent's `subject`: the call.
     pub subject: String,
+    /// Attempts made.
     pub attempts: i64,
+    /// RFC 3339 time it was dead-lettered.
     pub dead_at: String,
+    /// What the last attempt found (status, error or response), if recorded.
     pub last_error: Option<String>,
 }
 
 /// One recorded attempt of a delivery.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
+    /// 1 for the first attempt.
     pub attempt: i64,
+    /// RFC 3339 time of the attempt.
     pub at: String,
+    /// The HTTP status the route answered, if it answered.
     pub status: Option<u16>,
+    /// Why the attempt failed without an answer (timeout, connection refused, …).
     pub error: Option<String>,
+    /// The first bytes of the answer's body.
     pub response: Option<String>,
     pub duration_ms: i64,
 }
 
 /// A dead letter with its event and every attempt.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DeadLetterDetail {
     #[serde(flatten)]
     pub summary: DeadLetter,
+    /// The canonical CloudEvent, as stored.
+    #[schema(value_type = Object)]
     pub event: serde_json::Value,
+    /// Every recorded attempt, oldest first.
     pub attempts_log: Vec<AttemptRecord>,
 }
 
 /// A quarantined payload, as listed (`body` only in detail).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct QuarantineItem {
     pub id: i64,
+    /// The source it was posted to.
     pub source: String,
+    /// The source's vendor.
     pub vendor: String,
+    /// RFC 3339 time it arrived.
     pub received_at: String,
+    /// The HTTP status it was rejected with (400, 422).
     pub status: u16,
+    /// Machine-readable reason (`invalid_json`, `schema_violation`, `unknown_event`).
     pub reason: String,
+    /// The problems found, each located by a JSON pointer.
+    #[schema(value_type = Vec<crate::vendors::Violation>)]
     pub details: serde_json::Value,
+    /// The body as received (lossy UTF-8); only when one item is asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
 }
@@ -416,7 +441,7 @@ pub struct Pause {
 
 /// A call as the store summarises it at ingest (the `calls` row, one per subject, updated in
 /// the transaction that stores the call's events).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct CallSummary {
     /// Increases with the call's first acceptance: the listing's cursor.
     pub id: i64,
@@ -491,7 +516,7 @@ pub struct CallEvent {
 }
 
 /// One (event, route) of a call and its delivery state.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct CallDelivery {
     pub event_id: String,
     pub route: String,

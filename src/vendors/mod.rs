@@ -60,6 +60,22 @@ macro_rules! vendors {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum Vendor { $($(#[$doc])* #[serde(rename = $name)] $variant),+ }
 
+        // For the admin API's OpenAPI document, by hand: the derive does not see a
+        // `serde(rename)` given through a macro fragment, and would document the Rust names.
+        impl utoipa::PartialSchema for Vendor {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(
+                    utoipa::openapi::schema::ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::schema::Type::String)
+                        .enum_values(Some([$($name),+]))
+                        .description(Some("A vendor callgate understands."))
+                        .build(),
+                ))
+            }
+        }
+
+        impl utoipa::ToSchema for Vendor {}
+
         impl Vendor {
             pub const ALL: [Vendor; [$($name),+].len()] = [$(Vendor::$variant),+];
             /// Every vendor name, for help texts and errors.
@@ -167,11 +183,13 @@ fn preview(value: &Value) -> String {
     }
 }
 
-/// One schema violation, located by a JSON pointer into the payload. Both parts are bounded
-/// ([`Violation::new`] cuts them), so a violation never repeats a large vendor value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One problem of a payload, located by a JSON pointer into it. Both parts are cut to 200
+/// characters (by `Violation::new`), so a violation never repeats a large vendor value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Violation {
+    /// JSON pointer into the payload (`""` for the whole body).
     pub path: String,
+    /// What is wrong there, at most 200 characters.
     pub message: String,
 }
 

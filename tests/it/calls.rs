@@ -157,6 +157,8 @@ async fn every_vendors_call_shows_its_merged_record_events_and_deliveries() {
         let encoded = call.subject.replace(':', "%3A");
         let (status, answer) = admin(&gateway, &format!("/v1/calls/{encoded}")).await;
         assert_eq!(status, 200, "{}: {answer}", call.subject);
+        // Each vendor's whole answer (record, transcript, analysis, cost…) is the documented one.
+        crate::openapi::assert_documented("GET", "/v1/calls/{subject}", status, &answer);
         let expected = call.expected();
         let events = answer["events"].as_array().unwrap();
         let got: Vec<Value> = events.iter().cloned().map(without_received_at).collect();

@@ -14,6 +14,7 @@ mod filters;
 mod fuzz_regressions;
 mod golden;
 mod inbound;
+mod openapi;
 mod reliability;
 mod reload;
 mod retell;

@@ -23,6 +23,8 @@ mod filters;
 mod golden;
 #[path = "../it/inbound.rs"]
 mod inbound;
+#[path = "../it/openapi.rs"]
+mod openapi;
 #[path = "../it/reliability.rs"]
 mod reliability;
 #[path = "../it/reload.rs"]
