@@ -288,10 +288,10 @@ pub struct TestSend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
-    /// In the outbox, waiting for its time (`next_at`) or for the call's earlier events.
+    /// In the outbox, not attempted yet: waiting for its time (`next_at`) or for the call's
+    /// earlier events.
     Pending,
-    /// In the outbox after a failed attempt, waiting for its retry (call records; an event's
-    /// detail says `pending` with its attempts and `next_at`).
+    /// In the outbox after a failed attempt, waiting for its retry (`next_at`).
     Retrying,
     /// Leased to a worker (of any replica) that is sending it now.
     InFlight,
@@ -902,6 +902,7 @@ pub(crate) fn assemble(
         let state = match lease_until {
             Some(_) => DeliveryState::InFlight,
             None if paused.contains(&route) => DeliveryState::Paused,
+            None if attempts > 0 => DeliveryState::Retrying,
             None => DeliveryState::Pending,
         };
         deliveries.push(RouteDelivery {

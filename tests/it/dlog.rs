@@ -210,7 +210,7 @@ async fn an_event_shows_each_route_pending_in_flight_paused_and_delivered() {
     assert_eq!((held["state"].as_str(), held["attempts"].as_i64()), (Some("in_flight"), Some(0)), "{held}");
     assert!(held["lease_until"].is_string(), "{held}");
     let later = state(&shown, "later");
-    assert_eq!((later["state"].as_str(), later["attempts"].as_i64()), (Some("pending"), Some(1)), "{later}");
+    assert_eq!((later["state"].as_str(), later["attempts"].as_i64()), (Some("retrying"), Some(1)), "{later}");
     let next_at = chrono::DateTime::parse_from_rfc3339(later["next_at"].as_str().unwrap()).unwrap();
     assert!(next_at > chrono::Utc::now() + chrono::Duration::minutes(30), "the retry an hour away: {later}");
     assert_eq!(later["attempts_log"][0]["status"], 503);

@@ -293,7 +293,7 @@ async fn schema_4_attempts_become_the_delivery_log_with_their_routes_events_and_
     let orphan = store.delivery_log(&LogFilter { route: Some(String::new()), ..LogFilter::default() }).await.unwrap();
     assert_eq!((orphan.len(), orphan[0].delivery_id, orphan[0].event_id.as_deref()), (1, Some(12), None));
     let pending = store.event("p", now_ms()).await.unwrap().unwrap();
-    assert_eq!((pending.deliveries[0].state, pending.deliveries[0].attempts_log.len()), (DeliveryState::Pending, 1));
+    assert_eq!((pending.deliveries[0].state, pending.deliveries[0].attempts_log.len()), (DeliveryState::Retrying, 1));
     let dead = store.dead_letter(11).await.unwrap().unwrap();
     assert_eq!(dead.attempts_log.len(), 2, "a dead letter's attempts are found through its event");
     let conn = Connection::open(&path).unwrap();
