@@ -42,7 +42,9 @@ use crate::{
     server::App,
     store::{
         CallDelivery, CallFilter, CallStatus, CallSummary, DeadLetter, DeadLetterDetail, DeliveryState, EventDetail,
-        Filter, LogEntry, LogFilter, LogOutcome, Millis, QuarantineItem, StoreError, TestSend, now_ms, rfc3339,
+        Filter, LogEntry, LogFilter, LogOutcome, Millis, QuarantineItem, StoreError, TestSend,
+        erase::{Erased, Erasure, Number},
+        now_ms, rfc3339,
     },
     tail,
     telemetry::IngressOutcome,
@@ -130,6 +132,8 @@ fn endpoints() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(tail::ticket))
         .routes(routes!(list_calls))
         .routes(routes!(get_call))
+        .routes(routes!(erase_call))
+        .routes(routes!(erase_number))
 }
 
 /// The endpoints that check their own credentials, outside the middleware: the live tail,
@@ -1390,6 +1394,69 @@ fn interrupted(replay: &QuarantineReplay, e: StoreError) -> AdminError {
     AdminError::Interrupted { done: replay.results.len(), error: e.to_string() }
 }
 
+/// Erases everything stored of one call: its pending deliveries (cancelled), dead letters,
+/// delivery log, events, summary, the payloads it came in and quarantined bodies of its source
+/// that hold its call id. A subject nothing is stored of erases nothing (200, every count 0).
+#[utoipa::path(delete, path = "/v1/admin/calls/{subject}", tag = "calls",
+    params(("subject" = String, Path, description = "`{source}:{call_id}`, as in every event (`:` as is or as `%3A`)", example = "vox:call-to-erase")),
+    responses((status = 200, description = "Erased: what was removed, per kind", body = Erased), Invalid, Denied, Unavailable))]
+async fn erase_call(
+    State(app): State<Arc<App>>,
+    AdminPath(subject): AdminPath<String>,
+) -> Result<Json<Erased>, AdminError> {
+    text_param("subject", &subject)?;
+    let erased = app.store.erase(Erasure::Call(subject.clone()), now_ms()).await?;
+    log_erasure("call", Some(&subject), &erased);
+    Ok(Json(erased))
+}
+
+/// What `POST /v1/admin/erase` takes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct EraseRequest {
+    /// A phone number, in E.164 or as the vendor sent it (7 to 64 characters, at least 7
+    /// digits); a national number is also matched in E.164 with each source's `phone_region`.
+    #[schema(example = "+15550100999")]
+    number: String,
+}
+
+/// Erases every call whose events carry a phone number (`from`, `to`, their E.164 forms, an
+/// SMS's numbers, a transfer target), as `DELETE /v1/admin/calls/{subject}` does for each, and
+/// every payload or quarantined body that holds the number. The number is never logged nor
+/// repeated in an answer.
+#[utoipa::path(post, path = "/v1/admin/erase", tag = "calls", request_body = EraseRequest,
+    responses((status = 200, description = "Erased: what was removed, per kind", body = Erased), Invalid, Denied, Unavailable))]
+async fn erase_number(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Result<Json<Erased>, AdminError> {
+    // serde's messages may quote the value: never echoed.
+    let request: EraseRequest = serde_json::from_slice(&body).map_err(|_| {
+        AdminError::BadRequest(
+            "the body must be a JSON object {\"number\": \"...\"} with the number as a string".into(),
+        )
+    })?;
+    let regions: Vec<_> = app.config.load().sources.values().filter_map(|s| s.phone_region).collect();
+    let number = Number::parse(&request.number, regions).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+    let erased = app.store.erase(Erasure::Number(number), now_ms()).await?;
+    log_erasure("number", None, &erased);
+    Ok(Json(erased))
+}
+
+/// The audit line of an erasure: its kind and counts, and the subject of a call erasure
+/// (never the number, nor the calls a number erasure found: they would tie it to them).
+fn log_erasure(kind: &'static str, subject: Option<&str>, e: &Erased) {
+    tracing::warn!(
+        kind,
+        subject = subject.unwrap_or(""),
+        calls = e.calls,
+        events = e.events,
+        payloads = e.payloads,
+        outbox_cancelled = e.outbox_cancelled,
+        dead_letters = e.dead_letters,
+        log_rows = e.log_rows,
+        quarantined = e.quarantined,
+        "erasure done"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -1504,7 +1571,9 @@ mod tests {
                     assert!(responses.contains_key("400"), "{at} lacks 400");
                 }
                 // Discarding the backlog of a route nobody knows discards nothing (200).
-                if path.contains('{') && at != "delete /v1/admin/routes/{name}/backlog" {
+                // Erasing a call nothing is stored of erases nothing (200, every count 0).
+                let no_404 = ["delete /v1/admin/routes/{name}/backlog", "delete /v1/admin/calls/{subject}"];
+                if path.contains('{') && !no_404.contains(&at.as_str()) {
                     assert!(responses.contains_key("404"), "{at} lacks 404");
                 }
                 if !no_store.contains(&path.as_str()) && !no_store_op.contains(&at.as_str()) {

@@ -36,7 +36,25 @@ impl Client {
     }
 
     pub async fn call(&self, method: Method, path: &str, query: &[(&str, String)]) -> Result<Value, String> {
+        self.send(method, path, query, None).await
+    }
+
+    /// [`Client::call`] with a JSON body.
+    pub async fn call_with(&self, method: Method, path: &str, body: &Value) -> Result<Value, String> {
+        self.send(method, path, &[], Some(body)).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, String> {
         let mut request = self.http.request(method, format!("{}{path}", self.base)).query(query);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

@@ -157,6 +157,15 @@ enum Command {
         #[arg(long, global = true)]
         show_secrets: bool,
     },
+    /// Erase every call whose events carry a phone number, and every payload or quarantined
+    /// body that holds it (through the admin API); prints the counts.
+    Erase {
+        /// The number, in E.164 or as the vendor sent it.
+        #[arg(long)]
+        number: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Print the admin API's OpenAPI 3.1 document (the one served at
     /// `GET /v1/admin/openapi.json`), e.g. to generate a client.
     Openapi,
@@ -265,6 +274,9 @@ enum CallAction {
     },
     /// Show one call by subject (`{source}:{call_id}`), as JSON.
     Show { subject: String },
+    /// Erase everything stored of one call (`{source}:{call_id}`): its pending deliveries,
+    /// dead letters, delivery log, events, summary and payloads; prints the counts.
+    Erase { subject: String },
 }
 
 #[derive(Subcommand)]
@@ -341,6 +353,7 @@ fn main() -> ExitCode {
         Command::Deliveries { action, admin } => operate(admin, Target::Deliveries(action)),
         Command::Events { action, admin } => operate(admin, Target::Events(action)),
         Command::Calls { action, admin } => operate(admin, Target::Calls(action)),
+        Command::Erase { number, admin } => operate(admin, Target::Erase { number }),
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
         Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
         Command::Openapi => {
@@ -454,6 +467,7 @@ enum Target {
     Deliveries(DeliveriesAction),
     Events(EventsAction),
     Calls(CallAction),
+    Erase { number: String },
 }
 
 /// The admin API client and a runtime for an operator command, or how it failed.
@@ -552,6 +566,7 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
         Target::Drift { .. } => ("/v1/admin/drift", "source"),
         Target::Reload => ("/v1/admin/reload", ""),
         Target::Calls(_) => ("/v1/calls", ""),
+        Target::Erase { .. } => ("/v1/admin/erase", ""),
     };
     match target {
         Target::DeadLetters(action) | Target::Quarantine(action) => match action {
@@ -659,6 +674,13 @@ async fn run_operation(client: &admin_client::Client, target: Target) -> Result<
         }
         Target::Calls(CallAction::Show { subject }) => {
             client.call(Method::GET, &format!("{path}/{}", admin_client::path_segment(&subject)), &[]).await.map(pretty)
+        }
+        Target::Calls(CallAction::Erase { subject }) => client
+            .call(Method::DELETE, &format!("/v1/admin/calls/{}", admin_client::path_segment(&subject)), &[])
+            .await
+            .map(pretty),
+        Target::Erase { number } => {
+            client.call_with(Method::POST, path, &serde_json::json!({ "number": number })).await.map(pretty)
         }
         Target::Routes(RouteAction::List) => {
             let answer = client.call(Method::GET, path, &[]).await?;

@@ -664,6 +664,139 @@ pub(crate) async fn a_large_call_is_returned_up_to_its_byte_bound(h: &dyn Harnes
     assert_eq!(call.deliveries.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["l1", "l2"]);
 }
 
+/// An event of `subject` whose JSON carries `from` as its caller's number.
+fn numbered(id: &str, subject: &str, from: &str) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        kind: "call.started".into(),
+        subject: subject.into(),
+        json: serde_json::json!({ "id": id, "subject": subject, "data": { "from": from, "to": "+15550001111" } })
+            .to_string(),
+        routes: vec!["r".into()],
+        status: None,
+    }
+}
+
+fn payload(source: &str, body: &str, events: Vec<NewEvent>) -> Ingest {
+    Ingest {
+        source: source.into(),
+        digest: crate::canonical::body_digest(body.as_bytes()),
+        body: body.as_bytes().to_vec(),
+        received_at: 1_000,
+        events,
+    }
+}
+
+fn quarantined(source: &str, body: &str) -> Quarantined {
+    Quarantined {
+        source: source.into(),
+        vendor: source.into(),
+        received_at: 1_000,
+        status: 422,
+        reason: "schema_violation".into(),
+        details: "[]".into(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// Erasing a call removes its pending (and in-flight) deliveries, dead letter, log, events,
+/// summary, payload (emptied when another call's events came in it too) and quarantined bodies
+/// of its source naming it; erasing a number does so for each call whose events carry it in
+/// either form. Other calls, test sends and the gauges stay right, also after a reopen.
+pub(crate) async fn erasure_removes_a_call_or_a_numbers_calls_and_nothing_else(h: &dyn Harness) {
+    use crate::store::erase::{Erased, Erasure, Number};
+    let owned = h.open().await;
+    let store = &*owned;
+    let now = now_ms();
+    let number = "+14155550123";
+    let shared = payload(
+        "vox",
+        r#"[{"call":"call-a","from":"+14155550123"},{"call":"call-b"}]"#,
+        vec![
+            numbered("a1", "vox:call-a", number),
+            numbered("a2", "vox:call-a", number),
+            numbered("b1", "vox:call-b", "+15550002222"),
+        ],
+    );
+    store.ingest(shared).await.unwrap();
+    store
+        .ingest(payload("vox", r#"{"call":"call-c"}"#, vec![numbered("c1", "vox:call-c", "+15550003333")]))
+        .await
+        .unwrap();
+    let mut d1 = numbered("d1", "utel:call-d", "(415) 555-0123");
+    d1.json = d1.json.replace(r#""to":"+15550001111""#, r#""to_e164":"+14155550123""#);
+    store.ingest(payload("utel", r#"{"id":"call-d","to":"4155550123"}"#, vec![d1])).await.unwrap();
+    for (source, body) in [("vox", "{\"call\":\"call-a\"}"), ("salpre", "from +14155550123"), ("vox", "unrelated")] {
+        store.quarantine(quarantined(source, body)).await.unwrap();
+    }
+    // a1 dead-lettered (with its log row), a2 in flight, the rest waiting.
+    let a1 = claim(store, "r", now, 1).await.remove(0);
+    assert_eq!(a1.event_id, "a1");
+    let attempt = Attempt { at: now, status: Some(500), ..Attempt::default() };
+    store.complete(vec![outcome(&a1, OutcomeKind::Dead { attempt })], now).await.unwrap();
+    let a2 = claim(store, "r", now, 1).await.remove(0);
+    assert_eq!(a2.event_id, "a2");
+    let test = TestSend {
+        route: "r".into(),
+        event_id: "sample".into(),
+        kind: "call.started".into(),
+        subject: "vox:call-a".into(),
+        success: true,
+        attempt: Attempt { at: now, status: Some(200), ..Attempt::default() },
+    };
+    store.record_test(test).await.unwrap();
+
+    assert_eq!(store.erase(Erasure::Call("vox:nothing".into()), now).await.unwrap(), Erased::default());
+    let erased = store.erase(Erasure::Call("vox:call-a".into()), now).await.unwrap();
+    assert_eq!(
+        erased,
+        Erased { calls: 1, events: 2, payloads: 1, outbox_cancelled: 1, dead_letters: 1, log_rows: 1, quarantined: 1 }
+    );
+    assert!(store.call("vox:call-a", now).await.unwrap().is_none());
+    assert!(store.event("a1", now).await.unwrap().is_none());
+    assert!(store.dead_letters(&Filter::default()).await.unwrap().is_empty());
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.backlog.get("r"), counts.dead.get("r")), (Some(&3), None), "b1, c1, d1 wait");
+    // The attempt in flight ends; it finds nothing to record.
+    store.complete(vec![delivered(&a2)], now).await.unwrap();
+    let log = store.delivery_log(&LogFilter { route: Some("r".into()), ..LogFilter::default() }).await.unwrap();
+    assert_eq!(log.iter().map(|e| (e.test, e.subject.as_deref())).collect::<Vec<_>>(), [(true, Some("vox:call-a"))]);
+    let call_b = store.call("vox:call-b", now).await.unwrap().expect("the other call of the payload stays");
+    assert_eq!(call_b.events.len(), 1);
+    let waiting = claim(store, "r", now, 10).await;
+    let ids: Vec<&str> = waiting.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids, ["b1", "c1", "d1"], "nothing of the erased call is delivered");
+    let bodies = store.quarantined_raw(&Filter::default()).await.unwrap();
+    assert_eq!(bodies.iter().map(|q| q.2.as_slice()).collect::<Vec<_>>(), [&b"from +14155550123"[..], b"unrelated"]);
+
+    // d1 holds the number in E.164 only (and as sent, another form): both are matched.
+    let by_number = Number::parse("+1 415 555 0123", []).unwrap();
+    let erased = store.erase(Erasure::Number(by_number), now).await.unwrap();
+    assert_eq!(
+        erased,
+        Erased { calls: 1, events: 1, payloads: 1, outbox_cancelled: 1, dead_letters: 0, log_rows: 0, quarantined: 1 }
+    );
+    assert!(store.call("utel:call-d", now).await.unwrap().is_none());
+    assert!(store.call("vox:call-c", now).await.unwrap().is_some());
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.backlog.get("r"), Some(&2), "the leased d1 was cancelled too");
+    for d in &waiting {
+        store.complete(vec![delivered(d)], now).await.unwrap();
+    }
+    assert_eq!(store.counts().await.unwrap().backlog.get("r"), None);
+    let bodies = store.quarantined_raw(&Filter::default()).await.unwrap();
+    assert_eq!(bodies.iter().map(|q| q.2.as_slice()).collect::<Vec<_>>(), [&b"unrelated"[..]]);
+    let calls = store.calls(&CallFilter::default()).await.unwrap();
+    let mut subjects: Vec<&str> = calls.iter().map(|c| c.subject.as_str()).collect();
+    subjects.sort();
+    assert_eq!(subjects, ["vox:call-b", "vox:call-c"]);
+    let number_again = Number::parse(number, []).unwrap();
+    assert_eq!(store.erase(Erasure::Number(number_again), now).await.unwrap(), Erased::default(), "nothing left");
+    drop(owned);
+    let reopened = h.open().await;
+    assert_eq!(reopened.counts().await.unwrap(), crate::store::Counts::default(), "the tables agree");
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -699,6 +832,7 @@ macro_rules! all_checks {
             calls_are_summarised_at_ingest_and_show_each_delivery,
             concurrent_ingests_keep_one_summary_per_call_with_the_last_terminal_status,
             a_large_call_is_returned_up_to_its_byte_bound,
+            erasure_removes_a_call_or_a_numbers_calls_and_nothing_else,
         );
     };
 }

@@ -13,6 +13,7 @@
 //! **Invariant:** for one (route, subject), at most one delivery is leased at a time, and it is
 //! the oldest one still in the outbox: a call's events go out in acceptance order.
 
+pub mod erase;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
@@ -848,6 +849,14 @@ pub trait Store: Send + Sync + 'static {
     /// (at most [`CALL_EVENTS_MAX`] and [`CALL_BYTES_MAX`]) and each (event, route)'s delivery state, leases judged
     /// at `now`. `None` when no call has that subject.
     async fn call(&self, subject: &str, now: Millis) -> Result<Option<StoredCall>, StoreError>;
+
+    /// Erases one call, or every call of a number (`erase.rs`), in one transaction: its
+    /// pending deliveries are cancelled (an attempt in flight finishes but records nothing),
+    /// its dead letters, delivery log, events, summary, payloads and matching quarantined
+    /// bodies deleted, and the files scrubbed as far as the backend allows (SQLite:
+    /// `secure_delete` and a truncating WAL checkpoint; PostgreSQL: `VACUUM` of the tables).
+    /// [`Store::counts`] drops by what was cancelled and deleted. Nothing matched: all zero.
+    async fn erase(&self, erasure: erase::Erasure, now: Millis) -> Result<erase::Erased, StoreError>;
 
     /// Subscribes to this store's [`Notice`]s (a lagging subscriber should treat the lag as
     /// [`Notice::Lost`]).

@@ -48,7 +48,9 @@ use super::{
     Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, DeadRow, Delivery, DriftCount, EventDetail, Filter, Ingest,
     IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice, OutboxRow, Outcome, OutcomeKind, Pause,
     Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall, TAIL_PAYLOAD_MAX, TERMINAL_TYPES, TailFeed,
-    TestSend, admit_drift, call_deliveries, events_that_fit, now_ms, rfc3339,
+    TestSend, admit_drift, call_deliveries,
+    erase::{self, Erased, Erasure},
+    events_that_fit, now_ms, rfc3339,
 };
 
 /// The migrations, embedded (sqlx's `migrate!` needs its `macros` feature, which we leave out).
@@ -959,6 +961,96 @@ async fn call_dead_letters(
 
 /// Records outcomes in one transaction; returns the ids of those whose lease had been taken
 /// over (dropped, not recorded).
+/// The tables an erasure deletes from, vacuumed after it.
+const ERASE_VACUUM: &str = "VACUUM payloads, events, outbox, dead_letters, attempts, calls, quarantine";
+
+/// One erasure in `tx` (see `erase.rs` for what goes).
+async fn erase_in(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<Erased, StoreError> {
+    let subjects: BTreeSet<String> = match erasure {
+        Erasure::Call(subject) => BTreeSet::from([subject.clone()]),
+        Erasure::Number(number) => {
+            // A scan of the events: those whose JSON holds a form as text, then their number fields.
+            let rows = sqlx::query(
+                "SELECT subject, body FROM events WHERE EXISTS (SELECT 1 FROM unnest($1::text[]) f WHERE strpos(body, f) > 0)",
+            )
+            .bind(number.forms())
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut subjects = BTreeSet::new();
+            for row in rows {
+                let body: String = row.try_get(1)?;
+                if erase::carries(&body, number.forms()) {
+                    subjects.insert(row.try_get(0)?);
+                }
+            }
+            subjects
+        }
+    };
+    let names: Vec<String> = subjects.iter().cloned().collect();
+    let rows = sqlx::query("SELECT seq, payload_id FROM events WHERE subject = ANY($1)")
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
+    let mut payloads: BTreeSet<i64> = BTreeSet::new();
+    for row in rows {
+        seqs.push(row.try_get(0)?);
+        payloads.insert(row.try_get(1)?);
+    }
+    let mut erased = Erased::default();
+    let count = |done: sqlx::postgres::PgQueryResult| done.rows_affected() as usize;
+    // Leased rows too: an attempt in flight finishes, and its outcome finds no row to record.
+    erased.outbox_cancelled =
+        count(sqlx::query("DELETE FROM outbox WHERE event_seq = ANY($1)").bind(&seqs).execute(&mut *tx).await?);
+    erased.dead_letters =
+        count(sqlx::query("DELETE FROM dead_letters WHERE event_seq = ANY($1)").bind(&seqs).execute(&mut *tx).await?);
+    erased.log_rows = count(
+        sqlx::query("DELETE FROM attempts WHERE event_seq = ANY($1) AND NOT test")
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?,
+    );
+    erased.events = count(sqlx::query("DELETE FROM events WHERE seq = ANY($1)").bind(&seqs).execute(&mut *tx).await?);
+    erased.calls =
+        count(sqlx::query("DELETE FROM calls WHERE subject = ANY($1)").bind(&names).execute(&mut *tx).await?);
+    for needle in erase::needles(erasure, &subjects) {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM payloads WHERE ($1::text IS NULL OR source = $1) AND position($2::bytea IN body) > 0",
+        )
+        .bind(&needle.source)
+        .bind(&needle.bytes)
+        .fetch_all(&mut *tx)
+        .await?;
+        payloads.extend(ids);
+        erased.quarantined += count(
+            sqlx::query(
+                "DELETE FROM quarantine WHERE ($1::text IS NULL OR source = $1) AND position($2::bytea IN body) > 0",
+            )
+            .bind(&needle.source)
+            .bind(&needle.bytes)
+            .execute(&mut *tx)
+            .await?,
+        );
+    }
+    let payloads: Vec<i64> = payloads.into_iter().collect();
+    erased.payloads = count(
+        sqlx::query(
+            "DELETE FROM payloads p WHERE p.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM events e WHERE e.payload_id = p.id)",
+        )
+        .bind(&payloads)
+        .execute(&mut *tx)
+        .await?,
+    );
+    // Another call's events came from these too: they and the redelivery key stay, the body goes.
+    erased.payloads += count(
+        sqlx::query("UPDATE payloads SET body = ''::bytea WHERE id = ANY($1) AND length(body) > 0")
+            .bind(&payloads)
+            .execute(&mut *tx)
+            .await?,
+    );
+    Ok(erased)
+}
+
 async fn record_outcomes(
     shared: &Shared,
     replica: u64,
@@ -1698,6 +1790,19 @@ impl Store for PostgresStore {
     async fn release_quarantined(&self, id: i64) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM quarantine WHERE id = $1").bind(id).execute(self.pool()).await?;
         Ok(())
+    }
+
+    async fn erase(&self, erasure: Erasure, _now: Millis) -> Result<Erased, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let erased = erase_in(&mut tx, &erasure).await?;
+        tx.commit().await?;
+        self.shared.counts_changed();
+        // Dead row versions go; VACUUM does not zero the free space it leaves in a page, nor
+        // the WAL: `VACUUM FULL` rewrites the tables (README, "Erasure").
+        if let Err(e) = sqlx::raw_sql(ERASE_VACUUM).execute(self.pool()).await {
+            tracing::warn!(error = %e, "VACUUM after an erasure failed; autovacuum will remove the dead rows later.");
+        }
+        Ok(erased)
     }
 
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError> {

@@ -35,7 +35,9 @@ use super::{
     Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, DeadRow, Delivery, DriftCount, EventDetail, Filter, Ingest,
     IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice, OutboxRow, Outcome, OutcomeKind, Pause,
     Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall, TERMINAL_TYPES, TestSend, admit_drift,
-    call_deliveries, now_ms, rfc3339,
+    call_deliveries,
+    erase::{self, Erased, Erasure},
+    now_ms, rfc3339,
 };
 
 /// Errors that say "not now" (busy, full, read-only, I/O) rather than "never".
@@ -112,10 +114,16 @@ trait Job: Send {
     /// Whether the commit must reach the disk before `finish` (an acknowledged payload),
     /// or may ride on the next fsync (delivery bookkeeping: losing it repeats a delivery).
     fn durable(&self) -> bool;
+    /// Whether the WAL is checkpointed and truncated after its commit, before `finish`
+    /// (an erasure: the erased rows' old pages leave the WAL file).
+    fn checkpoint(&self) -> bool {
+        false
+    }
 }
 
 struct TypedJob<T, F> {
     durable: bool,
+    checkpoint: bool,
     work: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -138,6 +146,10 @@ where
 
     fn durable(&self) -> bool {
         self.durable
+    }
+
+    fn checkpoint(&self) -> bool {
+        self.checkpoint
     }
 
     fn finish(self: Box<Self>, commit: &Result<(), CommitError>) {
@@ -365,8 +377,16 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Savepoint<'_>, &mut Delta) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit_job(durable, false, work).await
+    }
+
+    async fn submit_job<T, F>(&self, durable: bool, checkpoint: bool, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Savepoint<'_>, &mut Delta) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(TypedJob { durable, work: Some(work), result: None, reply });
+        let job: Box<dyn Job> = Box::new(TypedJob { durable, checkpoint, work: Some(work), result: None, reply });
         self.writer.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -420,6 +440,9 @@ fn open_connection(path: &Path, read_only: bool, busy_timeout: Duration) -> Resu
         // FULL: every commit is fsynced; an acknowledged payload survives power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted content is overwritten with zeros, so an erased row leaves no bytes behind
+        // in the file's free space (an erasure then truncates the WAL: `checkpoint`).
+        conn.pragma_update(None, "secure_delete", "ON")?;
     }
     Ok(conn)
 }
@@ -534,10 +557,27 @@ fn writer(
         if commit.is_ok() {
             delta.apply(&counts);
             commits.fetch_add(1, Ordering::SeqCst);
+            if batch.iter().any(|job| job.checkpoint()) {
+                checkpoint(&conn);
+            }
         }
         for job in batch {
             job.finish(&commit);
         }
+    }
+}
+
+/// Copies the whole WAL into the database and truncates it to nothing, so what an erasure
+/// deleted is in neither file (the pages it overwrote with zeros replace the old ones). A
+/// reader holding an old snapshot makes it stop short: then the WAL keeps its frames until the
+/// next erasure or checkpoint, and this says so.
+fn checkpoint(conn: &Connection) {
+    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!(
+            "The WAL checkpoint after an erasure was blocked by a reader; the WAL keeps old pages until the next checkpoint."
+        ),
+        Err(e) => tracing::warn!(error = %e, "The WAL checkpoint after an erasure failed."),
     }
 }
 
@@ -1446,6 +1486,11 @@ impl Store for SqliteStore {
         Ok(Some(StoredCall { summary, events, truncated, deliveries }))
     }
 
+    async fn erase(&self, erasure: Erasure, _now: Millis) -> Result<Erased, StoreError> {
+        // Durable, then the WAL checkpointed and truncated before the answer.
+        self.submit_job(true, true, move |tx, delta| erase_in(tx, &erasure, delta)).await
+    }
+
     async fn prune(&self, retention_before: Millis, dedup_before: Millis) -> Result<Pruned, StoreError> {
         self.write(move |tx, _| {
             let chunk = PRUNE_CHUNK as i64;
@@ -1493,6 +1538,104 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+/// One erasure in the writer's transaction (see `erase.rs` for what goes).
+fn erase_in(tx: &Savepoint<'_>, erasure: &Erasure, delta: &mut Delta) -> Result<Erased, StoreError> {
+    let subjects: BTreeSet<String> = match erasure {
+        Erasure::Call(subject) => BTreeSet::from([subject.clone()]),
+        Erasure::Number(number) => {
+            // A scan of the events: those whose JSON holds a form as text, then their number fields.
+            let forms = number.forms();
+            let mut stmt = tx.prepare(
+                "SELECT subject, body FROM events
+                  WHERE EXISTS (SELECT 1 FROM json_each(?1) f WHERE instr(events.body, f.value) > 0)",
+            )?;
+            let rows = stmt.query_map([json(forms)?], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut subjects = BTreeSet::new();
+            for row in rows {
+                let (subject, body) = row?;
+                if erase::carries(&body, forms) {
+                    subjects.insert(subject);
+                }
+            }
+            subjects
+        }
+    };
+    let names: Vec<&String> = subjects.iter().collect();
+    let names_json = json(&names)?;
+    let mut seqs: Vec<i64> = Vec::new();
+    let mut payloads: BTreeSet<i64> = BTreeSet::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT seq, payload_id FROM events
+              WHERE subject IN (SELECT value FROM json_each(?1))",
+        )?;
+        let rows = stmt.query_map([&names_json], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (seq, payload) = row?;
+            seqs.push(seq);
+            payloads.insert(payload);
+        }
+    }
+    let seqs_json = json(&seqs)?;
+    let mut erased = Erased::default();
+    {
+        let mut stmt =
+            tx.prepare("DELETE FROM outbox WHERE event_seq IN (SELECT value FROM json_each(?1)) RETURNING route")?;
+        let routes = stmt.query_map([&seqs_json], |r| r.get::<_, String>(0))?;
+        for route in routes {
+            delta.backlog(&route?, -1);
+            erased.outbox_cancelled += 1;
+        }
+        let mut stmt = tx
+            .prepare("DELETE FROM dead_letters WHERE event_seq IN (SELECT value FROM json_each(?1)) RETURNING route")?;
+        let routes = stmt.query_map([&seqs_json], |r| r.get::<_, String>(0))?;
+        for route in routes {
+            delta.dead(&route?, -1);
+            erased.dead_letters += 1;
+        }
+    }
+    erased.log_rows = tx.execute(
+        "DELETE FROM attempts WHERE event_seq IN (SELECT value FROM json_each(?1)) AND test = 0",
+        [&seqs_json],
+    )?;
+    erased.events = tx.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?1))", [&seqs_json])?;
+    erased.calls = tx.execute("DELETE FROM calls WHERE subject IN (SELECT value FROM json_each(?1))", [&names_json])?;
+    // Bodies that hold the number or a call id: the events' own payloads, and any other (one
+    // whose events were pruned while its redelivery key is kept, a number only in a
+    // transcript), and the quarantine.
+    for needle in erase::needles(erasure, &subjects) {
+        let mut stmt =
+            tx.prepare_cached("SELECT id FROM payloads WHERE (?1 IS NULL OR source = ?1) AND instr(body, ?2) > 0")?;
+        let ids = stmt.query_map(params![needle.source, needle.bytes], |r| r.get::<_, i64>(0))?;
+        for id in ids {
+            payloads.insert(id?);
+        }
+        erased.quarantined += tx
+            .prepare_cached("DELETE FROM quarantine WHERE (?1 IS NULL OR source = ?1) AND instr(body, ?2) > 0")?
+            .execute(params![needle.source, needle.bytes])?;
+    }
+    for id in payloads {
+        let deleted = tx
+            .prepare_cached(
+                "DELETE FROM payloads WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM events WHERE payload_id = ?1)",
+            )?
+            .execute([id])?;
+        // Another call's events came from it too: they and the redelivery key stay, the body goes.
+        let emptied = match deleted {
+            0 => {
+                tx.prepare_cached("UPDATE payloads SET body = x'' WHERE id = ?1 AND length(body) > 0")?.execute([id])?
+            }
+            _ => 0,
+        };
+        erased.payloads += deleted + emptied;
+    }
+    Ok(erased)
 }
 
 /// Adds one aggregated count to its drift row (the example of the latest sighting wins).

@@ -10,6 +10,7 @@ mod dlog;
 mod drift;
 mod e2e;
 mod edges;
+mod erasure;
 mod filters;
 mod fuzz_regressions;
 mod golden;

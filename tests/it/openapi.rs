@@ -160,6 +160,8 @@ async fn out_of_range_parameters_are_bad_requests() {
         (&get, "/v1/admin/dead-letters?limit=-1", "limit"),
         (&get, "/v1/admin/dead-letters/99999999999999999999", "99999999999999999999"),
         (&post, "/v1/admin/quarantine/9223372036854775808/replay", "9223372036854775808"),
+        (&delete, "/v1/admin/calls/vox%3Aa%00b", "subject"),
+        (&post, "/v1/admin/erase", "number"),
     ] {
         let (status, body) = admin(&gateway, method.clone(), path).await;
         assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{method} {path}: {body}");

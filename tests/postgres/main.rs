@@ -17,6 +17,8 @@ mod drift;
 mod e2e;
 #[path = "../it/edges.rs"]
 mod edges;
+#[path = "../it/erasure.rs"]
+mod erasure;
 #[path = "../it/filters.rs"]
 mod filters;
 #[path = "../it/golden.rs"]
