@@ -150,6 +150,7 @@ async fn erasure_by_subject_and_by_number_leaves_nothing_behind() {
     let by_number = gateway.wait_log("\"number\"").await;
     assert!(by_number.contains("erasure done") && !by_number.contains("erase_b"), "{by_number}");
     let logs = gateway.logs();
+    assert!(!logs.contains("after an erasure"), "the files were scrubbed (checkpoint, VACUUM): {logs}");
     for secret in ["2025550178", "202-555-0178"] {
         assert!(!logs.contains(secret), "the log holds {secret}");
     }
