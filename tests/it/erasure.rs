@@ -1,5 +1,5 @@
-//! Erasure on the binary: a call erased by its subject through the API and another by its
-//! number through the CLI (as sent, with punctuation: matched in E.164), each with dead letters,
+//! Erasure on the binary: a call erased by its subject through the API (and again, finding
+//! nothing, through the CLI) and another by its number through the CLI (as sent, with punctuation: matched in E.164), each with dead letters,
 //! queued retries, a delivery log and a quarantined body; afterwards nothing of either is in
 //! the store's files (SQLite: the database, its WAL and shared memory; PostgreSQL: a dump),
 //! while another call stays whole, the gauges agree, and the log holds no number.
@@ -40,6 +40,18 @@ async fn admin(gateway: &Gateway, method: reqwest::Method, path: &str, body: Opt
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `callgate <args>` against the gateway's admin API: its JSON answer.
+fn cli(gateway: &Gateway, args: &[&str]) -> Value {
+    let out = Command::new(binary())
+        .args(args)
+        .args(["--url", &gateway.ops_url(""), "--token", TOKEN])
+        .env_remove("CALLGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "callgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn counts(calls: u64, events: u64, payloads: u64, outbox: u64, dead: u64, log: u64, quarantined: u64) -> Value {
@@ -100,8 +112,8 @@ async fn erasure_by_subject_and_by_number_leaves_nothing_behind() {
     crate::openapi::assert_documented("DELETE", "/v1/admin/calls/{subject}", 200, &erased);
     gateway.wait_metric("callgate_dead_letters{route=\"dead\"}", 2.0).await;
     gateway.wait_metric("callgate_delivery_backlog{route=\"later\"}", 2.0).await;
-    let (status, nothing) = admin(&gateway, reqwest::Method::DELETE, "/v1/admin/calls/oneinbox:erase_a", None).await;
-    assert_eq!((status, nothing), (200, counts(0, 0, 0, 0, 0, 0, 0)), "erased once, then nothing is left");
+    let again = cli(&gateway, &["calls", "erase", "oneinbox:erase_a"]);
+    assert_eq!(again, counts(0, 0, 0, 0, 0, 0, 0), "erased once, then nothing is left");
 
     // A number that is none is refused without being repeated.
     for body in [serde_json::json!({ "number": "call me 123" }), serde_json::json!({ "number": 12025550178u64 })] {
@@ -114,13 +126,7 @@ async fn erasure_by_subject_and_by_number_leaves_nothing_behind() {
         );
     }
     // Call B by its number, as sent with punctuation, through the CLI.
-    let out = Command::new(binary())
-        .args(["erase", "--number", "+1 202-555-0178", "--url", &gateway.ops_url(""), "--token", TOKEN])
-        .env_remove("CALLGATE_CONFIG")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let erased: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let erased = cli(&gateway, &["erase", "--number", "+1 202-555-0178"]);
     assert_eq!(erased, counts(1, 2, 2, 2, 2, 5, 1));
     crate::openapi::assert_documented("POST", "/v1/admin/erase", 200, &erased);
     gateway.wait_metric("callgate_dead_letters{route=\"dead\"}", 0.0).await;
