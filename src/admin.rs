@@ -1422,7 +1422,7 @@ struct EraseRequest {
 
 /// Erases every call whose events carry a phone number (`from`, `to`, their E.164 forms, an
 /// SMS's numbers, a transfer target), as `DELETE /v1/admin/calls/{subject}` does for each, and
-/// every payload or quarantined body that holds the number. The number is never logged nor
+/// every payload, quarantined body and drift report row that holds the number. The number is never logged nor
 /// repeated in an answer.
 #[utoipa::path(post, path = "/v1/admin/erase", tag = "calls", request_body = EraseRequest,
     responses((status = 200, description = "Erased: what was removed, per kind", body = Erased), Invalid, Denied, Unavailable))]

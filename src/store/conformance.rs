@@ -750,7 +750,16 @@ pub(crate) async fn erasure_removes_a_call_or_a_numbers_calls_and_nothing_else(h
     let erased = store.erase(Erasure::Call("vox:call-a".into()), now).await.unwrap();
     assert_eq!(
         erased,
-        Erased { calls: 1, events: 2, payloads: 1, outbox_cancelled: 1, dead_letters: 1, log_rows: 1, quarantined: 1 }
+        Erased {
+            calls: 1,
+            events: 2,
+            payloads: 1,
+            outbox_cancelled: 1,
+            dead_letters: 1,
+            log_rows: 1,
+            quarantined: 1,
+            drift_rows: 0
+        }
     );
     assert!(store.call("vox:call-a", now).await.unwrap().is_none());
     assert!(store.event("a1", now).await.unwrap().is_none());
@@ -769,12 +778,34 @@ pub(crate) async fn erasure_removes_a_call_or_a_numbers_calls_and_nothing_else(h
     let bodies = store.quarantined_raw(&Filter::default()).await.unwrap();
     assert_eq!(bodies.iter().map(|q| q.2.as_slice()).collect::<Vec<_>>(), [&b"from +14155550123"[..], b"unrelated"]);
 
+    // A vendor's unknown value that is the number, in the drift report (and one that is not).
+    let drift = |value: &str| DriftCount {
+        source: "utel".into(),
+        vendor_event: "call_ended".into(),
+        kind: "unknown_value".into(),
+        path: "disposition".into(),
+        value: value.into(),
+        count: 1,
+        first_seen: now,
+        last_seen: now,
+        example: value.into(),
+    };
+    store.record_drift(vec![drift("transferred to +14155550123"), drift("voicemail")], 100).await.unwrap();
     // d1 holds the number in E.164 only (and as sent, another form): both are matched.
     let by_number = Number::parse("+1 415 555 0123", []).unwrap();
     let erased = store.erase(Erasure::Number(by_number), now).await.unwrap();
     assert_eq!(
         erased,
-        Erased { calls: 1, events: 1, payloads: 1, outbox_cancelled: 1, dead_letters: 0, log_rows: 0, quarantined: 1 }
+        Erased {
+            calls: 1,
+            events: 1,
+            payloads: 1,
+            outbox_cancelled: 1,
+            dead_letters: 0,
+            log_rows: 0,
+            quarantined: 1,
+            drift_rows: 1
+        }
     );
     assert!(store.call("utel:call-d", now).await.unwrap().is_none());
     assert!(store.call("vox:call-c", now).await.unwrap().is_some());
@@ -790,6 +821,8 @@ pub(crate) async fn erasure_removes_a_call_or_a_numbers_calls_and_nothing_else(h
     let mut subjects: Vec<&str> = calls.iter().map(|c| c.subject.as_str()).collect();
     subjects.sort();
     assert_eq!(subjects, ["vox:call-b", "vox:call-c"]);
+    let drift = store.drift(&Filter::default()).await.unwrap();
+    assert_eq!(drift.iter().map(|d| d.value.as_str()).collect::<Vec<_>>(), ["voicemail"]);
     let number_again = Number::parse(number, []).unwrap();
     assert_eq!(store.erase(Erasure::Number(number_again), now).await.unwrap(), Erased::default(), "nothing left");
     drop(owned);

@@ -12,8 +12,10 @@
 //! of another call keeps its row, so the other call's events and the redelivery key stay, but
 //! its body is emptied), payloads and quarantined bodies that contain one of the [`needles`]
 //! (a form of the number, or a call id in the bodies of the call's source).
-//! The drift report holds no number: paths fold digits into `#`, examples are shapes, and
-//! values are those of enumerated fields.
+//! The drift report holds no number in its paths (digits folded into `#`) nor in the examples
+//! of new fields (shapes only); only the raw word of an unknown value (an enumerated field a
+//! vendor filled with something else) could, so a number erasure deletes the drift rows whose
+//! value or example holds a form of the number.
 
 use std::collections::BTreeSet;
 
@@ -160,6 +162,8 @@ pub struct Erased {
     pub log_rows: usize,
     /// Quarantined payloads whose body held the number or a call id.
     pub quarantined: usize,
+    /// Drift report rows whose unknown value held the number (a number erasure only).
+    pub drift_rows: usize,
 }
 
 #[cfg(test)]

@@ -962,7 +962,7 @@ async fn call_dead_letters(
 /// Records outcomes in one transaction; returns the ids of those whose lease had been taken
 /// over (dropped, not recorded).
 /// The tables an erasure deletes from, vacuumed after it.
-const ERASE_VACUUM: &str = "VACUUM payloads, events, outbox, dead_letters, attempts, calls, quarantine";
+const ERASE_VACUUM: &str = "VACUUM payloads, events, outbox, dead_letters, attempts, calls, quarantine, drift";
 
 /// One erasure in `tx` (see `erase.rs` for what goes).
 async fn erase_in(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<Erased, StoreError> {
@@ -1028,6 +1028,16 @@ async fn erase_in(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<Eras
             )
             .bind(&needle.source)
             .bind(&needle.bytes)
+            .execute(&mut *tx)
+            .await?,
+        );
+    }
+    if let Erasure::Number(number) = erasure {
+        erased.drift_rows = count(
+            sqlx::query(
+                "DELETE FROM drift WHERE EXISTS (SELECT 1 FROM unnest($1::text[]) f WHERE strpos(value, f) > 0 OR strpos(example, f) > 0)",
+            )
+            .bind(number.forms())
             .execute(&mut *tx)
             .await?,
         );

@@ -1620,6 +1620,13 @@ fn erase_in(tx: &Savepoint<'_>, erasure: &Erasure, delta: &mut Delta) -> Result<
             .prepare_cached("DELETE FROM quarantine WHERE (?1 IS NULL OR source = ?1) AND instr(body, ?2) > 0")?
             .execute(params![needle.source, needle.bytes])?;
     }
+    if let Erasure::Number(number) = erasure {
+        for form in number.forms() {
+            erased.drift_rows += tx
+                .prepare_cached("DELETE FROM drift WHERE instr(value, ?1) > 0 OR instr(example, ?1) > 0")?
+                .execute([form])?;
+        }
+    }
     for id in payloads {
         let deleted = tx
             .prepare_cached(

@@ -57,7 +57,7 @@ fn cli(gateway: &Gateway, args: &[&str]) -> Value {
 fn counts(calls: u64, events: u64, payloads: u64, outbox: u64, dead: u64, log: u64, quarantined: u64) -> Value {
     serde_json::json!({
         "calls": calls, "events": events, "payloads": payloads, "outbox_cancelled": outbox,
-        "dead_letters": dead, "log_rows": log, "quarantined": quarantined,
+        "dead_letters": dead, "log_rows": log, "quarantined": quarantined, "drift_rows": 0,
     })
 }
 
