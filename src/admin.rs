@@ -2,7 +2,8 @@
 //! backlog of a removed route), events (one, with each route's delivery), dead letters (list,
 //! inspect, replay), the quarantine (list, inspect, replay), the vendor drift report, reload,
 //! the live tail (`tail.rs`) and its own OpenAPI document; and call records (`/v1/calls`: list,
-//! and one call's merged record, events and delivery state). Every call needs
+//! and one call's merged record, events and delivery state) and their erasure (one call, or
+//! every call of a phone number: `store::erase`). Every call needs
 //! `Authorization: Bearer <[admin] token>` (the tail also takes a stream ticket); without a
 //! configured token the API is off.
 //!
@@ -75,7 +76,7 @@ use crate::{
         (name = "drift", description = "What vendors send that the mapping does not know"),
         (name = "config", description = "Reloading the configuration file"),
         (name = "tail", description = "The live tail: server-sent events of accepted events and delivery outcomes"),
-        (name = "calls", description = "Call records: one merged view per call"),
+        (name = "calls", description = "Call records: one merged view per call; erasure of a call or of a phone number's calls"),
         (name = "meta", description = "This document"),
     )
 )]

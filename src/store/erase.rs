@@ -123,7 +123,9 @@ pub fn split_subject(subject: &str) -> Option<(&str, &str)> {
 }
 
 /// What a payload or quarantined body is searched for: each form of the number (in any
-/// source's bodies), and each erased call's id (in its own source's bodies only).
+/// source's bodies), and each erased call's id as a JSON token (in its own source's bodies
+/// only): the string `"id"`, and for a numeric id the number after a key (`:id,`, `:id}`, with
+/// or without a space), so a short id does not match every body that holds its characters.
 pub fn needles<'a>(erasure: &Erasure, subjects: impl IntoIterator<Item = &'a String>) -> Vec<Needle> {
     let mut out: BTreeSet<Needle> = BTreeSet::new();
     if let Erasure::Number(number) = erasure {
@@ -132,8 +134,13 @@ pub fn needles<'a>(erasure: &Erasure, subjects: impl IntoIterator<Item = &'a Str
         }
     }
     for subject in subjects {
-        if let Some((source, id)) = split_subject(subject) {
-            out.insert(Needle { source: Some(source.to_owned()), bytes: id.as_bytes().to_vec() });
+        let Some((source, id)) = split_subject(subject) else { continue };
+        let mut tokens = vec![format!("\"{id}\"")];
+        if id.bytes().all(|b| b.is_ascii_digit()) {
+            tokens.extend([format!(":{id},"), format!(":{id}}}"), format!(": {id},"), format!(": {id}}}")]);
+        }
+        for token in tokens {
+            out.insert(Needle { source: Some(source.to_owned()), bytes: token.into_bytes() });
         }
     }
     out.into_iter().collect()
@@ -215,9 +222,14 @@ mod tests {
         let found = needles(&number, &subjects);
         let shown: Vec<(Option<&str>, &[u8])> =
             found.iter().map(|n| (n.source.as_deref(), n.bytes.as_slice())).collect();
-        assert_eq!(shown, [(None, &b"+14155550123"[..]), (Some("utel"), &b"c-2"[..]), (Some("vox"), &b"c-1"[..])]);
-        let call = Erasure::Call("vox:c-1".into());
-        assert_eq!(needles(&call, &["vox:c-1".to_owned()]).len(), 1);
+        assert_eq!(
+            shown,
+            [(None, &b"+14155550123"[..]), (Some("utel"), &br#""c-2""#[..]), (Some("vox"), &br#""c-1""#[..])]
+        );
+        let call = Erasure::Call("salpre:42".into());
+        let numeric: Vec<Vec<u8>> = needles(&call, &["salpre:42".to_owned()]).into_iter().map(|n| n.bytes).collect();
+        let expected: [&[u8]; 5] = [br#""42""#, b": 42,", b": 42}", b":42,", b":42}"];
+        assert_eq!(numeric, expected.map(<[u8]>::to_vec), "a numeric id as a string or a number");
         assert_eq!((call.kind(), number.kind()), ("call", "number"));
         assert_eq!(split_subject("vox:a:b"), Some(("vox", "a:b")));
         assert_eq!(split_subject(":a"), None);
