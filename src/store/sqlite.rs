@@ -953,11 +953,11 @@ impl Store for SqliteStore {
                     }
                 }
                 let mut body = conn.prepare_cached("SELECT id, body FROM events WHERE seq = ?1")?;
-                let deliveries = chosen
-                    .into_iter()
-                    .map(|((id, seq, subject, attempts), lease)| {
-                        let (event_id, json) = body.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                        Ok(Delivery {
+                let mut deliveries = Vec::with_capacity(chosen.len());
+                let mut erased = Vec::new();
+                for ((id, seq, subject, attempts), lease) in chosen {
+                    match body.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?))).optional()? {
+                        Some((event_id, json)) => deliveries.push(Delivery {
                             id,
                             route: route.clone(),
                             event_id,
@@ -965,9 +965,17 @@ impl Store for SqliteStore {
                             attempts: attempts as u32,
                             json,
                             lease,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, rusqlite::Error>>()?;
+                        }),
+                        // Erased after the due query read its row (this read may see a
+                        // later snapshot): not handed out.
+                        None => erased.push(id),
+                    }
+                }
+                if !erased.is_empty()
+                    && let Ok(mut leases) = leases.lock()
+                {
+                    erased.into_iter().for_each(|id| drop(leases.remove(id)));
+                }
                 Ok(Claimed { deliveries, paused: false })
             })
             .await;
