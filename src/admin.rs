@@ -1415,7 +1415,7 @@ async fn erase_call(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EraseRequest {
-    /// A phone number, in E.164 or as the vendor sent it (7 to 64 characters, at least 7
+    /// A phone number, in E.164 or as the vendor sent it (at most 64 characters, at least 7
     /// digits); a national number is also matched in E.164 with each source's `phone_region`.
     #[schema(example = "+15550100999")]
     number: String,
@@ -1423,8 +1423,8 @@ struct EraseRequest {
 
 /// Erases every call whose events carry a phone number (`from`, `to`, their E.164 forms, an
 /// SMS's numbers, a transfer target), as `DELETE /v1/admin/calls/{subject}` does for each, and
-/// every payload, quarantined body and drift report row that holds the number. The number is never logged nor
-/// repeated in an answer.
+/// every payload, quarantined body and drift report row that holds the number. The number is
+/// never logged nor repeated in an answer.
 #[utoipa::path(post, path = "/v1/admin/erase", tag = "calls", request_body = EraseRequest,
     responses((status = 200, description = "Erased: what was removed, per kind", body = Erased), Invalid, Denied, Unavailable))]
 async fn erase_number(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Result<Json<Erased>, AdminError> {
@@ -1454,6 +1454,7 @@ fn log_erasure(kind: &'static str, subject: Option<&str>, e: &Erased) {
         dead_letters = e.dead_letters,
         log_rows = e.log_rows,
         quarantined = e.quarantined,
+        drift_rows = e.drift_rows,
         "erasure done"
     );
 }

@@ -157,10 +157,11 @@ enum Command {
         #[arg(long, global = true)]
         show_secrets: bool,
     },
-    /// Erase every call whose events carry a phone number, and every payload or quarantined
-    /// body that holds it (through the admin API); prints the counts.
+    /// Erase every call whose events carry a phone number, and every payload, quarantined
+    /// body and drift row that holds it (through the admin API); prints the counts.
     Erase {
-        /// The number, in E.164 or as the vendor sent it.
+        /// The number, in E.164 or as the vendor sent it; `-` reads it from standard input
+        /// (keeping it out of the process list and the shell history).
         #[arg(long)]
         number: String,
         #[command(flatten)]
@@ -353,7 +354,10 @@ fn main() -> ExitCode {
         Command::Deliveries { action, admin } => operate(admin, Target::Deliveries(action)),
         Command::Events { action, admin } => operate(admin, Target::Events(action)),
         Command::Calls { action, admin } => operate(admin, Target::Calls(action)),
-        Command::Erase { number, admin } => operate(admin, Target::Erase { number }),
+        Command::Erase { number, admin } => match number_argument(number) {
+            Ok(number) => operate(admin, Target::Erase { number }),
+            Err(code) => code,
+        },
         Command::Store { action: StoreAction::Migrate { from, to } } => store_migrate(&from, &to),
         Command::Vendors { action, config, show_secrets } => vendors_command(action, &config, show_secrets),
         Command::Openapi => {
@@ -468,6 +472,21 @@ enum Target {
     Events(EventsAction),
     Calls(CallAction),
     Erase { number: String },
+}
+
+/// `callgate erase --number`: the number itself, or (`-`) the first line of standard input.
+fn number_argument(number: String) -> Result<String, ExitCode> {
+    if number != "-" {
+        return Ok(number);
+    }
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(_) => Ok(line.trim().to_owned()),
+        Err(e) => {
+            eprintln!("callgate: reading the number from standard input: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 /// The admin API client and a runtime for an operator command, or how it failed.
