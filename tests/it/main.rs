@@ -21,4 +21,5 @@ mod retell;
 mod security;
 mod support;
 mod tail;
+mod ui;
 mod vendors_cli;
