@@ -103,7 +103,7 @@ export function card(...children) {
 }
 
 export function facts(pairs) {
-  return h('dl', { class: 'facts' }, pairs.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v ?? '—')]));
+  return h('dl', { class: 'facts' }, pairs.filter(Boolean).flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v ?? '—')]));
 }
 
 export function json(value) {

@@ -292,6 +292,8 @@ export async function deadLetters(ctx) {
 async function deadLetter(ctx) {
   const d = await get(`/v1/admin/dead-letters/${seg(ctx.arg)}`);
   const message = h('div');
+  ctx.root.append(link('dead-letters', '← Dead letters'));
+  ctx.root.lastChild.classList.add('back');
   ctx.root.append(pageHead(`Dead letter ${d.id}`, `${d.route} · ${d.type} · ${d.subject}`,
     action('Replay', 'primary', async () => {
       try {
@@ -365,6 +367,8 @@ function replayNotice(result) {
 async function quarantined(ctx) {
   const q = await get(`/v1/admin/quarantine/${seg(ctx.arg)}`);
   const message = h('div');
+  ctx.root.append(link('quarantine', '← Quarantine'));
+  ctx.root.lastChild.classList.add('back');
   ctx.root.append(pageHead(`Quarantined payload ${q.id}`, `${q.source} (${q.vendor}) · ${q.status} ${q.reason}`,
     action('Replay', 'primary', async () => {
       try {
@@ -378,7 +382,16 @@ async function quarantined(ctx) {
     { label: 'Where', cell: (p) => h('code', {}, p.path ?? '') },
     { label: 'Problem', class: 'wrap', cell: (p) => p.message ?? '' },
   ], Array.isArray(q.details) ? q.details : [], 'No problem listed')),
-  card(h('h2', {}, 'Body as received'), h('pre', { class: 'json' }, q.body ?? '')));
+  card(h('h2', {}, 'Body as received'), h('pre', { class: 'json' }, pretty(q.body ?? ''))));
+}
+
+/** A body as received: indented when it is JSON, else as it came. */
+function pretty(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text;
+  }
 }
 
 // ——— Calls ———
@@ -415,14 +428,19 @@ export async function calls(ctx) {
 
 export async function call(ctx) {
   const c = await get(`/v1/calls/${seg(ctx.arg)}`);
+  const r = c.record ?? {};
+  ctx.root.append(link('calls', '← Calls'));
+  ctx.root.lastChild.classList.add('back');
   ctx.root.append(pageHead(c.subject, `${c.summary.events} event${c.summary.events === 1 ? '' : 's'} from ${c.summary.source}`,
     action('Refresh', '', () => ctx.refresh())),
   h('div', { class: 'grid2' },
     card(h('h2', {}, 'Call'), facts([
       ['Status', badge(c.summary.status ?? 'in_progress', c.summary.status === 'completed' ? 'ok' : 'info')],
+      ['Phase', r.phase], ['Direction', r.direction], ['From', r.from], ['To', r.to], ['Agent', r.agent_id],
+      ['Started', r.started_at], ['Connected', r.connected_at], ['Ended', r.ended_at],
+      ['Duration', r.duration_ms === null || r.duration_ms === undefined ? null : ms(r.duration_ms)],
       ['First event', when(c.summary.first_at)], ['Latest event', when(c.summary.last_at)],
-      ['Ended', when(c.summary.terminal_at)],
-      ['Unreadable events', c.unreadable_events || '0'],
+      c.unreadable_events ? ['Unreadable events', String(c.unreadable_events)] : null,
     ])),
     card(h('h2', {}, 'Routes'), table([
       { label: 'Route', cell: (r) => r.route },

@@ -179,7 +179,7 @@ async fn the_dashboard_works_end_to_end_in_headless_chromium() {
         .env("CALLGATE_ADMIN_TOKEN", TOKEN)
         .env("CALLGATE_INGEST_URL", gateway.url("/v1/ingest/oneinbox"))
         .env("CALLGATE_PAYLOAD", payload("ui_e2e_1"))
-        .env("CALLGATE_BAD_PAYLOAD", r#"{"event":"call.started","call_id":42}"#)
+        .env("CALLGATE_BAD_PAYLOAD", r#"{"event":"<img src=x onerror=alert(1)>","call_id":"<script>alert(2)</script>"}"#)
         .env("CALLGATE_SCREENSHOTS", &shots)
         .env("CALLGATE_CHROMIUM", chromium());
     let out = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("run node");
@@ -203,6 +203,9 @@ async fn the_dashboard_works_end_to_end_in_headless_chromium() {
     assert_eq!(crm.len(), 2, "the event and the test send");
     assert_eq!(crm[1].json()["type"], "call.ended");
     assert_eq!(crm[1].json()["data"]["test"], true);
+    // The hostile payload stayed quarantined (its replay was rejected again).
+    let rows = store_rows(dir.path(), "SELECT count(*) FROM quarantine");
+    assert_eq!(rows, [["1"]]);
     // Every view was looked at.
     let taken = std::fs::read_dir(&shots).unwrap().count();
     assert!(taken >= 12, "{taken} screenshots in {}", shots.display());

@@ -40,6 +40,11 @@ page.on('console', (m) => {
   // exception) is a problem.
   if (m.type() === 'error' && !/status of 401/.test(m.text())) problems.push(`console: ${m.text()}`);
 });
+// A vendor's value that ran as markup would open a dialog.
+page.on('dialog', async (d) => {
+  problems.push(`a dialog opened: ${d.message()}`);
+  await d.dismiss();
+});
 page.on('request', (r) => {
   if (r.url().includes(TOKEN)) problems.push(`the token is in a URL: ${r.url()}`);
 });
@@ -166,7 +171,9 @@ try {
   await page.locator('.notice', { hasText: 'rejected again' }).waitFor();
   await q.locator('a').first().click();
   await ready('quarantine');
-  await page.locator('pre.json').waitFor();
+  // The hostile body is shown as text.
+  await page.locator('pre.json', { hasText: '<img src=x onerror=alert(1)>' }).waitFor();
+  check(await page.locator('main img').count() === 0, 'a vendor value became markup');
   await shot('quarantined-payload');
 
   // Calls: the call of the payload, and its record.
