@@ -111,11 +111,14 @@ async fn the_dashboard_is_served_with_strict_headers_without_the_token_while_its
     assert_eq!(tested.status(), 200);
     let routes: Value =
         http.get(gateway.ops_url("/v1/admin/routes")).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
-    let recent = |name: &str| {
-        routes["routes"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["recent"].clone()
-    };
+    let recent =
+        |name: &str| routes["routes"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["recent"].clone();
     let crm = recent("crm");
-    assert_eq!((&crm["attempts"], &crm["successes"], &crm["success_rate"]), (&1.into(), &1.into(), &1.0.into()), "{crm}");
+    assert_eq!(
+        (&crm["attempts"], &crm["successes"], &crm["success_rate"]),
+        (&1.into(), &1.into(), &1.0.into()),
+        "{crm}"
+    );
     assert!(crm["p50_ms"].is_i64() && crm["p95_ms"].is_i64(), "{crm}");
     let flaky = recent("flaky");
     assert_eq!((&flaky["attempts"], &flaky["successes"], &flaky["success_rate"]), (&1.into(), &0.into(), &0.0.into()));
@@ -179,7 +182,10 @@ async fn the_dashboard_works_end_to_end_in_headless_chromium() {
         .env("CALLGATE_ADMIN_TOKEN", TOKEN)
         .env("CALLGATE_INGEST_URL", gateway.url("/v1/ingest/oneinbox"))
         .env("CALLGATE_PAYLOAD", payload("ui_e2e_1"))
-        .env("CALLGATE_BAD_PAYLOAD", r#"{"event":"<img src=x onerror=alert(1)>","call_id":"<script>alert(2)</script>"}"#)
+        .env(
+            "CALLGATE_BAD_PAYLOAD",
+            r#"{"event":"<img src=x onerror=alert(1)>","call_id":"<script>alert(2)</script>"}"#,
+        )
         .env("CALLGATE_SCREENSHOTS", &shots)
         .env("CALLGATE_CHROMIUM", chromium());
     let out = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("run node");
