@@ -138,6 +138,7 @@ export function action(label, cls, run, testid) {
 }
 
 export function pageHead(title, subtitle, ...right) {
+  document.title = `${title} · callgate`;
   return h('div', { class: 'page-head' },
     h('div', {}, h('h1', {}, title), subtitle ? h('p', { class: 'muted' }, subtitle) : null),
     h('div', {}, ...right));

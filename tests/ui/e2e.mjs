@@ -36,9 +36,12 @@ page.setDefaultTimeout(WAIT);
 const problems = [];
 page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
 page.on('console', (m) => {
-  // A refused token is a 401 the browser reports by itself; anything else (a CSP violation, an
-  // exception) is a problem.
-  if (m.type() === 'error' && !/status of 401/.test(m.text())) problems.push(`console: ${m.text()}`);
+  // A refused token (401) and an event nobody stored (404) are answers the browser reports by
+  // itself; anything else (a CSP violation, an exception) is a problem.
+  if (m.type() === 'error' && !/status of 40[14]/.test(m.text())) problems.push(`console: ${m.text()}`);
+});
+page.on('response', (r) => {
+  if (new URL(r.url()).pathname.startsWith('/ui') && r.status() >= 400) problems.push(`${r.url()}: ${r.status()}`);
 });
 // A vendor's value that ran as markup would open a dialog.
 page.on('dialog', async (d) => {
@@ -129,6 +132,14 @@ try {
   await page.locator('[data-testid=delivery-crm] .route-head .badge', { hasText: 'delivered' }).waitFor();
   await page.locator('[data-testid=delivery-flaky] .route-head .badge', { hasText: 'dead' }).waitFor();
   await shot('event');
+
+  // An error is said inline: an event id nobody stored.
+  await open('Event', 'event');
+  await page.fill('input[name=id]', 'ce_never_stored');
+  await page.click('form.filters button[type=submit]');
+  await ready('event');
+  await page.locator('.notice.bad', { hasText: 'no stored event' }).waitFor();
+  await shot('event-not-found');
 
   // Dead letters: replay it, and see it delivered (the receiver answers 200 now).
   await open('Dead letters', 'dead-letters');
