@@ -36,7 +36,7 @@ export function link(hash, ...children) {
 const TONES = {
   success: 'ok', delivered: 'ok', accepted: 'ok', delivering: 'ok', duplicate: 'info',
   failed: 'warn', retrying: 'warn', paused: 'warn', gone: 'warn', disabled: 'neutral', pending: 'neutral',
-  in_flight: 'info', test: 'info', orphaned: 'bad', dead: 'bad', rejected: 'bad', dropped: 'bad',
+  in_flight: 'info', test: 'info', orphaned: 'bad', failing: 'bad', removed: 'neutral', dead: 'bad', rejected: 'bad', dropped: 'bad',
 };
 
 export function badge(text, tone = TONES[text] ?? 'neutral') {

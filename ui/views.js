@@ -32,7 +32,9 @@ function query(ctx, ...keys) {
 function stateOf(route) {
   if (!route.configured) return route.orphaned ? 'orphaned' : 'removed';
   if (!route.enabled) return route.orphaned ? 'orphaned' : 'disabled';
-  return route.paused ? 'paused' : 'delivering';
+  if (route.paused) return 'paused';
+  // Most of its recent attempts failed: it is being tried, and not getting through.
+  return route.recent.attempts > 0 && route.recent.success_rate < 0.5 ? 'failing' : 'delivering';
 }
 
 function routeOptions(routes, any = 'Any route') {
@@ -247,7 +249,7 @@ export async function deadLetters(ctx) {
     { label: 'Dead since', cell: (d) => when(d.dead_at) },
     { label: 'Last error', class: 'wrap', cell: (d) => d.last_error ?? '—' },
     {
-      label: '', class: 'actions', cell: (d) => action('Replay', 'small primary', async (button) => {
+      label: '', class: 'actions', cell: (d) => action('Replay', 'small', async (button) => {
         try {
           await post(`/v1/admin/dead-letters/${d.id}/replay`);
           const row = button.closest('tr');
@@ -336,7 +338,7 @@ export async function quarantine(ctx) {
     { label: 'Reason', cell: (q) => h('code', {}, q.reason) },
     { label: 'First problem', class: 'wrap', cell: (q) => problem(q.details) },
     {
-      label: '', class: 'actions', cell: (q) => action('Replay', 'small primary', async (button) => {
+      label: '', class: 'actions', cell: (q) => action('Replay', 'small', async (button) => {
         try {
           const r = await post(`/v1/admin/quarantine/${q.id}/replay`);
           const result = r.results[0];
