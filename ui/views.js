@@ -53,23 +53,23 @@ function pager(next, load) {
 
 // ——— Overview ———
 
+/** How often the overview reads the routes again while it is open and the tab is visible. */
+const OVERVIEW_EVERY_MS = 10_000;
+
 export async function overview(ctx) {
-  const { routes } = await get('/v1/admin/routes');
+  const first = await get('/v1/admin/routes');
   const root = ctx.root;
-  const total = (key) => routes.reduce((n, r) => n + (r[key] ?? 0), 0);
-  const paused = routes.filter((r) => r.paused).length;
-  const recent = routes.reduce((acc, r) => ({ a: acc.a + r.recent.attempts, s: acc.s + r.recent.successes }), { a: 0, s: 0 });
-  add(root, [
-    pageHead('Overview', 'Every route, its queue and how its deliveries went in the last hour.',
-      action('Refresh', '', () => ctx.refresh())),
-    h('div', { class: 'stats' },
-      stat('Routes', routes.length),
-      stat('Backlog', total('backlog'), total('backlog') > 0 ? 'warn' : ''),
-      stat('Dead letters', total('dead_letters'), total('dead_letters') > 0 ? 'bad' : ''),
-      stat('Paused', paused, paused > 0 ? 'warn' : ''),
-      stat('Success, last hour', recent.a ? percent(recent.s / recent.a) : '—')),
-  ]);
+  const stats = h('div', { class: 'stats' });
   const message = h('div');
+  const box = h('div');
+  const updated = h('span', { class: 'muted updated' });
+  const update = async () => {
+    try {
+      paint((await get('/v1/admin/routes')).routes);
+    } catch (e) {
+      if (e.status !== 401) clear(message).append(errorNotice(e));
+    }
+  };
   const columns = [
     { label: 'Route', cell: (r) => [h('strong', {}, r.name), r.paused_reason ? h('span', { class: 'sub' }, `${r.paused_reason}, `, when(r.paused_since)) : null] },
     { label: 'State', cell: (r) => badge(stateOf(r)) },
@@ -84,7 +84,8 @@ export async function overview(ctx) {
         r.configured ? action(r.paused ? 'Resume' : 'Pause', r.paused ? 'small primary' : 'small', async () => {
           try {
             await post(`/v1/admin/routes/${seg(r.name)}/${r.paused ? 'resume' : 'pause'}`);
-            await ctx.refresh();
+            clear(message);
+            await update();
           } catch (e) {
             clear(message).append(errorNotice(e));
           }
@@ -92,9 +93,31 @@ export async function overview(ctx) {
       ],
     },
   ];
-  root.append(h('section', { class: 'card flush' }, h('h2', {}, 'Routes'), message,
-    table(columns, routes, 'No routes', 'Add a [routes.NAME] table to the configuration and reload.', 'routes')));
-  root.append(await testSend(routes.filter((r) => r.configured)));
+  const paint = (routes) => {
+    const total = (key) => routes.reduce((n, r) => n + (r[key] ?? 0), 0);
+    const paused = routes.filter((r) => r.paused).length;
+    const recent = routes.reduce((acc, r) => ({ a: acc.a + r.recent.attempts, s: acc.s + r.recent.successes }), { a: 0, s: 0 });
+    clear(stats).append(
+      stat('Routes', routes.length),
+      stat('Backlog', total('backlog'), total('backlog') > 0 ? 'warn' : ''),
+      stat('Dead letters', total('dead_letters'), total('dead_letters') > 0 ? 'bad' : ''),
+      stat('Paused', paused, paused > 0 ? 'warn' : ''),
+      stat('Success, last hour', recent.a ? percent(recent.s / recent.a) : '—'));
+    clear(box).append(table(columns, routes, 'No routes', 'Add a [routes.NAME] table to the configuration and reload.', 'routes'));
+    updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  };
+  paint(first.routes);
+  add(root, [
+    pageHead('Overview', 'Every route, its queue and how its deliveries went in the last hour.',
+      updated, action('Refresh', '', update, 'refresh')),
+    stats,
+    h('section', { class: 'card flush' }, h('h2', {}, 'Routes'), message, box),
+    await testSend(first.routes.filter((r) => r.configured)),
+  ]);
+  const timer = setInterval(() => {
+    if (document.visibilityState === 'visible') update();
+  }, OVERVIEW_EVERY_MS);
+  ctx.cleanup(() => clearInterval(timer));
 }
 
 function stat(label, value, tone = '') {
