@@ -165,8 +165,8 @@ async fn the_dashboard_works_end_to_end_in_headless_chromium() {
     let dir = temp_dir();
     let gateway = Gateway::start(dir.path(), &config(dir.path(), &receiver)).await;
     // The first delivery to `flaky` fails and, with no retry, is a dead letter; its replay
-    // then gets the receiver's usual 200.
-    receiver.respond("/flaky", &[500]);
+    // gets a 200; the second event's delivery fails too, and its replay gets the usual 200.
+    receiver.respond("/flaky", &[500, 200, 500]);
 
     let backend = match backend() {
         Backend::Sqlite => "sqlite",
@@ -182,6 +182,7 @@ async fn the_dashboard_works_end_to_end_in_headless_chromium() {
         .env("CALLGATE_ADMIN_TOKEN", TOKEN)
         .env("CALLGATE_INGEST_URL", gateway.url("/v1/ingest/oneinbox"))
         .env("CALLGATE_PAYLOAD", payload("ui_e2e_1"))
+        .env("CALLGATE_PAYLOAD_2", payload("ui_e2e_2"))
         .env(
             "CALLGATE_BAD_PAYLOAD",
             r#"{"event":"<img src=x onerror=alert(1)>","call_id":"<script>alert(2)</script>"}"#,
@@ -200,13 +201,15 @@ async fn the_dashboard_works_end_to_end_in_headless_chromium() {
     );
     assert!(stdout.contains("dashboard end to end: ok"), "{stdout}");
 
-    // What the page did reached the receiver: the event on both routes (flaky twice: the 500
-    // and the replay), and the test send, marked as one.
+    // What the page did reached the receiver: each event on both routes (on flaky twice: the
+    // 500 and the replay), and the test send, marked as one.
     let flaky = receiver.answered("/flaky");
-    assert_eq!(flaky.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [500, 200]);
+    assert_eq!(flaky.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [500, 200, 500, 200]);
     assert_eq!(flaky[0].0.json()["id"], flaky[1].0.json()["id"]);
+    assert_eq!(flaky[2].0.json()["id"], flaky[3].0.json()["id"]);
+    assert_ne!(flaky[0].0.json()["id"], flaky[2].0.json()["id"]);
     let crm = receiver.at("/crm");
-    assert_eq!(crm.len(), 2, "the event and the test send");
+    assert_eq!(crm.len(), 3, "the events and the test send");
     assert_eq!(crm[1].json()["type"], "call.ended");
     assert_eq!(crm[1].json()["data"]["test"], true);
     // The hostile payload stayed quarantined (its replay was rejected again).

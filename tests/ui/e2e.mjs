@@ -17,6 +17,7 @@ const UI = env('CALLGATE_UI_URL');
 const TOKEN = env('CALLGATE_ADMIN_TOKEN');
 const INGEST = env('CALLGATE_INGEST_URL');
 const PAYLOAD = env('CALLGATE_PAYLOAD');
+const PAYLOAD_2 = env('CALLGATE_PAYLOAD_2');
 const BAD_PAYLOAD = env('CALLGATE_BAD_PAYLOAD');
 const SHOTS = env('CALLGATE_SCREENSHOTS');
 const CHROMIUM = process.env.CALLGATE_CHROMIUM || '/usr/bin/chromium';
@@ -171,6 +172,26 @@ try {
   await ready('overview');
   await page.locator('[data-testid=routes] tr', { hasText: 'flaky' }).locator('.badge', { hasText: 'delivering' }).waitFor();
 
+  // A second dead letter, replayed with "Replay all matching" on the route's filter (pressed
+  // twice: the first press only arms it).
+  const second = await ingest(PAYLOAD_2);
+  check(second.status === 200, `ingest answered ${second.status}`);
+  const secondId = second.body.ids[0];
+  await open('Live tail', 'tail');
+  await tail.filter({ hasText: 'flaky' }).filter({ hasText: 'dead' }).filter({ hasText: secondId }).waitFor();
+  await open('Dead letters', 'dead-letters');
+  await page.selectOption('select[name=route]', 'flaky');
+  await page.click('form.filters button[type=submit]');
+  await ready('dead-letters');
+  await page.locator('[data-testid=dead-letters] tbody tr', { hasText: secondId }).waitFor();
+  await page.click('[data-testid=replay-all]');
+  await page.locator('[data-testid=replay-all]', { hasText: 'Press again' }).waitFor();
+  await page.click('[data-testid=replay-all]');
+  await page.locator('.notice', { hasText: '1 dead letter put back in the queue' }).waitFor();
+  await page.locator('.empty', { hasText: 'No dead letters' }).waitFor();
+  await open('Live tail', 'tail');
+  await tail.filter({ hasText: 'flaky' }).filter({ hasText: 'success' }).filter({ hasText: secondId }).waitFor();
+
   // The quarantine: a rejected payload, replayed and rejected again (it stays).
   const bad = await ingest(BAD_PAYLOAD);
   check(bad.status >= 400 && bad.status < 500, `a bad payload answered ${bad.status}`);
@@ -189,7 +210,7 @@ try {
 
   // Calls: the call of the payload, and its record.
   await open('Calls', 'calls');
-  const callRow = page.locator('[data-testid=calls] tbody tr', { hasText: 'oneinbox:' });
+  const callRow = page.locator('[data-testid=calls] tbody tr', { hasText: 'oneinbox:ui_e2e_1' });
   await callRow.waitFor();
   await shot('calls');
   await callRow.locator('a').first().click();
