@@ -235,7 +235,7 @@ function routeDelivery(d) {
   const when_ = d.state === 'in_flight' ? ['leased until ', when(d.lease_until)] : d.next_at ? ['due ', when(d.next_at)] : [];
   return h('div', { class: 'route-block', 'data-testid': `delivery-${d.route}` },
     h('div', { class: 'route-head' }, h('strong', {}, d.route), badge(d.state),
-      h('span', { class: 'muted' }, `${d.attempts} attempt${d.attempts === 1 ? '' : 's'}`), h('span', { class: 'muted' }, when_)),
+      h('span', { class: 'muted' }, `${d.attempts_log.length} attempt${d.attempts_log.length === 1 ? '' : 's'} logged`), h('span', { class: 'muted' }, when_)),
     d.attempts_log.length
       ? table([
         { label: '#', class: 'num', cell: (a) => a.attempt },
