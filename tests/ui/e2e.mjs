@@ -21,7 +21,8 @@ const PAYLOAD_2 = env('CALLGATE_PAYLOAD_2');
 const BAD_PAYLOAD = env('CALLGATE_BAD_PAYLOAD');
 const SHOTS = env('CALLGATE_SCREENSHOTS');
 const CHROMIUM = process.env.CALLGATE_CHROMIUM || '/usr/bin/chromium';
-const WAIT = 20_000;
+// Longest wait for one step (a deadline under a loaded machine, not a timing assertion).
+const WAIT = 30_000;
 
 mkdirSync(SHOTS, { recursive: true });
 
