@@ -637,6 +637,49 @@ struct RouteState {
     /// Deliveries waiting or retrying.
     backlog: i64,
     dead_letters: i64,
+    /// How its recent deliveries went (the dashboard's success rate and latency).
+    recent: Recent,
+}
+
+/// A route's newest delivery attempts of the last hour: at most [`RECENT_MAX`] of them, test
+/// sends left out, read from the delivery log.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+struct Recent {
+    /// Attempts counted.
+    attempts: usize,
+    /// Of them, answered 2xx.
+    successes: usize,
+    /// `successes / attempts`, 0 to 1; null without attempts.
+    success_rate: Option<f64>,
+    /// Median attempt duration in milliseconds (nearest rank); null without attempts.
+    p50_ms: Option<i64>,
+    /// 95th percentile attempt duration in milliseconds (nearest rank); null without attempts.
+    p95_ms: Option<i64>,
+}
+
+/// Most log attempts [`Recent`] reads per route.
+const RECENT_MAX: usize = 500;
+/// How far back [`Recent`] looks.
+const RECENT_WINDOW_MS: Millis = 60 * 60 * 1000;
+
+impl Recent {
+    fn of(entries: &[LogEntry]) -> Recent {
+        let attempts = entries.len();
+        let successes = entries.iter().filter(|e| e.outcome == LogOutcome::Success).count();
+        let mut durations: Vec<i64> = entries.iter().map(|e| e.duration_ms).collect();
+        durations.sort_unstable();
+        let rank = |p: f64| {
+            let at = ((p * attempts as f64).ceil() as usize).clamp(1, attempts.max(1)) - 1;
+            durations.get(at).copied()
+        };
+        Recent {
+            attempts,
+            successes,
+            success_rate: (attempts > 0).then(|| successes as f64 / attempts as f64),
+            p50_ms: rank(0.5),
+            p95_ms: rank(0.95),
+        }
+    }
 }
 
 /// The route's pause state after a pause or resume.
@@ -841,7 +884,7 @@ async fn openapi_document() -> Response {
     ([(CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
-/// Every route with its state, backlog and dead letters.
+/// Every route with its state, backlog, dead letters and how its recent deliveries went.
 #[utoipa::path(get, path = "/v1/admin/routes", tag = "routes",
     responses((status = 200, description = "Every route", body = RouteList), Denied, Unavailable))]
 async fn list_routes(State(app): State<Arc<App>>) -> Result<Json<RouteList>, AdminError> {
@@ -851,26 +894,34 @@ async fn list_routes(State(app): State<Arc<App>>) -> Result<Json<RouteList>, Adm
     let mut names: BTreeSet<&String> = running.routes.keys().collect();
     names.extend(counts.backlog.keys());
     names.extend(counts.dead.keys());
-    let routes = names
-        .into_iter()
-        .map(|name| {
-            let config = running.routes.get(name);
-            let pause = paused.iter().find(|p| &p.route == name);
-            let backlog = counts.backlog.get(name).copied().unwrap_or(0);
-            let enabled = config.is_some_and(|c| c.enabled);
-            RouteState {
-                name: name.clone(),
-                configured: config.is_some(),
-                enabled,
-                orphaned: backlog > 0 && !enabled,
-                paused: pause.is_some(),
-                paused_since: pause.map(|p| p.since.clone()),
-                paused_reason: pause.map(|p| p.reason.clone()),
-                backlog,
-                dead_letters: counts.dead.get(name).copied().unwrap_or(0),
-            }
-        })
-        .collect();
+    let since = now_ms() - RECENT_WINDOW_MS;
+    let mut routes = Vec::with_capacity(names.len());
+    for name in names {
+        let config = running.routes.get(name);
+        let pause = paused.iter().find(|p| &p.route == name);
+        let backlog = counts.backlog.get(name).copied().unwrap_or(0);
+        let enabled = config.is_some_and(|c| c.enabled);
+        let window = LogFilter {
+            route: Some(name.clone()),
+            since: Some(since),
+            test: Some(false),
+            limit: Some(RECENT_MAX),
+            ..LogFilter::default()
+        };
+        let recent = Recent::of(&app.store.delivery_log(&window).await?);
+        routes.push(RouteState {
+            name: name.clone(),
+            configured: config.is_some(),
+            enabled,
+            orphaned: backlog > 0 && !enabled,
+            paused: pause.is_some(),
+            paused_since: pause.map(|p| p.since.clone()),
+            paused_reason: pause.map(|p| p.reason.clone()),
+            backlog,
+            dead_letters: counts.dead.get(name).copied().unwrap_or(0),
+            recent,
+        });
+    }
     Ok(Json(RouteList { routes }))
 }
 
@@ -1612,6 +1663,37 @@ mod tests {
         for text in ["100000000000y", "18446744073709551615s", "nonsense"] {
             assert!(matches!(parse_since(text), Err(AdminError::BadRequest(_))), "{text}");
         }
+    }
+
+    #[test]
+    fn recent_counts_successes_and_takes_nearest_rank_percentiles() {
+        let entry = |duration_ms: i64, outcome: LogOutcome| LogEntry {
+            id: duration_ms,
+            route: "crm".into(),
+            delivery_id: Some(1),
+            event_id: None,
+            kind: None,
+            subject: None,
+            attempt: 1,
+            outcome,
+            test: false,
+            at: String::new(),
+            status: None,
+            duration_ms,
+            response: None,
+            error: None,
+        };
+        let none = Recent::of(&[]);
+        assert_eq!((none.attempts, none.success_rate, none.p50_ms, none.p95_ms), (0, None, None, None));
+        let mut entries: Vec<LogEntry> = (1..=20).rev().map(|d| entry(d, LogOutcome::Success)).collect();
+        entries[0].outcome = LogOutcome::Failed;
+        entries[1].outcome = LogOutcome::Dead;
+        let recent = Recent::of(&entries);
+        assert_eq!((recent.attempts, recent.successes), (20, 18));
+        assert_eq!(recent.success_rate, Some(0.9));
+        assert_eq!((recent.p50_ms, recent.p95_ms), (Some(10), Some(19)));
+        let one = Recent::of(&[entry(7, LogOutcome::Failed)]);
+        assert_eq!((one.success_rate, one.p50_ms, one.p95_ms), (Some(0.0), Some(7), Some(7)));
     }
 
     #[test]

@@ -26,5 +26,6 @@ pub mod server;
 pub mod store;
 pub mod tail;
 pub mod telemetry;
+pub mod ui;
 pub mod vendor_client;
 pub mod vendors;

@@ -282,6 +282,8 @@ fn ops_router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .with_state(app.clone())
         .merge(admin::router(app))
+        // The dashboard: static files beside the admin API, outside its document.
+        .merge(crate::ui::router())
 }
 
 async fn not_found() -> Response {

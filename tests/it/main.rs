@@ -22,4 +22,5 @@ mod retell;
 mod security;
 mod support;
 mod tail;
+mod ui;
 mod vendors_cli;

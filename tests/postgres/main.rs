@@ -39,6 +39,8 @@ mod security;
 mod support;
 #[path = "../it/tail.rs"]
 mod tail;
+#[path = "../it/ui.rs"]
+mod ui;
 
 // PostgreSQL only: several replicas on one database, and the database going away.
 mod cluster;
