@@ -7,6 +7,8 @@ const BACKEND: support::Backend = support::Backend::Postgres;
 
 #[path = "../it/calls.rs"]
 mod calls;
+#[path = "../it/completed.rs"]
+mod completed;
 #[path = "../it/dedup.rs"]
 mod dedup;
 #[path = "../it/dlog.rs"]
@@ -40,6 +42,7 @@ mod tail;
 
 // PostgreSQL only: several replicas on one database, and the database going away.
 mod cluster;
+mod completed_replicas;
 mod outage;
 mod reload_replicas;
 mod replicas;
