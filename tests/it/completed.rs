@@ -12,8 +12,11 @@ fn config(dir: &std::path::Path, receiver: &Receiver, settle: &str) -> String {
     base_config(dir)
         + &format!("\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n")
         + &format!("\n[calls]\nsettle = \"{settle}\"\n")
-        + &format!("\n[routes.done]\nurl = \"{}\"\nevents = [\"call.completed\"]\n", receiver.url("/done"))
-        + &format!("\n[routes.all]\nurl = \"{}\"\nevents = [\"*\"]\n", receiver.url("/all"))
+        + &format!(
+            "\n[routes.done]\nurl = \"{}\"\nevents = [\"call.completed\"]\ninclude_test = true\n",
+            receiver.url("/done")
+        )
+        + &format!("\n[routes.all]\nurl = \"{}\"\nevents = [\"*\"]\ninclude_test = true\n", receiver.url("/all"))
 }
 
 async fn call(gateway: &Gateway, subject: &str) -> Value {

@@ -14,8 +14,11 @@ const CALLS: usize = 20;
 fn config(dir: &Path, receiver: &Receiver, settle: &str) -> String {
     base_config(dir)
         + &format!("\n[admin]\ntoken = \"{TOKEN}\"\n[calls]\nsettle = \"{settle}\"\n")
-        + &format!("\n[routes.done]\nurl = \"{}\"\nevents = [\"call.completed\"]\n", receiver.url("/done"))
-        + &format!("\n[routes.all]\nurl = \"{}\"\nevents = [\"*\"]\n", receiver.url("/all"))
+        + &format!(
+            "\n[routes.done]\nurl = \"{}\"\nevents = [\"call.completed\"]\ninclude_test = true\n",
+            receiver.url("/done")
+        )
+        + &format!("\n[routes.all]\nurl = \"{}\"\nevents = [\"*\"]\ninclude_test = true\n", receiver.url("/all"))
 }
 
 fn ended(call_id: &str) -> String {
