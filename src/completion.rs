@@ -12,8 +12,8 @@
 //! **Invariant:** a call is completed once. [`Store::complete_call`] stores the event only if
 //! the call is not completed yet and still has the events it was read with, in the
 //! transaction that marks it; a replica (or a task) that loses the race stores nothing, and
-//! a piece committed between the read and the write makes the write a no-op that the piece's
-//! own check repeats.
+//! an event committed between the read and the write makes the write a no-op, and the
+//! completion reads the call again.
 
 use std::{
     collections::BTreeSet,
@@ -33,6 +33,8 @@ use crate::{
 pub const POLL: std::time::Duration = std::time::Duration::from_secs(15);
 /// Calls one sweep reads at a time.
 const BATCH: usize = 100;
+/// Reads and writes one completion tries while the call keeps changing in between.
+const ATTEMPTS: usize = 5;
 /// Settle times the sweeper keeps an alarm for.
 const ALARMS: usize = 10_000;
 
@@ -110,17 +112,34 @@ impl Completions {
     /// Completes the call `subject` if it has a terminal event, is not completed, and
     /// (unless `settled`) lacks none of the pieces its vendor sends later.
     pub async fn complete(&self, config: &Config, subject: &str, settled: bool) -> Result<Outcome, CompletionError> {
-        let Some(stored) = self.store.call(subject, now_ms()).await? else { return Ok(Outcome::Not) };
+        // A write that found the call changed (an event committed since the read, which may be
+        // no trigger, such as a leg's end) reads it again.
+        for _ in 0..ATTEMPTS {
+            if let Some(outcome) = self.try_complete(config, subject, settled).await? {
+                return Ok(outcome);
+            }
+        }
+        Ok(Outcome::Not)
+    }
+
+    /// One read and conditional write: `None` when the call changed in between.
+    async fn try_complete(
+        &self,
+        config: &Config,
+        subject: &str,
+        settled: bool,
+    ) -> Result<Option<Outcome>, CompletionError> {
+        let Some(stored) = self.store.call(subject, now_ms()).await? else { return Ok(Some(Outcome::Not)) };
         if stored.summary.completed_at.is_some() {
-            return Ok(Outcome::Not);
+            return Ok(Some(Outcome::Not));
         }
         let events: Vec<CloudEvent> = stored.events.iter().filter_map(|e| serde_json::from_str(&e.json).ok()).collect();
-        let Some(assessment) = completed::assess(&events) else { return Ok(Outcome::Not) };
+        let Some(assessment) = completed::assess(&events) else { return Ok(Some(Outcome::Not)) };
         if assessment.completed || (!settled && !assessment.missing.is_empty()) {
-            return Ok(Outcome::Not);
+            return Ok(Some(Outcome::Not));
         }
         let now = chrono::Utc::now();
-        let Some(event) = completed::build(&events, now) else { return Ok(Outcome::Not) };
+        let Some(event) = completed::build(&events, now) else { return Ok(Some(Outcome::Not)) };
         let new_event =
             crate::ingress::new_event(config, &event).map_err(|e| CompletionError::Render(e.to_string()))?;
         let ingest = Ingest {
@@ -134,7 +153,7 @@ impl Completions {
         if done {
             crate::telemetry::event(&event.data.common.source, EventType::CallCompleted.as_str());
         }
-        Ok(if done { Outcome::Completed } else { Outcome::Not })
+        Ok(done.then_some(Outcome::Completed))
     }
 
     /// Completes the calls that settled by now; how many it completed.

@@ -88,7 +88,7 @@ pub struct Assessment {
 /// `None` while the call has no terminal event.
 pub fn assess(events: &[CloudEvent]) -> Option<Assessment> {
     let own = || events.iter().filter(|e| e.kind != EventType::CallCompleted);
-    let terminal = own().filter(|e| matches!(e.kind, EventType::CallEnded | EventType::CallFailed)).last()?.kind;
+    let terminal = own().rfind(|e| matches!(e.kind, EventType::CallEnded | EventType::CallFailed))?.kind;
     let first = own().next()?;
     let common = &first.data.common;
     let missing = follows(common.vendor, common.vendor_format, terminal)
@@ -233,17 +233,13 @@ mod tests {
             let read: CloudEvent = serde_json::from_value(json).unwrap();
             assert_eq!(read.kind, EventType::CallCompleted);
             // Read back with the call's events, it is not merged: its time is `completed_at`.
-            let mut with = all_of(&ended);
+            let mut with = ended.to_vec();
             with.push(read);
             let record = merge(&with).unwrap();
             assert_eq!(record.events, ended.len());
             assert!(record.completed_at.is_some() && record.late.is_empty());
             assert!(!record.pieces.contains(&EventType::CallCompleted));
         }
-    }
-
-    fn all_of(events: &[CloudEvent]) -> Vec<CloudEvent> {
-        events.to_vec()
     }
 
     #[test]
