@@ -327,6 +327,15 @@ mod tests {
     }
 
     #[test]
+    fn the_settle_time_is_reloaded() {
+        let current = config(BASE);
+        let loaded = config(&BASE.replace("[admin]", "[calls]\nsettle = \"2m\"\n[admin]"));
+        let (next, changes) = plan(&current, loaded).unwrap();
+        assert!(changes.restart_required.is_empty(), "{changes:?}");
+        assert_eq!(next.calls.settle, std::time::Duration::from_secs(120));
+    }
+
+    #[test]
     fn what_depends_on_the_running_server_section_is_checked_against_it() {
         let current = config(BASE);
         let loaded = config(
