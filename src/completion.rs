@@ -66,6 +66,9 @@ pub enum Outcome {
     /// Not now: no terminal event yet, pieces missing before the settle time, already
     /// completed, or another replica (or task) completed it first.
     Not,
+    /// Settled, but its events hold no readable terminal event (the summary says it ended):
+    /// it cannot be completed.
+    Unreadable,
 }
 
 /// The completion side of a gateway: the at-ingest check and the sweeper's wake-ups.
@@ -134,12 +137,13 @@ impl Completions {
             return Ok(Some(Outcome::Not));
         }
         let events: Vec<CloudEvent> = stored.events.iter().filter_map(|e| serde_json::from_str(&e.json).ok()).collect();
-        let Some(assessment) = completed::assess(&events) else { return Ok(Some(Outcome::Not)) };
+        let unreadable = if settled { Outcome::Unreadable } else { Outcome::Not };
+        let Some(assessment) = completed::assess(&events) else { return Ok(Some(unreadable)) };
         if assessment.completed || (!settled && !assessment.missing.is_empty()) {
             return Ok(Some(Outcome::Not));
         }
         let now = chrono::Utc::now();
-        let Some(event) = completed::build(&events, now) else { return Ok(Some(Outcome::Not)) };
+        let Some(event) = completed::build(&events, now) else { return Ok(Some(unreadable)) };
         let new_event =
             crate::ingress::new_event(config, &event).map_err(|e| CompletionError::Render(e.to_string()))?;
         let ingest = Ingest {
@@ -168,7 +172,9 @@ impl Completions {
             for subject in &subjects {
                 match self.complete(config, subject, true).await? {
                     Outcome::Completed => done += 1,
-                    Outcome::Not => stuck += 1,
+                    // Another replica's (or an ingest check's) completion came first.
+                    Outcome::Not => {}
+                    Outcome::Unreadable => stuck += 1,
                 }
             }
             if stuck > 0 {
@@ -177,7 +183,7 @@ impl Completions {
                     "Calls past their settle time could not be completed (their events cannot be read); trying again later."
                 );
             }
-            // A full batch that all completed: there may be more.
+            // A full batch, none stuck: there may be more.
             if subjects.len() < BATCH || stuck > 0 {
                 return Ok(done);
             }
@@ -187,11 +193,17 @@ impl Completions {
     /// The sweeper: runs until the task is aborted, reading `[calls] settle` from the
     /// running configuration at each pass (so a reload changes it).
     pub async fn run(&self, config: &ArcSwap<Config>) {
+        let mut first = true;
         loop {
             let started = now_ms();
-            if let Err(e) = self.sweep(&config.load_full()).await {
-                tracing::warn!(error = %e, "Could not complete the settled calls; trying again.");
+            match self.sweep(&config.load_full()).await {
+                Ok(completed) if first => {
+                    tracing::info!(completed, "Completed the calls that settled before this start.")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "Could not complete the settled calls; trying again."),
             }
+            first = false;
             let wait = {
                 // The alarms before this sweep began are done with.
                 let alarm = self.next.lock().ok().and_then(|mut next| {

@@ -173,8 +173,10 @@ async fn completion_survives_a_restart_and_is_not_repeated() {
     assert!(call(&gateway, "oneinbox:call_abc123").await["summary"]["completed_at"].is_null());
     gateway.terminate().await;
 
-    // Started again with a short settle: the waiting call settles; the other is not repeated.
-    let gateway = Gateway::start(dir.path(), &config(dir.path(), &receiver, "200ms")).await;
+    // Started again with a settle that passed while it restarted: its first sweep settles the
+    // waiting call; the other is not repeated.
+    let gateway = Gateway::start(dir.path(), &config(dir.path(), &receiver, "1ms")).await;
+    gateway.wait_log("Completed the calls that settled before this start.").await;
     receiver.wait_for("/done", 2).await;
     let got = completed(&receiver);
     assert_eq!(got["oneinbox:call_abc123"][0]["data"]["completion"]["reason"], "settled");

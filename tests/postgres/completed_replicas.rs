@@ -40,6 +40,22 @@ async fn post(gateway: &Gateway, source: &str, body: impl Into<reqwest::Body>) -
     answer["accepted"].as_u64().unwrap() as usize
 }
 
+/// The `completed=N` of a sweeper's start line (its colours removed).
+fn completed_at_start(line: &str) -> usize {
+    let mut plain = String::new();
+    let mut escape = false;
+    for c in line.chars() {
+        match c {
+            '\u{1b}' => escape = true,
+            'm' if escape => escape = false,
+            _ if escape => {}
+            _ => plain.push(c),
+        }
+    }
+    let n = plain.split("completed=").nth(1).unwrap_or_else(|| panic!("{plain}"));
+    n.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_complete_each_call_once() {
     crate::require_backend!();
@@ -61,10 +77,20 @@ async fn two_replicas_complete_each_call_once() {
     receiver.wait_for("/done", 1).await;
     receiver.wait_for("/all", total).await;
 
-    // Both started again at once with a short settle: their first sweeps race over every
-    // waiting call.
+    // Both started again at once with a settle that passed while they restarted: their first
+    // sweeps race over every waiting call.
     tokio::join!(a.terminate(), b.terminate());
-    let (a, b) = replicas(dir.path(), &receiver, "200ms").await;
+    let (a, b) = replicas(dir.path(), &receiver, "1ms").await;
+    // Both first sweeps are over (each completed what it won), and every call is stored once.
+    let mut swept = 0;
+    for replica in [&a, &b] {
+        swept += completed_at_start(&replica.wait_log("Completed the calls that settled before this start.").await);
+    }
+    assert_eq!(swept, CALLS, "between them, the two sweeps completed each settled call once");
+    let rows =
+        store_rows(dir.path(), "SELECT subject, count(*) FROM events WHERE type = 'call.completed' GROUP BY subject");
+    assert_eq!(rows.len(), CALLS + 1, "{rows:?}");
+    assert!(rows.iter().all(|r| r[1] == "1"), "{rows:?}");
     receiver.wait_for("/done", CALLS + 1).await;
     // A barrier after the sweeps: a new call completed at ingest comes after them.
     post(&b, "salpre", fixture("salpre/doc-call_ended.json")).await;
