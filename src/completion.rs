@@ -49,6 +49,11 @@ const TRIGGERS: &[EventType] = &[
     EventType::CallCdr,
 ];
 
+/// Whether accepting an event of `kind` may complete its call (or start its settle time).
+pub fn triggers(kind: EventType) -> bool {
+    TRIGGERS.contains(&kind)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CompletionError {
     #[error(transparent)]
@@ -85,9 +90,10 @@ impl Completions {
         Arc::new(Completions { store, next: Mutex::new(BTreeSet::new()), wake: Notify::new() })
     }
 
-    /// After a payload's commit (at `accepted_at`): completes each call of `events` that a
-    /// trigger makes complete (in the background: the vendor's answer does not wait), and
-    /// sets the sweeper's alarm at a terminal event's settle time.
+    /// After a payload's commit (at `accepted_at`), given its events that [`triggers`] a
+    /// completion: completes each of their calls that is complete now (in the background:
+    /// the vendor's answer does not wait), and sets the sweeper's alarm at a terminal event's
+    /// settle time.
     pub fn accepted(self: &Arc<Self>, config: &Arc<Config>, events: &[(String, EventType)], accepted_at: Millis) {
         if events.iter().any(|(_, kind)| matches!(kind, EventType::CallEnded | EventType::CallFailed)) {
             let due = accepted_at.saturating_add(config.calls.settle.as_millis() as i64);
@@ -99,8 +105,7 @@ impl Completions {
             }
             self.wake.notify_one();
         }
-        let mut subjects: Vec<&str> =
-            events.iter().filter(|(_, kind)| TRIGGERS.contains(kind)).map(|(s, _)| s.as_str()).collect();
+        let mut subjects: Vec<&str> = events.iter().map(|(s, _)| s.as_str()).collect();
         subjects.dedup();
         for subject in subjects {
             let (this, config, subject) = (self.clone(), config.clone(), subject.to_owned());

@@ -449,8 +449,14 @@ pub async fn accept(
     };
     let Prepared { ingest, kinds, degraded, drift, schema, keyed_by } = prepared;
     let at = ingest.received_at;
-    let calls: Vec<(String, EventType)> =
-        ingest.events.iter().filter_map(|e| Some((e.subject.clone(), EventType::parse(&e.kind)?))).collect();
+    // The events that may complete their call (`completion.rs`), checked once committed.
+    let calls: Vec<(String, EventType)> = ingest
+        .events
+        .iter()
+        .filter_map(|e| {
+            EventType::parse(&e.kind).filter(|k| crate::completion::triggers(*k)).map(|k| (e.subject.clone(), k))
+        })
+        .collect();
     if keyed_by == KeyedBy::BodyFallback {
         telemetry::dedup_fallback(source, vendor.as_str());
     }
