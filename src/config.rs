@@ -75,6 +75,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub delivery: DeliveryConfig,
+    /// `[calls]`: when a call is complete (`call.completed`).
+    pub calls: CallsConfig,
     /// Ingress sources by name (the `{source}` path segment).
     pub sources: BTreeMap<String, SourceConfig>,
     /// Egress routes by name.
@@ -274,6 +276,27 @@ pub struct DeliveryConfig {
     pub lease_margin: Duration,
 }
 
+/// `[calls]`: when callgate emits a call's `call.completed`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallsConfig {
+    /// How long after a call's terminal event (`call.ended` / `call.failed`) callgate waits
+    /// for the pieces its vendor sends separately before it emits `call.completed` with the
+    /// missing ones listed. Reloadable.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle: Duration,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig { settle: default_settle() }
+    }
+}
+
+fn default_settle() -> Duration {
+    Duration::from_secs(600)
+}
+
 /// `[sources.NAME]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
@@ -428,7 +451,13 @@ impl RouteConfig {
         self.enabled
             && (self.include_test || !test)
             && self.sources.as_ref().is_none_or(|s| s.iter().any(|s| s == source))
-            && self.patterns.iter().any(|pattern| pattern.matches(kind))
+            && if kind == crate::canonical::EventType::CallCompleted.as_str() {
+                // Opted into by its exact name: a route of `*` or `call.*` written before it
+                // existed does not start receiving it.
+                self.events.iter().any(|e| e == kind)
+            } else {
+                self.patterns.iter().any(|pattern| pattern.matches(kind))
+            }
     }
 
     /// Whether the CloudEvent (as JSON) passes this route's content filter.
@@ -612,7 +641,8 @@ impl Config {
             Err(e) => return Err(fail(figment_errors(e))),
         };
         for key in root.keys() {
-            if !["server", "storage", "admin", "log", "delivery", "sources", "routes"].contains(&key.as_str()) {
+            if !["server", "storage", "admin", "log", "delivery", "calls", "sources", "routes"].contains(&key.as_str())
+            {
                 errors.push(ConfigError { key: key.clone(), message: "unknown key".into() });
             }
         }
@@ -624,6 +654,10 @@ impl Config {
         let log: LogConfig = table(figment, &root, "log", &mut errors).unwrap_or_else(LogConfig::from_empty);
         let delivery: DeliveryConfig =
             table(figment, &root, "delivery", &mut errors).unwrap_or_else(DeliveryConfig::from_empty);
+        let calls: CallsConfig = table(figment, &root, "calls", &mut errors).unwrap_or_default();
+        if calls.settle.is_zero() {
+            errors.push(ConfigError { key: "calls.settle".into(), message: "must be greater than 0".into() });
+        }
 
         if server.max_body_bytes == 0 {
             errors.push(ConfigError { key: "server.max_body_bytes".into(), message: "must be greater than 0".into() });
@@ -726,7 +760,18 @@ impl Config {
         }
 
         if errors.is_empty() {
-            Ok(Config { path: path.to_owned(), server, storage, storage_url, admin, log, delivery, sources, routes })
+            Ok(Config {
+                path: path.to_owned(),
+                server,
+                storage,
+                storage_url,
+                admin,
+                log,
+                delivery,
+                calls,
+                sources,
+                routes,
+            })
         } else {
             errors.sort_by(|a, b| a.key.cmp(&b.key));
             errors.dedup();

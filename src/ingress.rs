@@ -449,6 +449,14 @@ pub async fn accept(
     };
     let Prepared { ingest, kinds, degraded, drift, schema, keyed_by } = prepared;
     let at = ingest.received_at;
+    // The events that may complete their call (`completion.rs`), checked once committed.
+    let calls: Vec<(String, EventType)> = ingest
+        .events
+        .iter()
+        .filter_map(|e| {
+            EventType::parse(&e.kind).filter(|k| crate::completion::triggers(*k)).map(|k| (e.subject.clone(), k))
+        })
+        .collect();
     if keyed_by == KeyedBy::BodyFallback {
         telemetry::dedup_fallback(source, vendor.as_str());
     }
@@ -460,6 +468,7 @@ pub async fn accept(
             if let Some(accepted) = tailed {
                 app.tail.accepted(accepted);
             }
+            app.completions.accepted(config, &calls, at);
             for kind in kinds {
                 telemetry::event(source, kind);
             }
@@ -516,7 +525,9 @@ fn prepare(config: &Config, source: &str, body: &[u8], received_at: DateTime<Utc
     Ok(Prepared { ingest, kinds, degraded, drift, schema, keyed_by: key.by })
 }
 
-fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressError> {
+/// A canonical event ready for the store: rendered, with the routes that want it (also how a
+/// call's `call.completed` is routed).
+pub(crate) fn new_event(config: &Config, event: &CloudEvent) -> Result<NewEvent, IngressError> {
     let kind = event.kind.as_str();
     let source = &event.data.common.source;
     // A canonical event that does not serialise is our defect, not the vendor's.

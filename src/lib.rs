@@ -15,6 +15,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod auth;
 pub mod canonical;
+pub mod completion;
 pub mod config;
 pub mod delivery;
 pub mod drift;

@@ -18,7 +18,10 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde::Serialize;
 
 use crate::{
-    config::{AdminConfig, Config, ConfigError, ConfigErrors, DeliveryConfig, LogConfig, ServerConfig, StorageConfig},
+    config::{
+        AdminConfig, CallsConfig, Config, ConfigError, ConfigErrors, DeliveryConfig, LogConfig, ServerConfig,
+        StorageConfig,
+    },
     server::App,
     telemetry::{self, ReloadOutcome},
 };
@@ -128,6 +131,8 @@ pub fn plan(current: &Config, loaded: Config) -> Result<(Config, Changes), Confi
     );
     // `token` is reloadable (a rotation needs no restart); `listen` is bound at start.
     let AdminConfig { listen: _, token: _, stream_buffer: _ } = &current.admin;
+    // `[calls] settle` is reloadable (the sweeper reads it at each pass).
+    let CallsConfig { settle: _ } = &current.calls;
     if current.admin.listen != loaded.admin.listen {
         restart.push("admin.listen".to_owned());
     }
@@ -148,6 +153,8 @@ pub fn plan(current: &Config, loaded: Config) -> Result<(Config, Changes), Confi
         },
         log: current.log.clone(),
         delivery: current.delivery.clone(),
+        // Read by the completion sweeper at each pass: reloadable.
+        calls: loaded.calls,
         sources: loaded.sources,
         routes: loaded.routes,
     };
@@ -317,6 +324,15 @@ mod tests {
         assert_eq!(next.delivery.concurrency, current.delivery.concurrency);
         assert_eq!(next.admin.listen, None);
         assert!(changes.routes.is_empty() && changes.sources.is_empty());
+    }
+
+    #[test]
+    fn the_settle_time_is_reloaded() {
+        let current = config(BASE);
+        let loaded = config(&BASE.replace("[admin]", "[calls]\nsettle = \"2m\"\n[admin]"));
+        let (next, changes) = plan(&current, loaded).unwrap();
+        assert!(changes.restart_required.is_empty(), "{changes:?}");
+        assert_eq!(next.calls.settle, std::time::Duration::from_secs(120));
     }
 
     #[test]

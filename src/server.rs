@@ -17,6 +17,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::{
     admin,
+    completion::Completions,
     config::{Config, StorageUrl},
     delivery::Dispatcher,
     drift::DriftRecorder,
@@ -54,6 +55,9 @@ pub struct App {
     pub drift: Arc<DriftRecorder>,
     /// The live tail (`/v1/admin/stream`): fed by ingress and the delivery workers.
     pub tail: Arc<Tail>,
+    /// Calls' `call.completed`: checked after each commit of a terminal event or a later
+    /// piece, and swept once settled.
+    pub completions: Arc<Completions>,
 }
 
 /// The listeners a gateway serves on.
@@ -128,6 +132,7 @@ pub async fn run(
         lookups: ingress::inbound::Lookups::new(&config)?,
         drift,
         tail: tail.clone(),
+        completions: Completions::new(store.clone()),
     });
 
     let upkeep = tokio::spawn(async move {
@@ -139,6 +144,11 @@ pub async fn run(
     });
     let pruner = tokio::spawn(prune_forever(store.clone(), config.clone()));
     let hangups = tokio::spawn(reload_on_sighup(app.clone())?);
+    let sweeper = {
+        let (completions, app) = (app.completions.clone(), app.clone());
+        // The sweeper reads the running configuration (a reload changes `[calls] settle`).
+        tokio::spawn(async move { completions.run(&app.config).await })
+    };
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let limits = crate::http::Limits {
@@ -186,6 +196,8 @@ pub async fn run(
     }
     upkeep.abort();
     pruner.abort();
+    sweeper.abort();
+    let _ = sweeper.await; // drops its `App`
     // After the requests: their drift is in memory now, and is written once more.
     let _ = drift_stop.send(());
     if tokio::time::timeout(grace, drift_writer).await.is_err() {

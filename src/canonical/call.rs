@@ -24,6 +24,8 @@
 //!   `at` when every one has it (acceptance order breaks ties), in acceptance order otherwise.
 //! - **`metadata`, `variables`:** merged key by key, the last event's value winning.
 //! - **`pieces`:** every canonical type seen, in the order of `canonical.md` §3.
+//! - **`call.completed`** (callgate's own, `completed.rs`) is not merged: its time is
+//!   `completed_at`, and the types of the events accepted after it are `late`.
 
 use std::{collections::BTreeSet, fmt};
 
@@ -100,8 +102,12 @@ pub struct CallRecord {
     pub variables: Map<String, Value>,
     /// Canonical types seen, in `canonical.md` order.
     pub pieces: Vec<EventType>,
-    /// How many events were merged.
+    /// How many events were merged (`call.completed` is not).
     pub events: usize,
+    /// When callgate emitted the call's `call.completed` (its `time`), if it did.
+    pub completed_at: Option<String>,
+    /// Types of the events accepted after `call.completed`, in acceptance order.
+    pub late: Vec<EventType>,
 }
 
 /// Merges a call's events, given in acceptance order; `None` when there are none.
@@ -137,7 +143,9 @@ pub fn merge(events: &[CloudEvent]) -> Option<CallRecord> {
         metadata: Map::new(),
         variables: Map::new(),
         pieces: Vec::new(),
-        events: events.len(),
+        events: 0,
+        completed_at: None,
+        late: Vec::new(),
     };
     let mut pieces = BTreeSet::new();
     let mut analysis_from_analyzed = false;
@@ -146,6 +154,16 @@ pub fn merge(events: &[CloudEvent]) -> Option<CallRecord> {
     let mut segments: Vec<&Utterance> = Vec::new();
 
     for event in events {
+        if event.kind == EventType::CallCompleted {
+            if record.completed_at.is_none() {
+                record.completed_at = Some(event.time.clone());
+            }
+            continue;
+        }
+        if record.completed_at.is_some() {
+            record.late.push(event.kind);
+        }
+        record.events += 1;
         let (c, d) = (&event.data.common, &event.data.details);
         pieces.insert(EventType::ALL.iter().position(|k| *k == event.kind).unwrap_or(usize::MAX));
         record.test |= c.test;

@@ -84,6 +84,7 @@ macro_rules! string_enum {
 
 // After the macro: `call` declares enums with it.
 pub mod call;
+pub mod completed;
 
 string_enum! {
     /// Canonical event types (`canonical.md` §3).
@@ -104,6 +105,7 @@ string_enum! {
         TranscriptPartial = "transcript.partial",
         TranscriptFinal = "transcript.final",
         SmsReceived = "sms.received",
+        CallCompleted = "call.completed",
     }
 }
 
@@ -251,6 +253,9 @@ pub struct Details {
     pub error: Option<ErrorInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sms: Option<Sms>,
+    /// `call.completed` only: how the call was completed and what it lacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion: Option<Box<completed::Completion>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

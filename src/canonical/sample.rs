@@ -82,6 +82,22 @@ pub fn sample(kind: EventType, source: &str, vendor: Vendor, now: chrono::DateTi
                 Some(Transfer { kind: TransferType::Blind, target: Some(TO.to_owned()), related_call_ids: Vec::new() })
         }
         EventType::CallLegEnded => details.ended_at = Some(at.clone()),
+        EventType::CallCompleted => {
+            details.status = Some(Status::Completed);
+            details.started_at = Some(started.clone());
+            details.ended_at = Some(at.clone());
+            details.duration_ms = Some(60_000);
+            details.end = Some(End { reason: EndReason::CustomerHangup, reason_raw: None, by: EndedBy::Customer });
+            details.completion = Some(Box::new(super::completed::Completion {
+                reason: super::completed::CompletionReason::Complete,
+                pieces: vec![EventType::CallEnded],
+                missing: Vec::new(),
+                events: 1,
+                phase: Some(super::call::Phase::Ended),
+                transfers: Vec::new(),
+                errors: Vec::new(),
+            }));
+        }
         EventType::SmsReceived => {
             details.sms = Some(Sms {
                 from: Some(FROM.to_owned()),

@@ -129,6 +129,23 @@ fn glob_patterns_match_canonical_types() {
 }
 
 #[test]
+fn call_completed_is_received_only_by_routes_that_name_it_and_settle_is_checked() {
+    let config = load(
+        "[routes.all]\nurl = \"http://x\"\nevents = [\"*\"]\n[routes.calls]\nurl = \"http://x\"\nevents = [\"call.*\"]\n\
+         [routes.done]\nurl = \"http://x\"\nevents = [\"call.completed\"]\n",
+    );
+    assert!(!config.routes["all"].matches("call.completed", "a", false), "a wildcard written before it existed");
+    assert!(!config.routes["calls"].matches("call.completed", "a", false));
+    assert!(config.routes["calls"].matches("call.ended", "a", false));
+    assert!(config.routes["done"].matches("call.completed", "a", false));
+    assert!(!config.routes["done"].matches("call.ended", "a", false));
+    assert_eq!(load("").calls.settle, Duration::from_secs(600), "10m by default");
+    assert_eq!(load("[calls]\nsettle = \"90s\"\n").calls.settle, Duration::from_secs(90));
+    assert_eq!(errors("[calls]\nsettle = \"0s\"\n"), ["calls.settle: must be greater than 0"]);
+    assert!(errors("[calls]\nwait = \"1m\"\n")[0].starts_with("calls"), "unknown keys are named");
+}
+
+#[test]
 fn an_empty_admin_token_is_rejected_like_an_empty_source_secret() {
     assert_eq!(
         errors("[admin]\ntoken = \"\"\n"),

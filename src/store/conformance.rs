@@ -830,6 +830,72 @@ pub(crate) async fn erasure_removes_a_call_or_a_numbers_calls_and_nothing_else(h
     assert_eq!(reopened.counts().await.unwrap(), crate::store::Counts::default(), "the tables agree");
 }
 
+/// The `call.completed` of call `subject` (with outbox rows for `routes`) at `at`.
+fn completion(subject: &str, at: i64, routes: &[&str]) -> Ingest {
+    Ingest {
+        source: "vox".into(),
+        digest: crate::canonical::completed::digest(subject),
+        body: Vec::new(),
+        received_at: at,
+        events: vec![NewEvent {
+            id: crate::canonical::completed::id(subject),
+            kind: "call.completed".into(),
+            subject: subject.into(),
+            json: "{}".into(),
+            routes: routes.iter().map(|r| (*r).to_owned()).collect(),
+            status: None,
+        }],
+    }
+}
+
+pub(crate) async fn a_call_is_completed_once_and_only_on_the_events_it_was_read_with(h: &dyn Harness) {
+    let (store, replica) = (h.open().await, h.open().await);
+    store.ingest(call_event("1", "vox:done", 1_000, ("d1", "call.ended", Some("completed"), &["r"]))).await.unwrap();
+    store.ingest(call_event("2", "vox:open", 1_000, ("o1", "call.connected", None, &["r"]))).await.unwrap();
+    store.ingest(call_event("3", "vox:late", 2_000, ("l1", "call.failed", Some("busy"), &["r"]))).await.unwrap();
+    assert_eq!(store.settling(1_500, 10).await.unwrap(), ["vox:done"], "terminal before the time, oldest first");
+    assert_eq!(store.settling(5_000, 10).await.unwrap(), ["vox:done", "vox:late"]);
+    assert_eq!(store.settling(5_000, 1).await.unwrap(), ["vox:done"]);
+
+    assert!(
+        !store.complete_call("vox:done", 2, completion("vox:done", 3_000, &["r", "s"])).await.unwrap(),
+        "read with other events"
+    );
+    // Two replicas racing with what they read: one stores it.
+    let (a, b) = tokio::join!(
+        store.complete_call("vox:done", 1, completion("vox:done", 3_000, &["r", "s"])),
+        replica.complete_call("vox:done", 1, completion("vox:done", 3_000, &["r", "s"])),
+    );
+    assert_eq!([a.unwrap(), b.unwrap()].into_iter().filter(|won| *won).count(), 1, "exactly one completes it");
+    let call = store.call("vox:done", now_ms()).await.unwrap().unwrap();
+    assert_eq!(call.summary.completed_at, Some(crate::store::rfc3339(3_000)));
+    assert_eq!((call.summary.events, call.summary.late.len()), (2, 0));
+    let kinds: Vec<&str> = call.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["call.ended", "call.completed"]);
+    assert_eq!(call.events[1].id, crate::canonical::completed::id("vox:done"));
+    // (Read by a store opened now: on SQLite each open keeps its own counts.)
+    let counts = h.open().await.counts().await.unwrap();
+    assert_eq!((counts.backlog.get("s"), counts.backlog.get("r")), (Some(&1), Some(&4)), "queued like any event");
+    assert!(!replica.complete_call("vox:done", 2, completion("vox:done", 4_000, &["s"])).await.unwrap(), "once");
+    assert_eq!(store.settling(5_000, 10).await.unwrap(), ["vox:late"]);
+
+    // What arrives after it is noted on the call, in acceptance order.
+    store.ingest(call_event("4", "vox:done", 5_000, ("d2", "call.analyzed", None, &["r"]))).await.unwrap();
+    store.ingest(call_event("5", "vox:done", 6_000, ("d3", "transcript.final", None, &[]))).await.unwrap();
+    let done =
+        store.calls(&CallFilter::default()).await.unwrap().into_iter().find(|c| c.subject == "vox:done").unwrap();
+    assert_eq!(done.late, ["call.analyzed", "transcript.final"]);
+    assert_eq!(done.events, 4);
+
+    // A piece committed between the read and the write: the write stores nothing.
+    store.ingest(call_event("6", "vox:late", 3_000, ("l2", "call.analyzed", None, &[]))).await.unwrap();
+    assert!(!store.complete_call("vox:late", 1, completion("vox:late", 7_000, &["s"])).await.unwrap());
+    assert!(store.complete_call("vox:late", 2, completion("vox:late", 7_000, &["s"])).await.unwrap());
+    let late = store.call("vox:late", now_ms()).await.unwrap().unwrap();
+    assert_eq!((late.summary.events, late.summary.late.len()), (3, 0));
+    assert!(store.settling(i64::MAX, 10).await.unwrap().is_empty(), "a call without a terminal event never settles");
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -866,6 +932,7 @@ macro_rules! all_checks {
             concurrent_ingests_keep_one_summary_per_call_with_the_last_terminal_status,
             a_large_call_is_returned_up_to_its_byte_bound,
             erasure_removes_a_call_or_a_numbers_calls_and_nothing_else,
+            a_call_is_completed_once_and_only_on_the_events_it_was_read_with,
         );
     };
 }

@@ -387,7 +387,7 @@ async fn copy_calls(source: &Source, tx: &mut PgConnection) -> Result<u64, CopyE
     let (mut after, mut n) = (i64::MIN, 0);
     loop {
         let rows = source.chunk(
-            "SELECT id, subject, source, first_at, last_at, status, status_seq, terminal_at, events
+            "SELECT id, subject, source, first_at, last_at, status, status_seq, terminal_at, events, completed_at, late
                FROM calls WHERE id > ?1 ORDER BY id LIMIT ?2",
             after,
             CHUNK,
@@ -402,13 +402,15 @@ async fn copy_calls(source: &Source, tx: &mut PgConnection) -> Result<u64, CopyE
                     r.get::<_, Option<i64>>(6)?,
                     r.get::<_, Option<i64>>(7)?,
                     r.get::<_, i64>(8)?,
+                    r.get::<_, Option<i64>>(9)?,
+                    r.get::<_, Option<String>>(10)?,
                 ))
             },
         )?;
         let Some(last) = rows.last() else { return Ok(n) };
         after = last.0;
-        let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (id, subject, src, first, latest, status, status_seq, terminal, events) in rows {
+        let mut columns = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (id, subject, src, first, latest, status, status_seq, terminal, events, completed, late) in rows {
             columns.0.push(id);
             columns.1.push(subject);
             columns.2.push(src);
@@ -418,11 +420,14 @@ async fn copy_calls(source: &Source, tx: &mut PgConnection) -> Result<u64, CopyE
             columns.6.push(status_seq);
             columns.7.push(terminal);
             columns.8.push(events);
+            columns.9.push(completed);
+            columns.10.push(late);
         }
         n += sqlx::query(
-            "INSERT INTO calls (id, subject, source, first_at, last_at, status, status_seq, terminal_at, events)
+            "INSERT INTO calls (id, subject, source, first_at, last_at, status, status_seq, terminal_at, events,
+                                completed_at, late)
              SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::int8[],
-                                  $8::int8[], $9::int8[])",
+                                  $8::int8[], $9::int8[], $10::int8[], $11::text[])",
         )
         .bind(&columns.0)
         .bind(&columns.1)
@@ -433,6 +438,8 @@ async fn copy_calls(source: &Source, tx: &mut PgConnection) -> Result<u64, CopyE
         .bind(&columns.6)
         .bind(&columns.7)
         .bind(&columns.8)
+        .bind(&columns.9)
+        .bind(&columns.10)
         .execute(&mut *tx)
         .await?
         .rows_affected();

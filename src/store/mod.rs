@@ -456,9 +456,29 @@ pub struct CallSummary {
     pub status: Option<String>,
     /// When its first `call.ended` / `call.failed` was accepted.
     pub terminal_at: Option<String>,
-    /// Events accepted for it.
+    /// Events accepted for it (its `call.completed` included).
     pub events: i64,
+    /// When its `call.completed` was stored (for a call that ended before callgate emitted
+    /// `call.completed`, its `terminal_at`).
+    pub completed_at: Option<String>,
+    /// Canonical types of the events accepted after it was completed, in acceptance order.
+    pub late: Vec<String>,
 }
+
+/// `calls.late` as stored (comma-separated types) as a list.
+pub(crate) fn late_list(text: Option<String>) -> Vec<String> {
+    text.map(|t| t.split(',').filter(|k| !k.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
+}
+
+/// The types of `events` that are late for a call completed before them (every one but
+/// `call.completed` itself), comma-separated; `None` when there is none.
+pub(crate) fn late_text<'a>(kinds: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let kinds: Vec<&str> = kinds.into_iter().filter(|k| *k != COMPLETED_TYPE).collect();
+    (!kinds.is_empty()).then(|| kinds.join(","))
+}
+
+/// The canonical type of a call's completion record.
+pub const COMPLETED_TYPE: &str = "call.completed";
 
 /// Which calls [`Store::calls`] lists.
 #[derive(Debug, Clone, Default)]
@@ -842,6 +862,19 @@ pub trait Store: Send + Sync + 'static {
     /// `filter.since`, most recently seen first, at most `filter.limit` (100 by default, 1000
     /// at most).
     async fn drift(&self, filter: &Filter) -> Result<Vec<DriftCount>, StoreError>;
+
+    /// Stores a call's `call.completed` (`ingest`: its one event, under the payload key
+    /// `canonical::completed::digest`, with its outbox rows) and marks the call completed at
+    /// `ingest.received_at`, in one transaction, only if the call is not completed yet and
+    /// still has `events` events (as many as it was read with). `true` when this call did
+    /// it; two replicas racing: one gets `true`, the other `false`. Sends [`Notice::Due`] for
+    /// its routes.
+    async fn complete_call(&self, subject: &str, events: i64, ingest: Ingest) -> Result<bool, StoreError>;
+
+    /// Subjects of the calls whose first terminal event was accepted before `before` and that
+    /// are not completed, oldest terminal event first, at most `limit`.
+    async fn settling(&self, before: Millis, limit: usize) -> Result<Vec<String>, StoreError>;
+
     /// Calls matching `filter`, newest first (by first acceptance).
     async fn calls(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, StoreError>;
 

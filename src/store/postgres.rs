@@ -59,6 +59,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "vendor drift", include_str!("../../migrations/postgres/0002_vendor_drift.sql")),
     (3, "delivery log", include_str!("../../migrations/postgres/0003_delivery_log.sql")),
     (4, "call records", include_str!("../../migrations/postgres/0004_call_records.sql")),
+    (5, "call completed", include_str!("../../migrations/postgres/0005_call_completed.sql")),
 ];
 
 /// Most jobs one ingest transaction takes: bounds the latency a batch adds to its first member.
@@ -578,6 +579,19 @@ async fn ingest_batch(
     jobs: &[&Ingest],
     routes: &mut BTreeSet<String>,
 ) -> Result<Vec<Result<IngestOutcome, StoreError>>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let results = ingest_in(&mut tx, jobs, routes).await?;
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// [`ingest_batch`]'s statements, in the caller's transaction (a call's completion runs them
+/// in its own).
+async fn ingest_in(
+    tx: &mut sqlx::PgConnection,
+    jobs: &[&Ingest],
+    routes: &mut BTreeSet<String>,
+) -> Result<Vec<Result<IngestOutcome, StoreError>>, StoreError> {
     // The first job of each key leads; a later one with the same key is its duplicate.
     let mut leader_of: HashMap<(&str, &[u8; 32]), usize> = HashMap::new();
     let mut leads_of: Vec<usize> = Vec::with_capacity(jobs.len());
@@ -597,7 +611,6 @@ async fn ingest_batch(
     let received: Vec<i64> = leaders.iter().map(|&i| jobs[i].received_at).collect();
     let bodies: Vec<&[u8]> = leaders.iter().map(|&i| jobs[i].body.as_slice()).collect();
 
-    let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO payloads (source, digest, received_at, body, event_ids)
          SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::bytea[], $5::text[])
@@ -711,7 +724,7 @@ async fn ingest_batch(
                 k += 1;
             }
         }
-        upsert_calls(&mut tx, jobs, &accepted, &seqs).await?;
+        upsert_calls(&mut *tx, jobs, &accepted, &seqs).await?;
         if !ob_seq.is_empty() {
             sqlx::query(
                 "INSERT INTO outbox (event_seq, route, subject, next_at)
@@ -730,7 +743,6 @@ async fn ingest_batch(
             .await?;
         }
     }
-    tx.commit().await?;
 
     let own = |i: usize| -> Result<IngestOutcome, StoreError> {
         let key = (jobs[i].source.clone(), jobs[i].digest.to_vec());
@@ -774,6 +786,7 @@ async fn upsert_calls(
         status_seq: Option<i64>,
         terminal_at: Option<i64>,
         events: i64,
+        kinds: Vec<&'a str>,
     }
     let mut calls: BTreeMap<&str, Call<'_>> = BTreeMap::new();
     let mut k = 0;
@@ -790,7 +803,9 @@ async fn upsert_calls(
                 status_seq: None,
                 terminal_at: None,
                 events: 0,
+                kinds: Vec::new(),
             });
+            call.kinds.push(event.kind.as_str());
             call.first_at = call.first_at.min(job.received_at);
             call.last_at = call.last_at.max(job.received_at);
             call.events += 1;
@@ -810,7 +825,7 @@ async fn upsert_calls(
     let status_seq: Vec<Option<i64>> = calls.values().map(|c| c.status_seq).collect();
     let terminal: Vec<Option<i64>> = calls.values().map(|c| c.terminal_at).collect();
     let events: Vec<i64> = calls.values().map(|c| c.events).collect();
-    sqlx::query(
+    let rows = sqlx::query(
         "INSERT INTO calls (subject, source, first_at, last_at, status, status_seq, terminal_at, events)
          SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
                 AS u (subject, source, first_at, last_at, status, status_seq, terminal_at, events)
@@ -820,7 +835,8 @@ async fn upsert_calls(
              status = CASE WHEN excluded.status_seq > COALESCE(calls.status_seq, -1) THEN excluded.status ELSE calls.status END,
              status_seq = GREATEST(calls.status_seq, excluded.status_seq),
              terminal_at = LEAST(calls.terminal_at, excluded.terminal_at),
-             events = calls.events + excluded.events",
+             events = calls.events + excluded.events
+         RETURNING subject, completed_at IS NOT NULL",
     )
     .bind(&subjects)
     .bind(&sources)
@@ -830,12 +846,36 @@ async fn upsert_calls(
     .bind(&status_seq)
     .bind(&terminal)
     .bind(&events)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    // Pieces of calls completed before them are noted (rare: a statement only then).
+    let mut late_subjects = Vec::new();
+    let mut late_kinds = Vec::new();
+    for row in rows {
+        let (subject, completed): (String, bool) = (row.try_get(0)?, row.try_get(1)?);
+        if completed
+            && let Some(call) = calls.get(subject.as_str())
+            && let Some(late) = super::late_text(call.kinds.iter().copied())
+        {
+            late_subjects.push(subject);
+            late_kinds.push(late);
+        }
+    }
+    if !late_subjects.is_empty() {
+        sqlx::query(
+            "UPDATE calls SET late = COALESCE(calls.late || ',', '') || u.late
+               FROM unnest($1::text[], $2::text[]) AS u (subject, late)
+              WHERE calls.subject = u.subject",
+        )
+        .bind(&late_subjects)
+        .bind(&late_kinds)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(())
 }
 
-const CALL_COLUMNS: &str = "id, subject, source, first_at, last_at, status, terminal_at, events";
+const CALL_COLUMNS: &str = "id, subject, source, first_at, last_at, status, terminal_at, events, completed_at, late";
 
 fn call_summary_row(r: &sqlx::postgres::PgRow) -> Result<CallSummary, sqlx::Error> {
     Ok(CallSummary {
@@ -847,6 +887,8 @@ fn call_summary_row(r: &sqlx::postgres::PgRow) -> Result<CallSummary, sqlx::Erro
         status: r.try_get(5)?,
         terminal_at: r.try_get::<Option<i64>, _>(6)?.map(rfc3339),
         events: r.try_get(7)?,
+        completed_at: r.try_get::<Option<i64>, _>(8)?.map(rfc3339),
+        late: super::late_list(r.try_get(9)?),
     })
 }
 
@@ -2118,6 +2160,48 @@ impl Store for PostgresStore {
         .fetch_one(self.pool())
         .await?;
         Ok(id)
+    }
+
+    async fn complete_call(&self, subject: &str, events: i64, mut ingest: Ingest) -> Result<bool, StoreError> {
+        ingest.received_at = self.clock.on_db(ingest.received_at);
+        let mut tx = self.pool().begin().await?;
+        // Locks the call's row: a replica racing this one waits here, then finds it completed;
+        // an ingest of the call's next piece committed first changed `events`.
+        let marked = sqlx::query(
+            "UPDATE calls SET completed_at = $1 WHERE subject = $2 AND completed_at IS NULL AND events = $3",
+        )
+        .bind(ingest.received_at)
+        .bind(subject)
+        .bind(events)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 0 {
+            return Ok(false);
+        }
+        let mut routes = BTreeSet::new();
+        match ingest_in(&mut tx, &[&ingest], &mut routes).await?.pop() {
+            Some(Ok(IngestOutcome::Accepted(_))) => {}
+            Some(Err(e)) => return Err(e),
+            _ => return Err(StoreError::Backend("a call.completed was stored twice".into())),
+        }
+        tx.commit().await?;
+        if !routes.is_empty() {
+            self.shared.counts_changed();
+            self.shared.due(&routes);
+        }
+        Ok(true)
+    }
+
+    async fn settling(&self, before: Millis, limit: usize) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT subject FROM calls WHERE completed_at IS NULL AND terminal_at < $1 ORDER BY terminal_at LIMIT $2",
+        )
+        .bind(self.clock.on_db(before))
+        .bind(limit.clamp(1, 10_000) as i64)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
     }
 
     async fn calls(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, StoreError> {

@@ -92,6 +92,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_vendor_drift.sql"),
     include_str!("../../migrations/sqlite/0006_delivery_log.sql"),
     include_str!("../../migrations/sqlite/0007_call_records.sql"),
+    include_str!("../../migrations/sqlite/0008_call_completed.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this callgate migrates a database to.
@@ -615,6 +616,7 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
             }
         };
         call.events += 1;
+        call.kinds.push(event.kind.as_str());
         if event.status.is_some() {
             (call.status, call.status_seq) = (event.status, Some(seq));
         }
@@ -640,7 +642,9 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
                  status = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status ELSE status END,
                  status_seq = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status_seq ELSE status_seq END,
                  terminal_at = COALESCE(MIN(terminal_at, excluded.terminal_at), terminal_at, excluded.terminal_at),
-                 events = events + excluded.events",
+                 events = events + excluded.events,
+                 late = CASE WHEN completed_at IS NOT NULL AND ?8 IS NOT NULL
+                             THEN COALESCE(late || ',', '') || ?8 ELSE late END",
         )?
         .execute(params![
             call.subject,
@@ -649,7 +653,8 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
             call.status,
             call.status_seq,
             call.terminal.then_some(ingest.received_at),
-            call.events
+            call.events,
+            super::late_text(call.kinds.iter().copied()),
         ])?;
     }
     Ok(IngestOutcome::Accepted(ids))
@@ -663,6 +668,8 @@ struct CallDelta<'a> {
     status: Option<&'static str>,
     status_seq: Option<i64>,
     terminal: bool,
+    /// Its events' types (late ones, if the call was completed before).
+    kinds: Vec<&'a str>,
 }
 
 /// Applies outcomes whose leases were checked; returns what the workers must be told.
@@ -1338,6 +1345,46 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn complete_call(&self, subject: &str, events: i64, ingest: Ingest) -> Result<bool, StoreError> {
+        let routes: BTreeSet<String> = ingest.events.iter().flat_map(|e| e.routes.iter().cloned()).collect();
+        let subject = subject.to_owned();
+        let done = self
+            .write(move |tx, delta| {
+                let marked = tx
+                    .prepare_cached(
+                        "UPDATE calls SET completed_at = ?1
+                          WHERE subject = ?2 AND completed_at IS NULL AND events = ?3",
+                    )?
+                    .execute(params![ingest.received_at, subject, events])?;
+                if marked == 0 {
+                    return Ok(false);
+                }
+                match ingest_one(tx, &ingest, delta)? {
+                    IngestOutcome::Accepted(_) => Ok(true),
+                    // Rolls the savepoint back: the call stays as it was.
+                    IngestOutcome::Duplicate(_) => Err(StoreError::Backend("a call.completed was stored twice".into())),
+                }
+            })
+            .await?;
+        if done {
+            self.notify_due(&routes);
+        }
+        Ok(done)
+    }
+
+    async fn settling(&self, before: Millis, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = limit.clamp(1, 10_000) as i64;
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT subject FROM calls INDEXED BY calls_settling
+                  WHERE completed_at IS NULL AND terminal_at < ?1 ORDER BY terminal_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![before, limit], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn calls(&self, filter: &CallFilter) -> Result<Vec<CallSummary>, StoreError> {
         use rusqlite::types::Value as V;
         let mut clauses = vec!["1 = 1".to_owned()];
@@ -1681,7 +1728,7 @@ fn call_limit(filter: &CallFilter) -> i64 {
     filter.limit.map_or(100, |l| l.clamp(1, 1000)) as i64
 }
 
-const CALL_COLUMNS: &str = "id, subject, source, first_at, last_at, status, terminal_at, events";
+const CALL_COLUMNS: &str = "id, subject, source, first_at, last_at, status, terminal_at, events, completed_at, late";
 
 fn call_summary_row(r: &rusqlite::Row<'_>) -> Result<CallSummary, rusqlite::Error> {
     Ok(CallSummary {
@@ -1693,6 +1740,8 @@ fn call_summary_row(r: &rusqlite::Row<'_>) -> Result<CallSummary, rusqlite::Erro
         status: r.get(5)?,
         terminal_at: r.get::<_, Option<i64>>(6)?.map(rfc3339),
         events: r.get(7)?,
+        completed_at: r.get::<_, Option<i64>>(8)?.map(rfc3339),
+        late: super::late_list(r.get(9)?),
     })
 }
 

@@ -149,8 +149,15 @@ async fn every_vendors_call_shows_its_merged_record_events_and_deliveries() {
     crate::require_backend!();
     let receiver = Receiver::start().await;
     let dir = temp_dir();
-    let gateway = Gateway::start(dir.path(), &config(dir.path(), &route("all", &receiver.url("/all"), ""))).await;
+    let routes = route("all", &receiver.url("/all"), "")
+        + &route("done", &receiver.url("/done"), "events = [\"call.completed\"]");
+    let gateway = Gateway::start(dir.path(), &config(dir.path(), &routes)).await;
     post_all(&gateway, &receiver).await;
+    // Every call but the one that never connected (vox v2 sends its analysis after a failed
+    // call too) is complete with its fixtures: each gets its `call.completed` at ingest.
+    let complete = |subject: &str| subject != "vox:9c1e4b7a-52d8-4f06-a3b9-e8d27c5f1a64";
+    receiver.wait_for("/done", CALLS.iter().filter(|c| complete(c.subject)).count()).await;
+    gateway.wait_metric("callgate_delivery_backlog{route=\"done\"}", 0.0).await;
 
     for call in CALLS {
         // Subjects hold `:`; an encoded one is read the same.
@@ -160,18 +167,31 @@ async fn every_vendors_call_shows_its_merged_record_events_and_deliveries() {
         // Each vendor's whole answer (record, transcript, analysis, cost…) is the documented one.
         crate::openapi::assert_documented("GET", "/v1/calls/{subject}", status, &answer);
         let expected = call.expected();
-        let events = answer["events"].as_array().unwrap();
-        let got: Vec<Value> = events.iter().cloned().map(without_received_at).collect();
+        let completed = usize::from(complete(call.subject));
+        let all = answer["events"].as_array().unwrap();
+        // The vendor's events and (once) the call's `call.completed`, which a piece accepted
+        // while it was made (Utel's leg end) may follow: that one is late.
+        let at = all.iter().position(|e| e["type"] == "call.completed");
+        assert_eq!(at.is_some(), completed == 1, "{}", call.subject);
+        let late: Vec<Value> = at.map_or(vec![], |at| all[at + 1..].iter().map(|e| e["type"].clone()).collect());
+        assert_eq!(answer["record"]["late"], json!(late), "{}", call.subject);
+        assert_eq!(answer["summary"]["late"], json!(late), "{}", call.subject);
+        let events: Vec<&Value> = all.iter().filter(|e| e["type"] != "call.completed").collect();
+        let got: Vec<Value> = events.iter().copied().cloned().map(without_received_at).collect();
         let want: Vec<Value> = expected.iter().cloned().map(without_received_at).collect();
         assert_eq!(got, want, "{}: its events in acceptance order", call.subject);
-        assert_eq!(answer["record"], merged(&expected), "{}: the record merges them", call.subject);
+        let mut record = answer["record"].clone();
+        assert_eq!(record["completed_at"].is_string(), completed == 1, "{}", call.subject);
+        record["completed_at"] = Value::Null;
+        record["late"] = json!([]);
+        assert_eq!(record, merged(&expected), "{}: the record merges them", call.subject);
         assert_eq!(answer["subject"], call.subject);
-        assert_eq!(answer["summary"]["events"], expected.len());
+        assert_eq!(answer["summary"]["events"], expected.len() + completed);
         assert_eq!(answer["summary"]["status"], answer["record"]["status"], "{}", call.subject);
         assert_eq!(answer["events_truncated"], false);
-        // Every event went to the one route and was delivered.
+        // Every event went to the one route and was delivered; `call.completed` to its own.
         let routes = answer["routes"].as_array().unwrap();
-        assert_eq!(routes.len(), 1, "{}: {routes:?}", call.subject);
+        assert_eq!(routes.len(), 1 + completed, "{}: {routes:?}", call.subject);
         assert_eq!(
             (&routes[0]["route"], &routes[0]["delivered"], &routes[0]["pending"], &routes[0]["dead"]),
             (&json!("all"), &json!(expected.len()), &json!(0), &json!(0)),
@@ -252,7 +272,7 @@ async fn every_vendors_call_shows_its_merged_record_events_and_deliveries() {
     assert_eq!(code, 0, "{err}");
     let shown: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["record"]["status"], "completed");
-    assert_eq!(shown["events"].as_array().unwrap().len(), 7);
+    assert_eq!(shown["events"].as_array().unwrap().len(), 8, "six events, its call.completed");
     let (code, out, err) = cli(&gateway, &["calls", "list", "--status", "completed", "--source", "utel"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("utel:5f0c2d7e-9a41-4b8e-b3c6-1e2f7a9d4c08") && out.contains("completed"), "{out}");
@@ -345,7 +365,9 @@ async fn a_call_shows_each_routes_delivery_state() {
 async fn a_calls_record_survives_a_restart_and_grows_with_later_events() {
     crate::require_backend!();
     let dir = temp_dir();
-    let gateway = Gateway::start(dir.path(), &config(dir.path(), "")).await;
+    let receiver = Receiver::start().await;
+    let done = route("done", &receiver.url("/done"), "events = [\"call.completed\"]");
+    let gateway = Gateway::start(dir.path(), &config(dir.path(), &done)).await;
     assert_eq!(gateway.post("salpre", fixture("salpre/doc-call_initiated.json")).await.0, 200);
     let (_, open) = admin(&gateway, "/v1/calls?status=in_progress").await;
     assert_eq!(open["calls"][0]["subject"], "salpre:1");
@@ -355,15 +377,17 @@ async fn a_calls_record_survives_a_restart_and_grows_with_later_events() {
     assert_eq!(early["routes"], json!([]), "no route, no deliveries");
     gateway.terminate().await;
 
-    let gateway = Gateway::start(dir.path(), &config(dir.path(), "")).await;
+    let gateway = Gateway::start(dir.path(), &config(dir.path(), &done)).await;
     for path in ["salpre/doc-transcript.json", "salpre/doc-call_ended.json"] {
         assert_eq!(gateway.post("salpre", fixture(path)).await.0, 200);
     }
+    // Salpre's end completes the call (its `call.completed` counts among its events).
+    receiver.wait_for("/done", 1).await;
     let (_, open) = admin(&gateway, "/v1/calls?status=in_progress").await;
     assert_eq!(open["calls"], json!([]));
     let (_, done) = admin(&gateway, "/v1/calls?status=completed").await;
     assert_eq!(done["calls"].as_array().unwrap().len(), 1);
-    assert_eq!(done["calls"][0]["events"], 4);
+    assert_eq!(done["calls"][0]["events"], 5);
     assert!(done["calls"][0]["terminal_at"].is_string());
     let (_, call) = admin(&gateway, "/v1/calls/salpre:1").await;
     assert_eq!(

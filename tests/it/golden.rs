@@ -141,6 +141,21 @@ fn the_canonical_schema_names_every_vendor() {
     assert_eq!(names, &serde_json::json!(expected));
 }
 
+/// The canonical schema's `type` enum is `EventType`, in order (`call.completed` included),
+/// and `data.completion`'s pieces are every other type.
+#[test]
+fn the_canonical_schema_names_every_type() {
+    let schema: Value = serde_json::from_str(include_str!("../../schemas/canonical/event.json")).unwrap();
+    let types = schema.pointer("/properties/type/enum").unwrap();
+    let expected: Vec<&str> = callgate::canonical::EventType::ALL.iter().map(|t| t.as_str()).collect();
+    assert_eq!(types, &serde_json::json!(expected));
+    let pieces: Vec<&str> = expected.iter().copied().filter(|t| *t != "call.completed").collect();
+    for list in ["pieces", "missing"] {
+        let path = format!("/properties/data/properties/completion/properties/{list}/items/enum");
+        assert_eq!(schema.pointer(&path).unwrap(), &serde_json::json!(pieces), "{list}");
+    }
+}
+
 /// Every leaf of `value` (scalars and empty containers) with its JSON pointer.
 fn leaves<'v>(value: &'v Value, at: String, out: &mut Vec<(String, &'v Value)>) {
     let escape = |key: &str| key.replace('~', "~0").replace('/', "~1");

@@ -5,6 +5,7 @@ const BACKEND: support::Backend = support::Backend::Sqlite;
 
 mod calls;
 mod cli;
+mod completed;
 mod dedup;
 mod dlog;
 mod drift;

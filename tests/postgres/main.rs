@@ -7,6 +7,8 @@ const BACKEND: support::Backend = support::Backend::Postgres;
 
 #[path = "../it/calls.rs"]
 mod calls;
+#[path = "../it/completed.rs"]
+mod completed;
 #[path = "../it/dedup.rs"]
 mod dedup;
 #[path = "../it/dlog.rs"]
@@ -44,6 +46,7 @@ mod ui;
 
 // PostgreSQL only: several replicas on one database, and the database going away.
 mod cluster;
+mod completed_replicas;
 mod outage;
 mod reload_replicas;
 mod replicas;

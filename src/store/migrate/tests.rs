@@ -114,6 +114,19 @@ async fn fill(path: &Path) -> (Vec<(i64, String, u32)>, Vec<(i64, String, u32)>,
         .unwrap();
     store.set_paused("archive", Some("operator"), T).await.unwrap();
     store.record_drift(vec![drift_count()], 1000).await.unwrap();
+    // Call c is completed, and a piece comes after that.
+    let completion = Ingest {
+        digest: crate::canonical::completed::digest("vox:c"),
+        body: Vec::new(),
+        events: vec![crate::store::NewEvent {
+            kind: "call.completed".into(),
+            status: None,
+            ..ingest("unused", &[("ev-c-done", "vox:c", &[])]).events.remove(0)
+        }],
+        ..ingest("unused", &[])
+    };
+    assert!(store.complete_call("vox:c", 1, completion).await.unwrap());
+    store.ingest(ingest("p-late", &[("ev-c2", "vox:c", &[])])).await.unwrap();
 
     // What the moved store must show the same way.
     let crm = store.claim("crm", T + 5_000, 10, T + 5_000 + LEASE).await.unwrap();
@@ -137,8 +150,8 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
     assert_eq!(
         copied,
         Copied {
-            payloads: 4,
-            events: 5, // a1, a2, b1 pending; d1 dead; c1 delivered (its call's record)
+            payloads: 6,
+            events: 7, // a1, a2, b1 pending; d1 dead; c1 delivered (its call's record), its completion, a late one
             calls: 4,
             deliveries: 4,
             dead_letters: 1,
@@ -164,7 +177,11 @@ async fn a_moved_store_goes_on_where_the_sqlite_one_stopped() {
     let all = crate::store::CallFilter::default();
     assert_eq!(pg.calls(&all).await.unwrap(), sqlite.calls(&all).await.unwrap());
     let c = pg.call("vox:c", T).await.unwrap().expect("the delivered call");
-    assert_eq!(c.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["ev-c1"]);
+    assert_eq!(c.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["ev-c1", "ev-c-done", "ev-c2"]);
+    assert_eq!(
+        (c.summary.completed_at.as_deref(), &c.summary.late[..]),
+        (Some(&*crate::store::rfc3339(T)), &["call.ended".to_owned()][..])
+    );
     assert_eq!(c.deliveries, sqlite.call("vox:c", T).await.unwrap().unwrap().deliveries);
     assert_eq!(c.deliveries[0].state, crate::store::DeliveryState::Delivered);
     drop(sqlite);
@@ -251,7 +268,7 @@ async fn a_target_that_is_not_empty_is_refused_and_left_as_it_was() {
     let err = sqlite_to_postgres(&path, &db.url).await.unwrap_err();
     let message = err.to_string();
     assert!(matches!(err, MigrateError::NotEmpty { .. }), "{message}");
-    assert!(message.contains("4 row(s) in payloads") && message.contains("outbox"), "{message}");
+    assert!(message.contains("6 row(s) in payloads") && message.contains("outbox"), "{message}");
     let pg = PostgresStore::open(&db.url, PgOptions::default()).await.unwrap();
     assert_eq!(pg.counts().await.unwrap(), counts, "nothing was added");
 }

@@ -368,3 +368,47 @@ async fn schema_4_calls_get_their_summaries_and_records() {
     let later = store.calls(&crate::store::CallFilter::default()).await.unwrap();
     assert_eq!(later.len(), 1);
 }
+
+#[tokio::test]
+async fn schema_7_calls_that_ended_count_as_completed_and_do_not_settle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let ended = emitted("vox", "doc-call_ended.json");
+    let open_call = emitted("vox", "v2-call_started.json");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for migration in &MIGRATIONS[..6] {
+            tx.execute_batch(migration).unwrap();
+        }
+        let mut seq = 0;
+        for (payload, events) in [&ended, &open_call].into_iter().enumerate() {
+            tx.execute(
+                "INSERT INTO payloads (id, source, digest, received_at, body, event_ids) VALUES (?1, 'vox', ?2, 2000, x'7b7d', '[]')",
+                params![payload as i64 + 1, vec![payload as u8]],
+            )
+            .unwrap();
+            for (id, subject, json) in events.iter() {
+                seq += 1;
+                let kind =
+                    serde_json::from_str::<serde_json::Value>(json).unwrap()["type"].as_str().unwrap().to_owned();
+                tx.execute(
+                    "INSERT INTO events (seq, id, payload_id, type, subject, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![seq, id, payload as i64 + 1, kind, subject, json],
+                )
+                .unwrap();
+            }
+        }
+        // Migration 7 summarises the calls stored before it.
+        tx.execute_batch(MIGRATIONS[6]).unwrap();
+        tx.pragma_update(None, "user_version", 7).unwrap();
+        tx.commit().unwrap();
+    }
+    let store = open(&dir);
+    let done = store.call(&ended[0].1, now_ms()).await.unwrap().unwrap();
+    assert_eq!(done.summary.completed_at, Some(rfc3339(2_000)), "ended before the upgrade: completed");
+    assert_eq!(done.summary.completed_at, done.summary.terminal_at);
+    let open_call = store.call(&open_call[0].1, now_ms()).await.unwrap().unwrap();
+    assert_eq!(open_call.summary.completed_at, None);
+    assert!(store.settling(i64::MAX, 10).await.unwrap().is_empty(), "no call.completed for what ended before");
+}
