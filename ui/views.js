@@ -438,6 +438,7 @@ export async function calls(ctx) {
     { label: 'Source', cell: (c) => c.source },
     { label: 'Status', cell: (c) => badge(c.status ?? 'in_progress', c.status === 'completed' ? 'ok' : c.status ? 'warn' : 'info') },
     { label: 'Events', class: 'num', cell: (c) => c.events },
+    { label: 'Completed', cell: (c) => when(c.completed_at) },
     { label: 'First event', cell: (c) => when(c.first_at) },
     { label: 'Latest event', cell: (c) => when(c.last_at) },
   ];
@@ -465,6 +466,12 @@ export async function call(ctx) {
       ['Started', r.started_at], ['Connected', r.connected_at], ['Ended', r.ended_at],
       ['Duration', r.duration_ms === null || r.duration_ms === undefined ? null : ms(r.duration_ms)],
       ['First event', when(c.summary.first_at)], ['Latest event', when(c.summary.last_at)],
+      ['Completed', c.summary.completed_at
+        ? h('span', { 'data-testid': 'call-completed' }, when(c.summary.completed_at))
+        : h('span', { 'data-testid': 'call-completed', class: 'muted' }, c.summary.terminal_at ? 'settling' : 'not ended')],
+      (c.summary.late ?? []).length
+        ? ['Late pieces', h('span', { 'data-testid': 'call-late' }, c.summary.late.flatMap((k) => [badge(k, 'warn'), ' ']))]
+        : null,
       c.unreadable_events ? ['Unreadable events', String(c.unreadable_events)] : null,
     ])),
     card(h('h2', {}, 'Routes'), table([

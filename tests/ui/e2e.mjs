@@ -216,6 +216,9 @@ try {
   await shot('calls');
   await callRow.locator('a').first().click();
   await ready('call');
+  // Only started: not completed, and no late pieces.
+  await page.locator('[data-testid=call-completed]', { hasText: 'not ended' }).waitFor();
+  check(await page.locator('[data-testid=call-late]').count() === 0, 'late pieces shown for a call that did not end');
   await shot('call');
 
   // A token that stops working sends the operator back to the form; signing out forgets it.
