@@ -16,7 +16,7 @@
 //! completion reads the call again.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -32,7 +32,9 @@ use crate::{
 /// The sweeper looks for settled calls at least this often.
 pub const POLL: std::time::Duration = std::time::Duration::from_secs(15);
 /// Calls one sweep reads at a time.
-const BATCH: usize = 100;
+pub(crate) const BATCH: usize = 100;
+/// Most calls one sweep tries (what [`Store::settling`] answers at most).
+const SWEEP_MAX: usize = 10_000;
 /// Reads and writes one completion tries while the call keeps changing in between.
 const ATTEMPTS: usize = 5;
 /// Settle times the sweeper keeps an alarm for.
@@ -166,33 +168,46 @@ impl Completions {
     }
 
     /// Completes the calls that settled by now; how many it completed.
+    ///
+    /// A call it cannot complete (its events unreadable, or changing on every try) stays in
+    /// [`Store::settling`], oldest terminal event first, so each batch asks for those it kept
+    /// and [`BATCH`] more, and skips the ones it tried: calls it cannot complete never keep the
+    /// others from being completed (at most [`SWEEP_MAX`] kept per pass).
     pub async fn sweep(&self, config: &Config) -> Result<usize, CompletionError> {
         let settle = config.calls.settle.as_millis() as i64;
         // Settled: the terminal event was accepted `settle` ago or more.
         let before = now_ms().saturating_sub(settle).saturating_add(1);
-        let mut done = 0;
+        let (mut done, mut kept, mut stuck) = (0, 0, 0);
+        let mut tried: HashSet<String> = HashSet::new();
         loop {
-            let subjects = self.store.settling(before, BATCH).await?;
-            let mut stuck = 0;
+            let limit = (kept + BATCH).min(SWEEP_MAX);
+            let subjects = self.store.settling(before, limit).await?;
+            let mut fresh = 0;
             for subject in &subjects {
+                if !tried.insert(subject.clone()) {
+                    continue;
+                }
+                fresh += 1;
                 match self.complete(config, subject, true).await? {
                     Outcome::Completed => done += 1,
-                    // Another replica's (or an ingest check's) completion came first.
-                    Outcome::Not => {}
-                    Outcome::Unreadable => stuck += 1,
+                    // Another replica's (or an ingest check's) completion came first, or the
+                    // call kept changing: then it stays.
+                    Outcome::Not => kept += 1,
+                    Outcome::Unreadable => (kept, stuck) = (kept + 1, stuck + 1),
                 }
             }
-            if stuck > 0 {
-                tracing::warn!(
-                    calls = stuck,
-                    "Calls past their settle time could not be completed (their events cannot be read); trying again later."
-                );
-            }
-            // A full batch, none stuck: there may be more.
-            if subjects.len() < BATCH || stuck > 0 {
-                return Ok(done);
+            // Fewer than asked for: none left; nothing new: none this pass can reach.
+            if subjects.len() < limit || fresh == 0 {
+                break;
             }
         }
+        if stuck > 0 {
+            tracing::warn!(
+                calls = stuck,
+                "Calls past their settle time could not be completed (their events cannot be read); trying again later."
+            );
+        }
+        Ok(done)
     }
 
     /// The sweeper: runs until the task is aborted, reading `[calls] settle` from the

@@ -896,6 +896,48 @@ pub(crate) async fn a_call_is_completed_once_and_only_on_the_events_it_was_read_
     assert!(store.settling(i64::MAX, 10).await.unwrap().is_empty(), "a call without a terminal event never settles");
 }
 
+/// The sweeper completes a settled call however many settled calls before it cannot be
+/// completed (here: events that are no canonical event, the unreadable case), and leaves those.
+pub(crate) async fn the_sweeper_completes_settled_calls_behind_more_than_a_batch_it_cannot_read(h: &dyn Harness) {
+    use crate::canonical::{EventType, Vendor, sample::sample};
+    let store = h.open().await;
+    let stuck = crate::completion::BATCH + 5;
+    for i in 0..stuck {
+        let event = (format!("s{i}"), "call.ended", Some("completed"), &[][..]);
+        let subject = format!("vox:stuck-{i}");
+        store
+            .ingest(call_event(
+                &format!("stuck {i}"),
+                &subject,
+                1_000 + i as i64,
+                (&event.0, event.1, event.2, event.3),
+            ))
+            .await
+            .unwrap();
+    }
+    let ended = sample(EventType::CallEnded, "salpre", Vendor::Salpre, chrono::Utc::now());
+    let readable = Ingest {
+        received_at: 10_000,
+        events: vec![NewEvent {
+            id: ended.id.clone(),
+            kind: "call.ended".into(),
+            subject: ended.subject.clone(),
+            json: serde_json::to_string(&ended).unwrap(),
+            routes: Vec::new(),
+            status: Some("completed"),
+        }],
+        ..ingest("salpre", "readable", &[])
+    };
+    store.ingest(readable).await.unwrap();
+    let config = crate::config::Config::from_toml("", &crate::config::ProcessEnv).unwrap();
+    let completions = crate::completion::Completions::new(store.clone());
+    assert_eq!(completions.sweep(&config).await.unwrap(), 1, "the readable call, behind the others");
+    let call = store.call(&ended.subject, now_ms()).await.unwrap().unwrap();
+    assert!(call.summary.completed_at.is_some());
+    assert_eq!(store.settling(i64::MAX, 1_000).await.unwrap().len(), stuck, "the unreadable ones stay settling");
+    assert_eq!(completions.sweep(&config).await.unwrap(), 0, "and are tried again, completing nothing");
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -933,6 +975,7 @@ macro_rules! all_checks {
             a_large_call_is_returned_up_to_its_byte_bound,
             erasure_removes_a_call_or_a_numbers_calls_and_nothing_else,
             a_call_is_completed_once_and_only_on_the_events_it_was_read_with,
+            the_sweeper_completes_settled_calls_behind_more_than_a_batch_it_cannot_read,
         );
     };
 }
