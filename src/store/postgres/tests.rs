@@ -382,3 +382,72 @@ async fn migration_1_attempts_become_the_delivery_log_with_their_routes_events_a
     assert_eq!(store.dead_letter(11).await.unwrap().unwrap().attempts_log.len(), 2);
     assert_eq!(store.event("p", now_ms()).await.unwrap().unwrap().deliveries[0].attempts_log.len(), 1);
 }
+
+/// Waits until some session of this database waits for a lock (a signal polled, not a timing).
+async fn until_a_session_waits_for_a_lock(store: &PostgresStore) {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no session ever waited for a lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_meeting_a_completion_in_flight_erases_its_call_completed_too() {
+    let Some((_db, a, b)) = replicas().await else { return };
+    let subject = "vox:erased-while-completing";
+    a.ingest(ingest("vox", "ended", &[("e1", subject, &["r"])])).await.unwrap();
+    // Replica b is completing the call: the call's row marked and its `call.completed` (which
+    // holds the merged record: numbers, transcript) stored, not committed yet.
+    let completion = Ingest {
+        source: "vox".into(),
+        digest: crate::canonical::completed::digest(subject),
+        body: Vec::new(),
+        received_at: 2_000,
+        events: vec![crate::store::NewEvent {
+            id: crate::canonical::completed::id(subject),
+            kind: "call.completed".into(),
+            subject: subject.into(),
+            json: r#"{"data":{"from":"+12025550143"}}"#.into(),
+            routes: vec!["r".into()],
+            status: None,
+        }],
+    };
+    let mut held = b.pool().begin().await.unwrap();
+    sqlx::query("UPDATE calls SET completed_at = 2000 WHERE subject = $1")
+        .bind(subject)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    ingest_in(&mut held, &[&completion], &mut BTreeSet::new()).await.unwrap();
+    // Replica a erases the call meanwhile; the completion commits once the erasure waits.
+    let commit = async {
+        until_a_session_waits_for_a_lock(&b).await;
+        held.commit().await.unwrap();
+    };
+    let (erased, ()) = tokio::join!(a.erase(erase::Erasure::Call(subject.into()), now_ms()), commit);
+    let erased = erased.unwrap();
+    assert_eq!((erased.calls, erased.events, erased.outbox_cancelled), (1, 2, 2), "{erased:?}");
+    let queries = [
+        "SELECT count(*) FROM events WHERE subject = $1",
+        "SELECT count(*) FROM outbox WHERE subject = $1",
+        "SELECT count(*) FROM calls WHERE subject = $1",
+    ];
+    for query in queries {
+        let left: i64 = sqlx::query_scalar(query).bind(subject).fetch_one(a.pool()).await.unwrap();
+        assert_eq!(left, 0, "{query}: rows of the erased call are left");
+    }
+    let payloads: i64 = sqlx::query_scalar("SELECT count(*) FROM payloads").fetch_one(a.pool()).await.unwrap();
+    assert_eq!(payloads, 0, "the call.completed's payload key goes too");
+}
