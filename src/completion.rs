@@ -16,7 +16,7 @@
 //! completion reads the call again.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashSet, VecDeque},
     sync::{Arc, Mutex},
 };
 
@@ -39,6 +39,11 @@ const SWEEP_MAX: usize = 10_000;
 const ATTEMPTS: usize = 5;
 /// Settle times the sweeper keeps an alarm for.
 const ALARMS: usize = 10_000;
+/// At-ingest checks running at once: each holds a store connection for its read and write,
+/// which ingest needs too.
+const CHECKERS: usize = 4;
+/// Calls waiting for their at-ingest check; a call past this is left to the sweeper.
+const QUEUED_MAX: usize = 10_000;
 
 /// Types whose acceptance may complete a call: the terminal events and every piece some
 /// vendor sends after one (`completed::follows`).
@@ -85,17 +90,33 @@ pub struct Completions {
     /// [`ALARMS`]; the poll finds the others).
     next: Mutex<BTreeSet<Millis>>,
     wake: Notify,
+    /// The calls waiting for their at-ingest check, and the checkers running.
+    checks: Mutex<Checks>,
+}
+
+/// At most [`QUEUED_MAX`] calls (each once) wait for one of at most [`CHECKERS`] tasks.
+#[derive(Default)]
+struct Checks {
+    running: usize,
+    queue: VecDeque<(String, Arc<Config>)>,
+    queued: HashSet<String>,
 }
 
 impl Completions {
     pub fn new(store: Arc<dyn Store>) -> Arc<Completions> {
-        Arc::new(Completions { store, next: Mutex::new(BTreeSet::new()), wake: Notify::new() })
+        Arc::new(Completions {
+            store,
+            next: Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+            checks: Mutex::new(Checks::default()),
+        })
     }
 
     /// After a payload's commit (at `accepted_at`), given its events that [`triggers`] a
     /// completion: completes each of their calls that is complete now (in the background:
-    /// the vendor's answer does not wait), and sets the sweeper's alarm at a terminal event's
-    /// settle time.
+    /// the vendor's answer does not wait; queued for one of at most [`CHECKERS`] tasks, at
+    /// most [`QUEUED_MAX`] calls, the rest left to the sweeper), and sets the sweeper's alarm
+    /// at a terminal event's settle time.
     pub fn accepted(self: &Arc<Self>, config: &Arc<Config>, events: &[(String, EventType)], accepted_at: Millis) {
         if events.iter().any(|(_, kind)| matches!(kind, EventType::CallEnded | EventType::CallFailed)) {
             let due = accepted_at.saturating_add(config.calls.settle.as_millis() as i64);
@@ -107,16 +128,61 @@ impl Completions {
             }
             self.wake.notify_one();
         }
-        let mut subjects: Vec<&str> = events.iter().map(|(s, _)| s.as_str()).collect();
-        subjects.dedup();
-        for subject in subjects {
-            let (this, config, subject) = (self.clone(), config.clone(), subject.to_owned());
-            tokio::spawn(async move {
-                if let Err(e) = this.complete(&config, &subject, false).await {
-                    tracing::warn!(error = %e, "Could not complete a call at ingest; the sweeper will.");
+        let (mut spawn, mut dropped) = (0, 0);
+        if let Ok(mut checks) = self.checks.lock() {
+            for (subject, _) in events {
+                if checks.queued.contains(subject) {
+                    continue;
                 }
-            });
+                if checks.queued.len() >= QUEUED_MAX {
+                    dropped += 1;
+                    continue;
+                }
+                checks.queued.insert(subject.clone());
+                checks.queue.push_back((subject.clone(), config.clone()));
+            }
+            spawn = checks.queue.len().min(CHECKERS.saturating_sub(checks.running));
+            checks.running += spawn;
         }
+        if dropped > 0 {
+            tracing::warn!(
+                calls = dropped,
+                "Too many calls wait for their completion check; the sweeper completes these once settled."
+            );
+        }
+        for _ in 0..spawn {
+            let this = self.clone();
+            tokio::spawn(async move { this.check_queued().await });
+        }
+    }
+
+    /// A checker: completes the queued calls until none is left.
+    async fn check_queued(&self) {
+        loop {
+            let next = match self.checks.lock() {
+                Ok(mut checks) => match checks.queue.pop_front() {
+                    Some((subject, config)) => {
+                        checks.queued.remove(&subject);
+                        Some((subject, config))
+                    }
+                    None => {
+                        checks.running = checks.running.saturating_sub(1);
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
+            let Some((subject, config)) = next else { return };
+            if let Err(e) = self.complete(&config, &subject, false).await {
+                tracing::warn!(error = %e, "Could not complete a call at ingest; the sweeper will.");
+            }
+        }
+    }
+
+    /// Calls queued or being checked, and checkers running (tests).
+    #[cfg(test)]
+    fn checking(&self) -> (usize, usize) {
+        self.checks.lock().map(|c| (c.queue.len(), c.running)).unwrap_or_default()
     }
 
     /// Completes the call `subject` if it has a terminal event, is not completed, and
@@ -237,6 +303,68 @@ impl Completions {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(wait as u64)) => {}
                 _ = self.wake.notified() => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        canonical::{Vendor, sample::sample},
+        store::{NewEvent, sqlite::SqliteStore},
+    };
+
+    #[tokio::test]
+    async fn a_burst_of_accepted_calls_is_checked_by_a_few_tasks_and_each_call_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("db.sqlite"), std::time::Duration::from_secs(1)).unwrap());
+        let mut events = Vec::new();
+        for i in 0..40 {
+            let ended = sample(EventType::CallEnded, "salpre", Vendor::Salpre, chrono::Utc::now());
+            let ingest = Ingest {
+                source: "salpre".into(),
+                digest: crate::canonical::body_digest(format!("ended {i}").as_bytes()),
+                body: Vec::new(),
+                received_at: now_ms(),
+                events: vec![NewEvent {
+                    id: ended.id.clone(),
+                    kind: "call.ended".into(),
+                    subject: ended.subject.clone(),
+                    json: serde_json::to_string(&ended).unwrap(),
+                    routes: Vec::new(),
+                    status: Some("completed"),
+                }],
+            };
+            store.ingest(ingest).await.unwrap();
+            // Each call twice: a redelivered trigger waits once.
+            events.push((ended.subject.clone(), EventType::CallEnded));
+            events.push((ended.subject, EventType::CallEnded));
+        }
+        let config = Arc::new(Config::from_toml("", &crate::config::ProcessEnv).unwrap());
+        let completions = Completions::new(store.clone());
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        // One payload per call, accepted at once (nothing runs in between on this runtime).
+        for pair in events.chunks(2) {
+            completions.accepted(&config, pair, now_ms());
+        }
+        let spawned = metrics.num_alive_tasks() - before;
+        assert!(spawned <= CHECKERS, "{spawned} tasks for 40 calls");
+        assert_eq!(completions.checking(), (40, CHECKERS), "each call queued once");
+        // Until every check ran (a condition polled, under a deadline).
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while completions.checking() != (0, 0) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the checks finished");
+        for (subject, _) in events.iter().step_by(2) {
+            let call = store.call(subject, now_ms()).await.unwrap().unwrap();
+            assert!(call.summary.completed_at.is_some(), "{subject}");
+            assert_eq!(call.summary.events, 2, "{subject}: its call.completed, once");
         }
     }
 }
