@@ -830,6 +830,28 @@ pub(crate) async fn erasure_removes_a_call_or_a_numbers_calls_and_nothing_else(h
     assert_eq!(reopened.counts().await.unwrap(), crate::store::Counts::default(), "the tables agree");
 }
 
+/// A number erased in E.164 whose vendor wrote it otherwise (`from` beside the matching
+/// `from_e164`): a quarantined body holding the vendor's notation goes too.
+pub(crate) async fn erasing_a_number_also_finds_bodies_in_the_notation_its_vendor_used(h: &dyn Harness) {
+    use crate::store::erase::{Erasure, Number};
+    let store = h.open().await;
+    let mut event = numbered("n1", "vox:call-n", "(415) 555-0123");
+    event.json = serde_json::json!({
+        "id": "n1", "subject": "vox:call-n",
+        "data": { "from": "(415) 555-0123", "from_e164": "+14155550123", "to": "+15550001111" },
+    })
+    .to_string();
+    store.ingest(payload("vox", r#"{"call":"call-n","from":"(415) 555-0123"}"#, vec![event])).await.unwrap();
+    // Rejected payloads of no stored call: one from that caller, one from another.
+    store.quarantine(quarantined("salpre", r#"{"caller":"(415) 555-0123","#)).await.unwrap();
+    store.quarantine(quarantined("salpre", r#"{"caller":"(415) 555-0199","#)).await.unwrap();
+
+    let erased = store.erase(Erasure::Number(Number::parse("+14155550123", []).unwrap()), now_ms()).await.unwrap();
+    assert_eq!((erased.calls, erased.payloads, erased.quarantined), (1, 1, 1), "{erased:?}");
+    let left = store.quarantined(&Filter::default(), true).await.unwrap();
+    assert_eq!(left.len(), 1, "the other caller's stays");
+}
+
 /// The `call.completed` of call `subject` (with outbox rows for `routes`) at `at`.
 fn completion(subject: &str, at: i64, routes: &[&str]) -> Ingest {
     Ingest {
@@ -976,6 +998,7 @@ macro_rules! all_checks {
             erasure_removes_a_call_or_a_numbers_calls_and_nothing_else,
             a_call_is_completed_once_and_only_on_the_events_it_was_read_with,
             the_sweeper_completes_settled_calls_behind_more_than_a_batch_it_cannot_read,
+            erasing_a_number_also_finds_bodies_in_the_notation_its_vendor_used,
         );
     };
 }

@@ -11,7 +11,8 @@
 //! call summaries, the payloads those events came from (a payload that also produced events
 //! of another call keeps its row, so the other call's events and the redelivery key stay, but
 //! its body is emptied), payloads and quarantined bodies that contain one of the [`needles`]
-//! (a form of the number, or a call id in the bodies of the call's source).
+//! (a form of the number — also the other notation its events hold beside a form, [`notations`]
+//! — or a call id in the bodies of the call's source).
 //! The drift report holds no number in its paths (digits folded into `#`) nor in the examples
 //! of new fields (shapes only); only the raw word of an unknown value (an enumerated field a
 //! vendor filled with something else) could, so a number erasure deletes the drift rows whose
@@ -106,6 +107,17 @@ impl Number {
     pub fn forms(&self) -> &[String] {
         &self.forms
     }
+
+    /// This number with more forms (the [`notations`] its events hold), each once.
+    pub fn with_forms(&self, more: impl IntoIterator<Item = String>) -> Number {
+        let mut forms = self.forms.clone();
+        for form in more {
+            if !forms.contains(&form) {
+                forms.push(form);
+            }
+        }
+        Number { forms }
+    }
 }
 
 /// Whether a stored event's JSON holds one of `forms` in a number field.
@@ -115,6 +127,36 @@ pub fn carries(json: &str, forms: &[String]) -> bool {
         let found = path.split('.').try_fold(&event, |at, key| at.get(key));
         matches!(found, Some(Value::String(s)) if forms.iter().any(|f| f == s))
     })
+}
+
+/// The number fields that hold one number in two notations: as the vendor sent it, and in
+/// E.164.
+const NOTATIONS: [(&str, &str); 2] = [("data.from", "data.from_e164"), ("data.to", "data.to_e164")];
+
+/// The other notation of each of `forms` that a stored event's JSON holds beside it (its
+/// `from` as the vendor wrote it for a matching `from_e164`, and the reverse): the payloads and
+/// quarantined bodies a vendor sent hold that one.
+pub fn notations(json: &str, forms: &[String]) -> Vec<String> {
+    let Ok(event) = serde_json::from_str::<Value>(json) else { return Vec::new() };
+    let at = |path: &str| match path.split('.').try_fold(&event, |at, key| at.get(key)) {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (sent, e164) in NOTATIONS {
+        let (a, b) = (at(sent), at(e164));
+        for (this, other) in [(&a, &b), (&b, &a)] {
+            if let (Some(this), Some(other)) = (this, other)
+                && forms.contains(this)
+                && !forms.contains(other)
+                && !out.contains(other)
+                && other.chars().filter(char::is_ascii_digit).count() >= MIN_DIGITS
+            {
+                out.push(other.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The call id of a subject (`{source}:{call_id}`) with its source.
@@ -213,6 +255,24 @@ mod tests {
         assert!(!carries(&event(serde_json::json!({ "summary": "call +14155550123" })), &forms), "not a number field");
         assert!(!carries(&event(serde_json::json!({ "from": 14155550123u64 })), &forms));
         assert!(!carries("not json", &forms));
+    }
+
+    #[test]
+    fn an_event_gives_the_other_notation_of_a_number_it_carries() {
+        let forms = vec!["+14155550123".to_owned()];
+        let event = |data: Value| serde_json::json!({ "id": "e", "data": data }).to_string();
+        let both = event(serde_json::json!({
+            "from": "(415) 555-0123", "from_e164": "+14155550123", "to": "1001", "to_e164": null,
+        }));
+        assert_eq!(notations(&both, &forms), ["(415) 555-0123"]);
+        let reverse = event(serde_json::json!({ "to": "+14155550123", "to_e164": "14155550123" }));
+        assert_eq!(notations(&reverse, &forms), ["14155550123"]);
+        let other = event(serde_json::json!({ "from": "(415) 555-0199", "from_e164": "+14155550199" }));
+        assert!(notations(&other, &forms).is_empty(), "another number's notations are not taken");
+        let short = event(serde_json::json!({ "from": "555-01", "from_e164": "+14155550123" }));
+        assert!(notations(&short, &forms).is_empty(), "too few digits to search bodies for");
+        let number = Number::parse("+14155550123", []).unwrap().with_forms(notations(&both, &forms));
+        assert_eq!(number.forms(), ["+14155550123", "(415) 555-0123"]);
     }
 
     #[test]

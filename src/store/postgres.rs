@@ -1008,6 +1008,8 @@ const ERASE_VACUUM: &str = "VACUUM payloads, events, outbox, dead_letters, attem
 
 /// One erasure in `tx` (see `erase.rs` for what goes).
 async fn erase_in(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<Erased, StoreError> {
+    // The number's other notations its events hold, searched for in bodies too.
+    let mut notations: Vec<String> = Vec::new();
     let subjects: BTreeSet<String> = match erasure {
         Erasure::Call(subject) => BTreeSet::from([subject.clone()]),
         Erasure::Number(number) => {
@@ -1022,11 +1024,20 @@ async fn erase_in(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<Eras
             for row in rows {
                 let body: String = row.try_get(1)?;
                 if erase::carries(&body, number.forms()) {
+                    notations.extend(erase::notations(&body, number.forms()));
                     subjects.insert(row.try_get(0)?);
                 }
             }
             subjects
         }
+    };
+    let widened;
+    let erasure = match erasure {
+        Erasure::Number(number) if !notations.is_empty() => {
+            widened = Erasure::Number(number.with_forms(notations));
+            &widened
+        }
+        _ => erasure,
     };
     let names: Vec<String> = subjects.iter().cloned().collect();
     // The calls' rows first (in subject order, as an ingest takes them): a completion in flight

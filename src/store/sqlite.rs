@@ -1601,6 +1601,8 @@ fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
 
 /// One erasure in the writer's transaction (see `erase.rs` for what goes).
 fn erase_in(tx: &Savepoint<'_>, erasure: &Erasure, delta: &mut Delta) -> Result<Erased, StoreError> {
+    // The number's other notations its events hold, searched for in bodies too.
+    let mut notations: Vec<String> = Vec::new();
     let subjects: BTreeSet<String> = match erasure {
         Erasure::Call(subject) => BTreeSet::from([subject.clone()]),
         Erasure::Number(number) => {
@@ -1615,11 +1617,20 @@ fn erase_in(tx: &Savepoint<'_>, erasure: &Erasure, delta: &mut Delta) -> Result<
             for row in rows {
                 let (subject, body) = row?;
                 if erase::carries(&body, forms) {
+                    notations.extend(erase::notations(&body, forms));
                     subjects.insert(subject);
                 }
             }
             subjects
         }
+    };
+    let widened;
+    let erasure = match erasure {
+        Erasure::Number(number) if !notations.is_empty() => {
+            widened = Erasure::Number(number.with_forms(notations));
+            &widened
+        }
+        _ => erasure,
     };
     let names: Vec<&String> = subjects.iter().collect();
     let names_json = json(&names)?;
