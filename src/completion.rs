@@ -235,7 +235,8 @@ impl Completions {
 
     /// Completes the calls that settled by now; how many it completed.
     ///
-    /// A call it cannot complete (its events unreadable, or changing on every try) stays in
+    /// A call it cannot complete (its events unreadable, changing on every try, or its write
+    /// failing; only an unavailable store ends the pass) stays in
     /// [`Store::settling`], oldest terminal event first, so each batch asks for those it kept
     /// and [`BATCH`] more, and skips the ones it tried: calls it cannot complete never keep the
     /// others from being completed (at most [`SWEEP_MAX`] kept per pass).
@@ -243,7 +244,7 @@ impl Completions {
         let settle = config.calls.settle.as_millis() as i64;
         // Settled: the terminal event was accepted `settle` ago or more.
         let before = now_ms().saturating_sub(settle).saturating_add(1);
-        let (mut done, mut kept, mut stuck) = (0, 0, 0);
+        let (mut done, mut kept, mut stuck, mut failed) = (0, 0, 0, 0);
         let mut tried: HashSet<String> = HashSet::new();
         loop {
             let limit = (kept + BATCH).min(SWEEP_MAX);
@@ -254,12 +255,21 @@ impl Completions {
                     continue;
                 }
                 fresh += 1;
-                match self.complete(config, subject, true).await? {
-                    Outcome::Completed => done += 1,
+                match self.complete(config, subject, true).await {
+                    Ok(Outcome::Completed) => done += 1,
                     // Another replica's (or an ingest check's) completion came first, or the
                     // call kept changing: then it stays.
-                    Outcome::Not => kept += 1,
-                    Outcome::Unreadable => (kept, stuck) = (kept + 1, stuck + 1),
+                    Ok(Outcome::Not) => kept += 1,
+                    Ok(Outcome::Unreadable) => (kept, stuck) = (kept + 1, stuck + 1),
+                    // The store is away: this pass ends, the next one tries again.
+                    Err(CompletionError::Store(e @ (StoreError::Unavailable(_) | StoreError::Closed))) => {
+                        return Err(e.into());
+                    }
+                    // This call's completion failed (it stays): the others go on.
+                    Err(e) => {
+                        (kept, failed) = (kept + 1, failed + 1);
+                        tracing::warn!(error = %e, "Could not complete a settled call; trying again later.");
+                    }
                 }
             }
             // Fewer than asked for: none left; nothing new: none this pass can reach.
@@ -272,6 +282,9 @@ impl Completions {
                 calls = stuck,
                 "Calls past their settle time could not be completed (their events cannot be read); trying again later."
             );
+        }
+        if failed > 0 {
+            tracing::warn!(calls = failed, "Calls past their settle time failed to complete; trying again later.");
         }
         Ok(done)
     }

@@ -960,6 +960,44 @@ pub(crate) async fn the_sweeper_completes_settled_calls_behind_more_than_a_batch
     assert_eq!(completions.sweep(&config).await.unwrap(), 0, "and are tried again, completing nothing");
 }
 
+/// A settled call whose completion fails every time (here its `call.completed`'s payload key is
+/// taken: a call pruned while that key was kept, which a late redelivery brought back) does not
+/// keep the sweeper from completing the calls after it.
+pub(crate) async fn the_sweeper_completes_settled_calls_behind_one_whose_completion_fails(h: &dyn Harness) {
+    use crate::canonical::{EventType, Vendor, sample::sample};
+    let store = h.open().await;
+    let mut subjects = Vec::new();
+    for (i, at) in [1_000, 2_000].into_iter().enumerate() {
+        let ended = sample(EventType::CallEnded, "salpre", Vendor::Salpre, chrono::Utc::now());
+        let ingest = Ingest {
+            received_at: at,
+            events: vec![NewEvent {
+                id: ended.id.clone(),
+                kind: "call.ended".into(),
+                subject: ended.subject.clone(),
+                json: serde_json::to_string(&ended).unwrap(),
+                routes: Vec::new(),
+                status: Some("completed"),
+            }],
+            ..ingest("salpre", &format!("ended {i}"), &[])
+        };
+        store.ingest(ingest).await.unwrap();
+        subjects.push(ended.subject);
+    }
+    let taken = Ingest {
+        digest: crate::canonical::completed::digest(&subjects[0]),
+        ..ingest("salpre", "", &[("kept-key", "salpre:another-call", &[])])
+    };
+    store.ingest(taken).await.unwrap();
+    let config = crate::config::Config::from_toml("", &crate::config::ProcessEnv).unwrap();
+    let completions = crate::completion::Completions::new(store.clone());
+    assert_eq!(completions.sweep(&config).await.unwrap(), 1, "the call behind the failing one");
+    let second = store.call(&subjects[1], now_ms()).await.unwrap().unwrap();
+    assert!(second.summary.completed_at.is_some());
+    let settling = store.settling(i64::MAX, 10).await.unwrap();
+    assert!(settling.contains(&subjects[0]) && !settling.contains(&subjects[1]), "the failing one stays: {settling:?}");
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -999,6 +1037,7 @@ macro_rules! all_checks {
             a_call_is_completed_once_and_only_on_the_events_it_was_read_with,
             the_sweeper_completes_settled_calls_behind_more_than_a_batch_it_cannot_read,
             erasing_a_number_also_finds_bodies_in_the_notation_its_vendor_used,
+            the_sweeper_completes_settled_calls_behind_one_whose_completion_fails,
         );
     };
 }
