@@ -2,7 +2,8 @@
 //! nothing, through the CLI) and another by its number through the CLI (as sent, with punctuation: matched in E.164), each with dead letters,
 //! queued retries, a delivery log and a quarantined body; afterwards nothing of either is in
 //! the store's files (SQLite: the database, its WAL and shared memory; PostgreSQL: a dump),
-//! while another call stays whole, the gauges agree, and the log holds no number.
+//! while another call stays whole, the gauges agree, and the log holds no number. A completed
+//! call erased by its number takes its `call.completed` along, and a later piece starts afresh.
 
 use std::process::Command;
 
@@ -174,4 +175,63 @@ async fn erasure_by_subject_and_by_number_leaves_nothing_behind() {
     for needle in [NUMBER_A, MARKER_A, NUMBER_B, MARKER_B] {
         assert!(!closed.contains(needle), "{needle} is back in the store after shutdown");
     }
+}
+
+/// A completed call erased by its number: its `call.completed` (whose data holds the merged
+/// record: numbers, transcript, recording) goes with its other events, nothing of it stays in
+/// the files, and a piece the vendor sends afterwards starts a new call that no sweep completes
+/// (it has no terminal event) instead of reviving the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_call_erased_takes_its_call_completed_and_a_later_piece_starts_afresh() {
+    crate::require_backend!();
+    let receiver = Receiver::start().await;
+    let dir = temp_dir();
+    let config = base_config(dir.path())
+        + &format!(
+            "\n[admin]\ntoken = \"{TOKEN}\"\n[calls]\nsettle = \"1h\"\n\
+             [routes.done]\nurl = \"{}\"\nevents = [\"call.completed\"]\n",
+            receiver.url("/done")
+        );
+    let gateway = Gateway::start(dir.path(), &config).await;
+    const NUMBER: &str = "+12025550166";
+    let piece = |name: &str| {
+        String::from_utf8(fixture(&format!("oneinbox/{name}.json")))
+            .unwrap()
+            .replace("call_abc123", "erase_done")
+            .replace("+15739693824", NUMBER)
+            .replace("book a demo", MARKER_A)
+    };
+    for name in ["doc-call.started", "doc-call.ended", "doc-transcript.final", "doc-call.recording.available"] {
+        assert_eq!(gateway.post("oneinbox", piece(name)).await.0, 200, "{name}");
+    }
+    let done = receiver.wait_for("/done", 1).await;
+    let completed = done[0].json();
+    assert_eq!(completed["type"], "call.completed");
+    assert_eq!(completed["data"]["from"], NUMBER, "the merged record holds the number");
+    let before = store_dump(dir.path());
+    assert!(before.contains(NUMBER) && before.contains(MARKER_A), "stored before the erasure");
+
+    let (status, erased) =
+        admin(&gateway, reqwest::Method::POST, "/v1/admin/erase", Some(serde_json::json!({ "number": NUMBER }))).await;
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(
+        (&erased["calls"], &erased["events"]),
+        (&1.into(), &5.into()),
+        "four pieces and call.completed: {erased}"
+    );
+    let after = store_dump(dir.path());
+    for needle in [NUMBER, MARKER_A, "erase_done", "2025550166"] {
+        assert!(!after.contains(needle), "{needle} is still in the store after the erasure");
+    }
+
+    // The vendor sends the recording again: a new call of one event, not completed.
+    assert_eq!(gateway.post("oneinbox", piece("doc-call.recording.available")).await.0, 200);
+    let (status, record) = admin(&gateway, reqwest::Method::GET, "/v1/calls/oneinbox:erase_done", None).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["summary"]["events"], 1, "{record}");
+    assert_eq!(
+        (&record["summary"]["completed_at"], &record["summary"]["late"]),
+        (&Value::Null, &serde_json::json!([]))
+    );
+    assert_eq!(receiver.at("/done").len(), 1);
 }
