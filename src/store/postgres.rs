@@ -1040,10 +1040,10 @@ async fn erase_in(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<Eras
         _ => erasure,
     };
     let names: Vec<String> = subjects.iter().cloned().collect();
-    // The calls' rows first (in subject order, as an ingest takes them): a completion in flight
+    // The calls' rows first (in byte order of subject, as an ingest takes them): a completion in flight
     // holds its call's row until its `call.completed` is committed, and is waited for, so the
     // events read next include it; one that starts later finds no row and stores nothing.
-    sqlx::query("SELECT 1 FROM calls WHERE subject = ANY($1) ORDER BY subject FOR UPDATE")
+    sqlx::query("SELECT 1 FROM calls WHERE subject = ANY($1) ORDER BY subject COLLATE \"C\" FOR UPDATE")
         .bind(&names)
         .execute(&mut *tx)
         .await?;
