@@ -998,6 +998,24 @@ pub(crate) async fn the_sweeper_completes_settled_calls_behind_one_whose_complet
     assert!(settling.contains(&subjects[0]) && !settling.contains(&subjects[1]), "the failing one stays: {settling:?}");
 }
 
+/// A completed call that keeps getting events (a call id a vendor or an integrator reuses)
+/// notes the first late ones and then stops: its summary row does not grow with every event.
+pub(crate) async fn a_completed_calls_late_list_stops_growing(h: &dyn Harness) {
+    let store = h.open().await;
+    store.ingest(call_event("end", "vox:reused", 1_000, ("r0", "call.ended", Some("completed"), &[]))).await.unwrap();
+    assert!(store.complete_call("vox:reused", 1, completion("vox:reused", 2_000, &[])).await.unwrap());
+    for i in 0..600 {
+        let id = format!("late{i}");
+        store.ingest(call_event(&id, "vox:reused", 3_000 + i, (&id, "transcript.segment", None, &[]))).await.unwrap();
+    }
+    let call = store.call("vox:reused", now_ms()).await.unwrap().unwrap();
+    assert_eq!(call.summary.events, 602);
+    let late = call.summary.late;
+    assert!(!late.is_empty() && late.len() < 600, "{} late types kept", late.len());
+    assert!(late.join(",").len() <= crate::store::LATE_MAX_BYTES + "transcript.segment".len() + 1);
+    assert!(late.iter().all(|k| k == "transcript.segment"));
+}
+
 /// One `#[tokio::test]` per check, for a backend whose harness `$harness` makes (`None`: the
 /// backend is unavailable here and the check is skipped).
 macro_rules! conformance {
@@ -1038,6 +1056,7 @@ macro_rules! all_checks {
             the_sweeper_completes_settled_calls_behind_more_than_a_batch_it_cannot_read,
             erasing_a_number_also_finds_bodies_in_the_notation_its_vendor_used,
             the_sweeper_completes_settled_calls_behind_one_whose_completion_fails,
+            a_completed_calls_late_list_stops_growing,
         );
     };
 }

@@ -477,6 +477,11 @@ pub(crate) fn late_text<'a>(kinds: impl IntoIterator<Item = &'a str>) -> Option<
     (!kinds.is_empty()).then(|| kinds.join(","))
 }
 
+/// Most bytes of `calls.late` that more late types are appended to: a call id that keeps
+/// getting events after its call was completed (reused by a vendor or in tests) stops growing
+/// its summary row there (the first ~200 late types are kept).
+pub const LATE_MAX_BYTES: usize = 4096;
+
 /// The canonical type of a call's completion record.
 pub const COMPLETED_TYPE: &str = "call.completed";
 

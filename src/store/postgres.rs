@@ -865,10 +865,11 @@ async fn upsert_calls(
         sqlx::query(
             "UPDATE calls SET late = COALESCE(calls.late || ',', '') || u.late
                FROM unnest($1::text[], $2::text[]) AS u (subject, late)
-              WHERE calls.subject = u.subject",
+              WHERE calls.subject = u.subject AND length(COALESCE(calls.late, '')) < $3",
         )
         .bind(&late_subjects)
         .bind(&late_kinds)
+        .bind(super::LATE_MAX_BYTES as i64)
         .execute(&mut *tx)
         .await?;
     }

@@ -643,7 +643,7 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
                  status_seq = CASE WHEN excluded.status_seq > COALESCE(status_seq, -1) THEN excluded.status_seq ELSE status_seq END,
                  terminal_at = COALESCE(MIN(terminal_at, excluded.terminal_at), terminal_at, excluded.terminal_at),
                  events = events + excluded.events,
-                 late = CASE WHEN completed_at IS NOT NULL AND ?8 IS NOT NULL
+                 late = CASE WHEN completed_at IS NOT NULL AND ?8 IS NOT NULL AND length(COALESCE(late, '')) < ?9
                              THEN COALESCE(late || ',', '') || ?8 ELSE late END",
         )?
         .execute(params![
@@ -655,6 +655,7 @@ fn ingest_one(tx: &Savepoint<'_>, ingest: &Ingest, delta: &mut Delta) -> Result<
             call.terminal.then_some(ingest.received_at),
             call.events,
             super::late_text(call.kinds.iter().copied()),
+            super::LATE_MAX_BYTES as i64,
         ])?;
     }
     Ok(IngestOutcome::Accepted(ids))
