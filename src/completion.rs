@@ -27,6 +27,7 @@ use crate::{
     canonical::{CloudEvent, EventType, completed},
     config::Config,
     store::{Ingest, Millis, Store, StoreError, now_ms},
+    tail::Tail,
 };
 
 /// The sweeper looks for settled calls at least this often.
@@ -86,6 +87,9 @@ pub enum Outcome {
 /// The completion side of a gateway: the at-ingest check and the sweeper's wake-ups.
 pub struct Completions {
     store: Arc<dyn Store>,
+    /// The live tail, told of each `call.completed` this replica stores, as ingress tells it
+    /// of the events it accepts (`None` in tests without one).
+    tail: Option<Arc<Tail>>,
     /// The settle times of the terminal events this replica accepted, not swept yet (at most
     /// [`ALARMS`]; the poll finds the others).
     next: Mutex<BTreeSet<Millis>>,
@@ -103,9 +107,10 @@ struct Checks {
 }
 
 impl Completions {
-    pub fn new(store: Arc<dyn Store>) -> Arc<Completions> {
+    pub fn new(store: Arc<dyn Store>, tail: Option<Arc<Tail>>) -> Arc<Completions> {
         Arc::new(Completions {
             store,
+            tail,
             next: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
             checks: Mutex::new(Checks::default()),
@@ -231,9 +236,16 @@ impl Completions {
             received_at: now.timestamp_millis(),
             events: vec![new_event],
         };
+        let source = &event.data.common.source;
+        // Kept for the live tail only while someone reads it.
+        let tailed =
+            self.tail.as_ref().filter(|t| t.active()).map(|t| (t, crate::tail::summaries(source, &ingest.events)));
         let done = self.store.complete_call(subject, stored.summary.events, ingest).await?;
         if done {
-            crate::telemetry::event(&event.data.common.source, EventType::CallCompleted.as_str());
+            if let Some((tail, accepted)) = tailed {
+                tail.accepted(accepted);
+            }
+            crate::telemetry::event(source, EventType::CallCompleted.as_str());
         }
         Ok(done.then_some(Outcome::Completed))
     }
@@ -361,7 +373,7 @@ mod tests {
             events.push((ended.subject, EventType::CallEnded));
         }
         let config = Arc::new(Config::from_toml("", &crate::config::ProcessEnv).unwrap());
-        let completions = Completions::new(store.clone());
+        let completions = Completions::new(store.clone(), None);
         let metrics = tokio::runtime::Handle::current().metrics();
         let before = metrics.num_alive_tasks();
         // Whether a wake-up is stored for the sweeper (taking it).

@@ -132,7 +132,7 @@ pub async fn run(
         lookups: ingress::inbound::Lookups::new(&config)?,
         drift,
         tail: tail.clone(),
-        completions: Completions::new(store.clone()),
+        completions: Completions::new(store.clone(), Some(tail.clone())),
     });
 
     let upkeep = tokio::spawn(async move {

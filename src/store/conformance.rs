@@ -952,7 +952,7 @@ pub(crate) async fn the_sweeper_completes_settled_calls_behind_more_than_a_batch
     };
     store.ingest(readable).await.unwrap();
     let config = crate::config::Config::from_toml("", &crate::config::ProcessEnv).unwrap();
-    let completions = crate::completion::Completions::new(store.clone());
+    let completions = crate::completion::Completions::new(store.clone(), None);
     assert_eq!(completions.sweep(&config).await.unwrap(), 1, "the readable call, behind the others");
     let call = store.call(&ended.subject, now_ms()).await.unwrap().unwrap();
     assert!(call.summary.completed_at.is_some());
@@ -990,7 +990,7 @@ pub(crate) async fn the_sweeper_completes_settled_calls_behind_one_whose_complet
     };
     store.ingest(taken).await.unwrap();
     let config = crate::config::Config::from_toml("", &crate::config::ProcessEnv).unwrap();
-    let completions = crate::completion::Completions::new(store.clone());
+    let completions = crate::completion::Completions::new(store.clone(), None);
     assert_eq!(completions.sweep(&config).await.unwrap(), 1, "the call behind the failing one");
     let second = store.call(&subjects[1], now_ms()).await.unwrap().unwrap();
     assert!(second.summary.completed_at.is_some());

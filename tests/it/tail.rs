@@ -210,6 +210,29 @@ async fn the_tail_streams_accepted_events_and_their_outcomes_filtered_without_th
     }
 }
 
+/// A `call.completed` is an accepted event like any other: the tail shows it when the
+/// gateway stores it (a Salpre call is complete on its `call_ended`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_shows_a_call_completed_when_it_is_stored() {
+    crate::require_backend!();
+    let dir = temp_dir();
+    let receiver = Receiver::start().await;
+    let gateway = Gateway::start(dir.path(), &config(dir.path(), &receiver, 100)).await;
+    let mut completed = Stream::open(&gateway, "type=call.completed").await;
+    gateway.wait_metric("callgate_tail_readers", 1.0).await;
+
+    post_id(&gateway, "salpre", fixture("salpre/doc-call_ended.json")).await;
+    let (event, message) = completed.next().await.unwrap();
+    assert_eq!(
+        (event.as_str(), &message["type"], &message["subject"]),
+        ("accepted", &"call.completed".into(), &"salpre:1".into()),
+        "{message}"
+    );
+    assert!(message["id"].as_str().is_some_and(|id| id.starts_with("ce_")), "{message}");
+    // No route names call.completed: `*` and `call.*` do not take it.
+    assert_eq!(message["routes"], serde_json::json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_takes_the_bearer_token_or_a_single_use_ticket_and_checks_its_filters() {
     crate::require_backend!();
