@@ -2245,16 +2245,19 @@ impl Store for PostgresStore {
 
     async fn call_for_completion(&self, subject: &str) -> Result<Option<(CallSummary, Vec<CallEvent>)>, StoreError> {
         // One statement (one snapshot, one round trip) where `call` takes eight: the summary
-        // on every row, and the events `events_that_fit` keeps (running count and size).
+        // on every row, and the events `events_that_fit` keeps (running count and size). The
+        // payload's time is a subquery so that a fresh table's statistics never plan a scan
+        // of every payload for it.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH c AS (SELECT {CALL_COLUMNS} FROM calls WHERE subject = $1),
-                  e AS (SELECT e.seq, e.id, e.type, p.received_at, e.body, e.routes,
+                  e AS (SELECT e.seq, e.id, e.type, e.body, e.routes,
+                               (SELECT p.received_at FROM payloads p WHERE p.id = e.payload_id) AS received_at,
                                row_number() OVER w AS n, sum(octet_length(e.body)) OVER w AS total
-                          FROM events e JOIN payloads p ON p.id = e.payload_id
+                          FROM events e
                          WHERE e.subject = $1
                         WINDOW w AS (ORDER BY e.seq))
              SELECT c.*, e.seq, e.id, e.type, e.received_at, e.body, e.routes
-               FROM c LEFT JOIN e ON e.n <= $2 AND (e.n = 1 OR e.total <= $3)
+               FROM c LEFT JOIN e ON e.n <= $2 AND (e.n = 1 OR e.total <= $3) AND e.received_at IS NOT NULL
               ORDER BY e.seq"
         )))
         .bind(subject)
