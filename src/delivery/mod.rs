@@ -42,6 +42,9 @@ const SNIPPET_BYTES: usize = 1024;
 /// Longest idle sleep of a worker: it is woken earlier by the store's notices and by its own
 /// finished attempts; this is the fallback for a notice that never arrived (another replica's).
 const MAX_IDLE: Duration = Duration::from_secs(2);
+/// Batches of outcomes one worker has at the store at once: one committing while the next
+/// waits for the writer's next transaction (with one, outcomes answered meanwhile missed it).
+const RECORDING: usize = 2;
 /// How long a worker may take, after the grace period, to give its unfinished leases back.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Bounds applied to a `Retry-After` answer.
@@ -498,8 +501,8 @@ impl Worker {
         // its slot then: the delivery stays leased (so its call's next event waits) until the
         // store holds the outcome, but the next request need not wait for that commit.
         let mut attempts: JoinSet<Sent> = JoinSet::new();
-        // Outcomes are recorded in batches, one store call at a time: the answered outcomes
-        // wait in `answered` while the previous batch commits, then all go in the next one.
+        // Outcomes are recorded in batches, at most `RECORDING` store calls at a time: the
+        // answered outcomes wait in `answered` meanwhile, then all go in the next one.
         let mut answered: Vec<(Sent, Option<(i64, Lease)>)> = Vec::new();
         let mut recording: JoinSet<()> = JoinSet::new();
         // The lease of each attempt in flight, and those of each batch being recorded, to give
@@ -509,7 +512,7 @@ impl Worker {
         let mut backoff = Duration::from_millis(100);
         let mut cut_off_at: Option<tokio::time::Instant> = None;
         loop {
-            if recording.is_empty() && !answered.is_empty() {
+            if recording.len() < RECORDING && !answered.is_empty() {
                 let (batch, held): (Vec<Sent>, Vec<Option<(i64, Lease)>>) = answered.drain(..).unzip();
                 let handle = recording.spawn(record(
                     self.name.clone(),
