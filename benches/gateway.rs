@@ -81,6 +81,20 @@ impl Server {
         Server { child, addr }
     }
 
+    /// CPU time (user + sys, all threads) the process has used so far, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                // Fields after the command name (which may hold spaces) start at its `)`.
+                let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+                let utime: f64 = rest.get(11)?.parse().ok()?;
+                let stime: f64 = rest.get(12)?.parse().ok()?;
+                Some((utime + stime) / 100.0)
+            })
+            .unwrap_or(f64::NAN)
+    }
+
     fn peak_rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
@@ -114,7 +128,9 @@ fn gateway(store: &BenchStore, routes: usize, receiver: Option<SocketAddr>) -> S
     }
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_callgate"));
+    // `CALLGATE_BENCH_BIN`: another build's binary, for A/B runs under one load generator.
+    let binary = std::env::var_os("CALLGATE_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_callgate").into());
+    let mut command = Command::new(binary);
     command.args(["serve", "--config"]).arg(&path);
     Server::spawn(command)
 }
@@ -198,6 +214,29 @@ impl BenchStore {
                 n as u64
             }
         }
+    }
+
+    /// CPU seconds (user + sys) of the PostgreSQL backends serving this phase's database now
+    /// (diagnostics only; 0 for SQLite): read from `/proc`, by their process titles.
+    fn pg_backend_cpu(&self) -> f64 {
+        let Some((_, name)) = &self.pg else { return 0.0 };
+        let Ok(procs) = std::fs::read_dir("/proc") else { return f64::NAN };
+        let mut ticks = 0.0;
+        for entry in procs.flatten() {
+            let dir = entry.path();
+            let title = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+            if !String::from_utf8_lossy(&title).contains(&format!(" {name} ")) {
+                continue;
+            }
+            if let Ok(stat) = std::fs::read_to_string(dir.join("stat"))
+                && let Some((_, rest)) = stat.rsplit_once(')')
+            {
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+                ticks += field(11) + field(12);
+            }
+        }
+        ticks / 100.0
     }
 
     /// Size of the SQLite WAL (diagnostics only; 0 for PostgreSQL).
@@ -976,6 +1015,7 @@ async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
         _ => 10,
     };
     let gw = gateway(&store, routes, Some(sink.addr()));
+    let pg_cpu_before = store.pg_backend_cpu();
     let load = if saturated {
         closed_loop(gw.addr, mixed.clone(), phase, seq.clone()).await
     } else if mode == "paced" {
@@ -990,6 +1030,14 @@ async fn e2e_only(phase: Duration, mixed: Arc<Corpus>, seq: Arc<AtomicU64>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (drained, delays) = sink.stats().await;
+    let cpu = gw.cpu_seconds();
+    let pg_cpu = store.pg_backend_cpu() - pg_cpu_before;
+    println!(
+        "gateway CPU {cpu:.2} s: {:.1} us per payload, {:.1} us per delivery; PostgreSQL backends {pg_cpu:.2} s: {:.1} us per payload",
+        cpu * 1e6 / load.ok.max(1) as f64,
+        cpu * 1e6 / drained.max(1) as f64,
+        pg_cpu * 1e6 / load.ok.max(1) as f64
+    );
     println!(
         "accepted {} payloads in {:.1}s ({:.0}/s), p50 {:.1} ms p99 {:.1} ms, delivered {delivered} in the window, \
          {drained}/{expected} after {:.1} s, delivery p99 {:.1} ms, WAL {:.1} MB, peak RSS {:.1} MB",

@@ -42,6 +42,9 @@ const SNIPPET_BYTES: usize = 1024;
 /// Longest idle sleep of a worker: it is woken earlier by the store's notices and by its own
 /// finished attempts; this is the fallback for a notice that never arrived (another replica's).
 const MAX_IDLE: Duration = Duration::from_secs(2);
+/// Batches of outcomes one worker has at the store at once: one committing while the next
+/// waits for the writer's next transaction (with one, outcomes answered meanwhile missed it).
+const RECORDING: usize = 2;
 /// How long a worker may take, after the grace period, to give its unfinished leases back.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Bounds applied to a `Retry-After` answer.
@@ -494,22 +497,37 @@ struct Worker {
 
 impl Worker {
     async fn run(self) {
-        // Requests in flight; each becomes an outcome being recorded once it is answered, and
-        // frees its slot then: the delivery stays leased (so its call's next event waits) until
-        // the store holds the outcome, but the next request need not wait for that commit.
+        // Requests in flight; each becomes an outcome to record once it is answered, and frees
+        // its slot then: the delivery stays leased (so its call's next event waits) until the
+        // store holds the outcome, but the next request need not wait for that commit.
         let mut attempts: JoinSet<Sent> = JoinSet::new();
+        // Outcomes are recorded in batches, at most `RECORDING` store calls at a time: the
+        // answered outcomes wait in `answered` meanwhile, then all go in the next one.
+        let mut answered: Vec<(Sent, Option<(i64, Lease)>)> = Vec::new();
         let mut recording: JoinSet<()> = JoinSet::new();
-        // The lease of each attempt and recording in flight, to give back if it is cut off at
-        // shutdown.
+        // The lease of each attempt in flight, and those of each batch being recorded, to give
+        // back if they are cut off at shutdown.
         let mut leases: HashMap<tokio::task::Id, (i64, Lease)> = HashMap::new();
+        let mut batches: HashMap<tokio::task::Id, Vec<(i64, Lease)>> = HashMap::new();
         let mut backoff = Duration::from_millis(100);
         let mut cut_off_at: Option<tokio::time::Instant> = None;
         loop {
+            if recording.len() < RECORDING && !answered.is_empty() {
+                let (batch, held): (Vec<Sent>, Vec<Option<(i64, Lease)>>) = answered.drain(..).unzip();
+                let handle = recording.spawn(record(
+                    self.name.clone(),
+                    self.store.clone(),
+                    self.route.load().tail.clone(),
+                    batch,
+                ));
+                batches.insert(handle.id(), held.into_iter().flatten().collect());
+            }
+            let unrecorded = answered.len() + batches.values().map(Vec::len).sum::<usize>();
             let limit = if self.handle.failing.load(Ordering::Relaxed) >= PROBE_AFTER { 1 } else { self.concurrency };
             // At most `limit` requests, and at most `limit` more answered but not yet recorded:
             // a slow store slows claims down instead of piling up outcomes.
             let free =
-                limit.saturating_sub(attempts.len()).min((2 * limit).saturating_sub(attempts.len() + recording.len()));
+                limit.saturating_sub(attempts.len()).min((2 * limit).saturating_sub(attempts.len() + unrecorded));
             let mut idle_for = MAX_IDLE;
             // Refill in batches: asking the store for one delivery per completion would cost a
             // query per delivery under load.
@@ -542,7 +560,7 @@ impl Worker {
                     }
                 }
             }
-            if self.retire.is_cancelled() && attempts.is_empty() && recording.is_empty() {
+            if self.retire.is_cancelled() && attempts.is_empty() && recording.is_empty() && answered.is_empty() {
                 if !self.stop.is_cancelled() {
                     tracing::info!(route = %self.name, "The route was removed or disabled by a reload: its worker stopped after its attempts in flight; its backlog stays in the store.");
                 }
@@ -555,7 +573,11 @@ impl Worker {
                     recording.abort_all();
                     while attempts.join_next().await.is_some() {}
                     while recording.join_next().await.is_some() {}
-                    let unfinished: Vec<(i64, Lease)> = leases.into_values().collect();
+                    let unfinished: Vec<(i64, Lease)> = leases
+                        .into_values()
+                        .chain(batches.into_values().flatten())
+                        .chain(answered.into_iter().filter_map(|(_, lease)| lease))
+                        .collect();
                     let count = unfinished.len();
                     match tokio::time::timeout(RELEASE_WAIT, self.store.release(unfinished)).await {
                         Ok(Ok(())) => {
@@ -586,10 +608,7 @@ impl Worker {
                                 if sent.gone {
                                     tracing::warn!(route = %self.name, "Route answered 410 Gone: paused. Resume it with `callgate routes resume {}`.", self.name);
                                 }
-                                let handle = recording.spawn(record(self.name.clone(), self.store.clone(), self.route.load().tail.clone(), sent));
-                                if let Some(lease) = lease {
-                                    leases.insert(handle.id(), lease);
-                                }
+                                answered.push((sent, lease));
                             }
                             // Its lease expires and the delivery is claimed again: nothing is lost.
                             Err(e) => {
@@ -603,10 +622,10 @@ impl Worker {
                     for done in std::iter::once(done).chain(std::iter::from_fn(|| recording.try_join_next_with_id())) {
                         match done {
                             Ok((id, ())) => {
-                                leases.remove(&id);
+                                batches.remove(&id);
                             }
                             Err(e) => {
-                                leases.remove(&e.id());
+                                batches.remove(&e.id());
                                 tracing::error!(route = %self.name, error = %e, "Recording a delivery outcome failed inside the gateway.");
                             }
                         }
@@ -635,7 +654,6 @@ impl Worker {
 /// An answered attempt, classified, whose outcome is still to be recorded.
 struct Sent {
     outcome: Outcome,
-    event_id: String,
     counted: DeliveryOutcome,
     seconds: f64,
     /// The route answered 410 Gone (it is paused when the outcome is recorded).
@@ -690,7 +708,7 @@ async fn send(client: reqwest::Client, route: Arc<RouteRuntime>, handle: Arc<Rou
         };
         sending.attempted(name, outcome, status, duration_ms, error.as_deref())
     });
-    Sent { outcome: Outcome { id: d.id, lease: d.lease, kind }, event_id: d.event_id, counted, seconds, gone, tailed }
+    Sent { outcome: Outcome { id: d.id, lease: d.lease, kind }, counted, seconds, gone, tailed }
 }
 
 /// One request of `body` to a route with `headers`: what the delivery log keeps of it (status,
@@ -720,14 +738,15 @@ async fn post(
     (attempt, retry_after)
 }
 
-/// Records an answered attempt's outcome, retrying until the store takes it. The call's next
-/// event is claimable only once it is recorded (the lease holds it back until then).
-async fn record(name: String, store: Arc<dyn Store>, tail: Arc<Tail>, sent: Sent) {
+/// Records a batch of answered attempts' outcomes in one store call, retrying until the store
+/// takes them. A call's next event is claimable only once its outcome is recorded (the lease
+/// holds it back until then).
+async fn record(name: String, store: Arc<dyn Store>, tail: Arc<Tail>, batch: Vec<Sent>) {
     let name = &name;
-    let Sent { outcome, event_id, counted, seconds, tailed, .. } = sent;
+    let outcomes: Vec<Outcome> = batch.iter().map(|sent| sent.outcome.clone()).collect();
     let mut wait = Duration::from_millis(50);
     let completed = loop {
-        match store.complete(vec![outcome.clone()], now_ms()).await {
+        match store.complete(outcomes.clone(), now_ms()).await {
             Ok(completed) => break completed,
             Err(e) => {
                 tracing::error!(route = %name, error = %e, "Could not record a delivery outcome; retrying.");
@@ -738,12 +757,14 @@ async fn record(name: String, store: Arc<dyn Store>, tail: Arc<Tail>, sent: Sent
     };
     if completed.stale > 0 {
         // The lease ran out and another claim took the delivery over: it may go out twice.
-        tracing::warn!(route = %name, event_id = %event_id, "A delivery's lease expired before its outcome was recorded; the outcome was dropped and the delivery is retried.");
+        tracing::warn!(route = %name, deliveries = completed.stale, "Deliveries' leases expired before their outcomes were recorded; those outcomes were dropped and the deliveries are retried.");
     }
-    // Counted once the store agrees, so the counters never run ahead of the gauges.
-    telemetry::delivery(name, counted, seconds);
-    if let Some(attempted) = tailed {
-        tail.outcome(attempted);
+    for Sent { counted, seconds, tailed, .. } in batch {
+        // Counted once the store agrees, so the counters never run ahead of the gauges.
+        telemetry::delivery(name, counted, seconds);
+        if let Some(attempted) = tailed {
+            tail.outcome(attempted);
+        }
     }
 }
 

@@ -570,6 +570,14 @@ pub(crate) async fn calls_are_summarised_at_ingest_and_show_each_delivery(h: &dy
     assert_eq!((c.deliveries[0].state, c.deliveries[0].attempts), (DeliveryState::Retrying, 1));
     assert_eq!(c.deliveries[0].next_at, Some(crate::store::rfc3339(now + 60_000)));
     assert!(store.call("vox:nothing", now).await.unwrap().is_none());
+    // What a completion check reads: the same summary and events, without delivery states.
+    for subject in ["vox:a", "vox:b", "vox:c"] {
+        let whole = store.call(subject, now).await.unwrap().unwrap();
+        let (summary, events) = store.call_for_completion(subject).await.unwrap().expect(subject);
+        assert_eq!(summary, whole.summary);
+        assert_eq!(format!("{events:?}"), format!("{:?}", whole.events));
+    }
+    assert!(store.call_for_completion("vox:nothing").await.unwrap().is_none());
 
     // Listing: newest first, filtered, paged.
     let list = |filter: CallFilter| async move {
@@ -662,6 +670,9 @@ pub(crate) async fn a_large_call_is_returned_up_to_its_byte_bound(h: &dyn Harnes
     assert!(call.truncated);
     assert_eq!(call.summary.events, 3);
     assert_eq!(call.deliveries.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["l1", "l2"]);
+    let (summary, events) = store.call_for_completion("vox:large").await.unwrap().unwrap();
+    assert_eq!(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["l1", "l2"], "the same bound");
+    assert_eq!(summary, call.summary);
 }
 
 /// An event of `subject` whose JSON carries `from` as its caller's number.

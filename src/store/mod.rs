@@ -888,6 +888,14 @@ pub trait Store: Send + Sync + 'static {
     /// at `now`. `None` when no call has that subject.
     async fn call(&self, subject: &str, now: Millis) -> Result<Option<StoredCall>, StoreError>;
 
+    /// What a completion check reads of a call (`completion.rs`): its summary and events as
+    /// [`Store::call`] reads them, in one snapshot, without their delivery states. `None` when
+    /// no call has that subject. A check runs after most payloads with a terminal event, so
+    /// the backends read it in as few statements as they can.
+    async fn call_for_completion(&self, subject: &str) -> Result<Option<(CallSummary, Vec<CallEvent>)>, StoreError> {
+        Ok(self.call(subject, now_ms()).await?.map(|call| (call.summary, call.events)))
+    }
+
     /// Erases one call, or every call of a number (`erase.rs`), in one transaction: its
     /// pending deliveries are cancelled (an attempt in flight finishes but records nothing),
     /// its dead letters, delivery log, events, summary, payloads and matching quarantined

@@ -44,11 +44,11 @@ use sqlx::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    Attempt, AttemptRecord, CALL_EVENTS_MAX, CallEvent, CallFilter, CallStatus, CallSummary, Claimed, Completed,
-    Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, DeadRow, Delivery, DriftCount, EventDetail, Filter, Ingest,
-    IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice, OutboxRow, Outcome, OutcomeKind, Pause,
-    Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall, TAIL_PAYLOAD_MAX, TERMINAL_TYPES, TailFeed,
-    TestSend, admit_drift, call_deliveries,
+    Attempt, AttemptRecord, CALL_BYTES_MAX, CALL_EVENTS_MAX, CallEvent, CallFilter, CallStatus, CallSummary, Claimed,
+    Completed, Counts, DRIFT_OVERFLOW, DeadLetter, DeadLetterDetail, DeadRow, Delivery, DriftCount, EventDetail,
+    Filter, Ingest, IngestOutcome, Lease, LogEntry, LogFilter, LogOutcome, Millis, Notice, OutboxRow, Outcome,
+    OutcomeKind, Pause, Pruned, QuarantineItem, Quarantined, Store, StoreError, StoredCall, TAIL_PAYLOAD_MAX,
+    TERMINAL_TYPES, TailFeed, TestSend, admit_drift, call_deliveries,
     erase::{self, Erased, Erasure},
     events_that_fit, now_ms, rfc3339,
 };
@@ -2260,6 +2260,48 @@ impl Store for PostgresStore {
         tx.commit().await?;
         let deliveries = call_deliveries(&events, outbox, dead);
         Ok(Some(StoredCall { summary, events, truncated, deliveries }))
+    }
+
+    async fn call_for_completion(&self, subject: &str) -> Result<Option<(CallSummary, Vec<CallEvent>)>, StoreError> {
+        // One statement (one snapshot, one round trip) where `call` takes eight: the summary
+        // on every row, and the events `events_that_fit` keeps (running count and size). The
+        // payload's time is a subquery so that a fresh table's statistics never plan a scan
+        // of every payload for it.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH c AS (SELECT {CALL_COLUMNS} FROM calls WHERE subject = $1),
+                  e AS (SELECT e.seq, e.id, e.type, e.body, e.routes,
+                               (SELECT p.received_at FROM payloads p WHERE p.id = e.payload_id) AS received_at,
+                               row_number() OVER w AS n, sum(octet_length(e.body)) OVER w AS total
+                          FROM events e
+                         WHERE e.subject = $1
+                        WINDOW w AS (ORDER BY e.seq))
+             SELECT c.*, e.seq, e.id, e.type, e.received_at, e.body, e.routes
+               FROM c LEFT JOIN e ON e.n <= $2 AND (e.n = 1 OR e.total <= $3) AND e.received_at IS NOT NULL
+              ORDER BY e.seq"
+        )))
+        .bind(subject)
+        .bind(CALL_EVENTS_MAX as i64)
+        .bind(CALL_BYTES_MAX as i64)
+        .fetch_all(self.pool())
+        .await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let summary = call_summary_row(first)?;
+        let events = rows
+            .iter()
+            .filter(|r| r.try_get::<Option<i64>, _>(10).ok().flatten().is_some())
+            .map(|r| {
+                let routes: Option<String> = r.try_get(15)?;
+                Ok(CallEvent {
+                    seq: r.try_get(10)?,
+                    id: r.try_get(11)?,
+                    kind: r.try_get(12)?,
+                    accepted_at: r.try_get(13)?,
+                    json: r.try_get(14)?,
+                    routes: routes.and_then(|text| serde_json::from_str(&text).ok()),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Some((summary, events)))
     }
 }
 

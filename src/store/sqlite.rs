@@ -1542,6 +1542,17 @@ impl Store for SqliteStore {
         Ok(Some(StoredCall { summary, events, truncated, deliveries }))
     }
 
+    async fn call_for_completion(&self, subject: &str) -> Result<Option<(CallSummary, Vec<CallEvent>)>, StoreError> {
+        let subject = subject.to_owned();
+        self.read(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            let Some(summary) = call_summary(&tx, &subject)? else { return Ok(None) };
+            let (events, _) = call_events(&tx, &subject)?;
+            Ok(Some((summary, events)))
+        })
+        .await
+    }
+
     async fn erase(&self, erasure: Erasure, _now: Millis) -> Result<Erased, StoreError> {
         // Durable, then the WAL checkpointed and truncated before the answer.
         self.submit_job(true, true, move |tx, delta| erase_in(tx, &erasure, delta)).await
