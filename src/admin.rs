@@ -1220,7 +1220,13 @@ async fn get_call(
         }
         events.push(value);
     }
-    let record = merge(&readable);
+    let mut record = merge(&readable);
+    // The store's list of late pieces is the one of commit order. On PostgreSQL an event is
+    // numbered before its transaction commits, so a piece committed after the call.completed
+    // may stand before it in acceptance order, where `merge` cannot tell it was late.
+    if let Some(record) = record.as_mut().filter(|r| r.completed_at.is_some()) {
+        record.late = stored.summary.late.iter().filter_map(|kind| EventType::parse(kind)).collect();
+    }
     let running = app.config.load();
     let names: BTreeSet<&str> = stored.deliveries.iter().map(|d| d.route.as_str()).collect();
     let routes = names
