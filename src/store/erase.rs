@@ -120,11 +120,47 @@ impl Number {
     }
 }
 
+/// What a number erasure's scan of the events found: the calls whose events carry the number
+/// (each event's JSON parsed once), and the other notations those events hold beside it.
+pub struct Found<'a> {
+    number: &'a Number,
+    pub subjects: BTreeSet<String>,
+    notations: Vec<String>,
+}
+
+impl<'a> Found<'a> {
+    pub fn new(number: &'a Number) -> Found<'a> {
+        Found { number, subjects: BTreeSet::new(), notations: Vec::new() }
+    }
+
+    /// One event the scan read (its JSON holds a form of the number as text somewhere).
+    pub fn consider(&mut self, subject: String, json: &str) {
+        let Ok(event) = serde_json::from_str::<Value>(json) else { return };
+        if carried(&event, self.number.forms()) {
+            for other in notations_in(&event, self.number.forms()) {
+                if !self.notations.contains(&other) {
+                    self.notations.push(other);
+                }
+            }
+            self.subjects.insert(subject);
+        }
+    }
+
+    /// The calls, and the erasure widened by the notations found (`None`: the number as given).
+    pub fn finish(self) -> (BTreeSet<String>, Option<Erasure>) {
+        let widened = (!self.notations.is_empty()).then(|| Erasure::Number(self.number.with_forms(self.notations)));
+        (self.subjects, widened)
+    }
+}
+
 /// Whether a stored event's JSON holds one of `forms` in a number field.
 pub fn carries(json: &str, forms: &[String]) -> bool {
-    let Ok(event) = serde_json::from_str::<Value>(json) else { return false };
+    serde_json::from_str::<Value>(json).is_ok_and(|event| carried(&event, forms))
+}
+
+fn carried(event: &Value, forms: &[String]) -> bool {
     NUMBER_FIELDS.iter().any(|path| {
-        let found = path.split('.').try_fold(&event, |at, key| at.get(key));
+        let found = path.split('.').try_fold(event, |at, key| at.get(key));
         matches!(found, Some(Value::String(s)) if forms.iter().any(|f| f == s))
     })
 }
@@ -137,8 +173,11 @@ const NOTATIONS: [(&str, &str); 2] = [("data.from", "data.from_e164"), ("data.to
 /// `from` as the vendor wrote it for a matching `from_e164`, and the reverse): the payloads and
 /// quarantined bodies a vendor sent hold that one.
 pub fn notations(json: &str, forms: &[String]) -> Vec<String> {
-    let Ok(event) = serde_json::from_str::<Value>(json) else { return Vec::new() };
-    let at = |path: &str| match path.split('.').try_fold(&event, |at, key| at.get(key)) {
+    serde_json::from_str::<Value>(json).map_or_else(|_| Vec::new(), |event| notations_in(&event, forms))
+}
+
+fn notations_in(event: &Value, forms: &[String]) -> Vec<String> {
+    let at = |path: &str| match path.split('.').try_fold(event, |at, key| at.get(key)) {
         Some(Value::String(s)) => Some(s.clone()),
         _ => None,
     };

@@ -1002,17 +1002,14 @@ async fn call_dead_letters(
         .collect::<Result<_, sqlx::Error>>()?)
 }
 
-/// Records outcomes in one transaction; returns the ids of those whose lease had been taken
-/// over (dropped, not recorded).
 /// The tables an erasure deletes from, vacuumed after it.
 const ERASE_VACUUM: &str = "VACUUM payloads, events, outbox, dead_letters, attempts, calls, quarantine, drift";
 
 /// One erasure in `tx` (see `erase.rs` for what goes).
 async fn erase_in(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<Erased, StoreError> {
-    // The number's other notations its events hold, searched for in bodies too.
-    let mut notations: Vec<String> = Vec::new();
-    let subjects: BTreeSet<String> = match erasure {
-        Erasure::Call(subject) => BTreeSet::from([subject.clone()]),
+    // A number's other notations its events hold are searched for in bodies too (`widened`).
+    let (subjects, widened) = match erasure {
+        Erasure::Call(subject) => (BTreeSet::from([subject.clone()]), None),
         Erasure::Number(number) => {
             // A scan of the events: those whose JSON holds a form as text, then their number fields.
             let rows = sqlx::query(
@@ -1021,25 +1018,14 @@ async fn erase_in(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<Eras
             .bind(number.forms())
             .fetch_all(&mut *tx)
             .await?;
-            let mut subjects = BTreeSet::new();
+            let mut found = erase::Found::new(number);
             for row in rows {
-                let body: String = row.try_get(1)?;
-                if erase::carries(&body, number.forms()) {
-                    notations.extend(erase::notations(&body, number.forms()));
-                    subjects.insert(row.try_get(0)?);
-                }
+                found.consider(row.try_get(0)?, row.try_get::<&str, _>(1)?);
             }
-            subjects
+            found.finish()
         }
     };
-    let widened;
-    let erasure = match erasure {
-        Erasure::Number(number) if !notations.is_empty() => {
-            widened = Erasure::Number(number.with_forms(notations));
-            &widened
-        }
-        _ => erasure,
-    };
+    let erasure = widened.as_ref().unwrap_or(erasure);
     let names: Vec<String> = subjects.iter().cloned().collect();
     // The calls' rows first (in byte order of subject, as an ingest takes them): a completion in flight
     // holds its call's row until its `call.completed` is committed, and is waited for, so the
@@ -1122,6 +1108,8 @@ async fn erase_in(tx: &mut sqlx::PgConnection, erasure: &Erasure) -> Result<Eras
     Ok(erased)
 }
 
+/// Records outcomes in one transaction; returns the ids of those whose lease had been taken
+/// over (dropped, not recorded).
 async fn record_outcomes(
     shared: &Shared,
     replica: u64,

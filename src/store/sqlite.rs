@@ -1613,10 +1613,9 @@ fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
 
 /// One erasure in the writer's transaction (see `erase.rs` for what goes).
 fn erase_in(tx: &Savepoint<'_>, erasure: &Erasure, delta: &mut Delta) -> Result<Erased, StoreError> {
-    // The number's other notations its events hold, searched for in bodies too.
-    let mut notations: Vec<String> = Vec::new();
-    let subjects: BTreeSet<String> = match erasure {
-        Erasure::Call(subject) => BTreeSet::from([subject.clone()]),
+    // A number's other notations its events hold are searched for in bodies too (`widened`).
+    let (subjects, widened) = match erasure {
+        Erasure::Call(subject) => (BTreeSet::from([subject.clone()]), None),
         Erasure::Number(number) => {
             // A scan of the events: those whose JSON holds a form as text, then their number fields.
             let forms = number.forms();
@@ -1625,25 +1624,15 @@ fn erase_in(tx: &Savepoint<'_>, erasure: &Erasure, delta: &mut Delta) -> Result<
                   WHERE EXISTS (SELECT 1 FROM json_each(?1) f WHERE instr(events.body, f.value) > 0)",
             )?;
             let rows = stmt.query_map([json(forms)?], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-            let mut subjects = BTreeSet::new();
+            let mut found = erase::Found::new(number);
             for row in rows {
                 let (subject, body) = row?;
-                if erase::carries(&body, forms) {
-                    notations.extend(erase::notations(&body, forms));
-                    subjects.insert(subject);
-                }
+                found.consider(subject, &body);
             }
-            subjects
+            found.finish()
         }
     };
-    let widened;
-    let erasure = match erasure {
-        Erasure::Number(number) if !notations.is_empty() => {
-            widened = Erasure::Number(number.with_forms(notations));
-            &widened
-        }
-        _ => erasure,
-    };
+    let erasure = widened.as_ref().unwrap_or(erasure);
     let names: Vec<&String> = subjects.iter().collect();
     let names_json = json(&names)?;
     let mut seqs: Vec<i64> = Vec::new();
